@@ -1,0 +1,75 @@
+"""One place for the kit's paths and defaults.
+
+Everything that names a folder or a file of the project or of a run lives here, so a
+module never spells a path of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+#: Environment variable that moves the runs folder (default: ``<project>/runs``).
+RUNS_DIR_ENV = "MLOPS_KIT_RUNS_DIR"
+#: Environment variable that names the project folder explicitly.
+PROJECT_DIR_ENV = "MLOPS_KIT_PROJECT_DIR"
+
+DEFAULT_PARAMETERS_FILE = "default.yaml"
+
+# Files and folders inside one run folder.
+RUN_RECORD = "run.json"
+RUN_LOCK = ".lock"
+NOTEBOOKS_SUBDIR = "notebooks"
+REPORTS_SUBDIR = "reports"
+ARTIFACTS_SUBDIR = "artifacts"
+#: The run folder that a notebook opened by hand in JupyterLab writes to.
+SCRATCH_RUN = "scratch"
+
+
+def project_dir() -> Path:
+    """The project folder: ``$MLOPS_KIT_PROJECT_DIR``, else the nearest folder upward from
+    the working directory that holds ``parameters/`` and ``notebooks/``, else the folder the
+    package was installed from (an editable install), else the working directory."""
+    explicit = os.environ.get(PROJECT_DIR_ENV)
+    if explicit:
+        return Path(explicit).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "parameters").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    source_checkout = PACKAGE_DIR.parent
+    if (source_checkout / "notebooks").is_dir():
+        return source_checkout
+    return here
+
+
+def runs_dir() -> Path:
+    explicit = os.environ.get(RUNS_DIR_ENV)
+    if explicit:
+        return Path(explicit).resolve()
+    return project_dir() / "runs"
+
+
+def parameters_dir() -> Path:
+    return project_dir() / "parameters"
+
+
+def notebooks_dir() -> Path:
+    """Stage notebooks: the project's own copies, else the ones shipped in the package."""
+    own = project_dir() / "notebooks"
+    if own.is_dir():
+        return own
+    return PACKAGE_DIR / "notebooks"
+
+
+def default_parameters_file() -> Path:
+    return parameters_dir() / DEFAULT_PARAMETERS_FILE
+
+
+def cache_dir() -> Path:
+    """Caches that outlive runs (base image layers, wheels): ``$MLOPS_KIT_CACHE_DIR`` or
+    ``~/.cache/mlops-kit``."""
+    explicit = os.environ.get("MLOPS_KIT_CACHE_DIR")
+    return Path(explicit).resolve() if explicit else Path.home() / ".cache" / "mlops-kit"

@@ -1,0 +1,423 @@
+"""The parameter schema, declared once, and the loader of parameter files.
+
+A parameter file is YAML with one section per stage plus shared keys. An overlay names
+its base with ``extends:``; ``--set section.key=value`` overrides a value, typed by the
+schema. Every mistake is found here, before any stage starts, and reported with the file,
+the key, what was expected and what was found.
+
+Secrets are never parameters: ``deploy.secret_env`` names environment variables whose
+values go, at deploy time, only into a Kubernetes Secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import _paths
+from .errors import ParameterError, ParameterProblem
+
+#: Data sets bundled with scikit-learn (no download): ``data.source: sklearn:<name>``.
+SKLEARN_DATASETS = {
+    "iris": "classification",
+    "wine": "classification",
+    "breast_cancer": "classification",
+    "digits": "classification",
+    "diabetes": "regression",
+}
+DATA_FILE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+#: Metrics a gate may name, with the direction that is better.
+METRIC_DIRECTIONS = {
+    "classification": {"accuracy": "min", "balanced_accuracy": "min", "precision": "min",
+                       "recall": "min", "f1": "min", "roc_auc": "min"},
+    "regression": {"r2": "min", "rmse": "max", "mae": "max"},
+}
+
+#: The estimators ``train.model`` can name, per task (the classes live in mlops_kit.train).
+MODEL_NAMES = ("logistic_regression", "linear", "ridge", "random_forest", "gradient_boosting",
+               "hist_gradient_boosting", "dummy")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_IMAGE_REPO = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataParams(_Section):
+    """01_data: where the data comes from and how it is split."""
+
+    source: str = Field("sklearn:breast_cancer",
+                        description="sklearn:<name> (bundled data set) or a path to a CSV/parquet file")
+    target: str = Field("target", description="the label column")
+    test_size: float = Field(0.2, gt=0, lt=1, description="fraction of rows held out for evaluation")
+    min_rows: int = Field(20, ge=2, description="fewer rows than this is an error")
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        if value.startswith("sklearn:"):
+            name = value.split(":", 1)[1]
+            if name not in SKLEARN_DATASETS:
+                raise ValueError(_choice_error("a bundled scikit-learn data set", name, SKLEARN_DATASETS))
+            return value
+        path = Path(value).expanduser()
+        if path.suffix.lower() not in DATA_FILE_SUFFIXES:
+            raise ValueError(f"sklearn:<name> or a path ending in {', '.join(DATA_FILE_SUFFIXES)}; "
+                             f"found {value!r}")
+        resolved = path if path.is_absolute() else Path.cwd() / path
+        if not resolved.is_file():
+            raise ValueError(f"an existing data file; found no file at {str(resolved)!r}")
+        return str(resolved.resolve())
+
+
+class TrainParams(_Section):
+    """02_train: the estimator and its hyperparameters."""
+
+    model: str = Field("logistic_regression", description="a named estimator: " + ", ".join(MODEL_NAMES))
+    params: dict[str, Any] = Field(default_factory=dict, description="the estimator's hyperparameters")
+    cv_folds: int = Field(0, ge=0, le=20, description="k-fold cross-validation on the training split (0: off)")
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if value not in MODEL_NAMES:
+            raise ValueError(_choice_error("a named estimator", value, MODEL_NAMES))
+        return value
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _check_folds(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("0 (off) or at least 2 folds; found 1")
+        return value
+
+
+class EvaluateParams(_Section):
+    """03_evaluate: the quality gate a model must pass to be packaged."""
+
+    gate: dict[str, float] = Field(default_factory=dict,
+                                   description="metric thresholds: a minimum for scores, a maximum for errors")
+
+
+class PackageParams(_Section):
+    """04_package: how the container image is built and where it goes."""
+
+    builder: Literal["auto", "layers", "buildah", "docker", "podman", "nerdctl"] = "auto"
+    image: str = Field("mlops-kit/model", description="image repository; the tag is the run id and content")
+    base_image: Optional[str] = Field(None, description="a base image to pull (e.g. python:3.11-slim); "
+                                      "none: the locally built Debian base")
+    containerd_socket: Optional[str] = Field(None, description="containerd socket for `ctr` "
+                                             "(none: microk8s ctr when MicroK8s is installed)")
+    containerd_namespace: str = "k8s.io"
+    registry: Optional[str] = Field(None, description="push to this registry instead of importing "
+                                    "(e.g. localhost:32000)")
+    import_image: bool = Field(True, description="import the built image into containerd")
+
+    @field_validator("image")
+    @classmethod
+    def _check_image(cls, value: str) -> str:
+        if ":" in value.rsplit("/", 1)[-1] or "@" in value:
+            raise ValueError(f"a repository name without a tag (the kit tags by run id); found {value!r}")
+        if not _IMAGE_REPO.match(value):
+            raise ValueError(f"a lower-case image repository such as 'mlops-kit/model'; found {value!r}")
+        return value
+
+
+class DeployParams(_Section):
+    """05_deploy: where the model runs and how it is exposed."""
+
+    target: Literal["local", "microk8s"] = "local"
+    namespace: str = "mlops-kit"
+    name: str = Field("model-server", description="name of the Deployment and Service")
+    replicas: int = Field(1, ge=0, le=50)
+    service_type: Literal["ClusterIP", "NodePort"] = "ClusterIP"
+    port: int = Field(8080, ge=1, le=65535, description="the Service's port")
+    node_port: Optional[int] = Field(None, ge=30000, le=32767)
+    kubernetes_version: str = Field("1.33.0", description="schema version the manifests are validated against")
+    rollout_timeout: float = Field(300, gt=0, description="seconds to wait for the rollout")
+    secret_env: list[str] = Field(default_factory=list,
+                                  description="names of environment variables whose values go into "
+                                  "the Kubernetes Secret (names only, never values)")
+    local_port: Optional[int] = Field(None, ge=1, le=65535, description="port of the local target (none: a free one)")
+
+    @field_validator("namespace", "name")
+    @classmethod
+    def _check_dns(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError("a DNS label (lower-case letters, digits and '-', at most 63, starting and "
+                             f"ending with a letter or digit); found {value!r}")
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _check_env_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"environment variable names; found {name!r}")
+        return value
+
+
+class ServeParams(_Section):
+    """The model server's limits (in the image and behind `mlops-kit serve`)."""
+
+    max_rows: int = Field(10_000, ge=1, description="rows per request at most")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body size limit")
+    unknown_categories: Literal["tolerate", "reject"] = "tolerate"
+
+
+class RunParams(BaseModel):
+    """All parameters of a run. ``task`` is inferred from the target when absent."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seed: int = Field(42, ge=0, description="random seed for the split and the estimator")
+    task: Optional[Literal["classification", "regression"]] = Field(
+        None, description="classification or regression (none: inferred from the target)")
+    data: DataParams = Field(default_factory=DataParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    package: PackageParams = Field(default_factory=PackageParams)
+    deploy: DeployParams = Field(default_factory=DeployParams)
+    serve: ServeParams = Field(default_factory=ServeParams)
+
+    @model_validator(mode="after")
+    def _check_gate(self) -> "RunParams":
+        tasks = [self.task] if self.task else list(METRIC_DIRECTIONS)
+        if self.data.source.startswith("sklearn:") and not self.task:
+            tasks = [SKLEARN_DATASETS[self.data.source.split(":", 1)[1]]]
+        known = {m for t in tasks for m in METRIC_DIRECTIONS[t]}
+        for metric, threshold in self.evaluate.gate.items():
+            if metric not in known:
+                raise ValueError(f"evaluate.gate.{metric}|" + _choice_error(
+                    f"a metric of a {'/'.join(tasks)} task", metric, sorted(known)))
+            if metric not in ("rmse", "mae") and not 0 <= threshold <= 1:
+                raise ValueError(f"evaluate.gate.{metric}|a threshold between 0 and 1; found {threshold}")
+        return self
+
+    def stage_parameters(self, section: str | None) -> dict[str, Any]:
+        """The papermill parameters of a stage: the shared keys plus its section, flat."""
+        values: dict[str, Any] = {"seed": self.seed, "task": self.task}
+        if section:
+            values.update(getattr(self, section).model_dump(mode="json"))
+        return values
+
+
+SECTIONS = tuple(name for name, field in RunParams.model_fields.items()
+                 if isinstance(field.default_factory, type) and issubclass(field.default_factory, BaseModel))
+
+
+class LoadedParams:
+    """The validated parameters and where each came from."""
+
+    def __init__(self, params: RunParams, files: list[Path], overrides: list[str]):
+        self.params = params
+        self.files = files
+        self.overrides = overrides
+
+    def __repr__(self) -> str:
+        return f"LoadedParams(files={[str(f) for f in self.files]}, overrides={self.overrides})"
+
+
+def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedParams:
+    """Read a parameter file (and the bases it extends), apply ``section.key=value`` overrides,
+    validate. Raises :class:`ParameterError` listing every problem found."""
+    file = Path(path) if path is not None else _paths.default_parameters_file()
+    raw, origin, files = _read_with_bases(file, seen=())
+    problems: list[ParameterProblem] = []
+    for override in overrides:
+        _apply_override(raw, origin, override, problems)
+    if problems:
+        raise ParameterError(problems)
+    try:
+        params = RunParams.model_validate(raw)
+    except ValidationError as exc:
+        raise ParameterError(_describe_validation(exc, raw, origin, file)) from None
+    return LoadedParams(params, files, list(overrides))
+
+
+def parameter_files() -> list[Path]:
+    """The parameter files of the project (for the panels' file picker)."""
+    folder = _paths.parameters_dir()
+    return sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
+
+
+# --- reading ---------------------------------------------------------------------------
+
+def _read_yaml(file: Path) -> dict:
+    if not file.is_file():
+        raise ParameterError([ParameterProblem(str(file), "(file)", "an existing YAML parameter file",
+                                               "no such file")])
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "the file"
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ParameterError([ParameterProblem(str(file), f"({where})", "valid YAML", reason)]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParameterError([ParameterProblem(str(file), "(top level)", "a mapping of sections",
+                                               f"a {type(data).__name__}")])
+    return data
+
+
+def _read_with_bases(file: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[str, str], list[Path]]:
+    file = file.resolve() if file.exists() else file
+    if file in seen:
+        chain = " -> ".join(str(f) for f in (*seen, file))
+        raise ParameterError([ParameterProblem(str(file), "extends", "a chain without cycles", chain)])
+    data = _read_yaml(file)
+    base_name = data.pop("extends", None)
+    merged: dict = {}
+    origin: dict[str, str] = {}
+    files: list[Path] = []
+    if base_name is not None:
+        if not isinstance(base_name, str):
+            raise ParameterError([ParameterProblem(str(file), "extends", "the name of a base file",
+                                                   repr(base_name))])
+        base = (file.parent / base_name)
+        if not base.is_file():
+            raise ParameterError([ParameterProblem(str(file), "extends", "an existing base file",
+                                                   f"no file {str(base)!r}")])
+        merged, origin, files = _read_with_bases(base, (*seen, file))
+    _merge(merged, data, origin, str(file), prefix="")
+    return merged, origin, [*files, file]
+
+
+def _merge(into: dict, new: dict, origin: dict[str, str], source: str, prefix: str) -> None:
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and dotted != "train.params":
+            _merge(into[key], value, origin, source, dotted + ".")
+        else:
+            into[key] = value
+        origin[dotted] = source
+
+
+def _apply_override(raw: dict, origin: dict[str, str], override: str, problems: list[ParameterProblem]) -> None:
+    where = f"--set {override}"
+    if "=" not in override:
+        problems.append(ParameterProblem(where, override, "section.key=value", "no '='"))
+        return
+    dotted, text = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    field_type = _field_type(keys)
+    if field_type is None:
+        section_key = keys[0]
+        choices = SECTIONS + tuple(k for k in RunParams.model_fields if k not in SECTIONS)
+        if len(keys) > 1 and keys[0] in SECTIONS:
+            choices = tuple(_section_model(keys[0]).model_fields)
+            section_key = keys[1]
+        problems.append(ParameterProblem(where, dotted, "a known key", "unknown key",
+                                         _suggest(section_key, choices)))
+        return
+    value: Any = text if field_type is str else _yaml_scalar(text)
+    node = raw
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+    origin[dotted] = where
+
+
+def _yaml_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _section_model(name: str) -> type[BaseModel]:
+    return RunParams.model_fields[name].default_factory  # type: ignore[return-value]
+
+
+def _field_type(keys: list[str]) -> Any:
+    """The annotation a dotted key has in the schema (``Any`` inside free-form dicts), or None."""
+    if len(keys) == 1:
+        field = RunParams.model_fields.get(keys[0])
+        return None if field is None or keys[0] in SECTIONS else _plain(field.annotation)
+    if keys[0] not in SECTIONS:
+        return None
+    field = _section_model(keys[0]).model_fields.get(keys[1])
+    if field is None:
+        return None
+    if len(keys) == 2:
+        return _plain(field.annotation)
+    return Any if getattr(field.annotation, "__origin__", None) is dict else None
+
+
+def _plain(annotation: Any) -> Any:
+    if annotation is str:
+        return str
+    args = getattr(annotation, "__args__", ())
+    if str in args and type(None) in args and len(args) == 2:
+        return str
+    return annotation
+
+
+# --- reporting -------------------------------------------------------------------------
+
+def _describe_validation(exc: ValidationError, raw: dict, origin: dict[str, str], top: Path) -> list[ParameterProblem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        message = error["msg"]
+        if error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+            if "|" in message and message.split("|", 1)[0].count(".") >= 1 and not loc:
+                key, message = message.split("|", 1)
+                loc = key.split(".")
+        dotted = ".".join(loc) or "(top level)"
+        source = _origin_of(loc, origin, str(top))
+        if error["type"] == "extra_forbidden":
+            parent = loc[:-1]
+            choices = RunParams.model_fields if not parent else (
+                _section_model(parent[0]).model_fields if parent[0] in SECTIONS else {})
+            problems.append(ParameterProblem(source, dotted, "one of " + ", ".join(choices),
+                                             "an unknown key", _suggest(loc[-1], tuple(choices))))
+            continue
+        if error["type"] == "value_error":
+            expected, _, found = message.partition("; found ")
+            problems.append(ParameterProblem(source, dotted, expected, found or repr(error.get("input"))))
+            continue
+        expected = message.removeprefix("Input should be ")
+        problems.append(ParameterProblem(source, dotted, expected, _found(error.get("input"))))
+    return problems
+
+
+def _origin_of(loc: list[str], origin: dict[str, str], default: str) -> str:
+    for end in range(len(loc), 0, -1):
+        key = ".".join(loc[:end])
+        if key in origin:
+            return origin[key]
+    return default
+
+
+def _found(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _suggest(name: str, choices) -> str | None:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _choice_error(what: str, found: str, choices) -> str:
+    suggestion = _suggest(found, choices)
+    hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
+    return f"{what}, one of {', '.join(sorted(choices))}; found {found!r}{hint}"
