@@ -73,3 +73,17 @@ def cache_dir() -> Path:
     ``~/.cache/mlops-kit``."""
     explicit = os.environ.get("MLOPS_KIT_CACHE_DIR")
     return Path(explicit).resolve() if explicit else Path.home() / ".cache" / "mlops-kit"
+
+
+def image_cache_dir() -> Path:
+    """Base image layers (rootfs, wheels), keyed by their inputs: ``<cache dir>/image``."""
+    return cache_dir() / "image"
+
+
+def image_builds_dir() -> Path:
+    """OCI layouts of built images (blobs hard-linked to the cached base): ``<cache dir>/image/builds``."""
+    return image_cache_dir() / "builds"
+
+
+#: The local deploy target's state (which container or process serves which run).
+LOCAL_DEPLOY_STATE = ".local-deploy.json"

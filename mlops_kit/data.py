@@ -284,3 +284,32 @@ def _list(values) -> str:
     values = [str(v) for v in values]
     shown = ", ".join(repr(v) for v in values[:12])
     return shown + (f" and {len(values) - 12} more" if len(values) > 12 else "")
+
+
+def plot_target(frame: pd.DataFrame, target: str, task: str, artifacts: Path) -> Path:
+    """Rows per class, or the target's distribution; saved as ``target.png``."""
+    from ._plots import pyplot, save_figure
+
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
+    if task == "classification":
+        frame[target].astype(str).value_counts().sort_index().plot.bar(ax=ax)
+        ax.set(title=f"Rows per class of {target!r}", xlabel=target, ylabel="rows")
+    else:
+        frame[target].plot.hist(ax=ax, bins=30)
+        ax.set(title=f"Distribution of {target!r}", xlabel=target)
+    return save_figure(fig, Path(artifacts) / "target.png")
+
+
+def schema_table(schema: dict) -> pd.DataFrame:
+    """The feature schema as a table: one row per feature."""
+    rows = []
+    for feature in schema["features"]:
+        if feature["kind"] == "numeric":
+            detail = f"{feature['min']:.4g} .. {feature['max']:.4g}"
+        else:
+            shown = ", ".join(map(str, feature["categories"][:8]))
+            extra = len(feature["categories"]) - 8
+            detail = shown + (f" (+{extra} more)" if extra > 0 else "")
+        rows.append({"feature": feature["name"], "kind": feature["kind"], "dtype": feature["dtype"],
+                     "missing allowed": feature["nullable"], "range / categories": detail})
+    return pd.DataFrame(rows).set_index("feature")

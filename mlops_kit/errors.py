@@ -98,3 +98,89 @@ class GateFailed(MlopsKitError):
     def __init__(self, failures: list[str]):
         self.failures = failures
         super().__init__("The model failed the quality gate: " + "; ".join(failures) + ".")
+
+
+class BuildError(MlopsKitError):
+    """The container image could not be built (04_package): names the step, the command and
+    the end of its output."""
+
+    def __init__(self, message: str, *, step: str | None = None, command: list[str] | None = None,
+                 output: str | None = None, hint: str | None = None):
+        self.step = step
+        self.command = list(command) if command else None
+        self.output = output
+        super().__init__(message, hint=hint)
+
+
+class BuilderNotFound(BuildError):
+    """``package.builder`` names no builder, or none of them works on this machine."""
+
+
+class VersionMismatch(BuildError):
+    """The model was trained with other library versions than the image would hold."""
+
+    def __init__(self, mismatches: dict[str, tuple[str, str]], *, hint: str | None = None):
+        self.mismatches = mismatches
+        parts = [f"{name} must be {trained} (the version the model was trained with). Got {image} instead"
+                 for name, (trained, image) in sorted(mismatches.items())]
+        super().__init__("The image would not match the model: " + "; ".join(parts) + ".",
+                         step="versions", hint=hint)
+
+
+class ContainerdError(MlopsKitError):
+    """containerd refused or could not be reached (socket, permission, MicroK8s)."""
+
+    def __init__(self, message: str, *, command: list[str] | None = None, output: str | None = None,
+                 hint: str | None = None):
+        self.command = list(command) if command else None
+        self.output = output
+        super().__init__(message, hint=hint)
+
+
+class DeployError(MlopsKitError):
+    """A deployment did not become ready or answered its smoke test wrongly. ``log`` holds the
+    end of the new server's log; the previous deployment keeps serving."""
+
+    def __init__(self, message: str, *, log: str | None = None, hint: str | None = None):
+        self.log = log
+        if log:
+            message = f"{message}\n--- server log (last lines) ---\n{log.rstrip()}"
+        super().__init__(message, hint=hint)
+
+
+class DeployError(MlopsKitError):
+    """A deployment to Kubernetes failed or cannot start.
+
+    ``reason`` is a short machine-readable word (``Unreachable``, ``Forbidden``, ``Conflict``,
+    ``NotFound``, ``Invalid``, ``ImagePullBackOff``, ``ErrImageNeverPull``, ``CrashLoopBackOff``,
+    ``ProgressDeadlineExceeded``, ``Timeout``, ``SmokeTestFailed``, ...); ``kind``/``namespace``/
+    ``name`` say which object; ``status`` is the HTTP status when the API server answered;
+    ``logs`` holds a container's last log lines; ``rolled_back_to`` the release restored.
+    """
+
+    def __init__(self, message: str, *, reason: str, kind: str | None = None,
+                 namespace: str | None = None, name: str | None = None, status: int | None = None,
+                 logs: str | None = None, rolled_back_to: dict | None = None, hint: str | None = None):
+        self.reason = reason
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.status = status
+        self.logs = logs
+        self.rolled_back_to = rolled_back_to
+        super().__init__(message, hint=hint)
+
+
+class ManifestError(DeployError):
+    """Rendered manifests break the Kubernetes schema or a rule the schema cannot express.
+
+    ``problems`` lists each ``(source, kind/name, field, message)``; one line each in the message.
+    """
+
+    def __init__(self, problems: list[tuple[str, str, str, str]], *, version: str):
+        self.problems = problems
+        self.version = version
+        lines = [f"{src}: {obj}: {field}: {msg}" for src, obj, field, msg in problems]
+        noun = "problem" if len(lines) == 1 else "problems"
+        super().__init__(f"{len(lines)} manifest {noun} (Kubernetes {version}):\n"
+                         + "\n".join(f"  - {line}" for line in lines), reason="Invalid")

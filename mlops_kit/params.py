@@ -179,6 +179,9 @@ class RunParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    stages: list[Literal["data", "train", "evaluate", "package", "deploy"]] = Field(
+        default_factory=lambda: ["data", "train", "evaluate"],
+        description="the stages `mlops-kit run` runs, in pipeline order")
     seed: int = Field(42, ge=0, description="random seed for the split and the estimator")
     task: Optional[Literal["classification", "regression"]] = Field(
         None, description="classification or regression (none: inferred from the target)")
@@ -218,10 +221,16 @@ SECTIONS = tuple(name for name, field in RunParams.model_fields.items()
 class LoadedParams:
     """The validated parameters and where each came from."""
 
-    def __init__(self, params: RunParams, files: list[Path], overrides: list[str]):
+    def __init__(self, params: RunParams, files: list[Path], overrides: list[str],
+                 origin: dict[str, str] | None = None):
         self.params = params
         self.files = files
         self.overrides = overrides
+        self._origin = origin or {}
+
+    def source_of(self, key: str) -> str:
+        """The file (or ``--set ...``) that set a dotted key; the top file for defaults."""
+        return _origin_of(key.split("."), self._origin, str(self.files[-1]) if self.files else "defaults")
 
     def __repr__(self) -> str:
         return f"LoadedParams(files={[str(f) for f in self.files]}, overrides={self.overrides})"
@@ -241,7 +250,7 @@ def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tu
         params = RunParams.model_validate(raw)
     except ValidationError as exc:
         raise ParameterError(_describe_validation(exc, raw, origin, file)) from None
-    return LoadedParams(params, files, list(overrides))
+    return LoadedParams(params, files, list(overrides), origin)
 
 
 def parameter_files() -> list[Path]:

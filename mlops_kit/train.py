@@ -186,6 +186,26 @@ def save_trained(result: TrainResult, schema: dict, test: pd.DataFrame, artifact
     return card
 
 
+def training_summary(result: TrainResult) -> pd.DataFrame:
+    """Fit time and, with cross-validation, the score of each fold."""
+    rows = {"fit seconds": round(result.seconds, 3)}
+    if result.cv_scores:
+        rows[f"cv {result.cv_metric} mean"] = round(float(np.mean(result.cv_scores)), 4)
+        rows[f"cv {result.cv_metric} std"] = round(float(np.std(result.cv_scores)), 4)
+        for index, score in enumerate(result.cv_scores, 1):
+            rows[f"fold {index}"] = round(score, 4)
+    return pd.DataFrame({"value": rows})
+
+
+def card_table(card: dict) -> pd.DataFrame:
+    """The model card's main facts as a table."""
+    keys = ("estimator", "task", "target", "sha256", "bytes", "data_fingerprint", "created")
+    rows = {key: card.get(key) for key in keys}
+    rows["params"] = card.get("params")
+    rows.update({f"version {k}": v for k, v in card.get("versions", {}).items()})
+    return pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}})
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 

@@ -1,0 +1,109 @@
+"""``mlops-kit run`` and ``mlops-kit params``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+
+def _params_option(func):
+    func = click.option("-p", "--params", "params_file", type=click.Path(dir_okay=False),
+                        help="Parameter file (default: parameters/default.yaml).")(func)
+    func = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                        help="Override one parameter, typed by the schema. Repeatable.")(func)
+    return func
+
+
+@click.command()
+@_params_option
+@click.option("--stages", help="Comma-separated subset of data,train,evaluate,package,deploy "
+              "(default: the parameter file's `stages`).")
+@click.option("--reuse-from", metavar="RUN_ID", help="Take the inputs of the selected stages from this run "
+              "(default: the newest run that has them).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final run record as JSON.")
+def run(params_file, overrides, stages, reuse_from, as_json):
+    """Run the pipeline: each stage's notebook executed by papermill into runs/<run_id>/."""
+    from ..params import load_params
+    from ..runner import run_pipeline
+
+    loaded = load_params(params_file, overrides)
+    selected = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    printer = _ProgressPrinter(quiet=as_json)
+    try:
+        record = run_pipeline(loaded, stages=selected, reuse_from=reuse_from, on_event=printer)
+    finally:
+        printer.close()
+    if as_json:
+        from ._output import print_json
+        print_json(record)
+    else:
+        _print_summary(record)
+
+
+class _ProgressPrinter:
+    """One line per stage as the run goes (to stderr, so --json stays clean)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.started = time.perf_counter()
+
+    def __call__(self, event) -> None:
+        out = sys.stderr
+        if event.kind == "run_started":
+            out.write(f"run {event.run_id}: {', '.join(event.data['stages'])}\n"
+                      f"  folder {event.data['run_dir']}\n")
+        elif event.kind == "stage_started":
+            out.write(f"  {event.stage:<9} running ...\n")
+        elif event.kind == "stage_finished":
+            out.write(f"  {event.stage:<9} succeeded in {event.data['seconds']:.1f} s\n")
+        elif event.kind == "stage_reused":
+            out.write(f"  {event.stage:<9} reused: {event.message}\n")
+        elif event.kind == "stage_failed":
+            out.write(f"  {event.stage:<9} FAILED\n")
+        out.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def _print_summary(record: dict) -> None:
+    from .. import _paths
+
+    folder = _paths.runs_dir() / record["id"]
+    click.echo(f"Run {record['id']} {record['status']}.")
+    metrics = record.get("metrics") or {}
+    shown = {k: v for k, v in metrics.items() if k != "gate_passed"}
+    if shown:
+        click.echo("Metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        click.echo(f"Quality gate: {'passed' if metrics.get('gate_passed') else 'FAILED'}")
+    click.echo(f"Executed notebooks: {folder / 'notebooks'}")
+    click.echo(f"HTML reports:       {folder / 'reports'}")
+    click.echo(f"Artifacts:          {folder / 'artifacts'}")
+
+
+@click.command()
+@_params_option
+@click.option("--json", "as_json", is_flag=True, help="Print the validated parameters as JSON.")
+def params(params_file, overrides, as_json):
+    """Validate a parameter file and show the values a run would use."""
+    from ..params import RunParams, load_params
+
+    loaded = load_params(params_file, overrides)
+    values = loaded.params.model_dump(mode="json")
+    if as_json:
+        from ._output import print_json
+        print_json(values)
+        return
+    from ._output import print_table
+    rows = []
+    for section, value in values.items():
+        if isinstance(value, dict) and section in RunParams.model_fields and section != "stages":
+            for key, item in value.items():
+                field = type(getattr(loaded.params, section)).model_fields[key]
+                rows.append((f"{section}.{key}", item, field.description or ""))
+        else:
+            rows.append((section, value, RunParams.model_fields[section].description or ""))
+    print_table(["key", "value", "meaning"], rows,
+                title=" + ".join(str(f) for f in loaded.files) + (" + --set" if overrides else ""))

@@ -1,0 +1,195 @@
+"""The run ledger: one ``run.json`` per run folder, written atomically.
+
+A run that is ``running`` holds an exclusive lock on its folder's ``.lock`` file for as
+long as its process lives. A reader that finds a ``running`` run whose lock is free knows
+the process is gone (killed, crashed) and marks the run ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import secrets
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import _atomic, _paths
+from .errors import RunNotFound
+
+STATUSES = ("running", "succeeded", "failed", "interrupted")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def new_run_id() -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+class RunFolder:
+    """A run's folder and its record. Create with :func:`create_run`, open with :func:`open_run`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.id = self.path.name
+        self._lock_fd: int | None = None
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / _paths.RUN_RECORD
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / _paths.ARTIFACTS_SUBDIR
+
+    @property
+    def notebooks(self) -> Path:
+        return self.path / _paths.NOTEBOOKS_SUBDIR
+
+    @property
+    def reports(self) -> Path:
+        return self.path / _paths.REPORTS_SUBDIR
+
+    def read(self) -> dict[str, Any]:
+        return json.loads(self.record_path.read_text())
+
+    def write(self, record: dict[str, Any]) -> None:
+        _atomic.write_json(self.record_path, record)
+
+    def update(self, **changes: Any) -> dict[str, Any]:
+        record = self.read()
+        record.update(changes)
+        self.write(record)
+        return record
+
+    def update_stage(self, stage: str, **changes: Any) -> dict[str, Any]:
+        record = self.read()
+        record.setdefault("stages", {}).setdefault(stage, {}).update(changes)
+        self.write(record)
+        return record
+
+    # --- the liveness lock ---
+    def acquire(self) -> None:
+        fd = os.open(self.path / _paths.RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def is_alive(self) -> bool:
+        """True while some process holds the run's lock."""
+        lock = self.path / _paths.RUN_LOCK
+        if not lock.exists():
+            return False
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+
+def create_run(record: dict[str, Any], run_id: str | None = None) -> RunFolder:
+    """Make a new run folder (never an existing one), lock it and write its first record."""
+    root = _paths.runs_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        candidate = run_id or new_run_id()
+        try:
+            (root / candidate).mkdir()
+        except FileExistsError:
+            if run_id:
+                raise
+            continue
+        break
+    else:  # pragma: no cover - 20 collisions of a 16-bit suffix within a second
+        raise RuntimeError("could not allocate a run id")
+    run = RunFolder(root / candidate)
+    for sub in (run.notebooks, run.reports, run.artifacts):
+        sub.mkdir()
+    run.acquire()
+    run.write({"id": run.id, "created": now(), "status": "running", "pid": os.getpid(),
+               "host": socket.gethostname(), **record})
+    return run
+
+
+def open_run(run_id: str) -> RunFolder:
+    root = _paths.runs_dir()
+    path = root / run_id
+    if not (path / _paths.RUN_RECORD).is_file():
+        raise RunNotFound(run_id, root)
+    return RunFolder(path)
+
+
+def read_run(run_id: str) -> dict[str, Any]:
+    return _settle(open_run(run_id))
+
+
+def _settle(run: RunFolder) -> dict[str, Any]:
+    """The record, with a ``running`` run whose process is gone marked ``interrupted``."""
+    record = run.read()
+    if record.get("status") == "running" and not run.is_alive():
+        record["status"] = "interrupted"
+        record["finished"] = record.get("finished") or now()
+        for stage in record.get("stages", {}).values():
+            if stage.get("status") == "running":
+                stage["status"] = "interrupted"
+        run.write(record)
+    return record
+
+
+def iter_runs() -> Iterator[RunFolder]:
+    root = _paths.runs_dir()
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir(), reverse=True):
+        if path.name != _paths.SCRATCH_RUN and (path / _paths.RUN_RECORD).is_file():
+            yield RunFolder(path)
+
+
+def list_runs() -> list[dict[str, Any]]:
+    """Every run's record, newest first."""
+    records = []
+    for run in iter_runs():
+        try:
+            records.append(_settle(run))
+        except (json.JSONDecodeError, OSError):
+            continue  # a folder being created right now
+    return records
+
+
+def read_metrics(record: dict[str, Any]) -> dict[str, Any] | None:
+    path = _paths.runs_dir() / record["id"] / _paths.ARTIFACTS_SUBDIR / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def git_state(folder: Path | None = None) -> dict[str, Any] | None:
+    """The commit of the project checkout and whether it has uncommitted changes."""
+    folder = folder or _paths.project_dir()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
+                                timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return None

@@ -1,0 +1,349 @@
+"""Run stages with papermill into a run folder.
+
+Each stage executes in a fresh kernel, and its executed notebook is the record. What
+makes a run slow under plain papermill is the kernels: each starts and imports pandas,
+scikit-learn and matplotlib again (about 3 s a stage). So every stage's kernel is started
+when the run starts, with its imports done as the kernel boots (``exec_lines``, which
+leave no trace in the notebook); the later stages' kernels at a lower CPU priority, so
+they warm up while the earlier stages run. HTML reports are exported by a background
+thread while the next stage runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import _atomic, _paths, ledger
+from .errors import ArtifactError, MlopsKitError, StageFailed
+from .params import LoadedParams, RunParams
+from .stages import STAGES, Stage, producer_of, select_stages
+
+#: ``on_event(event)`` receives these as the run goes.
+EventHandler = Callable[["RunEvent"], None]
+
+KERNEL_NAME = "python3"
+LATER_KERNELS_NICENESS = 10
+
+
+@dataclass
+class RunEvent:
+    kind: str  # run_started | stage_started | stage_finished | stage_failed | stage_reused | run_finished | log
+    run_id: str
+    stage: str | None = None
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class RunCancelled(MlopsKitError):
+    def __init__(self, run_id: str, stage: str | None):
+        self.run_id, self.stage = run_id, stage
+        super().__init__(f"Run {run_id} was cancelled" + (f" before stage {stage!r}." if stage else "."))
+
+
+# --- checks before any stage starts ---------------------------------------------------
+
+def preflight(loaded: LoadedParams, stages: list[Stage]) -> None:
+    """Mistakes that would only show inside a stage, found now: the target column and the
+    estimator's hyperparameters."""
+    from .errors import ParameterError, ParameterProblem
+
+    params = loaded.params
+    names = {s.name for s in stages}
+    source = params.data.source
+    if "data" in names:
+        if source.startswith("sklearn:"):
+            if params.data.target != "target":
+                raise ParameterError([ParameterProblem(
+                    loaded.source_of("data.target"), "data.target", f"'target' (the label column of {source})",
+                    repr(params.data.target))])
+        else:
+            from . import data as data_module
+            columns = data_module.read_columns(source)
+            if params.data.target not in columns:
+                import difflib
+                close = difflib.get_close_matches(params.data.target, columns, n=1)
+                raise ParameterError([ParameterProblem(
+                    loaded.source_of("data.target"), "data.target", f"a column of {source}: {', '.join(columns[:15])}",
+                    repr(params.data.target), close[0] if close else None)])
+    if "train" in names and params.train.params:
+        from .params import SKLEARN_DATASETS
+        from .train import check_train_params
+        task = params.task or (SKLEARN_DATASETS.get(source.split(":", 1)[1]) if source.startswith("sklearn:")
+                               else None)
+        for candidate in ([task] if task else ["classification", "regression"]):
+            try:
+                check_train_params(params.train.model, candidate, params.train.params)
+                break
+            except ParameterError as exc:
+                if task or candidate == "regression":
+                    for problem in exc.problems:
+                        problem.file = loaded.source_of(problem.key)
+                    raise ParameterError(exc.problems) from None
+
+
+# --- kernels ---------------------------------------------------------------------------
+
+class KernelWarmer:
+    """Starts one kernel per stage up front; each imports its stage's modules as it boots."""
+
+    def __init__(self, stages: list[Stage], cwd: Path):
+        self._stages = stages
+        self._cwd = cwd
+        self._managers: dict[str, Any] = {}
+
+    def start(self) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        for position, stage in enumerate(self._stages):
+            km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+            code = "; ".join(f"import {module}" for module in stage.warm_imports) or "pass"
+            run_sync(km.start_kernel)(extra_arguments=[f"--IPKernelApp.exec_lines={code}",
+                                                                 "--IPKernelApp.log_level=ERROR"],
+                                      cwd=str(self._cwd))
+            if position:
+                _lower_priority(km)
+            self._managers[stage.name] = km
+
+    def take(self, stage: Stage):
+        return self._managers.get(stage.name)
+
+    def stop(self, stage: Stage) -> None:
+        km = self._managers.pop(stage.name, None)
+        if km is not None:
+            _shutdown(km)
+
+    def stop_all(self) -> None:
+        for name in list(self._managers):
+            _shutdown(self._managers.pop(name))
+
+
+def _lower_priority(km) -> None:
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, process.pid, LATER_KERNELS_NICENESS)
+        except OSError:
+            pass
+
+
+def _shutdown(km) -> None:
+    from jupyter_core.utils import run_sync
+
+    try:
+        run_sync(km.shutdown_kernel)(now=True)
+    except Exception:  # noqa: BLE001 - a kernel that is already gone
+        pass
+
+
+# --- reports ---------------------------------------------------------------------------
+
+def export_html(notebook: Path, report: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    return _atomic.write_text(report, body)
+
+
+# --- the run ---------------------------------------------------------------------------
+
+def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from: str | None = None,
+                 on_event: EventHandler | None = None, cancel: threading.Event | None = None) -> dict:
+    """Run the selected stages (default: ``params.stages``) into a new run folder.
+
+    Stages not selected whose outputs a selected stage needs are taken from ``reuse_from``
+    (default: the newest run that has them). Returns the final record; raises
+    :class:`StageFailed` (the record says which stage and cell) when a stage fails.
+    """
+    params = loaded.params
+    selected = select_stages(stages, params.stages)
+    emit = on_event or (lambda event: None)
+    notebooks_dir = _paths.notebooks_dir()
+    for stage in selected:
+        if not (notebooks_dir / stage.notebook).is_file():
+            raise ArtifactError(f"The notebook of stage {stage.name!r} is missing: "
+                                f"{notebooks_dir / stage.notebook}.", path=notebooks_dir / stage.notebook)
+    needed = sorted({item for s in selected for item in s.inputs if producer_of(item) not in selected})
+    source_run = _find_source_run(needed, reuse_from) if needed else None
+
+    warmer = KernelWarmer(selected, cwd=notebooks_dir)
+    warmer.start()
+    try:
+        preflight(loaded, selected)
+    except BaseException:
+        warmer.stop_all()
+        raise
+
+    run = ledger.create_run({
+        "params": params.model_dump(mode="json"),
+        "parameter_files": [str(f) for f in loaded.files], "overrides": loaded.overrides,
+        "stages_requested": [s.name for s in selected],
+        "git": ledger.git_state(), "versions": _versions(),
+        "stages": {s.name: {"status": "pending"} for s in selected},
+    })
+    emit(RunEvent("run_started", run.id, data={"run_dir": str(run.path), "stages": [s.name for s in selected]}))
+    exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-kit-report")
+    reports: list[tuple[str, Future]] = []
+    current: Stage | None = None
+    try:
+        if source_run is not None:
+            _reuse_outputs(run, source_run, needed, emit)
+        import papermill  # noqa: F401 - imported while the kernels boot
+
+        for current in selected:
+            if cancel is not None and cancel.is_set():
+                raise RunCancelled(run.id, current.name)
+            _run_stage(run, current, params, warmer, emit, exporter, reports)
+        for name, future in reports:
+            future.result()
+        record = run.update(status="succeeded", finished=ledger.now(), metrics=_headline_metrics(run))
+        emit(RunEvent("run_finished", run.id, message="succeeded", data={"record": record}))
+        return record
+    except StageFailed as exc:
+        _wait_quietly(reports)
+        record = run.update(status="failed", finished=ledger.now(), metrics=_headline_metrics(run),
+                            error={"stage": exc.stage, "cell_index": exc.cell_index,
+                                   "exception": exc.exception, "message": exc.detail,
+                                   "notebook": str(exc.notebook)})
+        emit(RunEvent("run_finished", run.id, stage=exc.stage, message="failed", data={"record": record}))
+        raise
+    except BaseException as exc:
+        _wait_quietly(reports)
+        status = "interrupted"
+        stage_name = current.name if current else None
+        if stage_name:
+            run.update_stage(stage_name, status="interrupted")
+        run.update(status=status, finished=ledger.now(),
+                   error={"stage": stage_name, "cell_index": None, "exception": type(exc).__name__,
+                          "message": str(exc)})
+        emit(RunEvent("run_finished", run.id, stage=stage_name, message=status))
+        raise
+    finally:
+        warmer.stop_all()
+        exporter.shutdown(wait=True)
+        run.release()
+
+
+def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, warmer: KernelWarmer,
+               emit: EventHandler, exporter: ThreadPoolExecutor, reports: list) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = _paths.notebooks_dir() / stage.notebook
+    output = run.notebooks / stage.notebook
+    report = run.reports / (Path(stage.notebook).stem + ".html")
+    parameters = {**params.stage_parameters(stage.section), "run_dir": str(run.path)}
+    started = time.perf_counter()
+    run.update_stage(stage.name, status="running", started=ledger.now(),
+                     notebook=str(output.relative_to(run.path)))
+    emit(RunEvent("stage_started", run.id, stage.name))
+    try:
+        papermill.execute_notebook(
+            str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
+            km=warmer.take(stage), progress_bar=False, log_output=False,
+            cwd=str(source.parent))
+    except PapermillExecutionError as exc:
+        seconds = round(time.perf_counter() - started, 3)
+        detail = _error_text(exc.evalue)
+        reports.append((stage.name, exporter.submit(export_html, output, report)))
+        run.update_stage(stage.name, status="failed", seconds=seconds,
+                         report=str(report.relative_to(run.path)),
+                         error={"cell_index": exc.cell_index, "exception": exc.ename, "message": detail})
+        failure = StageFailed(stage.name, notebook=output, cell_index=exc.cell_index,
+                              exception=exc.ename, detail=detail)
+        emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure),
+                      data={"cell_index": exc.cell_index, "exception": exc.ename, "seconds": seconds}))
+        raise failure from None
+    finally:
+        warmer.stop(stage)
+    seconds = round(time.perf_counter() - started, 3)
+    missing = [item for item in stage.outputs if not (run.artifacts / item).exists()]
+    if missing:
+        run.update_stage(stage.name, status="failed", seconds=seconds,
+                         error={"cell_index": None, "exception": "MissingOutputs",
+                                "message": f"did not write {', '.join(missing)}"})
+        failure = StageFailed(stage.name, notebook=output, cell_index=None, exception="MissingOutputs",
+                              detail=f"the stage did not write its declared outputs {', '.join(missing)}")
+        emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure)))
+        raise failure
+    reports.append((stage.name, exporter.submit(export_html, output, report)))
+    run.update_stage(stage.name, status="succeeded", seconds=seconds,
+                     report=str(report.relative_to(run.path)),
+                     outputs={item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs})
+    emit(RunEvent("stage_finished", run.id, stage.name, message="succeeded", data={"seconds": seconds}))
+
+
+def _find_source_run(needed: list[str], reuse_from: str | None) -> ledger.RunFolder:
+    if reuse_from:
+        run = ledger.open_run(reuse_from)
+        missing = [item for item in needed if not (run.artifacts / item).exists()]
+        if missing:
+            raise ArtifactError(f"Run {reuse_from} has no {', '.join(missing)} to reuse.",
+                                path=run.artifacts / missing[0])
+        return run
+    for run in ledger.iter_runs():
+        if all((run.artifacts / item).exists() for item in needed):
+            return run
+    producers = sorted({producer_of(item).name for item in needed}, key=[s.name for s in STAGES].index)
+    raise ArtifactError(
+        f"The selected stages need {', '.join(needed)}, which no earlier run has.",
+        hint=f"include the stage(s) {', '.join(producers)} in --stages.")
+
+
+def _reuse_outputs(run: ledger.RunFolder, source: ledger.RunFolder, needed: list[str], emit) -> None:
+    for item in needed:
+        target = run.artifacts / item
+        try:
+            os.link(source.artifacts / item, target)
+        except OSError:
+            shutil.copy2(source.artifacts / item, target)
+    by_stage: dict[str, list[str]] = {}
+    for item in needed:
+        by_stage.setdefault(producer_of(item).name, []).append(item)
+    for name, items in by_stage.items():
+        run.update_stage(name, status="reused", source_run=source.id, outputs=items)
+        emit(RunEvent("stage_reused", run.id, name, message=f"outputs taken from run {source.id}"))
+
+
+def _headline_metrics(run: ledger.RunFolder) -> dict | None:
+    from .evaluate import read_metrics
+
+    metrics = read_metrics(run.artifacts)
+    if not metrics:
+        return None
+    return {**metrics["metrics"], "gate_passed": metrics["gate"]["passed"]}
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("mlops-kit", "papermill", "scikit-learn", "pandas", "numpy", "matplotlib", "skops"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _error_text(text: str, limit: int = 2000) -> str:
+    """The exception's message (all of it: a kit error's hint is on its second line)."""
+    text = (text or "").strip()
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _wait_quietly(reports: list[tuple[str, Future]]) -> None:
+    for _, future in reports:
+        try:
+            future.result()
+        except Exception:  # noqa: BLE001 - the run already failed; the report is best effort
+            pass

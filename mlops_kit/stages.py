@@ -1,0 +1,68 @@
+"""The stages of the pipeline: each a notebook plus what it reads and writes.
+
+A stage's ``inputs`` are artifact files that earlier stages wrote; its ``outputs`` are
+the files it must write for the run to count as succeeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ParameterError, ParameterProblem
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    notebook: str
+    section: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    #: modules the stage's kernel imports while it waits for its turn
+    warm_imports: tuple[str, ...] = ()
+
+
+_COMMON = ("pandas", "numpy", "matplotlib.pyplot", "mlops_kit.notebook")
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "01_data.ipynb", "data", (),
+          ("train.parquet", "test.parquet", "schema.json"),
+          (*_COMMON, "pyarrow.parquet", "sklearn.model_selection", "mlops_kit.data", "mlops_kit.evaluate")),
+    Stage("train", "02_train.ipynb", "train", ("train.parquet", "test.parquet", "schema.json"),
+          ("model.skops", "model_card.json", "examples.json"),
+          (*_COMMON, "pyarrow.parquet", "sklearn.pipeline", "sklearn.compose", "sklearn.impute",
+           "sklearn.preprocessing", "sklearn.linear_model", "sklearn.ensemble", "sklearn.model_selection",
+           "skops.io", "mlops_kit.data", "mlops_kit.train")),
+    Stage("evaluate", "03_evaluate.ipynb", "evaluate",
+          ("test.parquet", "schema.json", "model.skops", "model_card.json"),
+          ("metrics.json",),
+          (*_COMMON, "pyarrow.parquet", "sklearn.metrics", "skops.io", "mlops_kit.data", "mlops_kit.train",
+           "mlops_kit.evaluate")),
+    Stage("package", "04_package.ipynb", "package",
+          ("model.skops", "model_card.json", "schema.json", "examples.json", "metrics.json"),
+          ("image.json",), ("mlops_kit.notebook",)),
+    Stage("deploy", "05_deploy.ipynb", "deploy",
+          ("model.skops", "model_card.json", "schema.json", "examples.json"),
+          ("release.json",), ("mlops_kit.notebook",)),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def select_stages(names: list[str] | tuple[str, ...] | None, default: list[str]) -> list[Stage]:
+    """The stages named (in pipeline order), or the default list. Unknown names are an error."""
+    chosen = list(names) if names else list(default)
+    unknown = [n for n in chosen if n not in BY_NAME]
+    if unknown:
+        import difflib
+        close = difflib.get_close_matches(unknown[0], STAGE_NAMES, n=1)
+        raise ParameterError([ParameterProblem("--stages", unknown[0], "one of " + ", ".join(STAGE_NAMES),
+                                               repr(unknown[0]), close[0] if close else None)])
+    return [stage for stage in STAGES if stage.name in chosen]
+
+
+def producer_of(artifact: str) -> Stage:
+    for stage in STAGES:
+        if artifact in stage.outputs:
+            return stage
+    raise KeyError(artifact)
