@@ -148,8 +148,8 @@ class DeployError(MlopsKitError):
         super().__init__(message, hint=hint)
 
 
-class DeployError(MlopsKitError):
-    """A deployment to Kubernetes failed or cannot start.
+class K8sDeployError(DeployError):
+    """A deployment to Kubernetes (MicroK8s) failed or cannot start.
 
     ``reason`` is a short machine-readable word (``Unreachable``, ``Forbidden``, ``Conflict``,
     ``NotFound``, ``Invalid``, ``ImagePullBackOff``, ``ErrImageNeverPull``, ``CrashLoopBackOff``,
@@ -169,9 +169,10 @@ class DeployError(MlopsKitError):
         self.logs = logs
         self.rolled_back_to = rolled_back_to
         super().__init__(message, hint=hint)
+        self.log = logs
 
 
-class ManifestError(DeployError):
+class ManifestError(K8sDeployError):
     """Rendered manifests break the Kubernetes schema or a rule the schema cannot express.
 
     ``problems`` lists each ``(source, kind/name, field, message)``; one line each in the message.

@@ -1,0 +1,164 @@
+"""``mlops-kit deploy | status | rollback | undeploy``: 05_deploy from a terminal.
+
+``deploy.target: microk8s`` goes to :mod:`mlops_kit.deploy.k8s`; ``local`` to
+:mod:`mlops_kit.deploy.local`. Parameters: ``-p FILE`` (default: the run's own parameters
+from run.json, else parameters/default.yaml) plus ``--set section.key=value``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import click
+
+from .. import _paths
+from ..errors import RunNotFound
+
+_params_option = click.option("-p", "--params", "params_file", type=click.Path(dir_okay=False),
+                              help="parameter file (default: the run's own parameters, else "
+                                   "parameters/default.yaml)")
+_set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                           help="override a parameter (repeatable)")
+_target_option = click.option("--target", type=click.Choice(["local", "microk8s"]), default=None,
+                              help="deploy.target (overrides the parameter files)")
+_json_option = click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+
+
+def _load(params_file: str | None, overrides: tuple[str, ...], target: str | None, run_dir: Path | None):
+    from ..deploy.k8s._stage import run_params
+    from ..params import load_params
+
+    overrides = tuple(overrides) + ((f"deploy.target={target}",) if target else ())
+    if params_file is None and run_dir is not None:
+        recorded = run_params(run_dir)
+        if recorded is not None:
+            import yaml
+
+            with tempfile.TemporaryDirectory(prefix="mlops-kit-") as tmp:
+                file = Path(tmp) / f"{run_dir.name}.run.json.params.yaml"
+                file.write_text(yaml.safe_dump(recorded, sort_keys=False), encoding="utf-8")
+                return load_params(file, overrides).params
+    return load_params(params_file, overrides).params
+
+
+def _run_dir(run_id: str | None) -> Path | None:
+    if run_id is None:
+        return None
+    folder = _paths.runs_dir() / run_id
+    if not folder.is_dir():
+        raise RunNotFound(run_id, _paths.runs_dir())
+    return folder
+
+
+def _local():
+    from ..deploy.k8s._stage import local_module
+
+    return local_module()
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+
+
+@click.command()
+@click.argument("run_id")
+@_params_option
+@_set_option
+@_target_option
+@click.option("--dry-run", is_flag=True, help="render, validate and show the diff; apply nothing")
+@click.option("--force-conflicts", is_flag=True, help="take over fields another tool changed (server-side apply)")
+@_json_option
+def deploy(run_id, params_file, overrides, target, dry_run, force_conflicts, as_json):
+    """Deploy the model of run RUN_ID (to deploy.target: local or microk8s)."""
+    run_dir = _run_dir(run_id)
+    params = _load(params_file, overrides, target, run_dir)
+    if params.deploy.target == "microk8s":
+        from ..deploy import k8s
+
+        result = k8s.deploy(run_dir, params, dry_run=dry_run, log=_echo, force_conflicts=force_conflicts)
+    else:
+        if dry_run:
+            raise click.UsageError("--dry-run applies to --target microk8s only.")
+        result = _local().deploy(run_dir, params, log=_echo)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+
+
+@click.command()
+@click.option("--run", "run_id", default=None, help="take the parameters of this run")
+@_params_option
+@_set_option
+@_target_option
+@_json_option
+def status(run_id, params_file, overrides, target, as_json):
+    """Show what is deployed: release history, pods, endpoint."""
+    params = _load(params_file, overrides, target, _run_dir(run_id))
+    if params.deploy.target == "microk8s":
+        from ..deploy import k8s
+
+        result = k8s.status(params)
+    else:
+        result = _local().status(params)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    _print_status(result)
+
+
+@click.command()
+@click.option("--run", "run_id", default=None, help="take the parameters of this run")
+@_params_option
+@_set_option
+@click.option("--to", "to_revision", type=int, default=None, help="the release revision to restore "
+              "(default: the newest good one unlike the current)")
+@_json_option
+def rollback(run_id, params_file, overrides, to_revision, as_json):
+    """Restore an earlier good release on MicroK8s and wait for it."""
+    from ..deploy import k8s
+
+    params = _load(params_file, overrides, "microk8s", _run_dir(run_id))
+    result = k8s.rollback(params, to_revision=to_revision, log=_echo)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+
+
+@click.command()
+@click.option("--run", "run_id", default=None, help="take the parameters of this run")
+@_params_option
+@_set_option
+@_target_option
+@click.option("--delete-namespace", is_flag=True, help="also delete deploy.namespace (microk8s)")
+def undeploy(run_id, params_file, overrides, target, delete_namespace):
+    """Remove the deployment (Deployment, Service, ConfigMaps, Secret)."""
+    params = _load(params_file, overrides, target, _run_dir(run_id))
+    if params.deploy.target == "microk8s":
+        from ..deploy import k8s
+
+        k8s.undeploy(params, delete_namespace=delete_namespace, log=_echo)
+    else:
+        result = _local().undeploy(params)
+        click.echo(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else
+                   str(result or "undeployed"))
+
+
+def _print_status(result: dict) -> None:
+    from ._output import print_table
+
+    if "releases" not in result:      # the local target's own shape
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(f"{result['namespace']}/{result['name']}: {result.get('rollout')}")
+    if result.get("endpoint"):
+        click.echo(f"endpoint: {result['endpoint']}")
+    if result.get("pods"):
+        print_table(["pod", "phase", "ready", "restarts", "reason"],
+                    [[p["name"], p["phase"], p["ready"], p["restarts"], p["reason"]] for p in result["pods"]],
+                    title="pods")
+    current = (result.get("current") or {}).get("revision")
+    print_table(["revision", "status", "run", "image", "time", "who", "note"],
+                [[f"{r['revision']}{' *' if r['revision'] == current else ''}", r.get("status"), r.get("run_id"),
+                  r.get("image"), r.get("time"), r.get("who"),
+                  r.get("reason") or (f"restores {r['restores']}" if r.get("restores") else "")]
+                 for r in result.get("releases") or []], title="releases (* = current)")

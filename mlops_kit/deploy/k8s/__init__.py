@@ -1,0 +1,28 @@
+"""Deploy to Kubernetes / MicroK8s (``deploy.target: microk8s``).
+
+``deploy(run_dir, params)`` renders ``k8s/`` with the run's image digest and parameters,
+validates it (schema, strict, plus meaning checks), shows the diff, server-side applies it in
+order, waits for the rollout like ``kubectl rollout status``, smoke-tests the Service and
+rolls back to the last good release when the wait or the smoke test fails. ``status``,
+``rollback`` and ``undeploy`` work on the same ``deploy.namespace``/``deploy.name``.
+Every function takes ``api_client`` (a ``kubernetes.client.ApiClient``; default: from the
+kubeconfig) and ``log`` (a callback for progress lines).
+"""
+
+from ._cluster import FIELD_MANAGER, Cluster
+from ._deploy import apply_objects, connect, deploy, prepare, rollback, smoke_test, status, undeploy
+from ._diff import diff_objects
+from ._kubeconfig import load_api_client
+from ._releases import read_history
+from ._render import image_reference, load_manifests, manifests_dir, render, secret_object, secret_values
+from ._rollout import rollout_state, wait_for_rollout
+from ._stage import release_table, run_stage, stage_params, stage_run_dir
+from ._validate import meaning_problems, schema_problems, validate
+
+__all__ = [
+    "FIELD_MANAGER", "Cluster", "apply_objects", "connect", "deploy", "diff_objects", "image_reference",
+    "load_api_client", "load_manifests", "manifests_dir", "meaning_problems", "prepare", "read_history",
+    "release_table", "render", "rollback", "rollout_state", "run_stage", "schema_problems", "secret_object",
+    "secret_values", "smoke_test", "stage_params", "stage_run_dir", "status", "undeploy", "validate",
+    "wait_for_rollout",
+]

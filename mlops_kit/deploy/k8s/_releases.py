@@ -1,0 +1,87 @@
+"""The release history, kept in the cluster in a ConfigMap ``<name>-releases``.
+
+Each release: revision, run id, image (``ref@digest``), model sha256, metrics, time, who,
+status (``succeeded`` or ``failed``) and the manifests that were applied (never a Secret),
+so a rollback re-applies exactly what last worked. The newest ``KEEP`` are kept.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import json
+import socket
+from typing import Any
+
+from ...errors import K8sDeployError
+from ._cluster import Cluster
+
+KEEP = 10
+DATA_KEY = "releases.json"
+
+
+def history_name(name: str) -> str:
+    return f"{name}-releases"
+
+
+def read_history(cluster: Cluster, namespace: str, name: str) -> list[dict]:
+    config_map = cluster.get("ConfigMap", namespace, history_name(name))
+    if config_map is None:
+        return []
+    text = (config_map.get("data") or {}).get(DATA_KEY, "[]")
+    try:
+        releases = json.loads(text)
+    except ValueError:
+        raise K8sDeployError(f"ConfigMap {namespace}/{history_name(name)}: {DATA_KEY} is not JSON; the release "
+                          "history was edited by hand.", reason="Invalid", kind="ConfigMap",
+                          namespace=namespace, name=history_name(name)) from None
+    return releases if isinstance(releases, list) else []
+
+
+def write_history(cluster: Cluster, namespace: str, name: str, releases: list[dict]) -> None:
+    cluster.apply({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": history_name(name), "namespace": namespace,
+                     "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "mlops-kit",
+                                "app.kubernetes.io/managed-by": "mlops-kit",
+                                "app.kubernetes.io/component": "release-history"}},
+        "data": {DATA_KEY: json.dumps(releases[-KEEP:], indent=1, sort_keys=True)},
+    })
+
+
+def new_release(releases: list[dict], **fields: Any) -> dict:
+    revision = max((r.get("revision", 0) for r in releases), default=0) + 1
+    return {"revision": revision, "time": now(), "who": who(), **fields}
+
+
+def last_good(releases: list[dict], *, unlike: str | None = None) -> dict | None:
+    """The newest succeeded release (whose release id differs from ``unlike``)."""
+    for release in reversed(releases):
+        if release.get("status") == "succeeded" and release.get("manifests") and \
+                (unlike is None or release.get("release_id") != unlike):
+            return release
+    return None
+
+
+def current(releases: list[dict]) -> dict | None:
+    """The release the cluster should be running: the newest succeeded one."""
+    return last_good(releases)
+
+
+def public(release: dict | None) -> dict | None:
+    """A release without its manifests (for tables, logs and release.json)."""
+    if release is None:
+        return None
+    return {k: v for k, v in release.items() if k != "manifests"}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

@@ -1,0 +1,277 @@
+"""Render the manifests in ``k8s/`` with a run's image, model and parameters.
+
+The files in ``k8s/`` are real manifests (``kubectl kustomize k8s/`` renders them). This
+module reads the same files, in the order of ``kustomization.yaml``'s ``resources``, and
+fills in what a deployment of one run needs: the image (``ref@digest`` from
+``artifacts/image.json``), replicas, Service type and ports, the serving settings of the
+ConfigMap, and pod-template annotations with the checksums of config and model, so a new
+model or new settings always roll the pods. The name ``model-server`` in the files stands
+for ``deploy.name``; the namespace for ``deploy.namespace``.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ... import _paths
+from ...errors import ArtifactError, K8sDeployError
+from ...params import RunParams
+
+#: The placeholder names used in k8s/*.yaml.
+BASE_NAME = "model-server"
+BASE_NAMESPACE = "mlops-kit"
+CONTAINER = "server"
+#: Pod-template annotations the kit fills in.
+ANNOTATION_PREFIX = "mlops-kit/"
+RUN_ID = "mlops-kit/run-id"
+MODEL_SHA = "mlops-kit/model-sha256"
+CONFIG_CHECKSUM = "mlops-kit/config-checksum"
+RELEASE_ID = "mlops-kit/release-id"
+#: The order objects are applied in (kinds not listed come last, in file order).
+APPLY_ORDER = ("Namespace", "Secret", "ConfigMap", "Service", "Deployment")
+_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images"}
+
+
+def manifests_dir() -> Path:
+    """``k8s/`` of the project (the files a user may edit)."""
+    folder = _paths.project_dir() / "k8s"
+    if not (folder / "kustomization.yaml").is_file():
+        raise K8sDeployError(f"No kustomization.yaml in {folder}: the manifests of the model server "
+                          "live in the project's k8s/ folder.", reason="NotFound",
+                          hint="run from the project folder or set MLOPS_KIT_PROJECT_DIR.")
+    return folder
+
+
+def load_manifests(folder: Path | None = None) -> list[dict]:
+    """The objects of ``k8s/``, in the order of ``kustomization.yaml``, with its namespace set.
+
+    Each object remembers its file under the key ``__source__`` (removed by :func:`render`)."""
+    folder = Path(folder) if folder is not None else manifests_dir()
+    kfile = folder / "kustomization.yaml"
+    kustomization = _read_yaml_docs(kfile)[0] if kfile.is_file() else None
+    if not isinstance(kustomization, dict):
+        raise K8sDeployError(f"{kfile}: expected a Kustomization mapping; found {type(kustomization).__name__}.",
+                          reason="Invalid")
+    unknown = sorted(set(kustomization) - _KUSTOMIZATION_KEYS)
+    if unknown:
+        raise K8sDeployError(f"{kfile}: {', '.join(unknown)}: the kit reads only "
+                          f"{', '.join(sorted(_KUSTOMIZATION_KEYS))}; found more.", reason="Invalid",
+                          hint="keep other kustomize features in an overlay that uses k8s/ as its base.")
+    resources = kustomization.get("resources") or []
+    objects: list[dict] = []
+    for entry in resources:
+        path = folder / str(entry)
+        if not path.is_file():
+            raise K8sDeployError(f"{kfile}: resources: {entry}: expected a file in {folder}; found none.",
+                              reason="NotFound")
+        for doc in _read_yaml_docs(path):
+            if doc is None:
+                continue
+            if not isinstance(doc, dict) or "kind" not in doc:
+                raise K8sDeployError(f"{path}: expected Kubernetes objects (mappings with kind); "
+                                  f"found {doc!r:.60}.", reason="Invalid")
+            if kustomization.get("namespace") and doc["kind"] != "Namespace":
+                doc.setdefault("metadata", {})["namespace"] = kustomization["namespace"]
+            doc["__source__"] = str(path.relative_to(folder.parent) if folder.parent in path.parents else path)
+            objects.append(doc)
+    return objects
+
+
+def _read_yaml_docs(path: Path) -> list[Any]:
+    try:
+        return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as exc:
+        raise K8sDeployError(f"{path}: not valid YAML: {exc}", reason="Invalid") from None
+
+
+# --- the run's artifacts -----------------------------------------------------------------
+
+def read_json_artifact(run_dir: Path, name: str, *, producer: str, required: bool = True) -> dict | None:
+    path = Path(run_dir) / _paths.ARTIFACTS_SUBDIR / name
+    if not path.is_file():
+        if not required:
+            return None
+        raise ArtifactError(f"No {name} in {path.parent}: stage {producer!r} writes it.", path=path,
+                            hint=f"run the {producer} stage of this run first.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc}).", path=path) from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object; found {type(data).__name__}.", path=path)
+    return data
+
+
+def image_reference(image: Mapping[str, Any], source: str = "image.json") -> str:
+    """``ref@digest``: the image pinned by content (a tag can move; a digest cannot)."""
+    ref, digest = image.get("ref"), image.get("digest")
+    if not isinstance(ref, str) or not ref:
+        raise ArtifactError(f"{source}: ref must be an image reference such as 'mlops-kit/model:run-1'. "
+                            f"Got {ref!r} instead.", path=source)
+    if "@" in ref:
+        return ref
+    if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71:
+        raise ArtifactError(f"{source}: digest must be 'sha256:' and 64 hex digits. Got {digest!r} instead.",
+                            path=source)
+    return f"{ref}@{digest}"
+
+
+def pull_policy(reference: str, params: RunParams) -> str:
+    """``Never`` for an image imported into the node's containerd (pulling could only fail, and
+    ``ErrImageNeverPull`` says plainly that the import is missing); ``IfNotPresent`` when it
+    comes from a registry."""
+    first = reference.split("/", 1)[0]
+    from_registry = params.package.registry or ("/" in reference and
+                                                ("." in first or ":" in first or first == "localhost"))
+    return "IfNotPresent" if from_registry else "Never"
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+def secret_values(names: list[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Values of the variables named in ``deploy.secret_env``: ``$NAME``, or the content of the
+    file named by ``$NAME_FILE``. Only ever goes into a Kubernetes Secret."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    missing: list[str] = []
+    for name in names:
+        if name in environ:
+            values[name] = environ[name]
+        elif f"{name}_FILE" in environ:
+            path = Path(environ[f"{name}_FILE"]).expanduser()
+            try:
+                values[name] = path.read_text(encoding="utf-8").rstrip("\n")
+            except OSError as exc:
+                raise K8sDeployError(f"deploy.secret_env: {name}_FILE names {str(path)!r}, which cannot be "
+                                  f"read ({exc.strerror}).", reason="Invalid") from None
+        else:
+            missing.append(name)
+    if missing:
+        unset = "; ".join(f"neither ${m} nor ${m}_FILE is set" for m in missing)
+        raise K8sDeployError(f"deploy.secret_env names {', '.join(missing)}, but {unset}.", reason="Invalid",
+                          hint="export the variable (or NAME_FILE=path) before deploying; values never go "
+                               "into parameter files.")
+    return values
+
+
+def secret_object(params: RunParams, values: Mapping[str, str]) -> dict:
+    d = params.deploy
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": f"{d.name}-secrets", "namespace": d.namespace, "labels": _labels(d.name)},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode("utf-8")).decode("ascii") for k, v in sorted(values.items())},
+    }
+
+
+# --- rendering --------------------------------------------------------------------------
+
+def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
+           templates: list[dict] | None = None) -> list[dict]:
+    """The objects to apply for this run, in apply order (no Secret: see :func:`secret_object`)."""
+    d, s = params.deploy, params.serve
+    if d.node_port is not None and d.service_type != "NodePort":
+        raise K8sDeployError(f"deploy.node_port must be unset when deploy.service_type is {d.service_type}. "
+                          f"Got {d.node_port} instead.", reason="Invalid",
+                          hint="set deploy.service_type: NodePort, or remove deploy.node_port.")
+    objects = [copy.deepcopy(o) for o in (templates if templates is not None else load_manifests())]
+    for obj in objects:
+        obj.pop("__source__", None)
+        _rename(obj, d.name)
+        meta = obj.setdefault("metadata", {})
+        if obj["kind"] == "Namespace":
+            meta["name"] = d.namespace
+        else:
+            meta["namespace"] = d.namespace
+    config = {
+        "MLOPS_KIT_MAX_ROWS": str(s.max_rows),
+        "MLOPS_KIT_MAX_BODY_BYTES": str(s.max_body_bytes),
+        "MLOPS_KIT_UNKNOWN_CATEGORIES": s.unknown_categories,
+    }
+    config_checksum = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    release_id = hashlib.sha256("|".join([image, model_sha256, config_checksum, ",".join(d.secret_env)])
+                                .encode()).hexdigest()[:16]
+    for obj in objects:
+        kind = obj["kind"]
+        if kind == "ConfigMap" and obj["metadata"]["name"] == f"{d.name}-config":
+            obj["data"] = {**(obj.get("data") or {}), **config}
+        elif kind == "Service" and obj["metadata"]["name"] == d.name:
+            spec = obj.setdefault("spec", {})
+            spec["type"] = d.service_type
+            port = spec["ports"][0]
+            port["port"] = d.port
+            port.pop("nodePort", None)
+            if d.service_type == "NodePort" and d.node_port is not None:
+                port["nodePort"] = d.node_port
+        elif kind == "Deployment" and obj["metadata"]["name"] == d.name:
+            spec = obj.setdefault("spec", {})
+            spec["replicas"] = d.replicas
+            spec["progressDeadlineSeconds"] = max(int(math.ceil(d.rollout_timeout)), 1)
+            template = spec.setdefault("template", {})
+            annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
+            annotations.update({RUN_ID: run_id, MODEL_SHA: model_sha256,
+                                CONFIG_CHECKSUM: config_checksum, RELEASE_ID: release_id})
+            containers = template.setdefault("spec", {}).get("containers") or []
+            server = next((c for c in containers if c.get("name") == CONTAINER), None)
+            if server is None:
+                raise K8sDeployError(f"k8s/deployment.yaml: spec.template.spec.containers must hold a container "
+                                  f"named {CONTAINER!r}. Got {[c.get('name') for c in containers]} instead.",
+                                  reason="Invalid")
+            server["image"] = image
+            server["imagePullPolicy"] = pull_policy(image, params)
+    return sort_for_apply(objects)
+
+
+def sort_for_apply(objects: list[dict]) -> list[dict]:
+    rank = {kind: i for i, kind in enumerate(APPLY_ORDER)}
+    return sorted(objects, key=lambda o: rank.get(o.get("kind"), len(rank)))
+
+
+def release_id_of(objects: list[dict]) -> str | None:
+    for obj in objects:
+        if obj.get("kind") == "Deployment":
+            return obj["spec"]["template"]["metadata"].get("annotations", {}).get(RELEASE_ID)
+    return None
+
+
+def find(objects: list[dict], kind: str) -> dict | None:
+    return next((o for o in objects if o.get("kind") == kind), None)
+
+
+def to_yaml(objects: list[dict]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "mlops-kit",
+            "app.kubernetes.io/managed-by": "mlops-kit"}
+
+
+def _rename(node: Any, name: str) -> Any:
+    """Replace the placeholder name (``model-server``, ``model-server-*``) in values, in place."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("image", "command", "args"):
+                continue
+            if isinstance(value, str):
+                if value == BASE_NAME or value.startswith(BASE_NAME + "-"):
+                    node[key] = name + value[len(BASE_NAME):]
+            else:
+                _rename(value, name)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            if isinstance(value, str):
+                if value == BASE_NAME or value.startswith(BASE_NAME + "-"):
+                    node[i] = name + value[len(BASE_NAME):]
+            else:
+                _rename(value, name)
+    return node

@@ -1,0 +1,71 @@
+"""What the 05_deploy notebook and the CLI call: the run folder, the parameters, the target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from ... import _paths
+from ...errors import K8sDeployError
+from ...params import DeployParams, RunParams
+
+
+def stage_run_dir(run_dir: str | Path = "") -> Path:
+    """The run folder of the deploy stage: ``run_dir``, or the scratch run when it is ""."""
+    try:
+        from ...notebook import open_stage
+    except ImportError:  # pragma: no cover - older checkouts
+        return Path(run_dir) if run_dir else _paths.runs_dir() / _paths.SCRATCH_RUN
+    return open_stage("deploy", run_dir).run_dir
+
+
+def run_params(run_dir: Path) -> dict | None:
+    """The validated parameters recorded in ``run.json`` (None when the run has no record)."""
+    record = Path(run_dir) / _paths.RUN_RECORD
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text(encoding="utf-8")).get("params")
+    except ValueError:
+        return None
+
+
+def stage_params(run_dir: Path, *, seed: int = 42, task: str | None = None, **deploy: Any) -> RunParams:
+    """The notebook's parameters (``deploy.*``, seed, task) on top of the run's own ``package`` and
+    ``serve`` sections (from run.json; defaults when absent)."""
+    recorded = run_params(run_dir) or {}
+    return RunParams(seed=seed, task=task, package=recorded.get("package") or {},
+                     serve=recorded.get("serve") or {}, deploy=DeployParams(**deploy))
+
+
+def run_stage(run_dir: Path, params: RunParams, *, log: Callable[[str], None] = print,
+              dry_run: bool = False) -> dict:
+    """Deploy to ``deploy.target``: microk8s here; local through ``mlops_kit.deploy.local``."""
+    if params.deploy.target == "microk8s":
+        from ._deploy import deploy
+
+        return deploy(run_dir, params, log=log, dry_run=dry_run)
+    local = local_module()
+    return local.deploy(run_dir, params, log=log)
+
+
+def local_module():
+    try:
+        from .. import local
+    except ImportError as exc:
+        if exc.name and exc.name.endswith("deploy.local"):
+            raise K8sDeployError("deploy.target: local needs mlops_kit.deploy.local, which this installation "
+                              "does not have yet.", reason="NotFound",
+                              hint="use deploy.target: microk8s, or update mlops-kit.") from None
+        raise
+    return local
+
+
+def release_table(result: dict):
+    """A one-column table of a release or status dict (for the notebook)."""
+    import pandas as pd
+
+    rows = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in result.items()
+            if k not in ("manifests", "changes", "releases", "pods")}
+    return pd.DataFrame({"value": list(rows.values())}, index=list(rows.keys()))
