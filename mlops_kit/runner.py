@@ -254,14 +254,15 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, warmer: K
     except PapermillExecutionError as exc:
         seconds = round(time.perf_counter() - started, 3)
         detail = _error_text(exc.evalue)
+        cell_index = _failing_cell(output, default=exc.cell_index)
         reports.append((stage.name, exporter.submit(export_html, output, report)))
         run.update_stage(stage.name, status="failed", seconds=seconds,
                          report=str(report.relative_to(run.path)),
-                         error={"cell_index": exc.cell_index, "exception": exc.ename, "message": detail})
-        failure = StageFailed(stage.name, notebook=output, cell_index=exc.cell_index,
+                         error={"cell_index": cell_index, "exception": exc.ename, "message": detail})
+        failure = StageFailed(stage.name, notebook=output, cell_index=cell_index,
                               exception=exc.ename, detail=detail)
         emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure),
-                      data={"cell_index": exc.cell_index, "exception": exc.ename, "seconds": seconds}))
+                      data={"cell_index": cell_index, "exception": exc.ename, "seconds": seconds}))
         raise failure from None
     finally:
         warmer.stop(stage)
@@ -280,6 +281,21 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, warmer: K
                      report=str(report.relative_to(run.path)),
                      outputs={item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs})
     emit(RunEvent("stage_finished", run.id, stage.name, message="succeeded", data={"seconds": seconds}))
+
+
+def _failing_cell(notebook: Path, default: int | None) -> int | None:
+    """The index, in the executed notebook as saved (papermill puts an error banner first),
+    of the cell whose output is the error."""
+    import nbformat
+
+    try:
+        executed = nbformat.read(notebook, as_version=4)
+    except Exception:  # noqa: BLE001 - the record still has papermill's own index
+        return default
+    for index, cell in enumerate(executed.cells):
+        if any(output.get("output_type") == "error" for output in cell.get("outputs", [])):
+            return index
+    return default
 
 
 def _find_source_run(needed: list[str], reuse_from: str | None) -> ledger.RunFolder:

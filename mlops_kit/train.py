@@ -64,10 +64,12 @@ def make_estimator(model: str, task: str, params: dict | None = None, *, seed: i
     unknown = [k for k in values if k not in known]
     if unknown:
         import difflib
-        suggestion = difflib.get_close_matches(unknown[0], list(known), n=1)
-        raise ParameterError([ParameterProblem("parameters", f"train.params.{unknown[0]}",
-                                               f"a hyperparameter of {name}",
-                                               "an unknown name", suggestion[0] if suggestion else None)])
+        problems = []
+        for key in unknown:
+            suggestion = difflib.get_close_matches(key, list(known), n=1)
+            problems.append(ParameterProblem("parameters", f"train.params.{key}", f"a hyperparameter of {name}",
+                                             "an unknown name", suggestion[0] if suggestion else None))
+        raise ParameterError(problems)
     values = {k: v for k, v in values.items() if k in known}
     if "random_state" in known and "random_state" not in (params or {}):
         values["random_state"] = seed

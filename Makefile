@@ -1,0 +1,49 @@
+# mlops_kit: `make run` and `make test` set up what they need on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-fast lab bench screenshots clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@# notebooks are committed without outputs: strip them on `git add` (cell tags are kept)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '$(abspath $(BIN))/nbstripout'; \
+	  git config filter.nbstripout.smudge cat; \
+	  git config diff.ipynb.textconv '$(abspath $(BIN))/nbstripout -t'; fi
+	touch $(STAMP)
+
+## the pipeline on the embedded default (ARGS="-p parameters/x.yaml --set k=v" for others)
+run: setup
+	$(BIN)/mlops-kit run $(ARGS)
+
+## every test (real kernels, servers, containerd, browser); .ci/run installs the system parts
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## the tests that need nothing but Python
+test-fast: setup
+	$(BIN)/python -m pytest -m "not containerd and not browser and not slow" $(PYTEST_ARGS)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/00_control_panel.ipynb
+
+bench: setup
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/image.py
+
+## regenerate the README's panel screenshots (docs/screenshots/) in headless Chromium
+screenshots: setup
+	$(BIN)/python -m pytest tests/test_browser.py -p no:cacheprovider
+
+clean-runs:
+	rm -rf runs/

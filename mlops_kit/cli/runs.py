@@ -1,0 +1,92 @@
+"""``mlops-kit runs``: the ledger of runs."""
+
+from __future__ import annotations
+
+import click
+
+from ._output import print_json, print_table
+
+
+@click.group()
+def runs():
+    """List, show, compare and manage runs."""
+
+
+def _headline(record: dict) -> str:
+    metrics = record.get("metrics") or {}
+    for name in ("accuracy", "rmse", "r2"):
+        if name in metrics:
+            return f"{name} {metrics[name]:.4f}"
+    return ""
+
+
+def _stages_cell(record: dict) -> str:
+    marks = {"succeeded": "ok", "failed": "FAILED", "reused": "reused", "cached": "cached",
+             "running": "running", "interrupted": "interrupted", "pending": "-"}
+    return " ".join(f"{name}:{marks.get(info.get('status'), info.get('status'))}"
+                    for name, info in record.get("stages", {}).items())
+
+
+@runs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@click.option("-n", "--limit", type=int, default=20, show_default=True, help="Newest N runs (0: all).")
+def list_(as_json, limit):
+    """The runs, newest first."""
+    from ..ledger import list_runs
+
+    records = list_runs()
+    if limit:
+        records = records[:limit]
+    if as_json:
+        print_json(records)
+        return
+    if not records:
+        click.echo("No runs yet: `mlops-kit run` makes one.")
+        return
+    rows = [(r["id"] + (" *" if r.get("champion") else ""), r.get("created", ""), r.get("status", ""),
+             (r.get("params") or {}).get("train", {}).get("model", ""), _headline(r), _stages_cell(r))
+            for r in records]
+    print_table(["run (* champion)", "created", "status", "model", "headline", "stages"], rows)
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def show(run_id, as_json):
+    """One run: its status, stages, metrics, parameters and files."""
+    from .. import _paths
+    from ..ledger import read_run
+
+    record = read_run(run_id)
+    if as_json:
+        print_json(record)
+        return
+    folder = _paths.runs_dir() / run_id
+    click.echo(f"Run {record['id']}: {record['status']} (created {record.get('created')}, "
+               f"finished {record.get('finished', '-')})")
+    if record.get("git"):
+        click.echo(f"git {record['git']['commit'][:12]}{' (dirty)' if record['git']['dirty'] else ''}")
+    stage_rows = []
+    for name, info in record.get("stages", {}).items():
+        error = info.get("error") or {}
+        detail = (f"cell {error.get('cell_index')}: {error.get('exception')}: {error.get('message')}"
+                  if error else info.get("source_run", "") and f"from {info['source_run']}")
+        stage_rows.append((name, info.get("status"), info.get("seconds", ""), info.get("notebook", ""), detail))
+    print_table(["stage", "status", "seconds", "notebook", "detail"], stage_rows, title="Stages")
+    metrics = record.get("metrics") or {}
+    if metrics:
+        print_table(["metric", "value"], [(k, f"{v:.4f}" if isinstance(v, float) else v)
+                                          for k, v in metrics.items()], title="Metrics")
+    params = record.get("params") or {}
+    rows = []
+    for section, value in params.items():
+        if isinstance(value, dict):
+            rows.extend((f"{section}.{k}", v) for k, v in value.items())
+        else:
+            rows.append((section, value))
+    print_table(["parameter", "value"], rows, title="Parameters")
+    if record.get("error"):
+        error = record["error"]
+        click.secho(f"Failed in stage {error.get('stage')}, cell {error.get('cell_index')}: "
+                    f"{error.get('exception')}: {error.get('message')}", fg="red")
+    click.echo(f"Folder: {folder}")
