@@ -1,0 +1,164 @@
+"""The model, loaded and checked, and the fastest exact way to call it.
+
+A kit model is ``Pipeline([("preprocess", ColumnTransformer(...)), ("model", estimator)])``
+fitted on a DataFrame (see :func:`mlops_kit.train.build_pipeline`). Calling it with a
+DataFrame costs milliseconds of pandas and validation for one row. The server instead feeds
+each fitted column transformer its columns as a numpy array, stacks the outputs as the
+ColumnTransformer does (``np.hstack``) and calls the estimator once for predictions and
+probabilities - the same arithmetic, so the same results, without pandas. Any other model
+shape is called with a DataFrame (pandas imported then). Either way the warm-up compares
+the answers for ``examples.json`` with the predictions recorded at training time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import model_io
+from ..errors import ArtifactError
+from ._validation import Batch, RequestSchema
+
+SCHEMA_FILE = "schema.json"
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise ArtifactError(f"No {path.name} at {path}.", path=path, hint="run the data and train stages first.")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ArtifactError(f"{path} must be JSON. Got invalid JSON instead ({exc}).", path=path) from None
+
+
+class Predictor:
+    """The model of one artifacts folder: ``predict(batch) -> (predictions, probabilities)``."""
+
+    def __init__(self, model_dir: str | Path, *, max_rows: int, unknown_categories: str):
+        import sklearn
+
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise ArtifactError(f"The model folder must be a directory. Got {self.model_dir} instead.",
+                                path=self.model_dir)
+        self.card = model_io.read_card(self.model_dir)
+        self.schema = _read_json(self.model_dir / SCHEMA_FILE)
+        self.examples = _read_json(self.model_dir / model_io.EXAMPLES_FILE)
+        self.model = model_io.load_model(self.model_dir)  # sha256 + pinned trusted types
+        self.request_schema = RequestSchema(self.schema, max_rows=max_rows, unknown_categories=unknown_categories)
+        names = list(self.request_schema.names)
+        if list(self.card.get("features") or names) != names:
+            raise ArtifactError(f"The model card's features must be the schema's: {names}. "
+                                f"Got {self.card.get('features')} instead.", path=self.model_dir / model_io.CARD_FILE)
+        self.estimator = self.model[-1] if hasattr(self.model, "steps") else self.model
+        self.classes: list | None = (np.asarray(self.estimator.classes_).tolist()
+                                     if hasattr(self.estimator, "predict_proba") and hasattr(self.estimator, "classes_")
+                                     else None)
+        self.task = "classification" if self.classes is not None else "regression"
+        self._config = {"assume_finite": True, "skip_parameter_validation": True}
+        self._config_context = sklearn.config_context
+        self._transform = self._numpy_transform() or self._dataframe_transform
+        self.path = "numpy" if self._transform != self._dataframe_transform else "dataframe"
+
+    # -- calling the model -----------------------------------------------------------------
+    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._config_context(**self._config):
+            transformed = self._transform(batch)
+            predictions = self.estimator.predict(transformed)
+            probabilities = self.estimator.predict_proba(transformed) if self.classes is not None else None
+        return predictions, probabilities
+
+    def _numpy_transform(self) -> Callable[[Batch], Any] | None:
+        """The pipeline's preprocessing without pandas, or None when the model is not a
+        kit-shaped pipeline (a ColumnTransformer over named columns, the rest dropped)."""
+        from sklearn.compose import ColumnTransformer
+        from sklearn.pipeline import Pipeline
+
+        model = self.model
+        if not (isinstance(model, Pipeline) and len(model.steps) >= 2
+                and isinstance(model.steps[0][1], ColumnTransformer)):
+            return None
+        preprocess = model.steps[0][1]
+        position = {name: i for i, name in enumerate(self.request_schema.names)}
+        kinds = [f.kind for f in self.request_schema.features]
+        blocks = []
+        for name, transformer, columns in preprocess.transformers_:
+            if isinstance(transformer, str) and transformer == "drop":
+                continue
+            if (isinstance(transformer, str) or not isinstance(columns, (list, tuple)) or not columns
+                    or not all(isinstance(c, str) and c in position for c in columns)):
+                return None
+            indexes = [position[c] for c in columns]
+            if len({kinds[i] for i in indexes}) != 1:
+                return None
+            transformer = copy.deepcopy(transformer)
+            _forget_feature_names(transformer)
+            dtype = np.float64 if kinds[indexes[0]] == "numeric" else object
+            blocks.append((transformer, indexes, dtype))
+        middle = [copy.deepcopy(step) for _, step in model.steps[1:-1]]
+        if not blocks or preprocess.sparse_output_:
+            return None
+
+        def transform(batch: Batch) -> np.ndarray:
+            columns = batch.columns
+            outputs = []
+            for transformer, indexes, dtype in blocks:
+                block = np.empty((batch.rows, len(indexes)), dtype=dtype)
+                for j, i in enumerate(indexes):
+                    block[:, j] = columns[i]
+                outputs.append(transformer.transform(block))
+            transformed = np.hstack(outputs)
+            for step in middle:
+                transformed = step.transform(transformed)
+            return transformed
+
+        return transform
+
+    def _dataframe_transform(self, batch: Batch) -> Any:
+        import pandas as pd
+
+        frame = pd.DataFrame(dict(zip(self.request_schema.names, batch.columns)), columns=list(self.request_schema.names))
+        transformed = frame
+        for _, step in self.model.steps[:-1] if hasattr(self.model, "steps") else ():
+            transformed = step.transform(transformed)
+        return transformed
+
+    # -- warm-up ---------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Predict ``examples.json`` and compare with the recorded predictions; raise
+        ArtifactError when they differ (the server then never becomes ready)."""
+        records = self.examples.get("records") if isinstance(self.examples, dict) else None
+        expected = self.examples.get("predictions") if isinstance(self.examples, dict) else None
+        path = self.model_dir / model_io.EXAMPLES_FILE
+        if not records or not isinstance(expected, list) or len(expected) != len(records):
+            raise ArtifactError(f"{path} must hold records and as many predictions. Got "
+                                f"{len(records or [])} records and {len(expected or [])} predictions instead.", path=path)
+        try:
+            batch = self.request_schema.parse_records(records)
+        except Exception as exc:
+            raise ArtifactError(f"The examples in {path} must fit the schema. Got: {exc}", path=path) from None
+        for _ in range(3):  # the first calls pay for imports and caches
+            predictions, _ = self.predict(batch)
+        got = predictions.tolist()
+        for row, (want, have) in enumerate(zip(expected, got)):
+            if want != have:
+                raise ArtifactError(
+                    f"The warm-up prediction for example {row} must be {want!r} (recorded at training). "
+                    f"Got {have!r} instead; the model is not served.", path=path)
+
+    # -- metadata --------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return str(self.card.get("sha256", ""))[:12] or "1"
+
+
+def _forget_feature_names(transformer: Any) -> None:
+    """Fitted on a DataFrame, a transformer warns (costly) on every numpy call; the server's
+    columns are already checked by name, so the names are dropped from this private copy."""
+    for step in [transformer, *getattr(transformer, "named_steps", {}).values()]:
+        if "feature_names_in_" in getattr(step, "__dict__", {}):
+            del step.feature_names_in_

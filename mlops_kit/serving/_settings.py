@@ -1,0 +1,75 @@
+"""The server's limits, from flags or the environment (the image passes them as env)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+from ..errors import ParameterError, ParameterProblem
+
+#: How unseen categories are treated: ``tolerate`` passes them to the model (its one-hot
+#: encoder ignores them: every column of that feature is 0); ``reject`` answers 422.
+UNKNOWN_CATEGORY_POLICIES = ("tolerate", "reject")
+
+#: setting name -> environment variable
+ENVIRONMENT = {
+    "max_rows": "MLOPS_KIT_MAX_ROWS",
+    "max_body_bytes": "MLOPS_KIT_MAX_BODY_BYTES",
+    "unknown_categories": "MLOPS_KIT_UNKNOWN_CATEGORIES",
+    "model_name": "MLOPS_KIT_MODEL_NAME",
+}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits of one server. The defaults are those of the ``serve`` parameter section."""
+
+    max_rows: int = 10_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    unknown_categories: str = "tolerate"
+    #: the model's name in the v2 API paths (default: the card's ``model``, e.g. logistic_regression)
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, minimum in (("max_rows", 1), ("max_body_bytes", 1024)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                problems.append(ParameterProblem("serve settings", name, f"an integer >= {minimum}", repr(value)))
+        if self.unknown_categories not in UNKNOWN_CATEGORY_POLICIES:
+            problems.append(ParameterProblem("serve settings", "unknown_categories",
+                                             " or ".join(UNKNOWN_CATEGORY_POLICIES), repr(self.unknown_categories)))
+        if self.model_name is not None and (not self.model_name or "/" in self.model_name):
+            problems.append(ParameterProblem("serve settings", "model_name", "a non-empty name without '/'",
+                                             repr(self.model_name)))
+        if problems:
+            raise ParameterError(problems)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "ServeSettings":
+        """Settings from ``MLOPS_KIT_*`` variables; ``overrides`` that are not None win."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        problems = []
+        for field in fields(cls):
+            variable = ENVIRONMENT[field.name]
+            raw = environ.get(variable)
+            if raw is None or raw == "":
+                continue
+            if field.name in ("max_rows", "max_body_bytes"):
+                try:
+                    values[field.name] = int(raw.replace("_", ""))
+                except ValueError:
+                    problems.append(ParameterProblem("environment", variable, "an integer", repr(raw)))
+            else:
+                values[field.name] = raw
+        if problems:
+            raise ParameterError(problems)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that gives these settings back (for worker processes)."""
+        return {ENVIRONMENT[f.name]: str(getattr(self, f.name)) for f in fields(self)
+                if getattr(self, f.name) is not None}
