@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from . import _atomic
 
-_INTERACTIVE = ("module://matplotlib_inline.backend_inline", "module://ipympl.backend_nbagg", "widget", "ipympl")
+
+def _in_kernel() -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def pyplot():
-    """matplotlib.pyplot, on the Agg backend unless a notebook backend is active."""
+    """matplotlib.pyplot: the notebook's own backend in a kernel, Agg anywhere else (no
+    display is needed to draw a PNG)."""
     import matplotlib
 
-    if matplotlib.get_backend() not in _INTERACTIVE:
+    if not _in_kernel():
         matplotlib.use("agg")
     import matplotlib.pyplot as plt
 

@@ -2,11 +2,10 @@
 
 Each stage executes in a fresh kernel, and its executed notebook is the record. What
 makes a run slow under plain papermill is the kernels: each starts and imports pandas,
-scikit-learn and matplotlib again (about 3 s a stage). So every stage's kernel is started
-when the run starts, with its imports done as the kernel boots (``exec_lines``, which
-leave no trace in the notebook); the later stages' kernels at a lower CPU priority, so
-they warm up while the earlier stages run. HTML reports are exported by a background
-thread while the next stage runs.
+scikit-learn and matplotlib again (about 3 s a stage). So the stages' kernels are forked
+from one parent that did those imports once (:mod:`mlops_kit._kernels`), while this
+process imports papermill; HTML reports are exported by a background thread while the
+next stage runs.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from .stages import STAGES, Stage, producer_of, select_stages
 EventHandler = Callable[["RunEvent"], None]
 
 KERNEL_NAME = "python3"
-LATER_KERNELS_NICENESS = 10
 
 
 @dataclass
@@ -50,9 +48,10 @@ class RunCancelled(MlopsKitError):
 
 # --- checks before any stage starts ---------------------------------------------------
 
-def preflight(loaded: LoadedParams, stages: list[Stage]) -> None:
-    """Mistakes that would only show inside a stage, found now: the target column and the
-    estimator's hyperparameters."""
+def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict]]:
+    """Mistakes that would only show inside a stage, found before any starts: the target
+    column, checked here; and the estimator's hyperparameters, returned as a check to run
+    where scikit-learn is imported (:meth:`KernelPool.check`)."""
     from .errors import ParameterError, ParameterProblem
 
     params = loaded.params
@@ -73,45 +72,85 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> None:
                 raise ParameterError([ParameterProblem(
                     loaded.source_of("data.target"), "data.target", f"a column of {source}: {', '.join(columns[:15])}",
                     repr(params.data.target), close[0] if close else None)])
+    checks = []
     if "train" in names and params.train.params:
         from .params import SKLEARN_DATASETS
-        from .train import check_train_params
         task = params.task or (SKLEARN_DATASETS.get(source.split(":", 1)[1]) if source.startswith("sklearn:")
                                else None)
-        for candidate in ([task] if task else ["classification", "regression"]):
-            try:
-                check_train_params(params.train.model, candidate, params.train.params)
-                break
-            except ParameterError as exc:
-                if task or candidate == "regression":
-                    for problem in exc.problems:
-                        problem.file = loaded.source_of(problem.key)
-                    raise ParameterError(exc.problems) from None
+        checks.append(("mlops_kit.train:check_train_params",
+                       {"model": params.train.model, "task": task, "params": params.train.params,
+                        "origin": loaded.source_of("train.params")}))
+    return checks
 
 
 # --- kernels ---------------------------------------------------------------------------
 
-class KernelWarmer:
-    """Starts one kernel per stage up front; each imports its stage's modules as it boots."""
+class KernelPool:
+    """One fresh kernel per stage, all asked for when the run starts.
+
+    By default they are forked from a zygote that imported the stages' modules once
+    (:mod:`mlops_kit._kernels`); with ``MLOPS_KIT_KERNELS=spawn`` each kernel is its own
+    process that imports its stage's modules as it boots.
+    """
 
     def __init__(self, stages: list[Stage], cwd: Path):
         self._stages = stages
         self._cwd = cwd
         self._managers: dict[str, Any] = {}
+        self._zygote = None
 
-    def start(self) -> None:
+    def start(self, checks: list[tuple[str, dict]] = ()) -> None:
+        """Ask for every stage's kernel, and queue ``checks`` (``("module:function", kwargs)``
+        calls, answered by :meth:`check`) right after the first kernel: they need
+        scikit-learn, which the first stage imports anyway."""
+        from ._kernels import MODE_ENV, KernelZygote
+
+        self._checks = list(checks)
+        if os.environ.get(MODE_ENV, "fork") == "spawn":
+            self._start_spawned()
+            return
+        self._zygote = KernelZygote()
+        for position, stage in enumerate(self._stages):
+            self._fork(stage)
+            if position == 0:
+                self._tickets = [self._zygote.send({"op": "call", "function": f, "kwargs": kw})
+                                 for f, kw in self._checks]
+
+    def _fork(self, stage: Stage) -> None:
+        from ._kernels import ForkedKernelManager
+
+        km = ForkedKernelManager(kernel_name=KERNEL_NAME)
+        km.start_forked(self._zygote, str(self._cwd), modules=stage.warm_imports)
+        self._managers[stage.name] = km
+
+    def _start_spawned(self) -> None:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
-        for position, stage in enumerate(self._stages):
+        for stage in self._stages:
             km = AsyncKernelManager(kernel_name=KERNEL_NAME)
             code = "; ".join(f"import {module}" for module in stage.warm_imports) or "pass"
             run_sync(km.start_kernel)(extra_arguments=[f"--IPKernelApp.exec_lines={code}",
-                                                                 "--IPKernelApp.log_level=ERROR"],
-                                      cwd=str(self._cwd))
-            if position:
-                _lower_priority(km)
+                                                       "--IPKernelApp.log_level=ERROR"], cwd=str(self._cwd))
             self._managers[stage.name] = km
+
+    def check(self) -> None:
+        """Wait for the queued checks; raise the first problem they found."""
+        from .errors import ParameterError, ParameterProblem
+
+        if self._zygote is None:
+            import importlib
+            for function, kwargs in self._checks:
+                module, _, name = function.partition(":")
+                getattr(importlib.import_module(module), name)(**kwargs)
+            return
+        for ticket in self._tickets:
+            answer = self._zygote.reply(ticket)
+            if "error" in answer:
+                error = answer["error"]
+                if error["problems"]:
+                    raise ParameterError([ParameterProblem(**p) for p in error["problems"]])
+                raise MlopsKitError(f"{error['type']}: {error['message']}")
 
     def take(self, stage: Stage):
         return self._managers.get(stage.name)
@@ -124,15 +163,9 @@ class KernelWarmer:
     def stop_all(self) -> None:
         for name in list(self._managers):
             _shutdown(self._managers.pop(name))
-
-
-def _lower_priority(km) -> None:
-    process = getattr(getattr(km, "provisioner", None), "process", None)
-    if process is not None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, process.pid, LATER_KERNELS_NICENESS)
-        except OSError:
-            pass
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
 
 
 def _shutdown(km) -> None:
@@ -175,12 +208,14 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     needed = sorted({item for s in selected for item in s.inputs if producer_of(item) not in selected})
     source_run = _find_source_run(needed, reuse_from) if needed else None
 
-    warmer = KernelWarmer(selected, cwd=notebooks_dir)
-    warmer.start()
+    checks = preflight(loaded, selected)
+    kernels = KernelPool(selected, cwd=notebooks_dir)
+    kernels.start(checks)
     try:
-        preflight(loaded, selected)
+        import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
+        kernels.check()
     except BaseException:
-        warmer.stop_all()
+        kernels.stop_all()
         raise
 
     run = ledger.create_run({
@@ -197,12 +232,11 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     try:
         if source_run is not None:
             _reuse_outputs(run, source_run, needed, emit)
-        import papermill  # noqa: F401 - imported while the kernels boot
 
         for current in selected:
             if cancel is not None and cancel.is_set():
                 raise RunCancelled(run.id, current.name)
-            _run_stage(run, current, params, warmer, emit, exporter, reports)
+            _run_stage(run, current, params, kernels, emit, exporter, reports)
         for name, future in reports:
             future.result()
         record = run.update(status="succeeded", finished=ledger.now(), metrics=_headline_metrics(run))
@@ -228,12 +262,12 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
         emit(RunEvent("run_finished", run.id, stage=stage_name, message=status))
         raise
     finally:
-        warmer.stop_all()
+        kernels.stop_all()
         exporter.shutdown(wait=True)
         run.release()
 
 
-def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, warmer: KernelWarmer,
+def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: KernelPool,
                emit: EventHandler, exporter: ThreadPoolExecutor, reports: list) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -249,7 +283,7 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, warmer: K
     try:
         papermill.execute_notebook(
             str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
-            km=warmer.take(stage), progress_bar=False, log_output=False,
+            km=kernels.take(stage), progress_bar=False, log_output=False,
             cwd=str(source.parent))
     except PapermillExecutionError as exc:
         seconds = round(time.perf_counter() - started, 3)
@@ -265,7 +299,7 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, warmer: K
                       data={"cell_index": cell_index, "exception": exc.ename, "seconds": seconds}))
         raise failure from None
     finally:
-        warmer.stop(stage)
+        kernels.stop(stage)
     seconds = round(time.perf_counter() - started, 3)
     missing = [item for item in stage.outputs if not (run.artifacts / item).exists()]
     if missing:
@@ -331,9 +365,7 @@ def _reuse_outputs(run: ledger.RunFolder, source: ledger.RunFolder, needed: list
 
 
 def _headline_metrics(run: ledger.RunFolder) -> dict | None:
-    from .evaluate import read_metrics
-
-    metrics = read_metrics(run.artifacts)
+    metrics = ledger.read_metrics({"id": run.id})
     if not metrics:
         return None
     return {**metrics["metrics"], "gate_passed": metrics["gate"]["passed"]}

@@ -82,9 +82,22 @@ def make_estimator(model: str, task: str, params: dict | None = None, *, seed: i
     return estimator
 
 
-def check_train_params(model: str, task: str, params: dict) -> None:
-    """Raise ParameterError now for hyperparameters scikit-learn would refuse later."""
-    make_estimator(model, task, params)
+def check_train_params(model: str, task: str | None, params: dict, origin: str = "parameters") -> None:
+    """Raise ParameterError now for hyperparameters scikit-learn would refuse later.
+
+    With ``task`` unknown (inferred from the data later), the parameters must fit the
+    estimator of either task. ``origin`` names the file the parameters came from.
+    """
+    errors = []
+    for candidate in [task] if task else ["classification", "regression"]:
+        try:
+            make_estimator(model, candidate, params)
+            return
+        except ParameterError as exc:
+            errors.append(exc)
+    for problem in errors[0].problems:
+        problem.file = origin
+    raise errors[0]
 
 
 def build_pipeline(schema: dict, estimator) -> Any:

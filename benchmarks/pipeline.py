@@ -1,0 +1,80 @@
+"""Benchmark: `mlops-kit run` on the default against the same work in one plain process.
+
+    python benchmarks/pipeline.py [--repeat 5]
+
+Both run as fresh processes, interleaved (A B A B ...) so that a noisy neighbour hits both
+alike; the figure that matters is the ratio of the medians. Also measured: a rerun with
+nothing changed, and a rerun after changing only train.params (stage reuse, when the
+ledger supports it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MLOPS_KIT = [sys.executable, "-m", "mlops_kit.cli"]
+
+
+def timed(command: list[str], env: dict) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr}")
+    return seconds
+
+
+def stages_of_last_run(runs_dir: Path) -> dict:
+    newest = max(runs_dir.glob("*/run.json"), key=lambda p: p.parent.name)
+    record = json.loads(newest.read_text())
+    return {name: info["status"] for name, info in record["stages"].items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mlops-kit-bench-"))
+    env = {**os.environ, "MLOPS_KIT_RUNS_DIR": str(work / "runs"), "MLOPS_KIT_PROJECT_DIR": str(REPO)}
+
+    pipeline, plain = [], []
+    timed([sys.executable, str(REPO / "benchmarks" / "_plain_pipeline.py"), str(work / "warmup")], env)
+    for index in range(args.repeat):
+        pipeline.append(timed([*MLOPS_KIT, "run", "--no-cache"] if _has_cache_flag() else [*MLOPS_KIT, "run"], env))
+        plain.append(timed([sys.executable, str(REPO / "benchmarks" / "_plain_pipeline.py"),
+                            str(work / f"plain-{index}")], env))
+    median_pipeline, median_plain = statistics.median(pipeline), statistics.median(plain)
+    print(f"mlops-kit run (3 stages, papermill, fresh kernels, reports): median {median_pipeline:.2f} s "
+          f"({', '.join(f'{t:.2f}' for t in pipeline)})")
+    print(f"plain process, same work:                                   median {median_plain:.2f} s "
+          f"({', '.join(f'{t:.2f}' for t in plain)})")
+    print(f"ratio pipeline / plain: {median_pipeline / median_plain:.2f}x   (goal: <= 1.5x)")
+
+    if _has_cache_flag():
+        unchanged, changed = [], []
+        for _ in range(args.repeat):
+            unchanged.append(timed([*MLOPS_KIT, "run"], env))
+            reused = stages_of_last_run(work / "runs")
+            changed.append(timed([*MLOPS_KIT, "run", "--set", f"train.params.C={0.5 + len(changed) / 10}"], env))
+            partial = stages_of_last_run(work / "runs")
+        print(f"rerun, nothing changed: median {statistics.median(unchanged):.2f} s  stages: {reused}  "
+              "(goal: <= 0.5 s)")
+        print(f"rerun, train.params changed: median {statistics.median(changed):.2f} s  stages: {partial}")
+
+
+def _has_cache_flag() -> bool:
+    result = subprocess.run([*MLOPS_KIT, "run", "--help"], capture_output=True, text=True, cwd=REPO)
+    return "--no-cache" in result.stdout
+
+
+if __name__ == "__main__":
+    main()

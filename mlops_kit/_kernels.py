@@ -1,0 +1,221 @@
+"""Kernels for the stages, forked from a pre-warmed parent.
+
+Every stage runs in a fresh kernel, but importing pandas, scikit-learn and matplotlib
+costs about 2 s of CPU per kernel. So a run starts one *zygote* process that imports
+them once; each stage's kernel is a ``fork()`` of it, ready in milliseconds, with no
+state from any other stage (the zygote never runs user code). The zygote also answers
+the run's pre-flight checks that need scikit-learn, so the CLI never imports it.
+
+Protocol (one JSON object per line on the zygote's stdin/stdout):
+``{"op": "kernel", "connection_file": ..., "cwd": ..., "modules": [...]}`` -> ``{"pid": N}``
+(imports ``modules`` first: the first stage's kernel is forked as soon as its own imports
+are done, and the next stages' imports go on while it runs);
+``{"op": "call", "function": "module:name", "kwargs": {...}}`` -> ``{"result": ...}``
+or ``{"error": {"type": ..., "message": ..., "problems": [...]}}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from jupyter_client.manager import AsyncKernelManager
+
+#: Set to "spawn" to start each kernel as its own process (plain Jupyter behaviour).
+MODE_ENV = "MLOPS_KIT_KERNELS"
+
+
+class ZygoteError(RuntimeError):
+    pass
+
+
+class KernelZygote:
+    """The parent process that forks kernels. One per run; stops with :meth:`close`."""
+
+    def __init__(self):
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_kit._kernels"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            start_new_session=True)  # the terminal's Ctrl-C reaches the run, not the kernels
+        self._sent = self._received = 0
+        self._replies: dict[int, dict] = {}
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    # Requests are pipelined: sending never waits, so the caller goes on (importing
+    # papermill, say) while the zygote is still importing; replies come back in order.
+    def send(self, message: dict) -> int:
+        try:
+            self._process.stdin.write(json.dumps(message) + "\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise ZygoteError(f"the kernel parent process stopped: {exc}") from None
+        self._sent += 1
+        return self._sent
+
+    def reply(self, ticket: int) -> dict:
+        while ticket not in self._replies:
+            line = self._process.stdout.readline()
+            if not line:
+                raise ZygoteError(f"the kernel parent process stopped (exit code {self._process.poll()})")
+            self._received += 1
+            self._replies[self._received] = json.loads(line)
+        return self._replies.pop(ticket)
+
+    def call(self, function: str, **kwargs: Any) -> dict:
+        """Call ``module:function`` in the zygote, where scikit-learn is already imported."""
+        return self.reply(self.send({"op": "call", "function": function, "kwargs": kwargs}))
+
+    def close(self) -> None:
+        """Stop the zygote (it holds no state worth a graceful exit)."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class ForkedKernelManager(AsyncKernelManager):
+    """A kernel manager for a kernel forked by :class:`KernelZygote` (nbclient/papermill
+    use it like any other: ``has_kernel``, ``client()``, ``is_alive()``)."""
+
+    _pid: int | None = None
+    _zygote: KernelZygote | None = None
+    _ticket: int | None = None
+
+    def start_forked(self, zygote: KernelZygote, cwd: str, modules: list[str] = ()) -> None:
+        """Ask for the fork, after the zygote imported ``modules``; returns at once (the pid
+        is read when first needed)."""
+        self.write_connection_file()
+        self._zygote = zygote
+        self._ticket = zygote.send({"op": "kernel", "connection_file": self.connection_file, "cwd": cwd,
+                                    "modules": list(modules)})
+
+    @property
+    def pid(self) -> int | None:
+        if self._pid is None and self._ticket is not None:
+            ticket, self._ticket = self._ticket, None
+            self._pid = self._zygote.reply(ticket)["pid"]
+        return self._pid
+
+    @pid.setter
+    def pid(self, value: int | None) -> None:
+        self._pid = value
+
+    @property
+    def has_kernel(self) -> bool:
+        return self.pid is not None
+
+    async def is_alive(self) -> bool:  # type: ignore[override]
+        return self.pid is not None and _pid_alive(self.pid)
+
+    async def interrupt_kernel(self) -> None:  # type: ignore[override]
+        if self.pid is not None:
+            _signal(self.pid, signal.SIGINT)
+
+    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:  # type: ignore[override]
+        if self.pid is not None:
+            _signal(self.pid, signal.SIGKILL)
+            self.pid = None
+        self.cleanup_connection_file()
+        if getattr(self, "_control_socket", None) is not None:
+            self._control_socket.close(linger=0)
+            self._control_socket = None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] not in ("Z", "X")
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+# --- the zygote process ------------------------------------------------------------------
+
+def _serve() -> None:
+    protocol_out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything printed by an import goes to stderr, never into the protocol
+    import ipykernel.kernelapp  # noqa: F401
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked kernels are reaped automatically
+    for line in sys.stdin:
+        request = json.loads(line)
+        _import_all(request.get("modules", ()))
+        if request["op"] == "kernel":
+            pid = os.fork()
+            if pid == 0:
+                _become_kernel(request, protocol_out)
+            protocol_out.write(json.dumps({"pid": pid}) + "\n")
+        elif request["op"] == "call":
+            protocol_out.write(json.dumps(_call(request)) + "\n")
+
+
+def _import_all(modules) -> None:
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - the stage will report its own import error
+            print(f"mlops-kit: warm import of {module} failed: {exc}", file=sys.stderr)
+
+
+def _call(request: dict) -> dict:
+    module, _, name = request["function"].partition(":")
+    try:
+        result = getattr(importlib.import_module(module), name)(**request["kwargs"])
+        return {"result": result}
+    except Exception as exc:  # noqa: BLE001 - sent back to the caller, which raises it
+        problems = [p.as_dict() for p in getattr(exc, "problems", [])]
+        return {"error": {"type": type(exc).__name__, "message": str(exc), "problems": problems}}
+
+
+def _become_kernel(request: dict, protocol_out) -> None:
+    code = 0
+    try:
+        protocol_out.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.chdir(request["cwd"])
+        from ipykernel.kernelapp import IPKernelApp
+
+        app = IPKernelApp.instance()
+        app.initialize(["-f", request["connection_file"], "--IPKernelApp.log_level=ERROR",
+                        f"--IPKernelApp.parent_handle={os.getppid()}"])
+        if "matplotlib.pyplot" in sys.modules:
+            # pyplot was imported before there was a shell: hook up inline figures now,
+            # as a kernel that imported it itself would have (same as `%matplotlib inline`)
+            app.shell.enable_matplotlib("inline")
+        app.start()
+    except BaseException as exc:  # noqa: BLE001
+        if not isinstance(exc, SystemExit):
+            print(f"mlops-kit: forked kernel failed: {exc!r}", file=sys.stderr)
+            code = 1
+    finally:
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    _serve()
