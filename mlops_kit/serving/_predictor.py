@@ -107,7 +107,9 @@ class Predictor:
             columns = batch.columns
             outputs = []
             for transformer, indexes, dtype in blocks:
-                block = np.empty((batch.rows, len(indexes)), dtype=dtype)
+                # column-major, as pandas hands a frame's columns to the transformer: the
+                # estimator's BLAS products then round exactly as they do in-process
+                block = np.empty((batch.rows, len(indexes)), dtype=dtype, order="F")
                 for j, i in enumerate(indexes):
                     block[:, j] = columns[i]
                 outputs.append(transformer.transform(block))
@@ -137,12 +139,17 @@ class Predictor:
         if not records or not isinstance(expected, list) or len(expected) != len(records):
             raise ArtifactError(f"{path} must hold records and as many predictions. Got "
                                 f"{len(records or [])} records and {len(expected or [])} predictions instead.", path=path)
+        schema = RequestSchema(self.schema, max_rows=len(records), unknown_categories="tolerate")
         try:
-            batch = self.request_schema.parse_records(records)
+            batch = schema.parse_records(records)
         except Exception as exc:
             raise ArtifactError(f"The examples in {path} must fit the schema. Got: {exc}", path=path) from None
-        for _ in range(3):  # the first calls pay for imports and caches
-            predictions, _ = self.predict(batch)
+        try:
+            for _ in range(3):  # the first calls pay for imports and caches
+                predictions, _ = self.predict(batch)
+        except Exception as exc:
+            raise ArtifactError(f"The warm-up prediction of {path} must succeed. Got {type(exc).__name__}: "
+                                f"{exc} instead; the model is not served.", path=path) from None
         got = predictions.tolist()
         for row, (want, have) in enumerate(zip(expected, got)):
             if want != have:
