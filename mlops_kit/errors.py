@@ -75,6 +75,12 @@ class RunNotFound(MlopsKitError):
         super().__init__(f"No run {run_id!r} in {runs_dir}.", hint="`mlops-kit runs list` shows the runs.")
 
 
+class RunNotResumable(MlopsKitError):
+    def __init__(self, run_id: str, reason: str):
+        self.run_id, self.reason = run_id, reason
+        super().__init__(f"Run {run_id} cannot be resumed: {reason}.")
+
+
 class StageFailed(MlopsKitError):
     """A stage notebook raised. The executed notebook is kept with the error in it."""
 

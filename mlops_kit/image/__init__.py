@@ -1,0 +1,189 @@
+"""04_package: the model server's container image, built without a Docker daemon or a
+registry, and put into containerd.
+
+    package(run_dir, params)      check gate + model + versions, write artifacts/context/,
+                                  build, import into containerd (or push), write image.json
+    build_base()                  the cached Debian + wheels base (`mlops-kit base build`)
+
+Each step is a function of its own (``write_context``, ``build``, ``import_image``,
+``push_image``); the command runner is injectable (``runner=``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .. import _atomic, _paths
+from ..errors import ArtifactError, BuildError, ContainerdError
+from ._base import BaseImage, check_model_versions, ensure_base, pin_requirements, serving_requirements
+from ._builders import AUTO_ORDER, BUILDERS, BuiltImage, select_builder
+from ._containerd import Containerd
+from ._context import CONTEXT_DIR, Context, serving_modules, write_context
+from ._runner import DEFAULT_RUNNER, Log, Runner
+
+IMAGE_RECORD = "image.json"
+
+__all__ = ["package", "build", "build_base", "import_image", "push_image", "write_context", "select_builder",
+           "resolve_run_dir", "read_image_record", "image_table", "Containerd", "Context", "BuiltImage",
+           "BaseImage", "BUILDERS", "AUTO_ORDER", "IMAGE_RECORD", "pin_requirements", "serving_requirements",
+           "serving_modules", "check_model_versions", "CONTEXT_DIR"]
+
+
+def resolve_run_dir(run_dir: str | Path = "") -> Path:
+    """``run_dir`` as papermill passes it; "" is the scratch run a hand-opened notebook uses."""
+    return Path(run_dir) if run_dir else _paths.runs_dir() / (_paths.SCRATCH_RUN)
+
+
+def build_base(*, force: bool = False, runner: Runner = DEFAULT_RUNNER, log: Log = print) -> BaseImage:
+    """The base (Debian rootfs + this environment's serving wheels), built once and cached."""
+    return ensure_base(pin_requirements(), force=force, runner=runner, log=log)
+
+
+def build(context: Context, builder: str = "auto", *, base_image: str | None = None,
+          runner: Runner = DEFAULT_RUNNER, log: Log = print) -> BuiltImage:
+    return select_builder(builder, base_image=base_image, runner=runner).build(context, runner=runner, log=log)
+
+
+def import_image(built: BuiltImage, containerd: Containerd, *, log: Log = print) -> str:
+    """Import into containerd and check the digest; returns the digest containerd holds."""
+    containerd.check()
+    started = time.monotonic()
+    containerd.import_archive(built.write_archive)
+    digest = containerd.image_digest(built.ref)
+    if digest is None:
+        raise ContainerdError(f"After the import, {containerd.describe()} must hold {built.ref}. Got no such image "
+                              "instead.")
+    if built.manifest_digest and digest != built.manifest_digest:
+        raise ContainerdError(f"The imported image {built.ref} must have the digest {built.manifest_digest}. "
+                              f"Got {digest} instead.", hint="another build may have imported the same tag at the "
+                              "same time; build again.")
+    built.manifest_digest = digest
+    log(f"imported {built.ref} into {containerd.describe()} in {time.monotonic() - started:.2f} s ({digest[:19]})")
+    return digest
+
+
+def push_image(built: BuiltImage, registry: str, *, insecure: bool = True, log: Log = print) -> str:
+    """Push an OCI layout to a registry (OCI distribution API, e.g. MicroK8s' localhost:32000)."""
+    if built.layout is None:
+        raise BuildError(f"Pushing needs the layers builder's OCI layout. Got a {built.builder} archive instead.",
+                         step="push", hint=f"push with `{built.builder} push {built.ref}`, or use builder layers.")
+    from . import _oci
+
+    ref = built.ref
+    registry = registry.rstrip("/")
+    if not ref.startswith(registry + "/"):
+        raise BuildError(f"The image reference must start with {registry}/. Got {ref} instead.", step="push")
+    repo, tag = ref[len(registry) + 1:].rsplit(":", 1)
+    scheme = "http" if insecure else "https"
+    base = f"{scheme}://{registry}/v2/{repo}"
+
+    def call(method: str, url: str, data: bytes | None = None, headers: dict | None = None):
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+        try:
+            return urllib.request.urlopen(req, timeout=120)
+        except urllib.error.HTTPError as exc:
+            if method == "HEAD" and exc.code == 404:
+                return None
+            raise BuildError(f"The registry {registry} refused {method} {url}: HTTP {exc.code} "
+                             f"{exc.read()[:300].decode(errors='replace')}", step="push") from None
+        except urllib.error.URLError as exc:
+            raise BuildError(f"The registry {registry} must answer at {scheme}://{registry}/v2/. Got {exc.reason} "
+                             "instead.", step="push", hint="MicroK8s: `microk8s enable registry`.") from None
+
+    manifest_bytes = _oci.blob_path(built.layout, built.manifest_digest).read_bytes()
+    manifest = json.loads(manifest_bytes)
+    for desc in [manifest["config"], *manifest["layers"]]:
+        if call("HEAD", f"{base}/blobs/{desc['digest']}") is not None:
+            continue
+        start = call("POST", f"{base}/blobs/uploads/", b"")
+        location = urllib.parse.urljoin(f"{scheme}://{registry}", start.headers["Location"])
+        sep = "&" if "?" in location else "?"
+        call("PUT", f"{location}{sep}digest={urllib.parse.quote(desc['digest'])}",
+             _oci.blob_path(built.layout, desc["digest"]).read_bytes(),
+             {"Content-Type": "application/octet-stream"})
+    call("PUT", f"{base}/manifests/{tag}", manifest_bytes, {"Content-Type": _oci.MANIFEST})
+    log(f"pushed {ref} to {registry}")
+    return built.manifest_digest
+
+
+def package(run_dir: str | Path, params: Any = None, *, run_id: str | None = None, builder: str | None = None,
+            import_into_containerd: bool | None = None, runner: Runner = DEFAULT_RUNNER,
+            log: Log = print) -> dict:
+    """The whole 04_package stage for one run folder; returns the image record (also written,
+    atomically, to ``artifacts/image.json``). ``params``: RunParams or PackageParams."""
+    from ..params import PackageParams
+
+    started = time.monotonic()
+    run_dir = resolve_run_dir(run_dir)
+    artifacts = run_dir / _paths.ARTIFACTS_SUBDIR
+    pkg = getattr(params, "package", params) or PackageParams()
+    run_id = run_id or run_dir.name
+    builder = builder or pkg.builder
+    do_import = pkg.import_image if import_into_containerd is None else import_into_containerd
+    if not artifacts.is_dir():
+        raise ArtifactError(f"The run folder must hold artifacts/. Got no folder {artifacts} instead.",
+                            path=artifacts, hint="run the data, train and evaluate stages first.")
+    # every check (gate, model, versions, builder, containerd) before the expensive part
+    context = write_context(artifacts, run_id=run_id, image=pkg.image, registry=pkg.registry,
+                            base_image=pkg.base_image)
+    chosen = select_builder(builder, base_image=pkg.base_image, runner=runner)
+    containerd = Containerd(pkg.containerd_socket, pkg.containerd_namespace, runner=runner)
+    if do_import and not pkg.registry:
+        containerd.check()
+    context_seconds = time.monotonic() - started
+    log(f"context {context.path} ({context.tag}); builder {chosen.name}")
+    built = chosen.build(context, runner=runner, log=log)
+    import_started = time.monotonic()
+    where: dict[str, Any] | None = None
+    if pkg.registry:
+        push_image(built, pkg.registry, log=log)
+        where = {"registry": pkg.registry}
+    elif do_import:
+        import_image(built, containerd, log=log)
+        where = {"containerd": containerd.socket or "microk8s", "namespace": containerd.namespace}
+    import_seconds = time.monotonic() - import_started
+    record = {
+        "ref": built.ref, "tag": context.tag, "image": pkg.image, "digest": built.manifest_digest,
+        "run_id": run_id, "builder": built.builder, "content_digest": context.digest,
+        "size": {"compressed": built.compressed_size, "unpacked": built.unpacked_size},
+        "layers": built.layers, "base": {**context.base, **({"ref": built.base_ref} if built.base_ref else {})},
+        "imported": where if do_import or pkg.registry else None,
+        "layout": str(built.layout) if built.layout else None,
+        "archive": str(built.archive) if built.archive else None,
+        "requirements": context.requirements,
+        "seconds": {"context": round(context_seconds, 3), "build": round(built.seconds, 3),
+                    "import": round(import_seconds, 3), "total": round(time.monotonic() - started, 3)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _atomic.write_json(artifacts / IMAGE_RECORD, record)
+    return record
+
+
+def read_image_record(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / _paths.ARTIFACTS_SUBDIR / IMAGE_RECORD
+    if not path.is_file():
+        raise ArtifactError(f"No image record at {path}.", path=path, hint="run the package stage (04_package) or "
+                            "`mlops-kit build RUN_ID` first.")
+    return json.loads(path.read_text())
+
+
+def image_table(record: dict):
+    """The image record as a small table (pandas) for the notebook."""
+    import pandas as pd
+
+    mib = 1024 * 1024
+    rows = [("ref", record["ref"]), ("digest", record["digest"]), ("builder", record["builder"]),
+            ("compressed", f"{record['size']['compressed'] / mib:.1f} MiB"),
+            ("unpacked", f"{(record['size']['unpacked'] or 0) / mib:.1f} MiB"),
+            ("layers", len(record["layers"])),
+            ("new layers", ", ".join(f"{l['created_by'][:30]} ({l['size'] / 1024:.0f} KiB)"
+                                     for l in record["layers"] if not l.get("base", False))),
+            ("imported", json.dumps(record.get("imported"))),
+            ("seconds", json.dumps(record["seconds"]))]
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
