@@ -122,7 +122,10 @@ def _fail_if_stuck(cluster: Cluster, deployment: dict, pod: dict, cs: dict, reas
     repo = image.split("@")[0].rsplit(":", 1)[0] if image else "<image>"
     policy = _pull_policy_of(deployment)
     fields = dict(reason=reason, kind="Pod", namespace=namespace, name=pod_name)
-    detail = message or _last_warning(cluster, namespace, pod_name)
+    detail = message
+    if reason in ("ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"):
+        event = _last_warning(cluster, namespace, pod_name)   # the kubelet's own words, e.g. "not found"
+        detail = "; ".join(part for part in (message, event) if part)
     if reason == "ErrImageNeverPull":
         raise K8sDeployError(f"Pod {pod_name} cannot start: the image {image} is not on its node, and "
                           f"imagePullPolicy is Never, so the kubelet will not pull it.",

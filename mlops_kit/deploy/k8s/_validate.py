@@ -102,6 +102,10 @@ def meaning_problems(objects: list[dict], *, source: str = "rendered") -> list[P
             if not _pinned(image):
                 add((src, ident, f"{field}.image",
                      f"must be pinned by a tag other than latest or by a digest. Got {image!r} instead."))
+            policy = container.get("imagePullPolicy")
+            if policy is not None and policy not in ("Always", "IfNotPresent", "Never"):
+                add((src, ident, f"{field}.imagePullPolicy",
+                     f"must be Always, IfNotPresent or Never. Got {policy!r} instead."))
             ports = {p.get("name") for p in container.get("ports") or []} | \
                     {p.get("containerPort") for p in container.get("ports") or []}
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
