@@ -119,7 +119,7 @@ class Containerd:
 
     # --- containers -------------------------------------------------------------------------------
     def run(self, ref: str, name: str, *, env: dict[str, str], log_file: Path, read_only: bool = True,
-            net_host: bool = True) -> None:
+            net_host: bool = True, command: list[str] | None = None) -> None:
         args = ["run", "-d", "--log-uri", f"file://{Path(log_file).resolve()}"]
         if net_host:
             args.append("--net-host")
@@ -127,7 +127,7 @@ class Containerd:
             args.append("--read-only")
         for key, value in env.items():
             args += ["--env", f"{key}={value}"]
-        self.ctr(*args, ref, name, step=f"starting container {name}")
+        self.ctr(*args, ref, name, *(command or []), step=f"starting container {name}")
 
     def task_status(self, name: str) -> str | None:
         """RUNNING, STOPPED, ... or None when the container has no task."""
