@@ -136,7 +136,9 @@ def open_run(run_id: str) -> RunFolder:
 
 
 def read_run(run_id: str) -> dict[str, Any]:
-    return _settle(open_run(run_id))
+    record = _settle(open_run(run_id))
+    record["champion"] = record["id"] == champion_id()
+    return record
 
 
 def _settle(run: RunFolder) -> dict[str, Any]:
@@ -162,13 +164,16 @@ def iter_runs() -> Iterator[RunFolder]:
 
 
 def list_runs() -> list[dict[str, Any]]:
-    """Every run's record, newest first."""
+    """Every run's record, newest first; the champion's has ``"champion": True``."""
     records = []
+    current = champion_id()
     for run in iter_runs():
         try:
-            records.append(_settle(run))
+            record = _settle(run)
         except (json.JSONDecodeError, OSError):
             continue  # a folder being created right now
+        record["champion"] = record["id"] == current
+        records.append(record)
     return records
 
 
@@ -193,3 +198,87 @@ def git_state(folder: Path | None = None) -> dict[str, Any] | None:
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+# --- the champion --------------------------------------------------------------------------
+
+CHAMPION_FILE = "champion.json"
+
+
+def _champion_path() -> Path:
+    return _paths.runs_dir() / CHAMPION_FILE
+
+
+def champion() -> dict[str, Any] | None:
+    """The promoted run: ``{"run": id, "who", "when", "why", "history": [...]}``, or None."""
+    path = _champion_path()
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def champion_id() -> str | None:
+    current = champion()
+    return current["run"] if current else None
+
+
+def promote(run_id: str, *, who: str | None = None, why: str = "") -> dict[str, Any]:
+    """Make a succeeded run the champion; evaluation compares against it, and packaging and
+    deploy take it when no run is named. The previous champion is kept in the history."""
+    from .errors import MlopsKitError
+
+    record = read_run(run_id)
+    if record["status"] != "succeeded":
+        raise MlopsKitError(f"Run {run_id} must have succeeded to be promoted. Got status "
+                            f"{record['status']!r} instead.")
+    if not (record.get("metrics") or {}).get("gate_passed", False):
+        raise MlopsKitError(f"Run {run_id} has no passed quality gate (no evaluate stage, or it failed): "
+                            "it cannot be the champion.")
+    previous = champion()
+    entry = {"run": run_id, "who": who or _whoami(), "when": now(), "why": why}
+    history = ([*previous.get("history", []), {k: previous[k] for k in ("run", "who", "when", "why")}]
+               if previous else [])
+    _atomic.write_json(_champion_path(), {**entry, "history": history})
+    return {**entry, "history": history}
+
+
+def _whoami() -> str:
+    import getpass
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        return socket.gethostname()
+
+
+# --- removing runs -------------------------------------------------------------------------
+
+def remove_run(run_id: str, *, force: bool = False) -> None:
+    """Delete a run's folder; never a run still going, nor the champion unless ``force``."""
+    import shutil
+
+    from .errors import MlopsKitError
+
+    run = open_run(run_id)
+    if run.is_alive():
+        raise MlopsKitError(f"Run {run_id} is still running; it is not removed.")
+    if champion_id() == run_id and not force:
+        raise MlopsKitError(f"Run {run_id} is the champion; it is not removed.",
+                            hint="promote another run first, or pass --force.")
+    shutil.rmtree(run.path)
+
+
+def collect_garbage(keep: int, *, dry_run: bool = False) -> list[str]:
+    """Remove all runs but the newest ``keep``, the champion and any still running."""
+    keep_ids = {r["id"] for r in list_runs()[:keep]}
+    keep_ids.add(champion_id() or "")
+    removed = []
+    for run in list(iter_runs()):
+        if run.id in keep_ids or run.is_alive():
+            continue
+        removed.append(run.id)
+        if not dry_run:
+            import shutil
+            shutil.rmtree(run.path)
+    return removed

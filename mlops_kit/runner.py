@@ -11,7 +11,6 @@ next stage runs.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _atomic, _paths, ledger
+from . import _atomic, _paths, cache, ledger
 from .errors import ArtifactError, MlopsKitError, StageFailed
 from .params import LoadedParams, RunParams
 from .stages import STAGES, Stage, producer_of, select_stages
@@ -33,7 +32,7 @@ KERNEL_NAME = "python3"
 
 @dataclass
 class RunEvent:
-    kind: str  # run_started | stage_started | stage_finished | stage_failed | stage_reused | run_finished | log
+    kind: str  # run_started | stage_started | stage_finished | stage_failed | stage_cached | run_finished | log
     run_id: str
     stage: str | None = None
     message: str = ""
@@ -190,34 +189,25 @@ def export_html(notebook: Path, report: Path) -> Path:
 # --- the run ---------------------------------------------------------------------------
 
 def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from: str | None = None,
-                 on_event: EventHandler | None = None, cancel: threading.Event | None = None) -> dict:
+                 use_cache: bool = True, on_event: EventHandler | None = None,
+                 cancel: threading.Event | None = None) -> dict:
     """Run the selected stages (default: ``params.stages``) into a new run folder.
 
-    Stages not selected whose outputs a selected stage needs are taken from ``reuse_from``
-    (default: the newest run that has them). Returns the final record; raises
-    :class:`StageFailed` (the record says which stage and cell) when a stage fails.
+    A stage whose fingerprint matches a succeeded stage of an earlier run is reused, not
+    executed (``use_cache=False`` executes everything). Stages not selected whose outputs
+    a selected stage needs are taken from ``reuse_from`` (default: the newest run that has
+    them). Returns the final record; raises :class:`StageFailed` (the record says which
+    stage and cell) when a stage fails.
     """
     params = loaded.params
     selected = select_stages(stages, params.stages)
-    emit = on_event or (lambda event: None)
-    notebooks_dir = _paths.notebooks_dir()
-    for stage in selected:
-        if not (notebooks_dir / stage.notebook).is_file():
-            raise ArtifactError(f"The notebook of stage {stage.name!r} is missing: "
-                                f"{notebooks_dir / stage.notebook}.", path=notebooks_dir / stage.notebook)
+    _check_notebooks(selected)
     needed = sorted({item for s in selected for item in s.inputs if producer_of(item) not in selected})
     source_run = _find_source_run(needed, reuse_from) if needed else None
-
+    known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
     checks = preflight(loaded, selected)
-    kernels = KernelPool(selected, cwd=notebooks_dir)
-    kernels.start(checks)
-    try:
-        import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
-        kernels.check()
-    except BaseException:
-        kernels.stop_all()
-        raise
-
+    plans = cache.plan(params, selected, known, use_cache=use_cache)
+    kernels = _start_kernels(plans, checks)  # parameter mistakes surface here, before any run exists
     run = ledger.create_run({
         "params": params.model_dump(mode="json"),
         "parameter_files": [str(f) for f in loaded.files], "overrides": loaded.overrides,
@@ -225,18 +215,120 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
         "git": ledger.git_state(), "versions": _versions(),
         "stages": {s.name: {"status": "pending"} for s in selected},
     })
-    emit(RunEvent("run_started", run.id, data={"run_dir": str(run.path), "stages": [s.name for s in selected]}))
+    if source_run is not None:
+        _reuse_inputs(run, source_run, needed)
+    return _execute(run, params, plans, kernels, use_cache, on_event, cancel)
+
+
+def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | None = None,
+               cancel: threading.Event | None = None) -> dict:
+    """Continue a failed or interrupted run, in its own folder, from its first stage that
+    did not succeed (with the parameters it was started with)."""
+    from .errors import RunNotResumable
+
+    record = ledger.read_run(run_id)
+    run = ledger.open_run(run_id)
+    if record["status"] == "running":
+        raise RunNotResumable(run_id, "it is still running (its process holds the run's lock)")
+    if record["status"] == "succeeded":
+        raise RunNotResumable(run_id, "it succeeded; there is nothing to resume")
+    params = RunParams.model_validate(record["params"])
+    selected = select_stages(record["stages_requested"], params.stages)
+    _check_notebooks(selected)
+    done: dict[str, str] = {}
+    remaining = []
+    for stage in selected:
+        info = record["stages"].get(stage.name, {})
+        if not remaining and info.get("status") in ("succeeded", "cached") and                 cache.verify_outputs(run_id, info.get("outputs", {}), stage) is None:
+            done.update(info["outputs"])
+            continue
+        remaining.append(stage)
+    for info in record["stages"].values():  # inputs taken from another run at the start
+        if info.get("status") == "reused":
+            done.update(info.get("outputs", {}))
+    plans = cache.plan(params, remaining, done, use_cache=use_cache, exclude=run_id)
+    kernels = _start_kernels(plans, [])
+    try:
+        run.acquire()
+    except BlockingIOError:
+        kernels.stop_all()
+        raise RunNotResumable(run_id, "another process holds the run's lock") from None
+    for stage in remaining:
+        run.update_stage(stage.name, status="pending", error=None)
+    run.update(status="running", pid=os.getpid(), error=None, finished=None,
+               resumed=[*record.get("resumed", []), ledger.now()])
+    return _execute(run, params, plans, kernels, use_cache, on_event, cancel)
+
+
+def explain(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from: str | None = None,
+            use_cache: bool = True) -> list[cache.StagePlan]:
+    """What ``run_pipeline`` would do with each stage, and why; runs nothing."""
+    selected = select_stages(stages, loaded.params.stages)
+    needed = sorted({item for s in selected for item in s.inputs if producer_of(item) not in selected})
+    known = {}
+    if needed:
+        source_run = _find_source_run(needed, reuse_from)
+        known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
+    return cache.plan(loaded.params, selected, known, use_cache=use_cache)
+
+
+def _check_notebooks(selected: list[Stage]) -> None:
+    notebooks_dir = _paths.notebooks_dir()
+    for stage in selected:
+        if not (notebooks_dir / stage.notebook).is_file():
+            raise ArtifactError(f"The notebook of stage {stage.name!r} is missing: "
+                                f"{notebooks_dir / stage.notebook}.", path=notebooks_dir / stage.notebook)
+
+
+def _start_kernels(plans: list[cache.StagePlan], checks: list) -> "KernelPool | None":
+    """Kernels for the stages from the first one that must run; None when all are reused."""
+    first = next((i for i, p in enumerate(plans) if p.action == "run"), None)
+    if first is None:
+        return None
+    to_run = [p.stage for p in plans[first:]]
+    kernels = KernelPool(to_run, cwd=_paths.notebooks_dir())
+    names = {s.name for s in to_run}
+    kernels.start([c for c in checks if "train" in names])
+    try:
+        import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
+        kernels.check()
+    except BaseException:
+        kernels.stop_all()
+        raise
+    return kernels
+
+
+def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePlan],
+             kernels: "KernelPool | None", use_cache: bool, on_event: EventHandler | None,
+             cancel: threading.Event | None) -> dict:
+    emit = on_event or (lambda event: None)
+    emit(RunEvent("run_started", run.id, data={"run_dir": str(run.path),
+                                               "stages": [p.stage.name for p in plans]}))
     exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-kit-report")
     reports: list[tuple[str, Future]] = []
     current: Stage | None = None
     try:
-        if source_run is not None:
-            _reuse_outputs(run, source_run, needed, emit)
-
-        for current in selected:
+        for plan in plans:
+            current = plan.stage
             if cancel is not None and cancel.is_set():
                 raise RunCancelled(run.id, current.name)
-            _run_stage(run, current, params, kernels, emit, exporter, reports)
+            parts, hit = plan.fingerprint, plan.cached_from
+            if parts is None:  # its inputs were made in this run: decide now
+                known = {item: _atomic.sha256_file(run.artifacts / item) for item in current.inputs}
+                parts = cache.fingerprint(current, params, known)
+                if use_cache:
+                    hit, _ = cache.find_cached(current, parts["digest"], exclude=run.id)
+            if hit is not None:
+                run.update_stage(current.name, **cache.reuse_stage(run, current, hit, parts))
+                emit(RunEvent("stage_cached", run.id, current.name,
+                              message=f"unchanged: reused from run {hit.run_id}",
+                              data={"source_run": hit.run_id}))
+                continue
+            if plan.rejected:
+                emit(RunEvent("log", run.id, current.name, message="; ".join(plan.rejected) + ": re-executing"))
+            if kernels is None:  # planned as reused, but its source changed meanwhile
+                kernels = _start_kernels([cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], [])
+            _run_stage(run, current, params, kernels, emit, exporter, reports, parts)
         for name, future in reports:
             future.result()
         record = run.update(status="succeeded", finished=ledger.now(), metrics=_headline_metrics(run))
@@ -252,23 +344,23 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
         raise
     except BaseException as exc:
         _wait_quietly(reports)
-        status = "interrupted"
         stage_name = current.name if current else None
         if stage_name:
             run.update_stage(stage_name, status="interrupted")
-        run.update(status=status, finished=ledger.now(),
+        run.update(status="interrupted", finished=ledger.now(),
                    error={"stage": stage_name, "cell_index": None, "exception": type(exc).__name__,
                           "message": str(exc)})
-        emit(RunEvent("run_finished", run.id, stage=stage_name, message=status))
+        emit(RunEvent("run_finished", run.id, stage=stage_name, message="interrupted"))
         raise
     finally:
-        kernels.stop_all()
+        if kernels is not None:
+            kernels.stop_all()
         exporter.shutdown(wait=True)
         run.release()
 
 
 def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: KernelPool,
-               emit: EventHandler, exporter: ThreadPoolExecutor, reports: list) -> None:
+               emit: EventHandler, exporter: ThreadPoolExecutor, reports: list, parts: dict) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -311,7 +403,7 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
         emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure)))
         raise failure
     reports.append((stage.name, exporter.submit(export_html, output, report)))
-    run.update_stage(stage.name, status="succeeded", seconds=seconds,
+    run.update_stage(stage.name, status="succeeded", seconds=seconds, fingerprint=parts,
                      report=str(report.relative_to(run.path)),
                      outputs={item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs})
     emit(RunEvent("stage_finished", run.id, stage.name, message="succeeded", data={"seconds": seconds}))
@@ -349,19 +441,14 @@ def _find_source_run(needed: list[str], reuse_from: str | None) -> ledger.RunFol
         hint=f"include the stage(s) {', '.join(producers)} in --stages.")
 
 
-def _reuse_outputs(run: ledger.RunFolder, source: ledger.RunFolder, needed: list[str], emit) -> None:
+def _reuse_inputs(run: ledger.RunFolder, source: ledger.RunFolder, needed: list[str]) -> None:
+    """Link the outputs of stages that were not selected from the run that has them."""
+    by_stage: dict[str, dict[str, str]] = {}
     for item in needed:
-        target = run.artifacts / item
-        try:
-            os.link(source.artifacts / item, target)
-        except OSError:
-            shutil.copy2(source.artifacts / item, target)
-    by_stage: dict[str, list[str]] = {}
-    for item in needed:
-        by_stage.setdefault(producer_of(item).name, []).append(item)
-    for name, items in by_stage.items():
-        run.update_stage(name, status="reused", source_run=source.id, outputs=items)
-        emit(RunEvent("stage_reused", run.id, name, message=f"outputs taken from run {source.id}"))
+        cache.link_or_copy(source.artifacts / item, run.artifacts / item)
+        by_stage.setdefault(producer_of(item).name, {})[item] = _atomic.sha256_file(run.artifacts / item)
+    for name, outputs in by_stage.items():
+        run.update_stage(name, status="reused", source_run=source.id, outputs=outputs)
 
 
 def _headline_metrics(run: ledger.RunFolder) -> dict | None:

@@ -40,10 +40,10 @@ STAGES: tuple[Stage, ...] = (
            "mlops_kit.evaluate")),
     Stage("package", "04_package.ipynb", "package",
           ("model.skops", "model_card.json", "schema.json", "examples.json", "metrics.json"),
-          ("image.json",), ("mlops_kit.notebook",)),
+          ("image.json",), ("mlops_kit.notebook", "mlops_kit.image")),
     Stage("deploy", "05_deploy.ipynb", "deploy",
           ("model.skops", "model_card.json", "schema.json", "examples.json"),
-          ("release.json",), ("mlops_kit.notebook",)),
+          ("release.json",), ("mlops_kit.notebook", "mlops_kit.deploy")),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -22,19 +22,39 @@ def _params_option(func):
               "(default: the parameter file's `stages`).")
 @click.option("--reuse-from", metavar="RUN_ID", help="Take the inputs of the selected stages from this run "
               "(default: the newest run that has them).")
+@click.option("--no-cache", is_flag=True, help="Execute every stage, even those unchanged since an earlier run.")
+@click.option("--explain", is_flag=True, help="Print, per stage, whether it would run or be reused, and why; run nothing.")
+@click.option("--resume", metavar="RUN_ID", help="Continue a failed or interrupted run from its first stage "
+              "that did not succeed, in its own folder, with its own parameters.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final run record as JSON.")
-def run(params_file, overrides, stages, reuse_from, as_json):
-    """Run the pipeline: each stage's notebook executed by papermill into runs/<run_id>/."""
-    from ..params import load_params
-    from ..runner import run_pipeline
+def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, as_json):
+    """Run the pipeline: each stage's notebook executed by papermill into runs/<run_id>/.
 
-    loaded = load_params(params_file, overrides)
+    Stages unchanged since an earlier run (same notebook, parameters, inputs and package
+    versions) are reused from it, not executed again.
+    """
+    import signal
+
+    from ..params import load_params
+    from .. import runner
+
+    if resume and (params_file or overrides or stages):
+        raise click.UsageError("--resume continues a run with its own parameters and stages: "
+                               "it takes no -p, --set or --stages.")
     selected = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    if explain:
+        loaded = load_params(params_file, overrides)
+        _print_plan(runner.explain(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache))
+        return
+    # SIGTERM (a service manager, `kill`) ends the run like Ctrl-C: recorded as interrupted
+    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     printer = _ProgressPrinter(quiet=as_json)
-    try:
-        record = run_pipeline(loaded, stages=selected, reuse_from=reuse_from, on_event=printer)
-    finally:
-        printer.close()
+    if resume:
+        record = runner.resume_run(resume, use_cache=not no_cache, on_event=printer)
+    else:
+        loaded = load_params(params_file, overrides)
+        record = runner.run_pipeline(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache,
+                                     on_event=printer)
     if as_json:
         from ._output import print_json
         print_json(record)
@@ -58,14 +78,20 @@ class _ProgressPrinter:
             out.write(f"  {event.stage:<9} running ...\n")
         elif event.kind == "stage_finished":
             out.write(f"  {event.stage:<9} succeeded in {event.data['seconds']:.1f} s\n")
-        elif event.kind == "stage_reused":
-            out.write(f"  {event.stage:<9} reused: {event.message}\n")
+        elif event.kind == "stage_cached":
+            out.write(f"  {event.stage:<9} {event.message}\n")
+        elif event.kind == "log":
+            out.write(f"  {event.stage or '':<9} {event.message}\n")
         elif event.kind == "stage_failed":
             out.write(f"  {event.stage:<9} FAILED\n")
         out.flush()
 
-    def close(self) -> None:
-        pass
+
+
+def _print_plan(plans) -> None:
+    for plan in plans:
+        verdict = f"reuse from run {plan.cached_from.run_id}" if plan.cached_from else "run"
+        click.echo(f"{plan.stage.name:<9} {verdict:<32} {plan.reason}")
 
 
 def _print_summary(record: dict) -> None:

@@ -90,3 +90,66 @@ def show(run_id, as_json):
         click.secho(f"Failed in stage {error.get('stage')}, cell {error.get('cell_index')}: "
                     f"{error.get('exception')}: {error.get('message')}", fg="red")
     click.echo(f"Folder: {folder}")
+
+
+@runs.command()
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="runs-compare.png",
+              show_default=True, help="Where to save the metrics plot (PNG).")
+def compare(run_ids, as_json, plot_path):
+    """Parameters that differ and metrics side by side, for two or more runs."""
+    from ..compare import compare_runs, plot_comparison
+
+    result = compare_runs(list(run_ids))
+    if as_json:
+        print_json(result)
+        return
+    header = ["", *[r["id"] + (" *" if r["champion"] else "") for r in result["runs"]]]
+    rows = [(f"{k}", *("" if v is None else v for v in values)) for k, values in result["params"].items()]
+    if rows:
+        print_table(header, rows, title="Parameters that differ")
+    else:
+        click.echo("The runs have the same parameters.")
+    rows = [(k, *("" if v is None else f"{v:.4f}" for v in values)) for k, values in result["metrics"].items()]
+    if rows:
+        print_table(header, rows, title="Metrics")
+        plot_comparison(result, plot_path)
+        click.echo(f"Plot: {plot_path}")
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--why", default="", help="Why this run is promoted (kept in the record).")
+def promote(run_id, why):
+    """Make a run the champion: evaluation compares with it; build and deploy take it by default."""
+    from ..ledger import promote as promote_run
+
+    entry = promote_run(run_id, why=why)
+    previous = entry["history"][-1]["run"] if entry["history"] else "none"
+    click.echo(f"Run {run_id} is the champion (promoted by {entry['who']} at {entry['when']}; "
+               f"previous: {previous}).")
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--force", is_flag=True, help="Remove the champion too.")
+def rm(run_id, force):
+    """Remove a run's folder (never one still running)."""
+    from ..ledger import remove_run
+
+    remove_run(run_id, force=force)
+    click.echo(f"Removed run {run_id}.")
+
+
+@runs.command()
+@click.option("--keep", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many of the newest runs to keep (the champion is always kept).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def gc(keep, dry_run):
+    """Remove old runs: keeps the newest N, the champion, and any run still going."""
+    from ..ledger import collect_garbage
+
+    removed = collect_garbage(keep, dry_run=dry_run)
+    verb = "Would remove" if dry_run else "Removed"
+    click.echo(f"{verb} {len(removed)} run(s)" + (": " + ", ".join(removed) if removed else "."))
