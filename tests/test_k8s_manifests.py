@@ -89,6 +89,15 @@ def test_names_settings_and_checksums_follow_the_parameters():
         "name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP", "nodePort": 31000}
 
 
+def test_pull_policy_follows_where_the_image_went():
+    imported = "docker.io/mlops-kit/model:r1@sha256:" + "a" * 64
+    policy = _render.pull_policy
+    assert policy(imported, RunParams(), {"imported": {"containerd": "microk8s", "namespace": "k8s.io"}}) == "Never"
+    assert policy(imported, RunParams(), {"imported": {"registry": "localhost:32000"}}) == "IfNotPresent"
+    assert policy(imported, RunParams(), {}) == "Never"
+    assert policy("localhost:32000/mlops-kit/model:r1", RunParams(), {}) == "IfNotPresent"
+
+
 def test_registry_images_may_be_pulled():
     params = RunParams(package={"registry": "localhost:32000"})
     objects = k8s.render(params, image="localhost:32000/mlops-kit/model:r1@sha256:" + "a" * 64,

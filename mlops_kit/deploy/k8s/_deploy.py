@@ -52,7 +52,7 @@ def prepare(run_dir: Path, params: RunParams, *, environ=None) -> dict:
     if not isinstance(sha, str) or len(sha) != 64:
         raise K8sDeployError(f"{artifacts / 'model_card.json'}: sha256 must be 64 hex digits. Got {sha!r} instead.",
                           reason="Invalid")
-    objects = _render.render(params, image=image, model_sha256=sha, run_id=run_dir.name)
+    objects = _render.render(params, image=image, model_sha256=sha, run_id=run_dir.name, image_info=image_info)
     _validate.validate(objects, params.deploy.kubernetes_version)
     secret = None
     if params.deploy.secret_env:

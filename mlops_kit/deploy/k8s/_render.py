@@ -125,14 +125,19 @@ def image_reference(image: Mapping[str, Any], source: str = "image.json") -> str
     return f"{ref}@{digest}"
 
 
-def pull_policy(reference: str, params: RunParams) -> str:
+def pull_policy(reference: str, params: RunParams, image_info: Mapping[str, Any] | None = None) -> str:
     """``Never`` for an image imported into the node's containerd (pulling could only fail, and
     ``ErrImageNeverPull`` says plainly that the import is missing); ``IfNotPresent`` when it
-    comes from a registry."""
+    comes from a registry. image.json's ``imported`` says which (``{"registry": ...}`` or
+    ``{"containerd": ...}``); without it, a registry host other than docker.io in the reference
+    or ``package.registry`` means a registry."""
+    imported = (image_info or {}).get("imported")
+    if isinstance(imported, dict):
+        return "IfNotPresent" if imported.get("registry") else "Never"
     first = reference.split("/", 1)[0]
-    from_registry = params.package.registry or ("/" in reference and
-                                                ("." in first or ":" in first or first == "localhost"))
-    return "IfNotPresent" if from_registry else "Never"
+    registry_host = "/" in reference and ("." in first or ":" in first or first == "localhost") \
+        and first != "docker.io"
+    return "IfNotPresent" if params.package.registry or registry_host else "Never"
 
 
 # --- secrets ----------------------------------------------------------------------------
@@ -176,7 +181,7 @@ def secret_object(params: RunParams, values: Mapping[str, str]) -> dict:
 # --- rendering --------------------------------------------------------------------------
 
 def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
-           templates: list[dict] | None = None) -> list[dict]:
+           templates: list[dict] | None = None, image_info: Mapping[str, Any] | None = None) -> list[dict]:
     """The objects to apply for this run, in apply order (no Secret: see :func:`secret_object`)."""
     d, s = params.deploy, params.serve
     if d.node_port is not None and d.service_type != "NodePort":
@@ -227,7 +232,7 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
                                   f"named {CONTAINER!r}. Got {[c.get('name') for c in containers]} instead.",
                                   reason="Invalid")
             server["image"] = image
-            server["imagePullPolicy"] = pull_policy(image, params)
+            server["imagePullPolicy"] = pull_policy(image, params, image_info)
     return sort_for_apply(objects)
 
 
