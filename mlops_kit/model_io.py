@@ -24,6 +24,11 @@ TRUSTED_TYPES = sorted({
     "collections.OrderedDict",
     "numpy.dtype",
     "numpy.ndarray",
+    "numpy.random._generator.Generator",
+    "numpy.random._pcg64.PCG64",
+    "numpy.random.mtrand.RandomState",
+    "numpy.random._mt19937.MT19937",
+    "sklearn.preprocessing._label.LabelEncoder",
     "builtins.slice",
     "sklearn._loss.link.Interval",
     "sklearn._loss.link.IdentityLink",
@@ -70,7 +75,7 @@ def save_model(model: Any, folder: str | Path) -> dict[str, Any]:
     import skops.io as sio
 
     data = sio.dumps(model)
-    untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
+    untrusted = untrusted_types(data)
     if untrusted:
         raise ArtifactError(
             f"The model holds types the kit does not trust: {', '.join(untrusted)}. "
@@ -96,11 +101,61 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
         raise ArtifactError(
             f"{path} does not match its record: sha256 must be {expected_sha256}. Got {actual} instead. "
             "The file was changed after training; it is not loaded.", path=path)
-    untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
+    untrusted = untrusted_types(data)
     if untrusted:
         raise ArtifactError(f"{path} holds types the kit does not trust: {', '.join(untrusted)}; "
                             "it is not loaded.", path=path)
-    return sio.loads(data, trusted=TRUSTED_TYPES)
+    return sio.loads(data, trusted=sorted(set(TRUSTED_TYPES) | set(sio.get_untrusted_types(data=data))))
+
+
+#: Plain containers and scalars every model file holds.
+_BUILTIN_TYPES = {"dict", "list", "tuple", "str", "int", "float", "bool", "slice", "NoneType", "set",
+                  "frozenset", "bytes", "complex", "type", "object"}
+
+
+def untrusted_types(data: bytes) -> list[str]:
+    """Every type named anywhere in the skops file that the kit does not allow.
+
+    skops itself trusts most scikit-learn classes by default; the kit does not: only the
+    classes its own pipelines are made of (``TRUSTED_TYPES``), numpy's arrays, dtypes and
+    scalars, and plain Python containers pass.
+    """
+    import io
+    import zipfile
+
+    import numpy
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        return [f"(not a skops file: {exc})"]
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("__module__"), str) and isinstance(node.get("__class__"), str):
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    allowed = set(TRUSTED_TYPES)
+
+    def is_allowed(name: str) -> bool:
+        module, _, cls = name.rpartition(".")
+        if name in allowed or (module == "builtins" and cls in _BUILTIN_TYPES):
+            return True
+        if module == "numpy":
+            candidate = getattr(numpy, cls, None)
+            return isinstance(candidate, type) and (issubclass(candidate, numpy.generic)
+                                                    or candidate in (numpy.ndarray, numpy.dtype))
+        return False
+
+    return sorted(name for name in found if not is_allowed(name))
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:

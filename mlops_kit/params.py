@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import _paths
+from .serving._settings import ServeSettings as _ServeDefaults
 from .errors import ParameterError, ParameterProblem
 
 #: Data sets bundled with scikit-learn (no download): ``data.source: sklearn:<name>``.
@@ -167,11 +168,14 @@ class DeployParams(_Section):
 
 
 class ServeParams(_Section):
-    """The model server's limits (in the image and behind `mlops-kit serve`)."""
+    """The model server's limits (in the image and behind `mlops-kit serve`); the defaults
+    are the server's own."""
 
-    max_rows: int = Field(10_000, ge=1, description="rows per request at most")
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body size limit")
-    unknown_categories: Literal["tolerate", "reject"] = "tolerate"
+    max_rows: int = Field(_ServeDefaults.max_rows, ge=1, description="rows per request at most")
+    max_body_bytes: int = Field(_ServeDefaults.max_body_bytes, ge=1024, description="request body size limit")
+    unknown_categories: Literal["tolerate", "reject"] = Field(
+        _ServeDefaults.unknown_categories,
+        description="categories unseen in training: tolerate (the one-hot encoder ignores them) or reject (422)")
 
 
 class RunParams(BaseModel):

@@ -1,0 +1,80 @@
+"""The repository's own rules: notebooks stripped and parameterized, dependencies in step."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO
+from mlops_kit.params import RunParams, load_params
+from mlops_kit.stages import STAGES
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_committed_without_outputs(path):
+    notebook = json.loads(path.read_text())
+    for index, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{path.name} cell {index} has outputs"
+            assert cell.get("execution_count") is None, f"{path.name} cell {index} has an execution count"
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_stage_notebook_has_one_parameters_cell_of_literals_matching_the_schema(stage):
+    notebook = json.loads((REPO / "notebooks" / stage.notebook).read_text())
+    tagged = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{stage.notebook}: {len(tagged)} cells tagged 'parameters'"
+    names = {}
+    for node in ast.parse("".join(tagged[0]["source"])).body:
+        assert isinstance(node, ast.Assign), f"{stage.notebook}: only assignments in the parameters cell"
+        names[node.targets[0].id] = ast.literal_eval(node.value)  # literals only
+    expected = set(RunParams().stage_parameters(stage.section)) | {"run_dir"}
+    assert set(names) == expected, f"{stage.notebook}: parameters {sorted(names)} != {sorted(expected)}"
+    # run by hand, a notebook does what `mlops-kit run` does with the embedded default
+    defaults = load_params(REPO / "parameters" / "default.yaml").params.stage_parameters(stage.section)
+    for key, value in names.items():
+        if key != "run_dir":
+            assert value == defaults[key], f"{stage.notebook}: {key} = {value!r}, parameters/default.yaml " \
+                                           f"has {defaults[key]!r}"
+
+
+def test_stage_notebooks_open_with_an_explanation():
+    for stage in STAGES:
+        notebook = json.loads((REPO / "notebooks" / stage.notebook).read_text())
+        first = notebook["cells"][0]
+        assert first["cell_type"] == "markdown" and len("".join(first["source"])) > 200, stage.notebook
+
+
+def _requirement_names(specs):
+    return {re.split(r"[<>=!~ \[]", spec, maxsplit=1)[0].lower().replace("_", "-"): spec.replace(" ", "")
+            for spec in specs}
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    environment = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in environment["dependencies"] if isinstance(d, str) and not d.startswith(("python", "pip"))]
+    assert _requirement_names(conda) == _requirement_names(project["dependencies"])
+
+
+def test_required_packages_are_dependencies():
+    import tomllib
+
+    names = set(_requirement_names(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]))
+    assert {"jupyterlab", "papermill", "ipywidgets", "scikit-learn", "pandas", "matplotlib", "kubernetes",
+            "nbconvert"} <= names
+
+
+def test_run_records_are_not_committed():
+    assert "runs/" in (REPO / ".gitignore").read_text().split()
+    tracked = subprocess.run(["git", "ls-files", "runs"], cwd=REPO, capture_output=True, text=True)
+    assert tracked.returncode != 0 or tracked.stdout == ""
