@@ -240,11 +240,23 @@ class LoadedParams:
         return f"LoadedParams(files={[str(f) for f in self.files]}, overrides={self.overrides})"
 
 
-def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedParams:
+def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                recorded: dict | None = None, recorded_from: str = "run.json") -> LoadedParams:
     """Read a parameter file (and the bases it extends), apply ``section.key=value`` overrides,
-    validate. Raises :class:`ParameterError` listing every problem found."""
-    file = Path(path) if path is not None else _paths.default_parameters_file()
-    raw, origin, files = _read_with_bases(file, seen=())
+    validate. Raises :class:`ParameterError` listing every problem found.
+
+    ``recorded`` (the ``params`` of a run's record) replaces the file: a run's own
+    parameters, with overrides on top; ``recorded_from`` names it in messages.
+    """
+    if recorded is not None:
+        import copy
+
+        file = Path(recorded_from)
+        raw, files = copy.deepcopy(recorded), []
+        origin = {key: recorded_from for key in _dotted_keys(raw)}
+    else:
+        file = Path(path) if path is not None else _paths.default_parameters_file()
+        raw, origin, files = _read_with_bases(file, seen=())
     problems: list[ParameterProblem] = []
     for override in overrides:
         _apply_override(raw, origin, override, problems)
@@ -255,6 +267,15 @@ def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tu
     except ValidationError as exc:
         raise ParameterError(_describe_validation(exc, raw, origin, file)) from None
     return LoadedParams(params, files, list(overrides), origin)
+
+
+def _dotted_keys(values: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, f"{prefix}{key}."))
+    return keys
 
 
 def parameter_files() -> list[Path]:

@@ -217,3 +217,9 @@ def test_rm_and_gc_keep_the_champion(_isolated_runs):
     assert sorted(r["id"] for r in runs_in(_isolated_runs)) == [oldest, newest_run]
     assert cli("runs", "rm", newest_run).returncode == 0
     assert [r["id"] for r in runs_in(_isolated_runs)] == [oldest]
+
+
+def test_deploy_takes_the_champion_when_no_run_is_named(_isolated_runs):
+    result = cli("deploy")
+    assert result.returncode == 1 and "No RUN_ID given and no champion promoted" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -8,7 +8,6 @@ from run.json, else parameters/default.yaml) plus ``--set section.key=value``.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import click
@@ -31,15 +30,10 @@ def _load(params_file: str | None, overrides: tuple[str, ...], target: str | Non
     from ..params import load_params
 
     overrides = tuple(overrides) + ((f"deploy.target={target}",) if target else ())
-    if params_file is None and run_dir is not None:
-        recorded = run_params(run_dir)
-        if recorded is not None:
-            import yaml
-
-            with tempfile.TemporaryDirectory(prefix="mlops-kit-") as tmp:
-                file = Path(tmp) / f"{run_dir.name}.run.json.params.yaml"
-                file.write_text(yaml.safe_dump(recorded, sort_keys=False), encoding="utf-8")
-                return load_params(file, overrides).params
+    recorded = run_params(run_dir) if params_file is None and run_dir is not None else None
+    if recorded is not None:
+        return load_params(overrides=overrides, recorded=recorded,
+                           recorded_from=str(run_dir / _paths.RUN_RECORD)).params
     return load_params(params_file, overrides).params
 
 
@@ -50,6 +44,18 @@ def _run_dir(run_id: str | None) -> Path | None:
     if not folder.is_dir():
         raise RunNotFound(run_id, _paths.runs_dir())
     return folder
+
+
+def _run_or_champion(run_id: str | None) -> Path:
+    """The named run, else the promoted champion."""
+    from ..errors import MlopsKitError
+    from ..ledger import champion_id
+
+    run_id = run_id or champion_id()
+    if run_id is None:
+        raise MlopsKitError("No RUN_ID given and no champion promoted.",
+                            hint="name a run, or promote one: `mlops-kit runs promote RUN_ID`.")
+    return _run_dir(run_id)
 
 
 def _local():
@@ -63,7 +69,7 @@ def _echo(line: str) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @_params_option
 @_set_option
 @_target_option
@@ -71,8 +77,8 @@ def _echo(line: str) -> None:
 @click.option("--force-conflicts", is_flag=True, help="take over fields another tool changed (server-side apply)")
 @_json_option
 def deploy(run_id, params_file, overrides, target, dry_run, force_conflicts, as_json):
-    """Deploy the model of run RUN_ID (to deploy.target: local or microk8s)."""
-    run_dir = _run_dir(run_id)
+    """Deploy the model of run RUN_ID (default: the champion) to deploy.target: local or microk8s."""
+    run_dir = _run_or_champion(run_id)
     params = _load(params_file, overrides, target, run_dir)
     if params.deploy.target == "microk8s":
         from ..deploy import k8s
