@@ -206,8 +206,10 @@ def _text(value: Any) -> str:
 
 TABLE_CSS = """<style>
 .mlk-table th, .mlk-table td { padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: left; }
+.mlk-table td:first-child, .mlk-runs-rows td:nth-child(2) { white-space: nowrap; }
 .mlk-table tr.mlk-failed td { color: #b00020; }
 .mlk-message-error { color: #b00020; }
+a.mlk-link, a.mlk-link-notebook, a.mlk-link-report { color: #1565c0; text-decoration: underline; }
 .mlk-message-ok { color: #1b5e20; }
 </style>"""
 
@@ -253,17 +255,17 @@ class ParameterField(widgets.VBox):
         self.input = self._make_input(annotation, list(suggestions))
         self.input.description = dotted
         self.input.style = {"description_width": "9em"}
-        self.input.layout = widgets.Layout(width="26em")
+        self.input.layout = widgets.Layout(width="26em", flex="0 0 auto")
         help_text = widgets.HTML(f'<span style="color: #666">{html.escape(field.description or "")}</span>')
-        self.message = styled(widgets.HTML(""), "mlk-field-message")
+        self.message = styled(widgets.HTML("", layout=widgets.Layout(margin="0 0 0 9.5em")), "mlk-field-message")
         super().__init__([widgets.HBox([self.input, help_text]), self.message])
         styled(self, "mlk-field", f"mlk-field-{css_name(dotted)}")
 
     def _make_input(self, annotation: Any, suggestions: list[str]) -> widgets.ValueWidget:
         if get_origin(annotation) is Literal:
             options = [(str(v), v) for v in get_args(annotation)]
-            if self.optional:
-                options.insert(0, ("(none)", None))
+            if self.optional:  # a Dropdown's None means "nothing selected": "" stands for None
+                options.insert(0, ("(none)", ""))
             return widgets.Dropdown(options=options)
         if annotation is bool:
             return widgets.Checkbox(indent=False)
@@ -285,7 +287,7 @@ class ParameterField(widgets.VBox):
     @value.setter
     def value(self, value: Any) -> None:
         if isinstance(self.input, widgets.Dropdown):
-            self.input.value = value
+            self.input.value = "" if value is None and self.optional else value
         elif isinstance(self.input, (widgets.Text, widgets.Combobox)):
             self.input.value = "" if value is None else str(value)
         else:
