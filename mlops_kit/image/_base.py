@@ -43,7 +43,7 @@ SOURCE_DATE_EPOCH = 1700000000
 APP_UID = 10001
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 #: Bump when the way the base is made changes: a new key, a new base.
-RECIPE_VERSION = "mlops-kit-base-v1"
+RECIPE_VERSION = "mlops-kit-base-v2"
 #: Environment of the image's interpreter, for evaluating dependency markers.
 _IMAGE_MARKERS = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
                   "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
@@ -198,7 +198,7 @@ def _build_base(pins: dict[str, str], cache: Path, *, runner: Runner, log: Log) 
         debootstrap = _start_rootfs(rootfs, tmp, runner)
         _fetch_wheels(pins, site, runner=runner)
         _tidy_site(site)
-        _precompile(site, runner=runner, log=log)
+        _precompile(site, runner=runner, log=log, destdir="/" + SITE_PACKAGES)
         site_tar = tmp / "site.tar"
         _tar_tree(site, site_tar, prefix=SITE_PACKAGES)
         out, err = debootstrap.communicate()
@@ -282,14 +282,15 @@ def image_python(runner: Runner = DEFAULT_RUNNER) -> str | None:
     return None
 
 
-def _precompile(tree: Path, *, runner: Runner, log: Log) -> None:
+def _precompile(tree: Path, *, runner: Runner, log: Log, destdir: str) -> None:
     """``.pyc`` next to the sources, checked by hash rather than mtime (the layer's mtimes are fixed)."""
     python = image_python(runner)
     if python is None:
         log("no python 3.11 on this machine: the image ships without precompiled .pyc (slower start)")
         return
+    # -d: the path the files have in the image (tracebacks; and the same bytes from any build folder)
     runner.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-                str(tree)], step="compileall", check=False)
+                "-d", destdir, str(tree)], step="compileall", check=False)
 
 
 def _tar_tree(tree: Path, target: Path, *, prefix: str) -> None:

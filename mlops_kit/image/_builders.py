@@ -105,20 +105,15 @@ class LayersBuilder(Builder):
                 layers.append({"digest": desc["digest"], "size": desc["size"],
                                "unpacked": sizes[i] if i < len(sizes) else None,
                                "created_by": created_by[:120], "base": True})
-            with tempfile.TemporaryDirectory(prefix="app-", dir=builds) as staging:
-                app = Path(staging) / "app"
-                shutil.copytree(context.app, app)
-                _base._precompile(app, runner=runner, log=log)
-                new_layers = [(app, "app", "COPY app/ /app/ (+ .pyc)"),
-                              (context.model, "app/model", "COPY model/ /app/model/")]
-                for tree, prefix, created_by in new_layers:
-                    blob, diff_id, unpacked = _oci.layer_from_tree(tree, prefix)
-                    desc = _oci.write_blob(layout, blob, _oci.LAYER_GZIP)
-                    manifest["layers"].append(desc)
-                    config["rootfs"]["diff_ids"].append(diff_id)
-                    history.append({"created": _created(), "created_by": created_by})
-                    layers.append({"digest": desc["digest"], "size": desc["size"], "unpacked": unpacked,
-                                   "created_by": created_by, "base": False})
+            new_layers = [(*_app_layer(context, runner=runner, log=log), "COPY app/ /app/ (+ .pyc)"),
+                          (*_oci.layer_from_tree(context.model, "app/model"), "COPY model/ /app/model/")]
+            for blob, diff_id, unpacked, created_by in new_layers:
+                desc = _oci.write_blob(layout, blob, _oci.LAYER_GZIP)
+                manifest["layers"].append(desc)
+                config["rootfs"]["diff_ids"].append(diff_id)
+                history.append({"created": _created(), "created_by": created_by})
+                layers.append({"digest": desc["digest"], "size": desc["size"], "unpacked": unpacked,
+                               "created_by": created_by, "base": False})
             image_config = config.setdefault("config", {})
             env = [e for e in image_config.get("Env", []) if e.split("=", 1)[0] not in ENV]
             image_config.update({"Env": env + [f"{k}={v}" for k, v in ENV.items()], "Cmd": CMD,
@@ -232,6 +227,34 @@ def _describe_archive(built: BuiltImage) -> None:
                             for i, l in enumerate(manifest["layers"])]
     except (KeyError, ValueError, tarfile.TarError, TypeError):
         pass
+
+
+def _app_layer(context: Context, *, runner: Runner, log: Log) -> tuple[bytes, str, int]:
+    """The app layer (sources + .pyc), cached by the sources' digest: .pyc bytes differ from one
+    compile to the next (marshal), so the same app must reuse the same layer, byte for byte."""
+    import hashlib
+    import sys
+
+    from ._context import content_digest
+
+    key = hashlib.sha256(f"{content_digest(context.app)}|{_base.image_python(runner)}|{sys.version_info[:2]}"
+                         .encode()).hexdigest()[:16]
+    folder = _paths.image_cache_dir() / "app-layers"
+    blob_file, meta_file = folder / f"{key}.tar.gz", folder / f"{key}.json"
+    if blob_file.is_file() and meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        return blob_file.read_bytes(), meta["diff_id"], meta["unpacked"]
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="app-", dir=folder) as staging:
+        app = Path(staging) / "app"
+        shutil.copytree(context.app, app)
+        _base._precompile(app, runner=runner, log=log, destdir="/app")
+        blob, diff_id, unpacked = _oci.layer_from_tree(app, "app")
+    tmp = blob_file.with_suffix(".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, blob_file)
+    meta_file.write_text(json.dumps({"diff_id": diff_id, "unpacked": unpacked}))
+    return blob, diff_id, unpacked
 
 
 def _created() -> str:

@@ -1,0 +1,73 @@
+"""``mlops-kit build RUN_ID`` (04_package outside a notebook) and ``mlops-kit base build``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import _paths
+from ..errors import ParameterError, ParameterProblem, RunNotFound
+
+
+def run_params(run_dir: Path):
+    """The run's own parameters (``run.json`` key ``params``), else parameters/default.yaml."""
+    from pydantic import ValidationError
+
+    from ..params import RunParams, load_params
+
+    record = run_dir / _paths.RUN_RECORD
+    if record.is_file():
+        try:
+            params = json.loads(record.read_text()).get("params")
+        except ValueError:
+            raise ParameterError([ParameterProblem(str(record), "(top level)", "JSON", "unreadable text")]) from None
+        if params is not None:
+            try:
+                return RunParams.model_validate(params)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                raise ParameterError([ParameterProblem(str(record), "params." + ".".join(map(str, first["loc"])),
+                                                       first["msg"], repr(first.get("input")))]) from None
+    return load_params().params
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--builder", type=click.Choice(["auto", "layers", "buildah", "docker", "podman", "nerdctl"]),
+              default=None, help="image builder (default: the run's package.builder)")
+@click.option("--no-import", is_flag=True, help="build only; do not import into containerd")
+@click.option("--json", "as_json", is_flag=True, help="print image.json")
+def build(run_id, builder, no_import, as_json):
+    """Build the model server image of run RUN_ID and import it into containerd."""
+    from .. import image
+
+    run_dir = _paths.runs_dir() / run_id
+    if not run_dir.is_dir():
+        raise RunNotFound(run_id, _paths.runs_dir())
+    params = run_params(run_dir)
+    record = image.package(run_dir, params, builder=builder, import_into_containerd=False if no_import else None,
+                           log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    mib = 1024 * 1024
+    click.echo(f"{record['ref']}\n  digest {record['digest']}\n  {record['size']['compressed'] / mib:.1f} MiB "
+               f"compressed, {(record['size']['unpacked'] or 0) / mib:.1f} MiB unpacked, "
+               f"{len(record['layers'])} layers, builder {record['builder']}, {record['seconds']['total']:.1f} s")
+
+
+@click.group()
+def base():
+    """The base image (Debian 12 python3 + the training environment's wheels), cached."""
+
+
+@base.command("build")
+@click.option("--force", is_flag=True, help="rebuild even when cached")
+def base_build(force):
+    """Build (or find in the cache) the base for this environment's versions."""
+    from .. import image
+
+    found = image.build_base(force=force, log=click.echo)
+    click.echo(f"{found.ref}\n  {found.layout}\n  " + " ".join(f"{k}=={v}" for k, v in found.pins.items()))
