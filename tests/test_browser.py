@@ -203,6 +203,27 @@ def test_run_default_pipeline_in_jupyterlab(page, jupyterlab, screenshots):
     runs.screenshot(path=str(screenshots / "runs-panel.png"))
     assert not pipeline.locator(".mlk-pipeline-errors").inner_text().strip()
 
+    # the build panel lists the builders (what works here, and why the others do not)
+    build = page.locator(".mlk-build")
+    build.locator(".mlk-build-run-refresh").click()
+    build.locator(".mlk-build-builders").filter(has_text="auto picks").or_(
+        build.locator(".mlk-build-builders").filter(has_text="No builder works here")).wait_for()
+    build.screenshot(path=str(screenshots / "build-panel.png"))
+
+    # deploy the new run on this machine, see the smoke test pass, and undeploy it
+    deploy = page.locator(".mlk-deploy")
+    deploy.locator(".mlk-deploy-run-refresh").click()
+    try:
+        deploy.locator(".mlk-deploy-start").click()
+        deploy.locator(".mlk-deploy-status").filter(has_text=re.compile("deployed at|failed")).wait_for()
+        assert "deployed at http://127.0.0.1:" in deploy.locator(".mlk-deploy-status").inner_text(), \
+            deploy.inner_text()
+        assert "Smoke test passed" in deploy.locator(".mlk-deploy-smoke").inner_text()
+        deploy.screenshot(path=str(screenshots / "deploy-panel.png"))
+    finally:
+        deploy.locator(".mlk-deploy-undeploy").click()
+        deploy.locator(".mlk-deploy-status").filter(has_text="nothing deployed").wait_for()
+
 
 def test_bad_parameter_shows_its_message_in_the_form(page, jupyterlab, screenshots):
     open_control_panel(page, jupyterlab, "control-bad-parameter")

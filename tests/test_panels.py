@@ -321,3 +321,140 @@ def test_promote_one_selected_run(tmp_path):
     assert ledger.promoted == [("20260102-000000-bbbb", "best accuracy")]
     assert "is the champion" in text(panel.message.value) and ledger.listed == listed + 1
     assert panel.selector.value == ("20260102-000000-bbbb",)  # the selection survives the refresh
+
+
+# --- BuildPanel and DeployPanel ------------------------------------------------------
+
+SUCCEEDED = [{"id": "20260103-000000-cccc", "status": "succeeded", "champion": False},
+             {"id": "20260102-000000-bbbb", "status": "succeeded", "champion": True},
+             {"id": "20260101-000000-aaaa", "status": "failed", "champion": False}]
+
+
+def read_run(run_id):
+    return {"id": run_id, "params": {"package": {"builder": "auto"}, "deploy": {"target": "local"}}}
+
+
+def test_build_panel_detects_builders_and_builds_the_chosen_run(tmp_path):
+    from mlops_kit.panels import BuildPanel
+
+    built = []
+
+    def package(run_dir, params, *, log):
+        built.append((run_dir, params.package.builder))
+        log("context ready; builder layers")
+        return {"ref": "docker.io/mlops-kit/model:20260102-abc", "digest": "sha256:" + "1" * 64,
+                "builder": "layers", "size": {"compressed": 3 * 1024 * 1024, "unpacked": 9 * 1024 * 1024},
+                "layers": [{}, {}], "imported": {"containerd": "microk8s", "namespace": "k8s.io"},
+                "seconds": {"total": 4.2}}
+
+    panel = BuildPanel(list_runs=lambda: SUCCEEDED, read_run=read_run, runs_dir=lambda: tmp_path, package=package,
+                       detect_builders=lambda base: {"layers": None, "buildah": "buildah is not installed"})
+    panel.detector.join(30)
+    # succeeded runs only, the champion first and preselected
+    assert [v for _, v in panel.run_picker.dropdown.options] == ["20260102-000000-bbbb", "20260103-000000-cccc"]
+    assert panel.run_picker.run_id == "20260102-000000-bbbb"
+    builders = text(panel.builders.value)
+    assert "buildah is not installed" in builders and "auto picks layers" in builders
+    panel.form.fields["package.builder"].input.value = "buildah"
+    panel.build_button.click()
+    panel.worker.join(30)
+    assert built == [(tmp_path / "20260102-000000-bbbb", "buildah")]
+    result = text(panel.result.value)
+    assert "docker.io/mlops-kit/model:20260102-abc" in result and "sha256:111" in result
+    assert "3.0 MiB" in result and "namespace k8s.io" in result
+    assert "context ready" in output_text(panel.log_output)
+    assert panel.errors.outputs == () and panel.build_button.disabled is False
+
+
+def test_build_panel_shows_a_build_error(tmp_path):
+    from mlops_kit.errors import BuilderNotFound
+    from mlops_kit.panels import BuildPanel
+
+    def package(run_dir, params, *, log):
+        raise BuilderNotFound("No image builder works on this machine.", step="builder")
+
+    panel = BuildPanel(list_runs=lambda: SUCCEEDED, read_run=read_run, runs_dir=lambda: tmp_path, package=package,
+                       detect_builders=lambda base: {"layers": "umoci is not installed"})
+    panel.detector.join(30)
+    assert "No builder works here" in text(panel.builders.value)
+    panel.build_button.click()
+    panel.worker.join(30)
+    assert "No image builder works on this machine" in text(panel.status.value)
+    assert panel.errors.outputs == ()
+
+
+class FakeDeployer:
+    def __init__(self):
+        self.calls = []
+
+    def deploy(self, run_dir, params, *, log):
+        self.calls.append(("deploy", run_dir.name, params.deploy.target, params.deploy.replicas))
+        log("rollout: 2 of 2 updated replicas are available")
+        return {"run_id": run_dir.name, "endpoint": "http://10.0.0.1:8080", "revision": 2,
+                "smoke": {"records": 5}}
+
+    def status(self, params):
+        self.calls.append(("status", params.deploy.target))
+        return {"namespace": params.deploy.namespace, "name": "model-server", "deployed": True, "ready": True,
+                "rollout": "successfully rolled out", "replicas": {"desired": 2, "ready": 2},
+                "endpoint": "http://10.0.0.1:8080",
+                "releases": [{"revision": 1, "run_id": "20260101-000000-aaaa", "status": "succeeded"},
+                             {"revision": 2, "run_id": "20260102-000000-bbbb", "status": "succeeded"}]}
+
+    def rollback(self, params, *, log):
+        self.calls.append(("rollback", params.deploy.target))
+        return {"revision": 1, "run_id": "20260101-000000-aaaa"}
+
+    def undeploy(self, params, *, log):
+        self.calls.append(("undeploy", params.deploy.target))
+        return {}
+
+
+def test_deploy_panel_deploys_with_the_forms_values_and_shows_history(tmp_path):
+    from mlops_kit.panels import DeployPanel
+
+    deployer = FakeDeployer()
+    panel = DeployPanel(list_runs=lambda: SUCCEEDED, read_run=read_run, runs_dir=lambda: tmp_path, deployer=deployer)
+    assert panel.form.fields["deploy.target"].value == "local"
+    assert panel.rollback_button.disabled  # rollback needs the microk8s release history
+    panel.form.fields["deploy.target"].input.value = "microk8s"
+    panel.form.fields["deploy.replicas"].input.value = 2
+    assert panel.rollback_button.disabled is False
+    panel.deploy_button.click()
+    panel.worker.join(30)
+    assert deployer.calls[:2] == [("deploy", "20260102-000000-bbbb", "microk8s", 2), ("status", "microk8s")]
+    assert "deployed at http://10.0.0.1:8080" in text(panel.status.value)
+    assert "5 known records" in text(panel.smoke.value)
+    history = text(panel.history.value)
+    assert "20260101-000000-aaaa" in history and "20260102-000000-bbbb" in history
+    assert "2 of 2 updated replicas" in output_text(panel.log_output)
+    panel.rollback_button.click()
+    panel.worker.join(30)
+    assert "Rolled back to release 1" in text(panel.status.value)
+    panel.undeploy_button.click()
+    panel.worker.join(30)
+    assert ("undeploy", "microk8s") in deployer.calls
+    assert panel.errors.outputs == ()
+
+
+def test_deploy_panel_marks_bad_values_and_shows_failures(tmp_path):
+    from mlops_kit.errors import K8sDeployError
+    from mlops_kit.panels import DeployPanel
+
+    deployer = FakeDeployer()
+
+    def refuse(run_dir, params, *, log):
+        raise K8sDeployError("The rollout did not finish: ImagePullBackOff. Rolled back to release 1.",
+                             reason="ImagePullBackOff")
+
+    deployer.deploy = refuse
+    panel = DeployPanel(list_runs=lambda: SUCCEEDED, read_run=read_run, runs_dir=lambda: tmp_path, deployer=deployer)
+    panel.form.fields["deploy.namespace"].input.value = "Not_A_Label"
+    assert "a DNS label" in text(panel.form.fields["deploy.namespace"].message.value)
+    panel.deploy_button.click()
+    assert "Fix the parameters" in text(panel.status.value) and deployer.calls == []
+    panel.form.fields["deploy.namespace"].input.value = "models"
+    panel.deploy_button.click()
+    panel.worker.join(30)
+    assert "ImagePullBackOff" in text(panel.status.value) and "Rolled back" in text(panel.status.value)
+    assert panel.errors.outputs == ()

@@ -7,7 +7,9 @@ CLI, long work runs on a worker thread, and errors show in the panel.
     pipeline.on_run_finished(lambda record: runs.refresh())
 """
 
+from .build import BuildPanel
+from .deploy import DeployPanel
 from .pipeline import PipelinePanel
 from .runs import RunsPanel
 
-__all__ = ["PipelinePanel", "RunsPanel"]
+__all__ = ["BuildPanel", "DeployPanel", "PipelinePanel", "RunsPanel"]

@@ -254,10 +254,10 @@ class ParameterField(widgets.VBox):
         annotation, self.optional = _unwrap_optional(field.annotation)
         self.input = self._make_input(annotation, list(suggestions))
         self.input.description = dotted
-        self.input.style = {"description_width": "9em"}
-        self.input.layout = widgets.Layout(width="26em", flex="0 0 auto")
+        self.input.style = {"description_width": "11em"}
+        self.input.layout = widgets.Layout(width="28em", flex="0 0 auto")
         help_text = widgets.HTML(f'<span style="color: #666">{html.escape(field.description or "")}</span>')
-        self.message = styled(widgets.HTML("", layout=widgets.Layout(margin="0 0 0 9.5em")), "mlk-field-message")
+        self.message = styled(widgets.HTML("", layout=widgets.Layout(margin="0 0 0 11.5em")), "mlk-field-message")
         super().__init__([widgets.HBox([self.input, help_text]), self.message])
         styled(self, "mlk-field", f"mlk-field-{css_name(dotted)}")
 

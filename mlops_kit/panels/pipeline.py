@@ -67,7 +67,7 @@ class PipelinePanel(widgets.VBox):
         files = self._parameter_files()
         self.file_picker = styled(widgets.Dropdown(
             options=[(f.name, str(f)) for f in files], value=str(files[0]) if files else None,
-            description="parameters", style={"description_width": "9em"}), "mlk-pipeline-file")
+            description="parameters", style={"description_width": "11em"}, layout=widgets.Layout(width="28em")), "mlk-pipeline-file")
         self.form = styled(ParameterForm(FORM_KEYS, suggestions=SUGGESTIONS), "mlk-pipeline-form")
         self.problems = styled(widgets.HTML(""), "mlk-pipeline-problems")
         self.stage_boxes = {name: styled(widgets.Checkbox(value=False, description=name, indent=False,
@@ -91,7 +91,7 @@ class PipelinePanel(widgets.VBox):
         super().__init__([
             widgets.HTML(TABLE_CSS + "<h3>Pipeline</h3>"),
             self.file_picker, self.form, self.problems,
-            widgets.HBox([widgets.Label("stages", layout=widgets.Layout(width="9em")),
+            widgets.HBox([widgets.Label("stages", layout=widgets.Layout(width="11em")),
                           *self.stage_boxes.values()]),
             widgets.HBox([self.run_button, self.cancel_button]),
             self.status, self.progress, self.failure, self.links, self.log_output, self.errors,
