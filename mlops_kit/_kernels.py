@@ -95,8 +95,21 @@ class ForkedKernelManager(AsyncKernelManager):
 
     def start_forked(self, zygote: KernelZygote, cwd: str, modules: list[str] = ()) -> None:
         """Ask for the fork, after the zygote imported ``modules``; returns at once (the pid
-        is read when first needed)."""
-        self.write_connection_file()
+        is read when first needed).
+
+        The connection file names port 0 for every channel: the kernel binds free ports
+        itself and writes them back, so no port can be taken by someone else between
+        choosing it here and binding it there (the kernel may start seconds later)."""
+        import tempfile
+
+        from jupyter_client.connect import write_connection_file
+
+        fd, self.connection_file = tempfile.mkstemp(prefix="mlops-kit-kernel-", suffix=".json")
+        os.close(fd)
+        os.unlink(self.connection_file)
+        write_connection_file(self.connection_file, ip="127.0.0.1", key=self.session.key, transport="tcp",
+                              shell_port=0, iopub_port=0, stdin_port=0, hb_port=0, control_port=0)
+        _zero_ports(self.connection_file)
         self._zygote = zygote
         self._ticket = zygote.send({"op": "kernel", "connection_file": self.connection_file, "cwd": cwd,
                                     "modules": list(modules)})
@@ -106,7 +119,26 @@ class ForkedKernelManager(AsyncKernelManager):
         if self._pid is None and self._ticket is not None:
             ticket, self._ticket = self._ticket, None
             self._pid = self._zygote.reply(ticket)["pid"]
+            self._await_ports()
         return self._pid
+
+    def _await_ports(self, timeout: float = 120.0) -> None:
+        """Wait until the kernel has written the ports it bound, then take them."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                info = json.loads(open(self.connection_file).read())
+            except (OSError, ValueError):
+                info = {}
+            if info.get("shell_port"):
+                self.load_connection_file()
+                return
+            if not _pid_alive(self._pid):
+                raise ZygoteError(f"the kernel (pid {self._pid}) exited before it was ready")
+            time.sleep(0.005)
+        raise ZygoteError(f"the kernel (pid {self._pid}) did not start within {timeout:.0f} s")
 
     @pid.setter
     def pid(self, value: int | None) -> None:
@@ -127,10 +159,22 @@ class ForkedKernelManager(AsyncKernelManager):
         if self.pid is not None:
             _signal(self.pid, signal.SIGKILL)
             self.pid = None
-        self.cleanup_connection_file()
+        self._ticket = None
+        try:
+            os.unlink(self.connection_file)  # written here, not by jupyter_client: removed here
+        except (OSError, TypeError):
+            pass
         if getattr(self, "_control_socket", None) is not None:
             self._control_socket.close(linger=0)
             self._control_socket = None
+
+
+def _zero_ports(path: str) -> None:
+    """jupyter_client fills in random ports for 0: put the zeros back."""
+    info = json.loads(open(path).read())
+    info.update({name: 0 for name in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")})
+    with open(path, "w") as fh:
+        json.dump(info, fh)
 
 
 def _pid_alive(pid: int) -> bool:
