@@ -43,7 +43,7 @@ bench: setup
 
 ## regenerate the README's panel screenshots (docs/screenshots/) in headless Chromium
 screenshots: setup
-	$(BIN)/python -m pytest tests/test_browser.py -p no:cacheprovider
+	MLOPS_KIT_SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m pytest tests/test_browser.py -p no:cacheprovider
 
 clean-runs:
 	rm -rf runs/
