@@ -84,3 +84,15 @@ def mixed_model_dir(tmp_path_factory, mixed_csv) -> Path:
 def regression_model_dir(tmp_path_factory, mixed_regression_csv) -> Path:
     return train_into(tmp_path_factory.mktemp("regression-model"), str(mixed_regression_csv), "label",
                       model="random_forest", params={"n_estimators": 20})
+
+
+@pytest.fixture
+def project_copy(tmp_path, monkeypatch):
+    """A project folder of its own, so a test can change a notebook."""
+    project = tmp_path / "project"
+    import shutil
+
+    shutil.copytree(REPO / "notebooks", project / "notebooks")
+    shutil.copytree(REPO / "parameters", project / "parameters")
+    monkeypatch.setenv("MLOPS_KIT_PROJECT_DIR", str(project))
+    return project

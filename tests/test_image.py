@@ -10,7 +10,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from _real import need, need_commands
+from _real import need_commands
 from test_image_support import image_cache, make_run, need_layers_builder, start_containerd
 
 from mlops_kit import image as mk_image

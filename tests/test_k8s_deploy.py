@@ -159,7 +159,7 @@ async def test_failed_rollout_rolls_back_to_last_good_release(fake, _isolated_ru
 
     err = caught.value
     assert err.reason == reason and words in str(err)
-    assert f"Rolled back to release 3 (run run-good)" in str(err)
+    assert "Rolled back to release 3 (run run-good)" in str(err)
     assert err.rolled_back_to["run_id"] == "run-good" and err.rolled_back_to["restores"] == first["revision"]
     assert [s for _, s in controller.seen] == ["ok", scenario, "ok"]
     if scenario in ("never-pull", "pull-backoff"):

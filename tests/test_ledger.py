@@ -10,10 +10,9 @@ import subprocess
 import time
 
 import nbformat
-import pytest
 
 from conftest import REPO, make_mixed_frame
-from test_pipeline import MLOPS_KIT, cli, project_copy, runs_in  # noqa: F401 - fixture reused
+from test_pipeline import MLOPS_KIT, cli, runs_in
 
 
 def newest(runs_dir) -> dict:

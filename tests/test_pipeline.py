@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,16 +160,6 @@ def test_failed_gate_stops_the_run(_isolated_runs):
     assert record["error"]["exception"] == "GateFailed"
     metrics = json.loads((folder / "artifacts" / "metrics.json").read_text())
     assert metrics["gate"]["passed"] is False  # measured and recorded, then refused
-
-
-@pytest.fixture
-def project_copy(tmp_path, monkeypatch):
-    """A project folder of its own, so a test can change a notebook."""
-    project = tmp_path / "project"
-    shutil.copytree(REPO / "notebooks", project / "notebooks")
-    shutil.copytree(REPO / "parameters", project / "parameters")
-    monkeypatch.setenv("MLOPS_KIT_PROJECT_DIR", str(project))
-    return project
 
 
 def test_forced_stage_failure_is_recorded(_isolated_runs, project_copy):

@@ -58,12 +58,6 @@ def _run_or_champion(run_id: str | None) -> Path:
     return _run_dir(run_id)
 
 
-def _local():
-    from ..deploy.k8s._stage import local_module
-
-    return local_module()
-
-
 def _echo(line: str) -> None:
     click.echo(line)
 
@@ -80,14 +74,10 @@ def deploy(run_id, params_file, overrides, target, dry_run, force_conflicts, as_
     """Deploy the model of run RUN_ID (default: the champion) to deploy.target: local or microk8s."""
     run_dir = _run_or_champion(run_id)
     params = _load(params_file, overrides, target, run_dir)
-    if params.deploy.target == "microk8s":
-        from ..deploy import k8s
+    from .. import deploy as deploy_target
 
-        result = k8s.deploy(run_dir, params, dry_run=dry_run, log=_echo, force_conflicts=force_conflicts)
-    else:
-        if dry_run:
-            raise click.UsageError("--dry-run applies to --target microk8s only.")
-        result = _local().deploy(run_dir, params, log=_echo)
+    options = {"force_conflicts": True} if force_conflicts else {}
+    result = deploy_target.deploy(run_dir, params, log=_echo, dry_run=dry_run, **options)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
 
@@ -100,13 +90,9 @@ def deploy(run_id, params_file, overrides, target, dry_run, force_conflicts, as_
 @_json_option
 def status(run_id, params_file, overrides, target, as_json):
     """Show what is deployed: release history, pods, endpoint."""
-    params = _load(params_file, overrides, target, _run_dir(run_id))
-    if params.deploy.target == "microk8s":
-        from ..deploy import k8s
+    from .. import deploy as deploy_target
 
-        result = k8s.status(params)
-    else:
-        result = _local().status(params)
+    result = deploy_target.status(_load(params_file, overrides, target, _run_dir(run_id)))
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return
@@ -122,10 +108,10 @@ def status(run_id, params_file, overrides, target, as_json):
 @_json_option
 def rollback(run_id, params_file, overrides, to_revision, as_json):
     """Restore an earlier good release on MicroK8s and wait for it."""
-    from ..deploy import k8s
+    from .. import deploy as deploy_target
 
     params = _load(params_file, overrides, "microk8s", _run_dir(run_id))
-    result = k8s.rollback(params, to_revision=to_revision, log=_echo)
+    result = deploy_target.rollback(params, to_revision=to_revision, log=_echo)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
 
@@ -138,13 +124,11 @@ def rollback(run_id, params_file, overrides, to_revision, as_json):
 @click.option("--delete-namespace", is_flag=True, help="also delete deploy.namespace (microk8s)")
 def undeploy(run_id, params_file, overrides, target, delete_namespace):
     """Remove the deployment (Deployment, Service, ConfigMaps, Secret)."""
-    params = _load(params_file, overrides, target, _run_dir(run_id))
-    if params.deploy.target == "microk8s":
-        from ..deploy import k8s
+    from .. import deploy as deploy_target
 
-        k8s.undeploy(params, delete_namespace=delete_namespace, log=_echo)
-    else:
-        result = _local().undeploy(params)
+    params = _load(params_file, overrides, target, _run_dir(run_id))
+    result = deploy_target.undeploy(params, delete_namespace=delete_namespace, log=_echo)
+    if params.deploy.target != "microk8s":
         click.echo(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else
                    str(result or "undeployed"))
 

@@ -29,7 +29,7 @@ from ._runner import DEFAULT_RUNNER, Log, Runner
 
 IMAGE_RECORD = "image.json"
 
-__all__ = ["package", "build", "build_base", "import_image", "push_image", "write_context", "select_builder",
+__all__ = ["package", "build", "detect_builders", "build_base", "import_image", "push_image", "write_context", "select_builder",
            "resolve_run_dir", "read_image_record", "image_table", "Containerd", "Context", "BuiltImage",
            "BaseImage", "BUILDERS", "AUTO_ORDER", "IMAGE_RECORD", "pin_requirements", "serving_requirements",
            "serving_modules", "check_model_versions", "CONTEXT_DIR"]
@@ -38,6 +38,12 @@ __all__ = ["package", "build", "build_base", "import_image", "push_image", "writ
 def resolve_run_dir(run_dir: str | Path = "") -> Path:
     """``run_dir`` as papermill passes it; "" is the scratch run a hand-opened notebook uses."""
     return Path(run_dir) if run_dir else _paths.runs_dir() / (_paths.SCRATCH_RUN)
+
+
+def detect_builders(base_image: str | None = None, *, runner: Runner = DEFAULT_RUNNER) -> dict[str, str | None]:
+    """Each builder the kit knows, in the order ``auto`` tries them: None when it works here,
+    else why not (what the BuildPanel shows, and what ``auto`` chooses from)."""
+    return {name: BUILDERS[name].unavailable(base_image=base_image, runner=runner) for name in AUTO_ORDER}
 
 
 def build_base(*, force: bool = False, runner: Runner = DEFAULT_RUNNER, log: Log = print) -> BaseImage:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from .. import _paths
-from ..errors import BuildError, BuilderNotFound
+from ..errors import BuilderNotFound
 from . import _base, _oci
 from ._context import CMD, ENV, PORT, USER, Context
 from ._runner import DEFAULT_RUNNER, Log, Runner

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import html
 import json
-import os
 import threading
 import traceback
 from pathlib import Path

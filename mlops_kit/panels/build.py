@@ -25,13 +25,9 @@ FORM_KEYS = ("package.builder", "package.base_image", "package.image", "package.
 
 
 def detect_builders(base_image: str | None) -> dict[str, str | None]:
-    """Each builder the kit knows, in the order ``auto`` tries them: None when it works
-    here, else why not."""
     from .. import image
-    from ..image._runner import DEFAULT_RUNNER
 
-    return {name: image.BUILDERS[name].unavailable(base_image=base_image, runner=DEFAULT_RUNNER)
-            for name in image.AUTO_ORDER}
+    return image.detect_builders(base_image)
 
 
 def package(run_dir: Path, params: Any, *, log: Callable[[str], None]) -> dict:

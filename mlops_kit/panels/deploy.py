@@ -17,6 +17,7 @@ from typing import Any, Callable
 import ipywidgets as widgets
 
 from .. import _paths, ledger
+from .. import deploy as deploy_functions
 from .. import params as params_module
 from ..errors import MlopsKitError, ParameterError
 from ._common import (TABLE_CSS, ParameterForm, Worker, append_line, error_output, html_table, message_html,
@@ -24,34 +25,6 @@ from ._common import (TABLE_CSS, ParameterForm, Worker, append_line, error_outpu
 from ._runpicker import RunPicker
 
 FORM_KEYS = ("deploy.target", "deploy.namespace", "deploy.replicas", "deploy.service_type", "deploy.port")
-
-
-class Deployer:
-    """The deploy functions of ``deploy.target`` (what the CLI's deploy commands call):
-    the I/O boundary of :class:`DeployPanel`."""
-
-    @staticmethod
-    def _target(params: Any):
-        if params.deploy.target == "microk8s":
-            from ..deploy import k8s
-            return k8s
-        from ..deploy.k8s._stage import local_module
-        return local_module()
-
-    def deploy(self, run_dir: Path, params: Any, *, log: Callable[[str], None]) -> dict:
-        return self._target(params).deploy(run_dir, params, log=log)
-
-    def status(self, params: Any) -> dict:
-        return self._target(params).status(params)
-
-    def rollback(self, params: Any, *, log: Callable[[str], None]) -> dict:
-        if params.deploy.target != "microk8s":
-            raise MlopsKitError("Rollback works on deploy.target: microk8s (its release history). Got "
-                                "target local instead.", hint="deploy the earlier run again to go back locally.")
-        return self._target(params).rollback(params, log=log)
-
-    def undeploy(self, params: Any, *, log: Callable[[str], None]) -> dict:
-        return self._target(params).undeploy(params, log=log)
 
 
 class DeployPanel(widgets.VBox):
@@ -64,7 +37,7 @@ class DeployPanel(widgets.VBox):
                  deployer: Any = None, runs_dir: Callable[[], Path] = _paths.runs_dir):
         self._read_run = read_run
         self._load_params = load_params
-        self._deployer = deployer or Deployer()
+        self._deployer = deployer or deploy_functions
         self._runs_dir = runs_dir
         self.baseline = None
         self.release: dict | None = None

@@ -87,7 +87,7 @@ def check_pods(cluster: Cluster, deployment: dict, release_id: str | None) -> st
     """Raise K8sDeployError when a pod of this release is stuck for good; else a short note on the
     pods that are not ready yet (or None)."""
     meta = deployment.get("metadata", {})
-    namespace, name = meta.get("namespace"), meta.get("name")
+    namespace = meta.get("namespace")
     selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     if not selector:
         return None
@@ -116,7 +116,7 @@ def check_pods(cluster: Cluster, deployment: dict, release_id: str | None) -> st
 
 def _fail_if_stuck(cluster: Cluster, deployment: dict, pod: dict, cs: dict, reason: str, message: str) -> None:
     meta = deployment["metadata"]
-    namespace, name = meta.get("namespace"), meta.get("name")
+    namespace = meta.get("namespace")
     pod_name = pod["metadata"].get("name")
     image = cs.get("image") or _image_of(deployment)
     repo = image.split("@")[0].rsplit(":", 1)[0] if image else "<image>"

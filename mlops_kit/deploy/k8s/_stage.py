@@ -7,16 +7,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ... import _paths
-from ...errors import K8sDeployError
 from ...params import DeployParams, RunParams
 
 
 def stage_run_dir(run_dir: str | Path = "") -> Path:
     """The run folder of the deploy stage: ``run_dir``, or the scratch run when it is ""."""
-    try:
-        from ...notebook import open_stage
-    except ImportError:  # pragma: no cover - older checkouts
-        return Path(run_dir) if run_dir else _paths.runs_dir() / _paths.SCRATCH_RUN
+    from ...notebook import open_stage
+
     return open_stage("deploy", run_dir).run_dir
 
 
@@ -41,25 +38,10 @@ def stage_params(run_dir: Path, *, seed: int = 42, task: str | None = None, **de
 
 def run_stage(run_dir: Path, params: RunParams, *, log: Callable[[str], None] = print,
               dry_run: bool = False) -> dict:
-    """Deploy to ``deploy.target``: microk8s here; local through ``mlops_kit.deploy.local``."""
-    if params.deploy.target == "microk8s":
-        from ._deploy import deploy
+    """Deploy to ``deploy.target`` (what the 05_deploy notebook calls)."""
+    from ... import deploy
 
-        return deploy(run_dir, params, log=log, dry_run=dry_run)
-    local = local_module()
-    return local.deploy(run_dir, params, log=log)
-
-
-def local_module():
-    try:
-        from .. import local
-    except ImportError as exc:
-        if exc.name and exc.name.endswith("deploy.local"):
-            raise K8sDeployError("deploy.target: local needs mlops_kit.deploy.local, which this installation "
-                              "does not have yet.", reason="NotFound",
-                              hint="use deploy.target: microk8s, or update mlops-kit.") from None
-        raise
-    return local
+    return deploy.deploy(run_dir, params, log=log, dry_run=dry_run)
 
 
 def release_table(result: dict):
