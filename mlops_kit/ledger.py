@@ -223,6 +223,20 @@ def champion_id() -> str | None:
     return current["run"] if current else None
 
 
+def run_dir_or_champion(run_id: str | None) -> Path:
+    """The folder of the named run, else of the champion (what build and deploy take)."""
+    from .errors import MlopsKitError
+
+    run_id = run_id or champion_id()
+    if run_id is None:
+        raise MlopsKitError("No RUN_ID given and no champion promoted.",
+                            hint="name a run, or promote one: `mlops-kit runs promote RUN_ID`.")
+    path = _paths.runs_dir() / run_id
+    if not path.is_dir():  # a folder of artifacts without a record (made by hand) is fine
+        raise RunNotFound(run_id, _paths.runs_dir())
+    return path
+
+
 def promote(run_id: str, *, who: str | None = None, why: str = "") -> dict[str, Any]:
     """Make a succeeded run the champion; evaluation compares against it, and packaging and
     deploy take it when no run is named. The previous champion is kept in the history."""

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from . import _paths
 from .serving._settings import ServeSettings as _ServeDefaults
@@ -64,7 +65,7 @@ class DataParams(_Section):
 
     @field_validator("source")
     @classmethod
-    def _check_source(cls, value: str) -> str:
+    def _check_source(cls, value: str, info: ValidationInfo) -> str:
         if value.startswith("sklearn:"):
             name = value.split(":", 1)[1]
             if name not in SKLEARN_DATASETS:
@@ -75,6 +76,8 @@ class DataParams(_Section):
             raise ValueError(f"sklearn:<name> or a path ending in {', '.join(DATA_FILE_SUFFIXES)}; "
                              f"found {value!r}")
         resolved = path if path.is_absolute() else Path.cwd() / path
+        if (info.context or {}).get("recorded"):
+            return str(resolved)  # a finished run's record: the file may be gone, nothing reads it
         if not resolved.is_file():
             raise ValueError(f"an existing data file; found no file at {str(resolved)!r}")
         return str(resolved.resolve())
@@ -263,10 +266,27 @@ def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tu
     if problems:
         raise ParameterError(problems)
     try:
-        params = RunParams.model_validate(raw)
+        params = RunParams.model_validate(raw, context={"recorded": recorded is not None})
     except ValidationError as exc:
         raise ParameterError(_describe_validation(exc, raw, origin, file)) from None
     return LoadedParams(params, files, list(overrides), origin)
+
+
+def load_run_params(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> LoadedParams:
+    """A run's own parameters (``run.json`` key ``params``) with ``overrides`` on top; the
+    embedded default when the folder has no record (the scratch run)."""
+    import json
+
+    record = Path(run_dir) / _paths.RUN_RECORD
+    if not record.is_file():
+        return load_params(None, overrides)
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8")).get("params")
+    except ValueError:
+        raise ParameterError([ParameterProblem(str(record), "(top level)", "JSON", "unreadable text")]) from None
+    if recorded is None:
+        return load_params(None, overrides)
+    return load_params(overrides=overrides, recorded=recorded, recorded_from=str(record))
 
 
 def _dotted_keys(values: dict, prefix: str = "") -> list[str]:

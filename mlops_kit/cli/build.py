@@ -3,50 +3,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import click
 
-from .. import _paths
-from ..errors import ParameterError, ParameterProblem, RunNotFound
-
-
-def run_params(run_dir: Path):
-    """The run's own parameters (``run.json`` key ``params``), else parameters/default.yaml."""
-    from pydantic import ValidationError
-
-    from ..params import RunParams, load_params
-
-    record = run_dir / _paths.RUN_RECORD
-    if record.is_file():
-        try:
-            params = json.loads(record.read_text()).get("params")
-        except ValueError:
-            raise ParameterError([ParameterProblem(str(record), "(top level)", "JSON", "unreadable text")]) from None
-        if params is not None:
-            try:
-                return RunParams.model_validate(params)
-            except ValidationError as exc:
-                first = exc.errors(include_url=False)[0]
-                raise ParameterError([ParameterProblem(str(record), "params." + ".".join(map(str, first["loc"])),
-                                                       first["msg"], repr(first.get("input")))]) from None
-    return load_params().params
 
 
 @click.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @click.option("--builder", type=click.Choice(["auto", "layers", "buildah", "docker", "podman", "nerdctl"]),
               default=None, help="image builder (default: the run's package.builder)")
 @click.option("--no-import", is_flag=True, help="build only; do not import into containerd")
 @click.option("--json", "as_json", is_flag=True, help="print image.json")
 def build(run_id, builder, no_import, as_json):
-    """Build the model server image of run RUN_ID and import it into containerd."""
+    """Build the model server image of run RUN_ID (default: the champion) and import it into
+    containerd."""
     from .. import image
+    from ..ledger import run_dir_or_champion
+    from ..params import load_run_params
 
-    run_dir = _paths.runs_dir() / run_id
-    if not run_dir.is_dir():
-        raise RunNotFound(run_id, _paths.runs_dir())
-    params = run_params(run_dir)
+    run_dir = run_dir_or_champion(run_id)
+    params = load_run_params(run_dir).params
     record = image.package(run_dir, params, builder=builder, import_into_containerd=False if no_import else None,
                            log=lambda line: click.echo(line, err=as_json))
     if as_json:

@@ -26,14 +26,11 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="print the r
 
 
 def _load(params_file: str | None, overrides: tuple[str, ...], target: str | None, run_dir: Path | None):
-    from ..deploy.k8s._stage import run_params
-    from ..params import load_params
+    from ..params import load_params, load_run_params
 
     overrides = tuple(overrides) + ((f"deploy.target={target}",) if target else ())
-    recorded = run_params(run_dir) if params_file is None and run_dir is not None else None
-    if recorded is not None:
-        return load_params(overrides=overrides, recorded=recorded,
-                           recorded_from=str(run_dir / _paths.RUN_RECORD)).params
+    if params_file is None and run_dir is not None:
+        return load_run_params(run_dir, overrides).params
     return load_params(params_file, overrides).params
 
 
@@ -44,18 +41,6 @@ def _run_dir(run_id: str | None) -> Path | None:
     if not folder.is_dir():
         raise RunNotFound(run_id, _paths.runs_dir())
     return folder
-
-
-def _run_or_champion(run_id: str | None) -> Path:
-    """The named run, else the promoted champion."""
-    from ..errors import MlopsKitError
-    from ..ledger import champion_id
-
-    run_id = run_id or champion_id()
-    if run_id is None:
-        raise MlopsKitError("No RUN_ID given and no champion promoted.",
-                            hint="name a run, or promote one: `mlops-kit runs promote RUN_ID`.")
-    return _run_dir(run_id)
 
 
 def _echo(line: str) -> None:
@@ -72,7 +57,9 @@ def _echo(line: str) -> None:
 @_json_option
 def deploy(run_id, params_file, overrides, target, dry_run, force_conflicts, as_json):
     """Deploy the model of run RUN_ID (default: the champion) to deploy.target: local or microk8s."""
-    run_dir = _run_or_champion(run_id)
+    from ..ledger import run_dir_or_champion
+
+    run_dir = run_dir_or_champion(run_id)
     params = _load(params_file, overrides, target, run_dir)
     from .. import deploy as deploy_target
 
