@@ -117,7 +117,7 @@ def jupyterlab(server_env):
         _stop(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory):
     need_commands("chromium")
     try:
@@ -135,7 +135,7 @@ def browser_context(tmp_path_factory):
             context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def screenshots(tmp_path_factory) -> Path:
     """Where screenshots go: ``$MLOPS_KIT_SCREENSHOTS_DIR`` (docs/screenshots regenerates the
     committed ones), else a temporary folder."""
