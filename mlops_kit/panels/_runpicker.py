@@ -1,4 +1,5 @@
-"""A run picker shared by BuildPanel and DeployPanel: succeeded runs, the champion first."""
+"""What BuildPanel and DeployPanel share: a run picker (succeeded runs, the champion first)
+and a form filled from the chosen run's recorded parameters."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from typing import Callable
 
 import ipywidgets as widgets
 
-from ._common import styled
+from .. import _paths
+from ..errors import ParameterError
+from ._common import message_html, reports_errors, styled
 
 
 def run_options(records: list[dict]) -> list[tuple[str, str]]:
@@ -36,3 +39,35 @@ class RunPicker(widgets.HBox):
     @property
     def run_id(self) -> str | None:
         return self.dropdown.value
+
+
+class RecordedParametersMixin:
+    """For a panel with ``run_picker``, ``form``, ``problems``, ``_load_params``, ``_read_run``
+    and ``_runs_dir``: the chosen run's recorded parameters with the form's values as
+    overrides, as ``mlops-kit build``/``deploy`` have them."""
+
+    baseline = None
+
+    def _load(self, overrides: list[str]):
+        run_id = self.run_picker.run_id
+        if run_id is None:
+            return self._load_params(None, overrides)
+        return self._load_params(None, overrides, recorded=self._read_run(run_id).get("params"),
+                                 recorded_from=str(self._runs_dir() / run_id / _paths.RUN_RECORD))
+
+    @reports_errors()
+    def _run_chosen(self, change=None) -> None:
+        self.baseline = None
+        try:
+            loaded = self._load([])
+        except ParameterError as exc:
+            self.problems.value = "<br>".join(message_html(p.describe(), ok=False) for p in exc.problems)
+            return
+        self.baseline = loaded.params
+        self.form.fill(loaded.params)
+        self.form.clear_problems()
+        self.problems.value = ""
+        self._after_run_chosen()
+
+    def _after_run_chosen(self) -> None:
+        """A panel's own reaction to a new run (nothing by default)."""

@@ -19,7 +19,7 @@ from .. import params as params_module
 from ..errors import MlopsKitError, ParameterError
 from ._common import (TABLE_CSS, ParameterForm, Worker, append_line, error_output, html_table, message_html,
                       reports_errors, styled)
-from ._runpicker import RunPicker
+from ._runpicker import RecordedParametersMixin, RunPicker
 
 FORM_KEYS = ("package.builder", "package.base_image", "package.image", "package.import_image")
 
@@ -36,7 +36,7 @@ def package(run_dir: Path, params: Any, *, log: Callable[[str], None]) -> dict:
     return image.package(run_dir, params, log=log)
 
 
-class BuildPanel(widgets.VBox):
+class BuildPanel(RecordedParametersMixin, widgets.VBox):
     """Build a run's image. ``list_runs``, ``read_run``, ``load_params``, ``detect_builders``,
     ``package`` and ``runs_dir`` are the I/O boundary (the kit's own functions by default)."""
 
@@ -96,27 +96,6 @@ class BuildPanel(widgets.VBox):
         first = next((name for name, why in found.items() if why is None), None)
         auto = f"auto picks <b>{first}</b>." if first else message_html("No builder works here.", ok=False)
         self.builders.value = html_table(["builder", "here", "why not"], rows, css_class="mlk-table") + auto
-
-    def _load(self, overrides: list[str]):
-        """The run's recorded parameters with the form's overrides (as ``mlops-kit build`` has them)."""
-        run_id = self.run_picker.run_id
-        if run_id is None:
-            return self._load_params(None, overrides)
-        return self._load_params(None, overrides, recorded=self._read_run(run_id).get("params"),
-                                 recorded_from=str(self._runs_dir() / run_id / _paths.RUN_RECORD))
-
-    @reports_errors()
-    def _run_chosen(self, change=None) -> None:
-        self.baseline = None
-        try:
-            loaded = self._load([])
-        except ParameterError as exc:
-            self.problems.value = "<br>".join(message_html(p.describe(), ok=False) for p in exc.problems)
-            return
-        self.baseline = loaded.params
-        self.form.fill(loaded.params)
-        self.form.clear_problems()
-        self.problems.value = ""
 
     def validate(self):
         try:

@@ -22,12 +22,12 @@ from .. import params as params_module
 from ..errors import MlopsKitError, ParameterError
 from ._common import (TABLE_CSS, ParameterForm, Worker, append_line, error_output, html_table, message_html,
                       reports_errors, styled)
-from ._runpicker import RunPicker
+from ._runpicker import RecordedParametersMixin, RunPicker
 
 FORM_KEYS = ("deploy.target", "deploy.namespace", "deploy.replicas", "deploy.service_type", "deploy.port")
 
 
-class DeployPanel(widgets.VBox):
+class DeployPanel(RecordedParametersMixin, widgets.VBox):
     """Deploy a run. ``list_runs``, ``read_run``, ``load_params``, ``deployer`` and
     ``runs_dir`` are the I/O boundary (the kit's own functions by default)."""
 
@@ -83,26 +83,7 @@ class DeployPanel(widgets.VBox):
         self._run_chosen()
 
     # --- parameters ----------------------------------------------------------------------
-    def _load(self, overrides: list[str]):
-        """The run's recorded parameters with the form's overrides (as ``mlops-kit deploy`` has them)."""
-        run_id = self.run_picker.run_id
-        if run_id is None:
-            return self._load_params(None, overrides)
-        return self._load_params(None, overrides, recorded=self._read_run(run_id).get("params"),
-                                 recorded_from=str(self._runs_dir() / run_id / _paths.RUN_RECORD))
-
-    @reports_errors()
-    def _run_chosen(self, change=None) -> None:
-        self.baseline = None
-        try:
-            loaded = self._load([])
-        except ParameterError as exc:
-            self.problems.value = "<br>".join(message_html(p.describe(), ok=False) for p in exc.problems)
-            return
-        self.baseline = loaded.params
-        self.form.fill(loaded.params)
-        self.form.clear_problems()
-        self.problems.value = ""
+    def _after_run_chosen(self) -> None:
         self._target_chosen()
 
     def _target_chosen(self, change=None) -> None:
