@@ -71,3 +71,15 @@ class RecordedParametersMixin:
 
     def _after_run_chosen(self) -> None:
         """A panel's own reaction to a new run (nothing by default)."""
+
+    def validate(self):
+        """The parameters the action will use, or None with each problem shown at its field."""
+        try:
+            loaded = self._load(self.form.overrides(self.baseline))
+        except ParameterError as exc:
+            others = self.form.show_problems(exc.problems)
+            self.problems.value = "<br>".join(message_html(p.describe(), ok=False) for p in others)
+            return None
+        self.form.clear_problems()
+        self.problems.value = ""
+        return loaded

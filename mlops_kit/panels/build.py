@@ -16,7 +16,7 @@ import ipywidgets as widgets
 
 from .. import _paths, ledger
 from .. import params as params_module
-from ..errors import MlopsKitError, ParameterError
+from ..errors import MlopsKitError
 from ._common import (TABLE_CSS, ParameterForm, Worker, append_line, error_output, html_table, message_html,
                       reports_errors, styled)
 from ._runpicker import RecordedParametersMixin, RunPicker
@@ -96,17 +96,6 @@ class BuildPanel(RecordedParametersMixin, widgets.VBox):
         first = next((name for name, why in found.items() if why is None), None)
         auto = f"auto picks <b>{first}</b>." if first else message_html("No builder works here.", ok=False)
         self.builders.value = html_table(["builder", "here", "why not"], rows, css_class="mlk-table") + auto
-
-    def validate(self):
-        try:
-            loaded = self._load(self.form.overrides(self.baseline))
-        except ParameterError as exc:
-            others = self.form.show_problems(exc.problems)
-            self.problems.value = "<br>".join(message_html(p.describe(), ok=False) for p in others)
-            return None
-        self.form.clear_problems()
-        self.problems.value = ""
-        return loaded
 
     @reports_errors()
     def _build_clicked(self, button=None) -> None:

@@ -19,7 +19,7 @@ import ipywidgets as widgets
 from .. import _paths, ledger
 from .. import deploy as deploy_functions
 from .. import params as params_module
-from ..errors import MlopsKitError, ParameterError
+from ..errors import MlopsKitError
 from ._common import (TABLE_CSS, ParameterForm, Worker, append_line, error_output, html_table, message_html,
                       reports_errors, styled)
 from ._runpicker import RecordedParametersMixin, RunPicker
@@ -88,17 +88,6 @@ class DeployPanel(RecordedParametersMixin, widgets.VBox):
 
     def _target_chosen(self, change=None) -> None:
         self.rollback_button.disabled = self.form.fields["deploy.target"].value != "microk8s"
-
-    def validate(self):
-        try:
-            loaded = self._load(self.form.overrides(self.baseline))
-        except ParameterError as exc:
-            others = self.form.show_problems(exc.problems)
-            self.problems.value = "<br>".join(message_html(p.describe(), ok=False) for p in others)
-            return None
-        self.form.clear_problems()
-        self.problems.value = ""
-        return loaded
 
     # --- actions -------------------------------------------------------------------------
     def _start(self, what: str, work: Callable[[Any], None], *, needs_run: bool = False) -> None:
