@@ -170,6 +170,10 @@ def plan(params: RunParams, stages: list[Stage], known: dict[str, str], *, use_c
         if not use_cache:
             plans.append(StagePlan(stage, parts, reason="--no-cache"))
             continue
+        if not stage.reusable:
+            plans.append(StagePlan(stage, parts, reason="its effect lives outside the run folder "
+                                                        "(containerd, a deployment): always executed"))
+            continue
         hit, rejected = find_cached(stage, parts["digest"], exclude=exclude, records=records)
         if hit:
             known.update(hit.record["outputs"])

@@ -316,7 +316,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
             if parts is None:  # its inputs were made in this run: decide now
                 known = {item: _atomic.sha256_file(run.artifacts / item) for item in current.inputs}
                 parts = cache.fingerprint(current, params, known)
-                if use_cache:
+                if use_cache and current.reusable:
                     hit, _ = cache.find_cached(current, parts["digest"], exclude=run.id)
             if hit is not None:
                 run.update_stage(current.name, **cache.reuse_stage(run, current, hit, parts))

@@ -20,6 +20,9 @@ class Stage:
     outputs: tuple[str, ...]
     #: modules the stage's kernel imports while it waits for its turn
     warm_imports: tuple[str, ...] = ()
+    #: False for stages whose effect lives outside the run folder (an image in containerd,
+    #: a deployment): they are executed every time, never reused from an earlier run
+    reusable: bool = True
 
 
 _COMMON = ("pandas", "numpy", "matplotlib.pyplot", "mlops_kit.notebook")
@@ -40,10 +43,10 @@ STAGES: tuple[Stage, ...] = (
            "mlops_kit.evaluate")),
     Stage("package", "04_package.ipynb", "package",
           ("model.skops", "model_card.json", "schema.json", "examples.json", "metrics.json"),
-          ("image.json",), ("mlops_kit.notebook", "mlops_kit.image")),
+          ("image.json",), ("mlops_kit.notebook", "mlops_kit.image"), reusable=False),
     Stage("deploy", "05_deploy.ipynb", "deploy",
           ("model.skops", "model_card.json", "schema.json", "examples.json"),
-          ("release.json",), ("mlops_kit.notebook", "mlops_kit.deploy")),
+          ("release.json",), ("mlops_kit.notebook", "mlops_kit.deploy"), reusable=False),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 BY_NAME = {stage.name: stage for stage in STAGES}
