@@ -27,7 +27,17 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Save ``fig`` as PNG atomically. The figure stays open, so a notebook shows it too."""
+    """Save ``fig`` as PNG atomically; in a notebook, show that same PNG (drawn once, not a
+    second time by the inline backend at the end of the cell)."""
+    import io
+
     fig.tight_layout()
-    _atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    _atomic.write_bytes(path, buffer.getvalue())
+    if _in_kernel():
+        from IPython.display import Image, display
+
+        display(Image(data=buffer.getvalue(), format="png"))
+        pyplot().close(fig)
     return Path(path)

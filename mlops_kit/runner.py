@@ -178,11 +178,31 @@ def _shutdown(km) -> None:
 
 # --- reports ---------------------------------------------------------------------------
 
+_EXPORTER = None
+
+
+def _html_exporter():
+    """One HTMLExporter per process: its templates are loaded and compiled once."""
+    global _EXPORTER
+    if _EXPORTER is None:
+        from nbconvert import HTMLExporter
+
+        _EXPORTER = HTMLExporter()
+    return _EXPORTER
+
+
+def warm_html_exporter() -> None:
+    """Load nbconvert and compile its templates (half a second), done while the kernels'
+    parent is still importing, so the first report costs no more than the others."""
+    import nbformat
+
+    _html_exporter().from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]))
+
+
 def export_html(notebook: Path, report: Path) -> Path:
     import nbformat
-    from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    body, _ = _html_exporter().from_notebook_node(nbformat.read(notebook, as_version=4))
     return _atomic.write_text(report, body)
 
 
@@ -291,6 +311,7 @@ def _start_kernels(plans: list[cache.StagePlan], checks: list) -> "KernelPool | 
     kernels.start([c for c in checks if "train" in names])
     try:
         import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
+        warm_html_exporter()
         kernels.check()
     except BaseException:
         kernels.stop_all()
