@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@# notebooks are committed without outputs: strip them on `git add` (cell tags are kept)
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '$(abspath $(BIN))/nbstripout'; \
+	  git config filter.nbstripout.clean '$(abspath $(BIN))/nbstripout --keep-id'; \
 	  git config filter.nbstripout.smudge cat; \
-	  git config diff.ipynb.textconv '$(abspath $(BIN))/nbstripout -t'; fi
+	  git config diff.ipynb.textconv '$(abspath $(BIN))/nbstripout -t --keep-id'; fi
 	touch $(STAMP)
 
 ## the pipeline on the embedded default (ARGS="-p parameters/x.yaml --set k=v" for others)

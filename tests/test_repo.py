@@ -78,3 +78,20 @@ def test_run_records_are_not_committed():
     assert "runs/" in (REPO / ".gitignore").read_text().split()
     tracked = subprocess.run(["git", "ls-files", "runs"], cwd=REPO, capture_output=True, text=True)
     assert tracked.returncode != 0 or tracked.stdout == ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebooks_are_what_the_git_filter_writes(path):
+    """`make setup` installs nbstripout as git's clean filter (with the Makefile's flags): a
+    committed notebook must come out of it unchanged, or git shows it as modified."""
+    import shlex
+    import shutil
+    import sys
+    from pathlib import Path
+
+    makefile = (REPO / "Makefile").read_text()
+    flags = re.search(r"filter\.nbstripout\.clean '[^']*?/nbstripout([^']*)'", makefile).group(1)
+    nbstripout = shutil.which("nbstripout") or str(Path(sys.executable).parent / "nbstripout")
+    stripped = subprocess.run([nbstripout, *shlex.split(flags), "-t", str(path)], capture_output=True,
+                              text=True, check=True).stdout
+    assert json.loads(stripped) == json.loads(path.read_text())
