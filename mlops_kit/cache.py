@@ -23,7 +23,7 @@ from typing import Any
 
 from . import _atomic, _paths, ledger
 from .params import RunParams
-from .stages import Stage
+from .stages import Stage, producer_of
 
 REUSABLE = ("succeeded", "cached")
 VERSIONED_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas", "pyarrow", "matplotlib", "skops",
@@ -162,9 +162,8 @@ def plan(params: RunParams, stages: list[Stage], known: dict[str, str], *, use_c
     for stage in stages:
         missing = [item for item in stage.inputs if item not in known]
         if missing:
-            producer = next(p for p in reversed(plans) if any(i in p.stage.outputs for i in missing))
             plans.append(StagePlan(stage, reason=f"its input {missing[0]} comes from stage "
-                                                 f"{producer.stage.name!r}, which runs"))
+                                                 f"{producer_of(missing[0]).name!r}, which runs"))
             continue
         parts = fingerprint(stage, params, known)
         if not use_cache:

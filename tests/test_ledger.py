@@ -222,3 +222,13 @@ def test_deploy_takes_the_champion_when_no_run_is_named(_isolated_runs):
     result = cli("deploy")
     assert result.returncode == 1 and "No RUN_ID given and no champion promoted" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_explain_names_the_stage_each_missing_input_comes_from(_isolated_runs):
+    result = cli("run", "-p", "parameters/local.yaml", "--explain")
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert lines["data"].strip().endswith("no earlier run of this stage")
+    assert "its input test.parquet comes from stage 'data'" in lines["evaluate"]
+    assert "its input model.skops comes from stage 'train'" in lines["package"]
+    assert runs_in(_isolated_runs) == []
