@@ -296,9 +296,21 @@ def test_import_refused_permission_hint(built):
 # --- other builders, the CLI and the notebook ------------------------------------------------------
 
 @pytest.mark.slow
-def test_buildah_builds_the_containerfile_on_the_local_base(built, tmp_path, socket_path):
+def test_buildah_builds_the_containerfile_on_the_local_base(built, tmp_path, socket_path, monkeypatch):
     need_commands("buildah")
     run, first = built
+    # No state left on this machine may hide a failure: buildah gets an empty storage of its
+    # own, and the base cache sits under a dot-folder, as ~/.cache/mlops-kit does on a fresh
+    # machine (buildah once named the pulled base after that path: "invalid reference format").
+    storage = tmp_path / "containers"
+    (tmp_path / "storage.conf").write_text(
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{storage}/root"\nrunroot = "{storage}/run"\n')
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(tmp_path / "storage.conf"))
+    dotted = tmp_path / ".cache" / "mlops-kit"
+    (dotted / "image").mkdir(parents=True)
+    for layout in Path(os.environ["MLOPS_KIT_CACHE_DIR"], "image").glob("layout-*"):
+        (dotted / "image" / layout.name).symlink_to(layout.resolve(), target_is_directory=True)
+    monkeypatch.setenv("MLOPS_KIT_CACHE_DIR", str(dotted))
     other = make_run(tmp_path, Path(run / "artifacts"), "r-buildah")
     record = mk_image.package(other, _params(socket_path, builder="buildah"))
     assert record["builder"] == "buildah" and record["archive"]

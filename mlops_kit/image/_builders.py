@@ -190,7 +190,16 @@ class ContainerfileBuilder(Builder):
             return
         log(f"loading the local base {base.ref} into {self.name}")
         if self.name in ("buildah", "podman"):
-            proc = runner.run([self.name, "pull", "-q", f"oci:{base.layout}:deps"], step=f"{self.name} pull base")
+            # buildah and podman name an image pulled from an OCI layout after the layout's path,
+            # and every path component must then be a valid reference: `~/.cache/...` is not
+            # ("invalid reference format"). Pull through a link whose path is always valid.
+            alias = Path("/tmp") / f"mlops-kit-base-{base.key[:16]}-{os.getpid()}"
+            alias.unlink(missing_ok=True)
+            alias.symlink_to(base.layout, target_is_directory=True)
+            try:
+                proc = runner.run([self.name, "pull", "-q", f"oci:{alias}:deps"], step=f"{self.name} pull base")
+            finally:
+                alias.unlink(missing_ok=True)
             image_id = proc.stdout.decode().strip().splitlines()[-1]
             runner.run([self.name, "tag", image_id, base.ref], step=f"{self.name} tag base")
             return
