@@ -1,0 +1,392 @@
+"""The artifact catalog: every artifact and record of a run, declared once.
+
+Each entry says what a file is called, which stage writes it, the typed model of its
+content (pydantic) and how it is saved (atomically) and loaded (size-bounded, parsed and
+validated, with an :class:`~mlops_kit.errors.ArtifactError` that names the file and the
+field). Stages, notebooks, the ledger, the cache, image, deploy, serving and the panels go
+through this module: no other module spells an artifact's file name or reads one of these
+documents as a bare dict.
+
+>>> from mlops_kit import artifacts
+>>> metrics = artifacts.METRICS.load(run_dir)          # a typed Metrics, or ArtifactError
+>>> metrics.gate.passed
+>>> artifacts.METRICS.save(run_dir, metrics)           # validated, atomic
+
+``folder`` arguments take a run folder or its ``artifacts/`` folder alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, Optional, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import _atomic, _paths
+from .errors import ArtifactError
+
+#: A JSON document the kit reads is never larger than this (a crafted run folder must not
+#: exhaust memory); the model card and metrics are a few KiB.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+Scalar = Union[bool, int, float, str, None]
+
+
+class Document(BaseModel):
+    """A JSON document the kit writes. Unknown keys are refused on load: a document whose
+    shape drifted from its producer's fails where it is read, with the key named."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class OpenDocument(Document):
+    """A record whose producer adds keys of its own (a deploy target, a builder)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# --- documents ------------------------------------------------------------------------------
+
+class Feature(Document):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    dtype: str
+    nullable: bool
+    min: Optional[float] = None
+    max: Optional[float] = None
+    integer: Optional[bool] = None
+    categories: Optional[list[Scalar]] = None
+
+
+class DroppedColumn(Document):
+    name: str
+    reason: str
+
+
+class DataSchema(Document):
+    """``schema.json`` (01_data): the features the model takes, and the target."""
+
+    version: int
+    task: Literal["classification", "regression"]
+    target: str
+    target_dtype: str
+    features: list[Feature]
+    dropped: list[DroppedColumn] = Field(default_factory=list)
+    rows: int
+    classes: Optional[list[Scalar]] = None
+    fingerprint: Optional[str] = None
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+class CrossValidation(Document):
+    metric: str
+    scores: list[float]
+    mean: float
+
+
+class ModelCard(Document):
+    """``model_card.json`` (02_train): what the model is, its hash, how it was made."""
+
+    file: str
+    sha256: str
+    bytes: int
+    model: str
+    estimator: str
+    params: dict[str, Any]
+    seed: int
+    task: Literal["classification", "regression"]
+    target: str
+    features: list[str]
+    classes: Optional[list[Scalar]] = None
+    data_fingerprint: Optional[str] = None
+    train_seconds: Optional[float] = None
+    cv: Optional[CrossValidation] = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    created: str
+
+
+class Examples(Document):
+    """``examples.json`` (02_train): rows of the test split and what the model answered for
+    them. Every deployment's smoke test sends these records (see :func:`smoke_request`)."""
+
+    records: list[dict[str, Scalar]]
+    predictions: list[Scalar]
+
+
+class GateCheck(Document):
+    metric: str
+    threshold: float
+    value: Optional[float] = None
+    passed: bool
+    reason: str
+
+
+class GateResult(Document):
+    passed: bool
+    checks: list[GateCheck] = Field(default_factory=list)
+
+    def failures(self) -> list[str]:
+        return [check.reason for check in self.checks if not check.passed]
+
+
+class Metrics(Document):
+    """``metrics.json`` (03_evaluate): scores on the test split and the gate's verdict."""
+
+    task: Literal["classification", "regression"]
+    model: str
+    data_fingerprint: Optional[str] = None
+    metrics: dict[str, Optional[float]]
+    gate: GateResult
+    comparison: Optional[dict[str, Any]] = None
+    baseline: Optional[dict[str, Optional[float]]] = None
+
+
+class ImageSize(Document):
+    compressed: Optional[int] = None
+    unpacked: Optional[int] = None
+
+
+class ImageRecord(OpenDocument):
+    """``image.json`` (04_package): the image built for the run and where it went."""
+
+    ref: str
+    tag: str
+    image: str
+    digest: Optional[str] = None
+    run_id: str
+    builder: str
+    content_digest: str
+    size: ImageSize = Field(default_factory=ImageSize)
+    layers: list[dict[str, Any]] = Field(default_factory=list)
+    base: dict[str, Any] = Field(default_factory=dict)
+    imported: Optional[dict[str, Any]] = None
+    layout: Optional[str] = None
+    archive: Optional[str] = None
+    requirements: Any = None
+    seconds: dict[str, float] = Field(default_factory=dict)
+    created: str
+
+
+class Release(OpenDocument):
+    """``release.json`` (05_deploy): what serves the run's model now, on which target."""
+
+    target: Literal["local", "microk8s"]
+    run_id: str
+    smoke: Optional[dict[str, Any]] = None
+
+
+class ReleaseEntry(OpenDocument):
+    """One entry of a target's release history (kept in the cluster for microk8s)."""
+
+    revision: int
+    run_id: Optional[str] = None
+    status: str
+    time: str
+
+
+class ReleaseHistory(Document):
+    releases: list[ReleaseEntry]
+
+
+class Champion(OpenDocument):
+    """``runs/champion.json``: the promoted run, with who, when and why, and the history."""
+
+    run_id: str
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RunRecord(OpenDocument):
+    """``run.json``: the run's record, kept by :mod:`mlops_kit.ledger`."""
+
+    id: str
+    created: str
+    status: str
+    params: Optional[dict[str, Any]] = None
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+D = TypeVar("D", bound=Document)
+
+
+# --- the catalog ----------------------------------------------------------------------------
+
+def artifacts_dir(folder: str | os.PathLike) -> Path:
+    """The ``artifacts/`` folder of a run folder (or the folder itself if it is one)."""
+    folder = Path(folder)
+    return folder if folder.name == _paths.ARTIFACTS_SUBDIR else folder / _paths.ARTIFACTS_SUBDIR
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a stage writes into ``artifacts/``."""
+
+    name: str
+    producer: str
+    description: str
+
+    def path(self, folder: str | os.PathLike) -> Path:
+        return artifacts_dir(folder) / self.name
+
+    def exists(self, folder: str | os.PathLike) -> bool:
+        return self.path(folder).is_file()
+
+    def require(self, folder: str | os.PathLike) -> Path:
+        """The path, or an ArtifactError that names the stage that writes it."""
+        path = self.path(folder)
+        if not path.is_file():
+            raise missing(self, path)
+        return path
+
+
+@dataclass(frozen=True)
+class DocumentArtifact(Artifact, Generic[D]):
+    """A JSON artifact with a typed model."""
+
+    model: type = Document
+
+    def load(self, folder: str | os.PathLike) -> D:
+        return read_document(self.require(folder), self.model)
+
+    def load_if_present(self, folder: str | os.PathLike) -> D | None:
+        return self.load(folder) if self.exists(folder) else None
+
+    def save(self, folder: str | os.PathLike, document: D | dict) -> Path:
+        return write_document(self.path(folder), self.model, document)
+
+
+@dataclass(frozen=True)
+class RunFile(Generic[D]):
+    """A record beside ``artifacts/``: ``run.json`` in a run folder, ``champion.json`` in the
+    runs folder."""
+
+    name: str
+    description: str
+    model: type = Document
+
+    def path(self, folder: str | os.PathLike) -> Path:
+        return Path(folder) / self.name
+
+    def exists(self, folder: str | os.PathLike) -> bool:
+        return self.path(folder).is_file()
+
+    def load(self, folder: str | os.PathLike) -> D:
+        path = self.path(folder)
+        if not path.is_file():
+            raise ArtifactError(f"{path} must exist. Got no file there instead.", path=path)
+        return read_document(path, self.model)
+
+    def save(self, folder: str | os.PathLike, document: D | dict) -> Path:
+        return write_document(self.path(folder), self.model, document)
+
+
+TRAIN_SPLIT = Artifact("train.parquet", "data", "the training split (parquet)")
+TEST_SPLIT = Artifact("test.parquet", "data", "the held-out test split (parquet)")
+SCHEMA: DocumentArtifact[DataSchema] = DocumentArtifact("schema.json", "data", "features, target and classes",
+                                                        DataSchema)
+TARGET_PLOT = Artifact("target.png", "data", "the target's distribution")
+MODEL = Artifact("model.skops", "train", "the fitted pipeline (skops, never pickle)")
+MODEL_CARD: DocumentArtifact[ModelCard] = DocumentArtifact("model_card.json", "train",
+                                                           "the model's hash, parameters and versions", ModelCard)
+EXAMPLES: DocumentArtifact[Examples] = DocumentArtifact("examples.json", "train",
+                                                        "test rows and the model's answers: the smoke test",
+                                                        Examples)
+METRICS: DocumentArtifact[Metrics] = DocumentArtifact("metrics.json", "evaluate", "scores and the gate",
+                                                      Metrics)
+EVALUATION_PLOT = Artifact("evaluation.png", "evaluate", "confusion matrix / ROC, or residuals")
+IMAGE: DocumentArtifact[ImageRecord] = DocumentArtifact("image.json", "package", "the image built and where it went",
+                                                        ImageRecord)
+RELEASE: DocumentArtifact[Release] = DocumentArtifact("release.json", "deploy", "what serves the model now",
+                                                      Release)
+RUN: RunFile[RunRecord] = RunFile("run.json", "the run's record (mlops_kit.ledger)", RunRecord)
+CHAMPION: RunFile[Champion] = RunFile("champion.json", "the promoted run (in the runs folder)", Champion)
+#: The release history's key inside its ConfigMap (microk8s) or state file (local).
+RELEASE_HISTORY_KEY = "releases.json"
+
+CATALOG: tuple[Artifact, ...] = (TRAIN_SPLIT, TEST_SPLIT, SCHEMA, TARGET_PLOT, MODEL, MODEL_CARD, EXAMPLES,
+                                 METRICS, EVALUATION_PLOT, IMAGE, RELEASE)
+BY_NAME: dict[str, Artifact] = {artifact.name: artifact for artifact in CATALOG}
+
+
+def produced_by(stage: str) -> tuple[Artifact, ...]:
+    return tuple(a for a in CATALOG if a.producer == stage)
+
+
+def missing(artifact: Artifact, path: Path) -> ArtifactError:
+    from .stages import BY_NAME as STAGES
+
+    stage = STAGES[artifact.producer]
+    return ArtifactError(
+        f"{path} must exist ({artifact.description}). Got no file there instead: stage {stage.name!r} "
+        f"({stage.notebook}) writes it.", path=path,
+        hint=f"run {stage.notebook} first (with the same run_dir), or `mlops-kit run`.")
+
+
+# --- reading and writing --------------------------------------------------------------------
+
+def read_document(path: Path, model: type[D]) -> D:
+    """Parse and validate a JSON document: bounded in size, every problem named by field."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            raise ArtifactError(f"{path} must be at most {MAX_DOCUMENT_BYTES} bytes. Got {size} bytes instead.",
+                                path=path)
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} must exist. Got no file there instead.", path=path) from None
+    except PermissionError:
+        raise ArtifactError(f"{path} must be readable by this user. Got permission denied instead.",
+                            path=path) from None
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{path} must be a JSON document. Got unreadable text instead ({exc}).",
+                            path=path) from None
+    return validate_document(data, model, source=str(path))
+
+
+def validate_document(data: Any, model: type[D], *, source: str) -> D:
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactError(f"{source} is not a valid {model.__name__}: {describe_validation(exc)}",
+                            path=source) from None
+
+
+def describe_validation(exc: ValidationError, limit: int = 5) -> str:
+    """``key.sub: expected ...; found ...`` for the first few problems."""
+    parts = []
+    for error in exc.errors(include_url=False)[:limit]:
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        found = error.get("input")
+        shown = type(found).__name__ if isinstance(found, (dict, list)) else repr(found)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        if error["type"] == "extra_forbidden":
+            parts.append(f"{where}: expected no such key; found one")
+        elif error["type"] == "missing":
+            parts.append(f"{where}: expected a value; found none")
+        else:
+            parts.append(f"{where}: {error['msg'].lower()}; found {shown}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def write_document(path: Path, model: type[D], document: D | dict) -> Path:
+    """Validate, then write atomically (a temp file renamed into place)."""
+    typed = validate_document(document, model, source=str(path))
+    return _atomic.write_json(path, typed.model_dump(mode="json", exclude_none=False))
+
+
+def smoke_request(examples: Examples) -> list[dict[str, Scalar]]:
+    """The one body every deployment's smoke test posts to ``/predict``: the recorded rows as
+    a JSON list of records (the server reads an object as columns)."""
+    return [dict(record) for record in examples.records]
