@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
+# JupyterLab rooted at the project (runs/, parameters/, reports in its file browser), opening the control panel
+LAB_ARGS ?= --ServerApp.root_dir='$(CURDIR)' '$(CURDIR)/notebooks/00_control_panel.ipynb'
 
 .PHONY: setup run test test-fast lab bench screenshots clean-runs
 
@@ -18,7 +20,10 @@ $(STAMP): pyproject.toml
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
 	  git config filter.nbstripout.clean '$(abspath $(BIN))/nbstripout --keep-id'; \
 	  git config filter.nbstripout.smudge cat; \
-	  git config diff.ipynb.textconv '$(abspath $(BIN))/nbstripout -t --keep-id'; fi
+	  git config diff.ipynb.textconv '$(abspath $(BIN))/nbstripout -t --keep-id'; \
+	  git update-index -q --refresh >/dev/null 2>&1 || true; fi
+	@# ^ a fresh clone's notebooks are "racily clean": refresh the index once, here, so that
+	@#   git status never has to run the filter over every notebook during a run
 	touch $(STAMP)
 
 ## the pipeline on the embedded default (ARGS="-p parameters/x.yaml --set k=v" for others)
@@ -34,7 +39,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not containerd and not browser and not slow" $(PYTEST_ARGS)
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/00_control_panel.ipynb
+	$(BIN)/jupyter lab $(LAB_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline.py

@@ -28,12 +28,10 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import DottedObjectName, Type
 
+from .errors import ZygoteError
+
 #: Set to "spawn" to start each kernel as its own process (plain Jupyter behaviour).
 MODE_ENV = "MLOPS_KIT_KERNELS"
-
-
-class ZygoteError(RuntimeError):
-    pass
 
 
 class KernelZygote:

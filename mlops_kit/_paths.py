@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import _artifact_names as _names
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 #: Environment variable that moves the runs folder (default: ``<project>/runs``).
@@ -19,7 +21,9 @@ PROJECT_DIR_ENV = "MLOPS_KIT_PROJECT_DIR"
 DEFAULT_PARAMETERS_FILE = "default.yaml"
 
 # Files and folders inside one run folder.
-RUN_RECORD = "run.json"
+RUN_RECORD = _names.RUN
+#: In the runs folder: the promoted run.
+CHAMPION_RECORD = _names.CHAMPION
 RUN_LOCK = ".lock"
 NOTEBOOKS_SUBDIR = "notebooks"
 REPORTS_SUBDIR = "reports"

@@ -25,6 +25,7 @@ from typing import Any, Generic, Literal, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import _artifact_names as N
 from . import _atomic, _paths
 from .errors import ArtifactError
 
@@ -288,28 +289,28 @@ class RunFile(Generic[D]):
         return write_document(self.path(folder), self.model, document)
 
 
-TRAIN_SPLIT = Artifact("train.parquet", "data", "the training split (parquet)")
-TEST_SPLIT = Artifact("test.parquet", "data", "the held-out test split (parquet)")
-SCHEMA: DocumentArtifact[DataSchema] = DocumentArtifact("schema.json", "data", "features, target and classes",
+TRAIN_SPLIT = Artifact(N.TRAIN_SPLIT, "data", "the training split (parquet)")
+TEST_SPLIT = Artifact(N.TEST_SPLIT, "data", "the held-out test split (parquet)")
+SCHEMA: DocumentArtifact[DataSchema] = DocumentArtifact(N.SCHEMA, "data", "features, target and classes",
                                                         DataSchema)
-TARGET_PLOT = Artifact("target.png", "data", "the target's distribution")
-MODEL = Artifact("model.skops", "train", "the fitted pipeline (skops, never pickle)")
-MODEL_CARD: DocumentArtifact[ModelCard] = DocumentArtifact("model_card.json", "train",
+TARGET_PLOT = Artifact(N.TARGET_PLOT, "data", "the target's distribution")
+MODEL = Artifact(N.MODEL, "train", "the fitted pipeline (skops, never pickle)")
+MODEL_CARD: DocumentArtifact[ModelCard] = DocumentArtifact(N.MODEL_CARD, "train",
                                                            "the model's hash, parameters and versions", ModelCard)
-EXAMPLES: DocumentArtifact[Examples] = DocumentArtifact("examples.json", "train",
+EXAMPLES: DocumentArtifact[Examples] = DocumentArtifact(N.EXAMPLES, "train",
                                                         "test rows and the model's answers: the smoke test",
                                                         Examples)
-METRICS: DocumentArtifact[Metrics] = DocumentArtifact("metrics.json", "evaluate", "scores and the gate",
+METRICS: DocumentArtifact[Metrics] = DocumentArtifact(N.METRICS, "evaluate", "scores and the gate",
                                                       Metrics)
-EVALUATION_PLOT = Artifact("evaluation.png", "evaluate", "confusion matrix / ROC, or residuals")
-IMAGE: DocumentArtifact[ImageRecord] = DocumentArtifact("image.json", "package", "the image built and where it went",
+EVALUATION_PLOT = Artifact(N.EVALUATION_PLOT, "evaluate", "confusion matrix / ROC, or residuals")
+IMAGE: DocumentArtifact[ImageRecord] = DocumentArtifact(N.IMAGE, "package", "the image built and where it went",
                                                         ImageRecord)
-RELEASE: DocumentArtifact[Release] = DocumentArtifact("release.json", "deploy", "what serves the model now",
+RELEASE: DocumentArtifact[Release] = DocumentArtifact(N.RELEASE, "deploy", "what serves the model now",
                                                       Release)
-RUN: RunFile[RunRecord] = RunFile("run.json", "the run's record (mlops_kit.ledger)", RunRecord)
-CHAMPION: RunFile[Champion] = RunFile("champion.json", "the promoted run (in the runs folder)", Champion)
+RUN: RunFile[RunRecord] = RunFile(N.RUN, "the run's record (mlops_kit.ledger)", RunRecord)
+CHAMPION: RunFile[Champion] = RunFile(N.CHAMPION, "the promoted run (in the runs folder)", Champion)
 #: The release history's key inside its ConfigMap (microk8s) or state file (local).
-RELEASE_HISTORY_KEY = "releases.json"
+RELEASE_HISTORY_KEY = N.RELEASE_HISTORY_KEY
 
 CATALOG: tuple[Artifact, ...] = (TRAIN_SPLIT, TEST_SPLIT, SCHEMA, TARGET_PLOT, MODEL, MODEL_CARD, EXAMPLES,
                                  METRICS, EVALUATION_PLOT, IMAGE, RELEASE)

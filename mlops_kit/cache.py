@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,14 @@ def notebook_hash(path: Path) -> str:
     return _hash_json(cells)
 
 
-@lru_cache(maxsize=None)
 def environment_hash(stage_name: str) -> str:
     """Versions of the packages the stages use, and the source of the kit modules this stage
     imports (found by following their relative imports), so that editing, say, the
-    model server does not invalidate the training stage."""
+    model server does not invalidate the training stage.
+
+    Computed afresh on each call (a long-lived JupyterLab kernel sees an edited kit file or
+    an upgraded package at once); only the hash of a source file is memoised, keyed by its
+    size and modification time."""
     from importlib import metadata
 
     from .stages import BY_NAME
@@ -61,8 +63,19 @@ def environment_hash(stage_name: str) -> str:
     roots = [m.split(".", 1)[1] for m in BY_NAME[stage_name].warm_imports if m.startswith("mlops_kit.")]
     for source in _kit_sources(tuple(roots)):
         digest.update(str(source.relative_to(_paths.PACKAGE_DIR)).encode())
-        digest.update(source.read_bytes())
+        digest.update(_source_hash(source).encode())
     return digest.hexdigest()
+
+
+_SOURCE_HASHES: dict[tuple[Path, int, int], str] = {}
+
+
+def _source_hash(path: Path) -> str:
+    stat = path.stat()
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _SOURCE_HASHES:
+        _SOURCE_HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _SOURCE_HASHES[key]
 
 
 _RELATIVE_IMPORT = re.compile(r"^\s*from \.(\w*) import ([\w, ]+)", re.MULTILINE)
@@ -231,7 +244,7 @@ def reuse_stage(run: ledger.RunFolder, stage: Stage, candidate: Candidate, parts
 
 def _extra_outputs(artifacts: Path, stage: Stage) -> list[Path]:
     """Plots a stage draws beside its declared outputs."""
-    plots = {"data": ("target.png",), "evaluate": ("evaluation.png",)}.get(stage.name, ())
+    plots = {"data": (artifacts.TARGET_PLOT.name,), "evaluate": (artifacts.EVALUATION_PLOT.name,)}.get(stage.name, ())
     return [artifacts / name for name in plots if (artifacts / name).exists()]
 
 

@@ -7,7 +7,9 @@ prints the message without a traceback; panels show it).
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
+from typing import Any
 
 
 class MlopsKitError(Exception):
@@ -147,17 +149,54 @@ class DeployError(MlopsKitError):
     """A deployment did not become ready or answered its smoke test wrongly. ``log`` holds the
     end of the new server's log; the previous deployment keeps serving."""
 
-    def __init__(self, message: str, *, log: str | None = None, hint: str | None = None):
+    def __init__(self, message: str, *, log: str | None = None, hint: str | None = None,
+                 status: int | None = None):
         self.log = log
+        self.status = status
         if log:
             message = f"{message}\n--- server log (last lines) ---\n{log.rstrip()}"
         super().__init__(message, hint=hint)
 
 
+class FailureReason(str, enum.Enum):
+    """Why a deployment failed, as a type: the API server's answers, a pod's waiting reasons
+    the kit explains, and the kit's own checks. A ``str`` enum, so it prints as the word
+    Kubernetes uses; a reason the kit does not know is ``OTHER`` (its word kept in
+    ``K8sDeployError.raw_reason``)."""
+
+    UNREACHABLE = "Unreachable"
+    UNAUTHORIZED = "Unauthorized"
+    FORBIDDEN = "Forbidden"
+    NOT_FOUND = "NotFound"
+    CONFLICT = "Conflict"
+    INVALID = "Invalid"
+    NO_KUBECONFIG = "NoKubeconfig"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    ERR_IMAGE_PULL = "ErrImagePull"
+    ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
+    INVALID_IMAGE_NAME = "InvalidImageName"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    TIMEOUT = "Timeout"
+    SMOKE_TEST_FAILED = "SmokeTestFailed"
+    OTHER = "Other"
+
+    @classmethod
+    def parse(cls, value: Any) -> "FailureReason":
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.OTHER
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class K8sDeployError(DeployError):
     """A deployment to Kubernetes (MicroK8s) failed or cannot start.
 
-    ``reason`` is a short machine-readable word (``Unreachable``, ``Forbidden``, ``Conflict``,
+    ``reason`` is a :class:`FailureReason` (``Unreachable``, ``Forbidden``, ``Conflict``,
     ``NotFound``, ``Invalid``, ``ImagePullBackOff``, ``ErrImageNeverPull``, ``CrashLoopBackOff``,
     ``ProgressDeadlineExceeded``, ``Timeout``, ``SmokeTestFailed``, ...); ``kind``/``namespace``/
     ``name`` say which object; ``status`` is the HTTP status when the API server answered;
@@ -167,7 +206,8 @@ class K8sDeployError(DeployError):
     def __init__(self, message: str, *, reason: str, kind: str | None = None,
                  namespace: str | None = None, name: str | None = None, status: int | None = None,
                  logs: str | None = None, rolled_back_to: dict | None = None, hint: str | None = None):
-        self.reason = reason
+        self.reason = FailureReason.parse(reason)
+        self.raw_reason = str(reason)
         self.kind = kind
         self.namespace = namespace
         self.name = name
@@ -191,3 +231,35 @@ class ManifestError(K8sDeployError):
         noun = "problem" if len(lines) == 1 else "problems"
         super().__init__(f"{len(lines)} manifest {noun} (Kubernetes {version}):\n"
                          + "\n".join(f"  - {line}" for line in lines), reason="Invalid")
+
+
+class RunCancelled(MlopsKitError):
+    """The run was cancelled (Ctrl-C, SIGTERM, a panel's Cancel) before or during ``stage``."""
+
+    def __init__(self, run_id: str, stage: str | None):
+        self.run_id, self.stage = run_id, stage
+        super().__init__(f"Run {run_id} was cancelled" + (f" before stage {stage!r}." if stage else "."))
+
+
+class ZygoteError(RuntimeError):
+    """The process that forks the stage kernels stopped or a kernel did not start."""
+
+
+class InvalidRequest(Exception):
+    """A client's mistake: answered with ``status`` (4xx) and :meth:`body`."""
+
+    def __init__(self, message: str, *, status: int = 422, field: str | None = None,
+                 row: int | None = None, expected: str | None = None, got: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+        self.row = row
+        self.expected = expected
+        self.got = got
+
+    def body(self) -> dict[str, Any]:
+        """``{"error": message, "detail": {...}}``: ``error`` is the Open Inference Protocol's
+        error string; ``detail`` carries the same facts for programs."""
+        return {"error": self.message,
+                "detail": {"field": self.field, "row": self.row, "expected": self.expected, "got": self.got}}

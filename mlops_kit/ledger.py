@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -178,31 +179,49 @@ def list_runs() -> list[dict[str, Any]]:
 
 
 def read_metrics(record: dict[str, Any]) -> dict[str, Any] | None:
-    path = _paths.runs_dir() / record["id"] / _paths.ARTIFACTS_SUBDIR / "metrics.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    """The run's ``metrics.json`` (validated through the catalog), or None when it has none."""
+    from . import artifacts
+
+    metrics = artifacts.METRICS.load_if_present(_paths.runs_dir() / record["id"])
+    return metrics.to_json() if metrics else None
 
 
-def git_state(folder: Path | None = None) -> dict[str, Any] | None:
-    """The commit of the project checkout and whether it has uncommitted changes."""
+def git_state(folder: Path | None = None, *, wait: float = 1.0) -> dict[str, Any] | None:
+    """The commit of the project checkout and whether it has uncommitted changes.
+
+    The commit is always recorded. ``dirty`` is ``None`` when ``git status`` takes longer than
+    ``wait`` seconds: with a clean filter configured (nbstripout), the first status after a
+    clone runs the filter over every notebook. That git is left to finish in the background,
+    so it refreshes the index and the next run gets an answer at once; a run never stalls.
+    """
     folder = folder or _paths.project_dir()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
                                 timeout=5)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, timeout=5)
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return None
+    if commit.returncode != 0:
+        return None
+    state: dict[str, Any] = {"commit": commit.stdout.strip(), "dirty": None}
+    try:
+        status = subprocess.Popen(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                  start_new_session=True)
+    except OSError:
+        return state
+    try:
+        out, _ = status.communicate(timeout=wait)
+    except subprocess.TimeoutExpired:
+        threading.Thread(target=status.communicate, name="git-status", daemon=True).start()
+        return state
+    if status.returncode == 0:
+        state["dirty"] = bool(out.strip())
+    return state
 
 
 # --- the champion --------------------------------------------------------------------------
 
-CHAMPION_FILE = "champion.json"
+CHAMPION_FILE = _paths.CHAMPION_RECORD
 
 
 def _champion_path() -> Path:

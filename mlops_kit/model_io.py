@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import _artifact_names as _names
 from . import _atomic
 from .errors import ArtifactError
 
-MODEL_FILE = "model.skops"
-CARD_FILE = "model_card.json"
-EXAMPLES_FILE = "examples.json"
+MODEL_FILE = _names.MODEL
+CARD_FILE = _names.MODEL_CARD
+EXAMPLES_FILE = _names.EXAMPLES
 
 #: Types beyond skops' own defaults that a kit model may contain. Only kit-built pipelines
 #: are loaded; anything else in a file is refused.

@@ -10,6 +10,7 @@ next stage runs.
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _atomic, _paths, cache, ledger
-from .errors import ArtifactError, MlopsKitError, StageFailed
+from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
 from .params import LoadedParams, RunParams
 from .stages import STAGES, Stage, producer_of, select_stages
 
@@ -30,19 +31,28 @@ EventHandler = Callable[["RunEvent"], None]
 KERNEL_NAME = "python3"
 
 
+class EventKind(str, enum.Enum):
+    """What happened. A ``str`` enum: ``event.kind == "stage_started"`` reads as before."""
+
+    RUN_STARTED = "run_started"
+    STAGE_STARTED = "stage_started"
+    STAGE_FINISHED = "stage_finished"
+    STAGE_FAILED = "stage_failed"
+    STAGE_CACHED = "stage_cached"
+    RUN_FINISHED = "run_finished"
+    LOG = "log"
+
+
 @dataclass
 class RunEvent:
-    kind: str  # run_started | stage_started | stage_finished | stage_failed | stage_cached | run_finished | log
+    kind: EventKind
     run_id: str
     stage: str | None = None
     message: str = ""
     data: dict[str, Any] = field(default_factory=dict)
 
-
-class RunCancelled(MlopsKitError):
-    def __init__(self, run_id: str, stage: str | None):
-        self.run_id, self.stage = run_id, stage
-        super().__init__(f"Run {run_id} was cancelled" + (f" before stage {stage!r}." if stage else "."))
+    def __post_init__(self) -> None:
+        self.kind = EventKind(self.kind)
 
 
 # --- checks before any stage starts ---------------------------------------------------
@@ -323,7 +333,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
              kernels: "KernelPool | None", use_cache: bool, on_event: EventHandler | None,
              cancel: threading.Event | None) -> dict:
     emit = on_event or (lambda event: None)
-    emit(RunEvent("run_started", run.id, data={"run_dir": str(run.path),
+    emit(RunEvent(EventKind.RUN_STARTED, run.id, data={"run_dir": str(run.path),
                                                "stages": [p.stage.name for p in plans]}))
     exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-kit-report")
     reports: list[tuple[str, Future]] = []
@@ -341,19 +351,19 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
                     hit, _ = cache.find_cached(current, parts["digest"], exclude=run.id)
             if hit is not None:
                 run.update_stage(current.name, **cache.reuse_stage(run, current, hit, parts))
-                emit(RunEvent("stage_cached", run.id, current.name,
+                emit(RunEvent(EventKind.STAGE_CACHED, run.id, current.name,
                               message=f"unchanged: reused from run {hit.run_id}",
                               data={"source_run": hit.run_id}))
                 continue
             if plan.rejected:
-                emit(RunEvent("log", run.id, current.name, message="; ".join(plan.rejected) + ": re-executing"))
+                emit(RunEvent(EventKind.LOG, run.id, current.name, message="; ".join(plan.rejected) + ": re-executing"))
             if kernels is None:  # planned as reused, but its source changed meanwhile
                 kernels = _start_kernels([cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], [])
             _run_stage(run, current, params, kernels, emit, exporter, reports, parts)
         for name, future in reports:
             future.result()
         record = run.update(status="succeeded", finished=ledger.now(), metrics=_headline_metrics(run))
-        emit(RunEvent("run_finished", run.id, message="succeeded", data={"record": record}))
+        emit(RunEvent(EventKind.RUN_FINISHED, run.id, message="succeeded", data={"record": record}))
         return record
     except StageFailed as exc:
         _wait_quietly(reports)
@@ -361,7 +371,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
                             error={"stage": exc.stage, "cell_index": exc.cell_index,
                                    "exception": exc.exception, "message": exc.detail,
                                    "notebook": str(exc.notebook)})
-        emit(RunEvent("run_finished", run.id, stage=exc.stage, message="failed", data={"record": record}))
+        emit(RunEvent(EventKind.RUN_FINISHED, run.id, stage=exc.stage, message="failed", data={"record": record}))
         raise
     except BaseException as exc:
         _wait_quietly(reports)
@@ -371,7 +381,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
         run.update(status="interrupted", finished=ledger.now(),
                    error={"stage": stage_name, "cell_index": None, "exception": type(exc).__name__,
                           "message": str(exc)})
-        emit(RunEvent("run_finished", run.id, stage=stage_name, message="interrupted"))
+        emit(RunEvent(EventKind.RUN_FINISHED, run.id, stage=stage_name, message="interrupted"))
         raise
     finally:
         if kernels is not None:
@@ -392,7 +402,7 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
     started = time.perf_counter()
     run.update_stage(stage.name, status="running", started=ledger.now(),
                      notebook=str(output.relative_to(run.path)))
-    emit(RunEvent("stage_started", run.id, stage.name))
+    emit(RunEvent(EventKind.STAGE_STARTED, run.id, stage.name))
     try:
         papermill.execute_notebook(
             str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
@@ -408,7 +418,7 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
                          error={"cell_index": cell_index, "exception": exc.ename, "message": detail})
         failure = StageFailed(stage.name, notebook=output, cell_index=cell_index,
                               exception=exc.ename, detail=detail)
-        emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure),
+        emit(RunEvent(EventKind.STAGE_FAILED, run.id, stage.name, message=str(failure),
                       data={"cell_index": cell_index, "exception": exc.ename, "seconds": seconds}))
         raise failure from None
     finally:
@@ -421,13 +431,13 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
                                 "message": f"did not write {', '.join(missing)}"})
         failure = StageFailed(stage.name, notebook=output, cell_index=None, exception="MissingOutputs",
                               detail=f"the stage did not write its declared outputs {', '.join(missing)}")
-        emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure)))
+        emit(RunEvent(EventKind.STAGE_FAILED, run.id, stage.name, message=str(failure)))
         raise failure
     reports.append((stage.name, exporter.submit(export_html, output, report)))
     run.update_stage(stage.name, status="succeeded", seconds=seconds, fingerprint=parts,
                      report=str(report.relative_to(run.path)),
                      outputs={item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs})
-    emit(RunEvent("stage_finished", run.id, stage.name, message="succeeded", data={"seconds": seconds}))
+    emit(RunEvent(EventKind.STAGE_FINISHED, run.id, stage.name, message="succeeded", data={"seconds": seconds}))
 
 
 def _failing_cell(notebook: Path, default: int | None) -> int | None:

@@ -1,13 +1,15 @@
 """The stages of the pipeline: each a notebook plus what it reads and writes.
 
-A stage's ``inputs`` are artifact files that earlier stages wrote; its ``outputs`` are
-the files it must write for the run to count as succeeded.
+A stage's ``inputs`` are artifacts that earlier stages wrote; its ``outputs`` are the
+artifacts it must write for the run to count as succeeded. Both name entries of the
+artifact catalog (:mod:`mlops_kit.artifacts`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import artifacts
 from .errors import ParameterError, ParameterProblem
 
 
@@ -27,27 +29,34 @@ class Stage:
 
 _COMMON = ("pandas", "numpy", "matplotlib.pyplot", "mlops_kit.notebook")
 
+
+def _names(*items: artifacts.Artifact) -> tuple[str, ...]:
+    return tuple(item.name for item in items)
+
+
+A = artifacts
 STAGES: tuple[Stage, ...] = (
     Stage("data", "01_data.ipynb", "data", (),
-          ("train.parquet", "test.parquet", "schema.json"),
+          _names(A.TRAIN_SPLIT, A.TEST_SPLIT, A.SCHEMA),
           (*_COMMON, "pyarrow.parquet", "sklearn.model_selection", "mlops_kit.data", "mlops_kit.evaluate")),
-    Stage("train", "02_train.ipynb", "train", ("train.parquet", "test.parquet", "schema.json"),
-          ("model.skops", "model_card.json", "examples.json"),
+    Stage("train", "02_train.ipynb", "train", _names(A.TRAIN_SPLIT, A.TEST_SPLIT, A.SCHEMA),
+          _names(A.MODEL, A.MODEL_CARD, A.EXAMPLES),
           (*_COMMON, "pyarrow.parquet", "sklearn.pipeline", "sklearn.compose", "sklearn.impute",
            "sklearn.preprocessing", "sklearn.linear_model", "sklearn.ensemble", "sklearn.model_selection",
            "skops.io", "mlops_kit.data", "mlops_kit.train")),
     Stage("evaluate", "03_evaluate.ipynb", "evaluate",
-          ("test.parquet", "schema.json", "model.skops", "model_card.json"),
-          ("metrics.json",),
+          _names(A.TEST_SPLIT, A.SCHEMA, A.MODEL, A.MODEL_CARD),
+          _names(A.METRICS),
           (*_COMMON, "pyarrow.parquet", "sklearn.metrics", "skops.io", "mlops_kit.data", "mlops_kit.train",
            "mlops_kit.evaluate")),
     Stage("package", "04_package.ipynb", "package",
-          ("model.skops", "model_card.json", "schema.json", "examples.json", "metrics.json"),
-          ("image.json",), ("mlops_kit.notebook", "mlops_kit.image"), reusable=False),
+          _names(A.MODEL, A.MODEL_CARD, A.SCHEMA, A.EXAMPLES, A.METRICS),
+          _names(A.IMAGE), ("mlops_kit.notebook", "mlops_kit.image"), reusable=False),
     Stage("deploy", "05_deploy.ipynb", "deploy",
-          ("model.skops", "model_card.json", "schema.json", "examples.json"),
-          ("release.json",), ("mlops_kit.notebook", "mlops_kit.deploy"), reusable=False),
+          _names(A.MODEL, A.MODEL_CARD, A.SCHEMA, A.EXAMPLES),
+          _names(A.RELEASE), ("mlops_kit.notebook", "mlops_kit.deploy"), reusable=False),
 )
+del A
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -65,7 +74,22 @@ def select_stages(names: list[str] | tuple[str, ...] | None, default: list[str])
 
 
 def producer_of(artifact: str) -> Stage:
-    for stage in STAGES:
-        if artifact in stage.outputs:
-            return stage
-    raise KeyError(artifact)
+    """The stage that writes an artifact (by file name), as the catalog declares."""
+    return BY_NAME[artifacts.BY_NAME[artifact].producer]
+
+
+def check_inputs(stage: Stage | str, folder, params=None) -> None:
+    """What a stage needs before it starts, checked through the artifact catalog: every input
+    exists; package also needs a model that was evaluated and passed the gate; deploy to a
+    cluster needs a built image. Raises ArtifactError or GateFailed saying which."""
+    from .errors import GateFailed
+
+    stage = BY_NAME[stage] if isinstance(stage, str) else stage
+    for name in stage.inputs:
+        artifacts.BY_NAME[name].require(folder)
+    if stage.name == "package":
+        metrics = artifacts.METRICS.load(folder)
+        if not metrics.gate.passed:
+            raise GateFailed(metrics.gate.failures() or ["metrics.json says gate.passed is false"])
+    if stage.name == "deploy" and params is not None and params.deploy.target == "microk8s":
+        artifacts.IMAGE.require(folder)

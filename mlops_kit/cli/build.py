@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+
 import click
 
+from ._options import load_for_run, params_option, set_option
 
 
 @click.command()
@@ -12,16 +14,20 @@ import click
 @click.option("--builder", type=click.Choice(["auto", "layers", "buildah", "docker", "podman", "nerdctl"]),
               default=None, help="image builder (default: the run's package.builder)")
 @click.option("--no-import", is_flag=True, help="build only; do not import into containerd")
+@params_option
+@set_option
 @click.option("--json", "as_json", is_flag=True, help="print image.json")
-def build(run_id, builder, no_import, as_json):
+def build(run_id, builder, no_import, params_file, overrides, as_json):
     """Build the model server image of run RUN_ID (default: the champion) and import it into
-    containerd."""
+    containerd. Refused for a run that was not evaluated or failed its quality gate.
+
+    The package.* settings are the run's own unless -p/--set say otherwise, e.g.
+    --set package.containerd_socket=/run/containerd/containerd.sock."""
     from .. import image
     from ..ledger import run_dir_or_champion
-    from ..params import load_run_params
 
     run_dir = run_dir_or_champion(run_id)
-    params = load_run_params(run_dir).params
+    params = load_for_run(params_file, overrides, run_dir)
     record = image.package(run_dir, params, builder=builder, import_into_containerd=False if no_import else None,
                            log=lambda line: click.echo(line, err=as_json))
     if as_json:

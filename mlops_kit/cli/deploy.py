@@ -15,23 +15,16 @@ import click
 from .. import _paths
 from ..errors import RunNotFound
 
-_params_option = click.option("-p", "--params", "params_file", type=click.Path(dir_okay=False),
-                              help="parameter file (default: the run's own parameters, else "
-                                   "parameters/default.yaml)")
-_set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-                           help="override a parameter (repeatable)")
+from ._options import load_for_run, params_option as _params_option, set_option as _set_option
+
 _target_option = click.option("--target", type=click.Choice(["local", "microk8s"]), default=None,
                               help="deploy.target (overrides the parameter files)")
 _json_option = click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 
 
 def _load(params_file: str | None, overrides: tuple[str, ...], target: str | None, run_dir: Path | None):
-    from ..params import load_params, load_run_params
-
     overrides = tuple(overrides) + ((f"deploy.target={target}",) if target else ())
-    if params_file is None and run_dir is not None:
-        return load_run_params(run_dir, overrides).params
-    return load_params(params_file, overrides).params
+    return load_for_run(params_file, overrides, run_dir)
 
 
 def _run_dir(run_id: str | None) -> Path | None:
@@ -90,14 +83,15 @@ def status(run_id, params_file, overrides, target, as_json):
 @click.option("--run", "run_id", default=None, help="take the parameters of this run")
 @_params_option
 @_set_option
+@_target_option
 @click.option("--to", "to_revision", type=int, default=None, help="the release revision to restore "
-              "(default: the newest good one unlike the current)")
+              "(microk8s; default: the newest good one unlike the current)")
 @_json_option
-def rollback(run_id, params_file, overrides, to_revision, as_json):
-    """Restore an earlier good release on MicroK8s and wait for it."""
+def rollback(run_id, params_file, overrides, target, to_revision, as_json):
+    """Restore the previous good release (microk8s: from its history; local: the run served before)."""
     from .. import deploy as deploy_target
 
-    params = _load(params_file, overrides, "microk8s", _run_dir(run_id))
+    params = _load(params_file, overrides, target, _run_dir(run_id))
     result = deploy_target.rollback(params, to_revision=to_revision, log=_echo)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
@@ -114,19 +108,15 @@ def undeploy(run_id, params_file, overrides, target, delete_namespace):
     from .. import deploy as deploy_target
 
     params = _load(params_file, overrides, target, _run_dir(run_id))
-    result = deploy_target.undeploy(params, delete_namespace=delete_namespace, log=_echo)
-    if params.deploy.target != "microk8s":
-        click.echo(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else
-                   str(result or "undeployed"))
+    deploy_target.undeploy(params, delete_namespace=delete_namespace, log=_echo)
 
 
 def _print_status(result: dict) -> None:
     from ._output import print_table
 
-    if "releases" not in result:      # the local target's own shape
-        click.echo(json.dumps(result, indent=2, default=str))
-        return
-    click.echo(f"{result['namespace']}/{result['name']}: {result.get('rollout')}")
+    facts = {k: v for k, v in result.items() if k not in ("pods", "releases", "current") and v is not None}
+    print_table(["", "value"], [[k, v if isinstance(v, str) else json.dumps(v, default=str)]
+                                for k, v in facts.items()], title=f"deploy target {result.get('target', '')}")
     if result.get("endpoint"):
         click.echo(f"endpoint: {result['endpoint']}")
     if result.get("pods"):

@@ -1,51 +1,94 @@
 """05_deploy: where the packaged model runs.
 
-``mlops_kit.deploy.local`` runs it on this machine (``deploy.target: local``);
-``mlops_kit.deploy.k8s`` deploys it to Kubernetes / MicroK8s (``deploy.target: microk8s``).
-The functions here pick the one ``params.deploy.target`` names; the CLI, the 05_deploy
-notebook and the DeployPanel all call them.
+Every target implements one interface (:class:`mlops_kit.deploy.base.Target`: deploy,
+status, rollback, undeploy) and shares one smoke test (:func:`mlops_kit.deploy.base.smoke_test`).
+``local`` runs the model on this machine (:mod:`mlops_kit.deploy.local`); ``microk8s``
+deploys it to Kubernetes / MicroK8s (:mod:`mlops_kit.deploy.k8s`). :func:`target_for` picks
+the one ``params.deploy.target`` names; the CLI, the 05_deploy notebook and the DeployPanel
+call the functions below and never branch on the target themselves.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-Log = Callable[[str], None]
+from .base import Log, SmokeTestFailed, Target, same_prediction, smoke_test
+
+__all__ = ["Log", "SmokeTestFailed", "Target", "TARGETS", "deploy", "rollback", "same_prediction", "smoke_test",
+           "status", "target_for", "undeploy"]
 
 
-def target_module(params: Any):
-    """The module of ``params.deploy.target``: ``deploy.k8s`` or ``deploy.local``."""
-    if params.deploy.target == "microk8s":
+class _LocalTarget:
+    name = "local"
+
+    def deploy(self, run_dir, params, *, log: Log = print, dry_run: bool = False, **options: Any) -> dict:
+        from ..errors import MlopsKitError
+        from . import local
+
+        if dry_run:
+            raise MlopsKitError("--dry-run must go with deploy.target microk8s. Got target local instead.")
+        return local.deploy(run_dir, params, log=log)
+
+    def status(self, params) -> dict:
+        from . import local
+
+        return local.status(params)
+
+    def rollback(self, params, *, log: Log = print, to_revision: int | None = None) -> dict:
+        from . import local
+
+        return local.rollback(params, log=log, to_revision=to_revision)
+
+    def undeploy(self, params, *, log: Log = print, delete_namespace: bool = False) -> dict:
+        from . import local
+
+        return local.undeploy(params, log=log)
+
+
+class _MicroK8sTarget:
+    name = "microk8s"
+
+    def deploy(self, run_dir, params, *, log: Log = print, dry_run: bool = False, **options: Any) -> dict:
         from . import k8s
-        return k8s
-    from . import local
-    return local
+
+        return k8s.deploy(run_dir, params, log=log, dry_run=dry_run, **options)
+
+    def status(self, params) -> dict:
+        from . import k8s
+
+        return k8s.status(params)
+
+    def rollback(self, params, *, log: Log = print, to_revision: int | None = None) -> dict:
+        from . import k8s
+
+        return k8s.rollback(params, log=log, to_revision=to_revision)
+
+    def undeploy(self, params, *, log: Log = print, delete_namespace: bool = False) -> dict:
+        from . import k8s
+
+        return k8s.undeploy(params, log=log, delete_namespace=delete_namespace)
+
+
+TARGETS: dict[str, Target] = {"local": _LocalTarget(), "microk8s": _MicroK8sTarget()}
+
+
+def target_for(params: Any) -> Target:
+    """The target ``params.deploy.target`` names."""
+    return TARGETS[params.deploy.target]
 
 
 def deploy(run_dir: Path, params: Any, *, log: Log = print, dry_run: bool = False, **options: Any) -> dict:
-    if params.deploy.target != "microk8s":
-        if dry_run:
-            from ..errors import MlopsKitError
-            raise MlopsKitError("--dry-run must go with deploy.target microk8s. Got target local instead.")
-        return target_module(params).deploy(run_dir, params, log=log)
-    return target_module(params).deploy(run_dir, params, log=log, dry_run=dry_run, **options)
+    return target_for(params).deploy(run_dir, params, log=log, dry_run=dry_run, **options)
 
 
 def status(params: Any) -> dict:
-    return target_module(params).status(params)
+    return target_for(params).status(params)
 
 
 def rollback(params: Any, *, log: Log = print, to_revision: int | None = None) -> dict:
-    from ..errors import MlopsKitError
-
-    if params.deploy.target != "microk8s":
-        raise MlopsKitError("Rollback must go with deploy.target microk8s (its release history). Got target "
-                            "local instead.", hint="deploy the earlier run again to go back locally.")
-    return target_module(params).rollback(params, log=log, to_revision=to_revision)
+    return target_for(params).rollback(params, log=log, to_revision=to_revision)
 
 
 def undeploy(params: Any, *, log: Log = print, delete_namespace: bool = False) -> dict:
-    if params.deploy.target == "microk8s":
-        return target_module(params).undeploy(params, log=log, delete_namespace=delete_namespace)
-    return target_module(params).undeploy(params, log=log)
+    return target_for(params).undeploy(params, log=log, delete_namespace=delete_namespace)

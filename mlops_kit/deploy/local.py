@@ -13,7 +13,6 @@ State: ``<runs dir>/.local-deploy.json`` (atomic); each release: the run's
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import signal
@@ -27,12 +26,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import _atomic, _paths
+from .. import artifacts as _artifacts
 from ..errors import ArtifactError, ContainerdError, DeployError
-from ..image import IMAGE_RECORD, Containerd
+from ..image import Containerd
 from ..image._context import MODEL_DIR_IN_IMAGE
 from ..image._runner import DEFAULT_RUNNER, Runner, tail
 
-RELEASE_RECORD = "release.json"
 READY_PATH = "/v2/health/ready"
 HOST = "127.0.0.1"
 #: the server processes this Python started (to reap them when stopped)
@@ -84,7 +83,7 @@ def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = pr
     package, dep = _sections(params)
     run_dir = Path(run_dir)
     artifacts = run_dir / _paths.ARTIFACTS_SUBDIR
-    examples = _read_examples(artifacts)
+    examples = _artifacts.EXAMPLES.load(run_dir)
     timeout = timeout if timeout is not None else min(dep.rollout_timeout, 120.0)
     previous = read_state()
     previous_alive = previous is not None and _alive(previous, runner)
@@ -99,7 +98,7 @@ def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = pr
     try:
         _wait_ready(current, containerd, runner, timeout)
         ready_seconds = time.monotonic() - started
-        smoke = _smoke(current["url"], examples)
+        smoke = _smoke(current["url"], examples, log)
     except DeployError:
         _stop(current, runner)
         raise
@@ -113,7 +112,7 @@ def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = pr
         try:
             current = _start(mode, run_dir, artifacts, image, containerd, dep.local_port, dep.name, runner, log)
             _wait_ready(current, containerd, runner, timeout)
-            smoke = _smoke(current["url"], examples)
+            smoke = _smoke(current["url"], examples, log)
             _stop(checked, runner)
         except DeployError as exc:
             log(f"could not move to port {dep.local_port} ({exc.message}); keeping the new server at {checked['url']}")
@@ -131,34 +130,17 @@ def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = pr
     _atomic.write_json(state_file(), {**current, "run_id": run_dir.name, "run_dir": str(run_dir),
                                       "image": release["image"], "digest": release["digest"],
                                       "deployed": release["deployed"]})
-    _atomic.write_json(artifacts / RELEASE_RECORD, release)
+    _artifacts.RELEASE.save(run_dir, release)
     log(f"deployed {run_dir.name} ({mode}) at {current['url']}")
     return release
 
 
-def _read_examples(artifacts: Path) -> dict:
-    path = artifacts / "examples.json"
-    if not path.is_file():
-        raise ArtifactError(f"No examples at {path}: every deployment is smoke-tested with them.", path=path,
-                            hint="run the train stage (02_train) first.")
-    examples = json.loads(path.read_text())
-    if not isinstance(examples, dict) or not isinstance(examples.get("records"), list) \
-            or len(examples.get("predictions") or []) != len(examples["records"]):
-        raise ArtifactError(f"{path} must hold records and as many predictions. Got something else instead.",
-                            path=path)
-    return examples
-
-
 def _choose_mode(artifacts: Path, params: Any, runner: Runner, log) -> tuple[str, dict | None, Containerd | None]:
-    record_path = artifacts / IMAGE_RECORD
     containerd = _containerd(params, runner)
     if not containerd.available:
         log("no container runtime here: running the model server as a local process")
         return "process", None, None
-    if not record_path.is_file():
-        raise ArtifactError(f"No image record at {record_path}: the local target runs the run's image.",
-                            path=record_path, hint="run the package stage (04_package) or `mlops-kit build RUN_ID`.")
-    image = json.loads(record_path.read_text())
+    image = _artifacts.IMAGE.load(artifacts).to_json()
     containerd.check()
     digest = containerd.image_digest(image["ref"])
     if digest is None:
@@ -229,34 +211,23 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _smoke(url: str, examples: dict) -> dict:
-    body = json.dumps(examples["records"]).encode()
-    req = urllib.request.Request(url + "/predict", data=body, method="POST",
+def _smoke(url: str, examples: _artifacts.Examples, log: Callable[[str], None]) -> dict:
+    """The shared smoke test (:func:`mlops_kit.deploy.base.smoke_test`) against ``url``."""
+    from .base import smoke_test
+
+    return smoke_test(lambda path, body: _post_json(url + path, body), examples, log=log)
+
+
+def _post_json(url: str, body: Any) -> Any:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            answer = json.loads(resp.read())
+            return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        raise DeployError(f"The smoke test (POST /predict with examples.json) must succeed. Got HTTP {exc.code}: "
-                          f"{exc.read()[:500].decode(errors='replace')} instead; the previous deployment keeps "
-                          "serving.") from None
+        raise DeployError(f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}", status=exc.code) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DeployError(f"The smoke test (POST /predict) must get an answer. Got {exc} instead.") from None
-    got = answer.get("predictions") if isinstance(answer, dict) else None
-    expected = examples["predictions"]
-    if not isinstance(got, list) or len(got) != len(expected) or not all(map(_same, got, expected)):
-        raise DeployError(f"The smoke test's predictions must be {expected} (recorded at training). Got {got} "
-                          "instead; the previous deployment keeps serving.")
-    return {"records": len(expected), "passed": True}
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-        except (TypeError, ValueError):
-            return False
-    return a == b
+        raise DeployError(f"no answer from {url} ({exc})") from None
 
 
 # --- liveness and stopping ------------------------------------------------------------------
@@ -322,6 +293,25 @@ def status(params: Any = None, *, runner: Runner = DEFAULT_RUNNER) -> dict:
             **{k: state.get(k) for k in ("run_id", "mode", "url", "port", "name", "pid", "image", "digest",
                                          "log")},
             "deployed_at": state.get("deployed")}
+
+
+def rollback(params: Any = None, *, log: Callable[[str], None] = print, to_revision: int | None = None,
+             runner: Runner = DEFAULT_RUNNER) -> dict:
+    """Serve the run that served before the current one again (its release recorded it)."""
+    from ..errors import MlopsKitError
+    from ..ledger import run_dir_or_champion
+
+    if to_revision is not None:
+        raise MlopsKitError("--to-revision must go with deploy.target microk8s (its release history). "
+                            "Got target local instead.", hint="deploy the run you want: `mlops-kit deploy RUN_ID`.")
+    state = read_state()
+    current = state and _artifacts.RELEASE.load_if_present(Path(state["run_dir"]))
+    previous = (current.model_extra or {}).get("previous") if current else None
+    if not previous or not previous.get("run_id"):
+        raise MlopsKitError("A local rollback needs a previous deployment. Got none recorded instead.",
+                            hint="deploy the run you want: `mlops-kit deploy RUN_ID`.")
+    log(f"rolling back to run {previous['run_id']}")
+    return deploy(run_dir_or_champion(previous["run_id"]), params, log=log, runner=runner)
 
 
 def undeploy(params: Any = None, *, runner: Runner = DEFAULT_RUNNER, log: Callable[[str], None] = print) -> dict:

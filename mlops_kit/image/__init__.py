@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .. import _atomic, _paths
+from .. import _paths
+from .. import artifacts as _artifacts
 from ..errors import ArtifactError, BuildError, ContainerdError
 from ._base import BaseImage, check_model_versions, ensure_base, pin_requirements, serving_requirements
 from ._builders import AUTO_ORDER, BUILDERS, BuiltImage, select_builder
@@ -27,7 +28,7 @@ from ._containerd import Containerd
 from ._context import CONTEXT_DIR, Context, serving_modules, write_context
 from ._runner import DEFAULT_RUNNER, Log, Runner
 
-IMAGE_RECORD = "image.json"
+IMAGE_RECORD = _artifacts.IMAGE.name  # kept for callers of the old name
 
 __all__ = ["package", "build", "detect_builders", "build_base", "import_image", "push_image", "write_context", "select_builder",
            "resolve_run_dir", "read_image_record", "image_table", "Containerd", "Context", "BuiltImage",
@@ -167,16 +168,14 @@ def package(run_dir: str | Path, params: Any = None, *, run_id: str | None = Non
                     "import": round(import_seconds, 3), "total": round(time.monotonic() - started, 3)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _atomic.write_json(artifacts / IMAGE_RECORD, record)
+    _artifacts.IMAGE.save(run_dir, record)
     return record
 
 
 def read_image_record(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / _paths.ARTIFACTS_SUBDIR / IMAGE_RECORD
-    if not path.is_file():
-        raise ArtifactError(f"No image record at {path}.", path=path, hint="run the package stage (04_package) or "
-                            "`mlops-kit build RUN_ID` first.")
-    return json.loads(path.read_text())
+    """``artifacts/image.json`` of a run, validated (ArtifactError naming the package stage when
+    it is missing)."""
+    return _artifacts.IMAGE.load(run_dir).to_json()
 
 
 def image_table(record: dict):

@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .. import _artifact_names as _names
 from .. import _paths
 from ..errors import BuildError, VersionMismatch
 from ._runner import DEFAULT_RUNNER, Log, Runner
@@ -116,7 +117,7 @@ def requirements_text(pins: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_model_versions(card: dict, pins: dict[str, str], *, card_path: str | Path = "model_card.json") -> None:
+def check_model_versions(card: dict, pins: dict[str, str], *, card_path: str | Path = _names.MODEL_CARD) -> None:
     """Refuse, before any build, a model trained with other versions than the image holds."""
     trained = card.get("versions") or {}
     mismatches = {name: (str(trained[name]), pins.get(name, "none"))

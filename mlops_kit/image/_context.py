@@ -24,13 +24,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import _artifact_names as _names
 from .. import _atomic, _paths, model_io
-from ..errors import ArtifactError, GateFailed
+from ..errors import ArtifactError
 from . import _base
 
 CONTEXT_DIR = "context"
 CONTEXT_RECORD = "context.json"
-MODEL_FILES = (model_io.MODEL_FILE, model_io.CARD_FILE, "schema.json", model_io.EXAMPLES_FILE)
+MODEL_FILES = (_names.MODEL, _names.MODEL_CARD, _names.SCHEMA, _names.EXAMPLES)
 APP_DIR_IN_IMAGE = "/app"
 MODEL_DIR_IN_IMAGE = "/app/model"
 PORT = 8080
@@ -76,21 +77,10 @@ class Context:
 # --- checks before a build ------------------------------------------------------------------
 
 def check_gate(artifacts: Path) -> None:
-    """Refuse to package a model that failed 03_evaluate's gate."""
-    path = Path(artifacts) / "metrics.json"
-    if not path.is_file():
-        return
-    try:
-        gate = json.loads(path.read_text()).get("gate") or {}
-    except (ValueError, AttributeError):
-        raise ArtifactError(f"{path} must be a JSON object. Got something else instead.", path=path) from None
-    if gate.get("passed") is False:
-        failures = []
-        for check in gate.get("checks") or []:
-            if isinstance(check, dict) and check.get("passed") is False:
-                failures.append(check.get("message") or f"{check.get('metric')} = {check.get('value')} "
-                                f"(threshold {check.get('threshold')})")
-        raise GateFailed(failures or [f"{path} says gate.passed is false"])
+    """Refuse to package a model that was never evaluated, or failed 03_evaluate's gate."""
+    from ..stages import check_inputs
+
+    check_inputs("package", artifacts)
 
 
 def check_model(artifacts: Path) -> dict:

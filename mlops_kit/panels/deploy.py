@@ -51,7 +51,7 @@ class DeployPanel(RecordedParametersMixin, widgets.VBox):
                                     "mlk-deploy-start")
         self.status_button = styled(widgets.Button(description="Status", icon="heartbeat"), "mlk-deploy-check")
         self.rollback_button = styled(widgets.Button(description="Rollback", icon="undo", button_style="warning",
-                                                     tooltip="back to the last good release (microk8s)"),
+                                                     tooltip="back to the previous good release"),
                                       "mlk-deploy-rollback")
         self.undeploy_button = styled(widgets.Button(description="Undeploy", icon="trash", button_style="danger"),
                                       "mlk-deploy-undeploy")
@@ -87,7 +87,7 @@ class DeployPanel(RecordedParametersMixin, widgets.VBox):
         self._target_chosen()
 
     def _target_chosen(self, change=None) -> None:
-        self.rollback_button.disabled = self.form.fields["deploy.target"].value != "microk8s"
+        """Every target supports every action (one interface): nothing to enable or disable."""
 
     # --- actions -------------------------------------------------------------------------
     def _start(self, what: str, work: Callable[[Any], None], *, needs_run: bool = False) -> None:

@@ -19,11 +19,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import _artifact_names as _names
 from .. import model_io
 from ..errors import ArtifactError
 from ._validation import Batch, RequestSchema
 
-SCHEMA_FILE = "schema.json"
+SCHEMA_FILE = _names.SCHEMA
 
 
 def _read_json(path: Path) -> Any:

@@ -15,6 +15,8 @@ inputs and are predicted.
 
 from __future__ import annotations
 
+from ..errors import InvalidRequest  # noqa: F401 - raised here, defined with the kit's errors
+
 import difflib
 import operator
 from dataclasses import dataclass
@@ -25,26 +27,6 @@ import orjson
 
 _NUMBER_TYPES = frozenset({int, float})
 _NONE = type(None)
-
-
-class InvalidRequest(Exception):
-    """A client's mistake: answered with ``status`` (4xx) and :meth:`body`."""
-
-    def __init__(self, message: str, *, status: int = 422, field: str | None = None,
-                 row: int | None = None, expected: str | None = None, got: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.field = field
-        self.row = row
-        self.expected = expected
-        self.got = got
-
-    def body(self) -> dict[str, Any]:
-        """``{"error": message, "detail": {...}}``: ``error`` is the Open Inference Protocol's
-        error string; ``detail`` carries the same facts for programs."""
-        return {"error": self.message,
-                "detail": {"field": self.field, "row": self.row, "expected": self.expected, "got": self.got}}
 
 
 def show(value: Any, limit: int = 80) -> str:

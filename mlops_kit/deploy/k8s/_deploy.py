@@ -9,11 +9,10 @@ release and waits for it. ``api_client`` (a ``kubernetes.client.ApiClient``) and
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
-from ... import _atomic, _paths
+from ... import artifacts
 from ...errors import K8sDeployError
 from ...params import RunParams
 from . import _diff, _releases, _render, _rollout, _validate
@@ -22,7 +21,6 @@ from ._cluster import Cluster
 Log = Callable[[str], None]
 Post = Callable[[str, Any], Any]
 PREDICT_PATH = "/predict"
-RELEASE_FILE = "release.json"
 
 
 def connect(api_client=None, *, log: Log | None = None) -> Cluster:
@@ -42,16 +40,15 @@ def connect(api_client=None, *, log: Log | None = None) -> Cluster:
 def prepare(run_dir: Path, params: RunParams, *, environ=None) -> dict:
     """Everything a deploy of this run applies, rendered and validated (no cluster needed)."""
     run_dir = Path(run_dir)
-    artifacts = run_dir / _paths.ARTIFACTS_SUBDIR
-    card = _render.read_json_artifact(run_dir, "model_card.json", producer="train")
-    image_info = _render.read_json_artifact(run_dir, "image.json", producer="package")
-    examples = _render.read_json_artifact(run_dir, "examples.json", producer="train")
-    metrics = _render.read_json_artifact(run_dir, "metrics.json", producer="evaluate", required=False) or {}
-    image = _render.image_reference(image_info, source=str(artifacts / "image.json"))
-    sha = card.get("sha256")
-    if not isinstance(sha, str) or len(sha) != 64:
-        raise K8sDeployError(f"{artifacts / 'model_card.json'}: sha256 must be 64 hex digits. Got {sha!r} instead.",
-                          reason="Invalid")
+    card = artifacts.MODEL_CARD.load(run_dir)
+    image_info = artifacts.IMAGE.load(run_dir).to_json()
+    examples = artifacts.EXAMPLES.load(run_dir)
+    metrics = artifacts.METRICS.load_if_present(run_dir)
+    image = _render.image_reference(image_info, source=str(artifacts.IMAGE.path(run_dir)))
+    sha = card.sha256
+    if len(sha) != 64:
+        raise K8sDeployError(f"{artifacts.MODEL_CARD.path(run_dir)}: sha256 must be 64 hex digits. Got {sha!r} "
+                             "instead.", reason="Invalid")
     objects = _render.render(params, image=image, model_sha256=sha, run_id=run_dir.name, image_info=image_info)
     _validate.validate(objects, params.deploy.kubernetes_version)
     secret = None
@@ -59,7 +56,7 @@ def prepare(run_dir: Path, params: RunParams, *, environ=None) -> dict:
         secret = _render.secret_object(params, _render.secret_values(params.deploy.secret_env, environ))
         _validate.validate([secret], params.deploy.kubernetes_version)
     return {"objects": objects, "secret": secret, "image": image, "image_info": image_info,
-            "model_sha256": sha, "examples": examples, "metrics": metrics.get("metrics", {}),
+            "model_sha256": sha, "examples": examples, "metrics": metrics.metrics if metrics else {},
             "release_id": _render.release_id_of(objects), "run_id": run_dir.name}
 
 
@@ -135,42 +132,18 @@ def service_poster(cluster: Cluster, params: RunParams) -> Post:
     return lambda path, body: cluster.service_post(d.namespace, d.name, d.port, path, body)
 
 
-def smoke_test(post: Post, examples: dict, *, log: Log = print, attempts: int = 3,
+def smoke_test(post: Post, examples: artifacts.Examples, *, log: Log = print, attempts: int = 3,
                sleep: Callable[[float], None] | None = None) -> dict:
-    """POST the known records to /predict; the predictions must be the recorded ones."""
+    """The shared smoke test (:func:`mlops_kit.deploy.base.smoke_test`) through the Service;
+    its failure is a K8sDeployError with reason SmokeTestFailed (which rolls back)."""
     import time
 
-    records, expected = examples.get("records"), examples.get("predictions")
-    if not isinstance(records, list) or not isinstance(expected, list) or len(records) != len(expected):
-        raise K8sDeployError("examples.json must hold 'records' and 'predictions' lists of the same length. "
-                          f"Got {type(records).__name__} and {type(expected).__name__} instead.", reason="Invalid")
-    answer = None
-    for attempt in range(attempts):
-        try:
-            answer = post(PREDICT_PATH, {"records": records})
-            break
-        except K8sDeployError as exc:
-            if exc.reason == "Unreachable" or attempt == attempts - 1 or (exc.status or 0) < 500:
-                raise K8sDeployError(f"Smoke test failed: {exc.message}", reason="SmokeTestFailed", kind=exc.kind,
-                                  namespace=exc.namespace, name=exc.name, status=exc.status) from None
-            (sleep or time.sleep)(1.0)   # endpoints may lag the rollout by a moment
-    got = answer.get("predictions") if isinstance(answer, dict) else answer
-    if not isinstance(got, list) or len(got) != len(expected):
-        raise K8sDeployError(f"Smoke test failed: POST {PREDICT_PATH} must answer {len(expected)} predictions. "
-                          f"Got {str(answer)[:300]} instead.", reason="SmokeTestFailed")
-    for i, (want, have) in enumerate(zip(expected, got)):
-        if not _same(want, have):
-            raise K8sDeployError(f"Smoke test failed: prediction {i} must be {want!r} (recorded at training). "
-                              f"Got {have!r} instead.", reason="SmokeTestFailed",
-                              hint="the served model is not the trained one, or its settings differ.")
-    log(f"smoke test: {len(got)} predictions match examples.json")
-    return {"predictions": got}
+    from ..base import SmokeTestFailed, smoke_test as shared_smoke_test
 
-
-def _same(want: Any, have: Any) -> bool:
-    if isinstance(want, (int, float)) and isinstance(have, (int, float)) and not isinstance(want, bool):
-        return math.isclose(want, have, rel_tol=1e-6, abs_tol=1e-9)
-    return want == have or str(want) == str(have)
+    try:
+        return shared_smoke_test(post, examples, log=log, attempts=attempts, sleep=sleep or time.sleep)
+    except SmokeTestFailed as exc:
+        raise K8sDeployError(exc.message, reason="SmokeTestFailed", status=exc.status, hint=exc.hint) from None
 
 
 def _restore_after_failure(cluster: Cluster, params: RunParams, releases: list[dict], failed: dict, *,
@@ -209,7 +182,7 @@ def _roll_to(cluster: Cluster, params: RunParams, releases: list[dict], good: di
 
 
 def _write_release(run_dir: Path, record: dict) -> None:
-    _atomic.write_json(Path(run_dir) / _paths.ARTIFACTS_SUBDIR / RELEASE_FILE, _releases.public(record))
+    artifacts.RELEASE.save(run_dir, {"target": "microk8s", **_releases.public(record)})
 
 
 def endpoint(cluster: Cluster, params: RunParams, service: dict | None = None) -> str:
@@ -232,7 +205,7 @@ def status(params: RunParams, *, api_client=None, log: Log | None = None) -> dic
     cluster = connect(api_client, log=log)
     deployment = cluster.get("Deployment", d.namespace, d.name)
     releases = _releases.read_history(cluster, d.namespace, d.name)
-    result: dict[str, Any] = {"namespace": d.namespace, "name": d.name, "deployed": deployment is not None,
+    result: dict[str, Any] = {"target": "microk8s", "namespace": d.namespace, "name": d.name, "deployed": deployment is not None,
                               "releases": [_releases.public(r) for r in releases],
                               "current": _releases.public(_releases.current(releases))}
     if deployment is None:

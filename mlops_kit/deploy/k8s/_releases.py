@@ -13,11 +13,12 @@ import json
 import socket
 from typing import Any
 
+from ... import _artifact_names as _names
 from ...errors import K8sDeployError
 from ._cluster import Cluster
 
 KEEP = 10
-DATA_KEY = "releases.json"
+DATA_KEY = _names.RELEASE_HISTORY_KEY
 
 
 def history_name(name: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from ... import _artifact_names as _names
 from ... import _paths
 from ...errors import ArtifactError, K8sDeployError
 from ...params import RunParams
@@ -95,23 +96,7 @@ def _read_yaml_docs(path: Path) -> list[Any]:
 
 # --- the run's artifacts -----------------------------------------------------------------
 
-def read_json_artifact(run_dir: Path, name: str, *, producer: str, required: bool = True) -> dict | None:
-    path = Path(run_dir) / _paths.ARTIFACTS_SUBDIR / name
-    if not path.is_file():
-        if not required:
-            return None
-        raise ArtifactError(f"No {name} in {path.parent}: stage {producer!r} writes it.", path=path,
-                            hint=f"run the {producer} stage of this run first.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}).", path=path) from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: expected a JSON object; found {type(data).__name__}.", path=path)
-    return data
-
-
-def image_reference(image: Mapping[str, Any], source: str = "image.json") -> str:
+def image_reference(image: Mapping[str, Any], source: str = _names.IMAGE) -> str:
     """``ref@digest``: the image pinned by content (a tag can move; a digest cannot)."""
     ref, digest = image.get("ref"), image.get("digest")
     if not isinstance(ref, str) or not ref:

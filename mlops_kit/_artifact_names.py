@@ -1,0 +1,21 @@
+"""The file names of the artifact catalog (:mod:`mlops_kit.artifacts`), without its models.
+
+The model server imports these (it runs in an image without pydantic); everything else uses
+the catalog itself. No other module spells an artifact's file name.
+"""
+
+TRAIN_SPLIT = "train.parquet"
+TEST_SPLIT = "test.parquet"
+SCHEMA = "schema.json"
+TARGET_PLOT = "target.png"
+MODEL = "model.skops"
+MODEL_CARD = "model_card.json"
+EXAMPLES = "examples.json"
+METRICS = "metrics.json"
+EVALUATION_PLOT = "evaluation.png"
+IMAGE = "image.json"
+RELEASE = "release.json"
+RUN = "run.json"
+CHAMPION = "champion.json"
+#: the key of the release history inside its ConfigMap (microk8s)
+RELEASE_HISTORY_KEY = "releases.json"
