@@ -214,7 +214,7 @@ class K8sDeployError(DeployError):
         self.status = status
         self.logs = logs
         self.rolled_back_to = rolled_back_to
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, status=status)
         self.log = logs
 
 

@@ -62,7 +62,7 @@ def stage_folder(run_dir: str | Path = "") -> Path:
     return Path(run_dir) if run_dir else _paths.runs_dir() / _paths.SCRATCH_RUN
 
 
-def open_stage(name: str, run_dir: str | Path = "", **values: Any) -> StageRun:
+def open_stage(name: str, run_dir: str | Path = "", /, **values: Any) -> StageRun:
     """Open stage ``name`` on a run folder. ``values`` are the notebook's keys of the stage's
     own parameter section; raises ParameterError, ArtifactError or GateFailed before any work."""
     from .params import load_params, load_run_params

@@ -14,7 +14,7 @@ import pytest_asyncio
 
 kmock = pytest.importorskip("kmock")
 
-from test_k8s_fakes import PROXY_PREDICT, FakeApiServer, FakeController, make_run, serve_namespaces  # noqa: E402
+from test_k8s_fakes import PROXY_PREDICT, FakeApiServer, FakeController, make_run, proxy_to_model_server, serve_namespaces  # noqa: E402
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -42,7 +42,7 @@ async def fake(tmp_path, monkeypatch):
 async def test_deploy_dry_run_then_deploy_status_rollback_undeploy(fake, _isolated_runs):
     make_run(_isolated_runs, "run-1")
     make_run(_isolated_runs, "run-2", digest_char="c")
-    fake["post", PROXY_PREDICT] << (lambda request: {"predictions": [0, 1, 1]})
+    proxy_to_model_server(fake)
     common = ("--set", "deploy.namespace=cli-test", "--set", "deploy.rollout_timeout=60")
 
     dry = await asyncio.to_thread(cli, "deploy", "run-1", "--target", "microk8s", "--dry-run", *common)

@@ -25,7 +25,7 @@ from mlops_kit.deploy import k8s  # noqa: E402
 from mlops_kit.errors import K8sDeployError, MlopsKitError  # noqa: E402
 from mlops_kit.params import RunParams  # noqa: E402
 
-from test_k8s_fakes import DEPLOYMENTS, PROXY_PREDICT, FakeApiServer, FakeController, make_run, serve_namespaces  # noqa: E402
+from test_k8s_fakes import DEPLOYMENTS, PROXY_PREDICT, FakeApiServer, FakeController, make_run, proxy_to_model_server, serve_namespaces  # noqa: E402
 
 NS = "mk-test"
 
@@ -53,11 +53,6 @@ def params(**deploy) -> RunParams:
     return RunParams(deploy={"target": "microk8s", "namespace": NS, "rollout_timeout": 60, **deploy})
 
 
-def predict_answer(predictions):
-    fake_answer = {"predictions": list(predictions)}
-    return lambda request: fake_answer
-
-
 def writes(fake):
     return [r for r in list(fake) if r.method in ("PATCH", "POST", "PUT", "DELETE")
             and not PROXY_PREDICT.match(r.url.path)]
@@ -71,14 +66,15 @@ async def run(fn, *args, **kwargs):
 @pytest.mark.asyncio
 async def test_first_deploy_applies_in_order_waits_smoke_tests_and_records(fake, _isolated_runs):
     run_dir = make_run(_isolated_runs, "run-1")
-    fake["post", PROXY_PREDICT] << predict_answer([0, 1, 1])
+    proxy_to_model_server(fake)
     lines: list[str] = []
     async with FakeController(fake) as controller:
         release = await run(k8s.deploy, run_dir, params(), api_client=api_client(fake), log=lines.append, poll=0.01)
 
     assert release["status"] == "succeeded" and release["revision"] == 1
     assert release["run_id"] == "run-1" and release["image"] == "mlops-kit/model:run-1@sha256:" + "a" * 64
-    assert release["metrics"] == {"accuracy": 0.97} and "@" in release["who"]
+    recorded_metrics = json.loads((run_dir / "artifacts" / "metrics.json").read_text())["metrics"]
+    assert release["metrics"] == recorded_metrics and release["metrics"]["accuracy"] > 0.9 and "@" in release["who"]
     assert json.loads((run_dir / "artifacts" / "release.json").read_text()) == release
     assert controller.seen == [(release["release_id"], "ok")]
     assert any("successfully rolled out" in line for line in lines)
@@ -97,10 +93,13 @@ async def test_first_deploy_applies_in_order_waits_smoke_tests_and_records(fake,
     assert container["image"].endswith("@sha256:" + "a" * 64)
     assert container["imagePullPolicy"] == "Never"      # imported into containerd, no registry
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["mlops-kit/model-sha256"] == "b" * 64 and annotations["mlops-kit/run-id"] == "run-1"
+    card = json.loads((run_dir / "artifacts" / "model_card.json").read_text())
+    assert annotations["mlops-kit/model-sha256"] == card["sha256"] and annotations["mlops-kit/run-id"] == "run-1"
 
     smoke = [r for r in list(fake) if r.method == "POST" and PROXY_PREDICT.match(r.url.path)]
-    assert len(smoke) == 1 and smoke[0].data["records"][0] == {"mean radius": 14.1, "colour": "red"}
+    # the one smoke body: the recorded records as a JSON list (the real server answered it above)
+    recorded = json.loads((run_dir / "artifacts" / "examples.json").read_text())
+    assert len(smoke) == 1 and smoke[0].data == recorded["records"]
     assert "/services/model-server:8080/proxy/predict" in smoke[0].url.path
 
     history = fake.objects[kmock.resource("", "v1", "configmaps"), NS, "model-server-releases"].raw
@@ -112,7 +111,7 @@ async def test_first_deploy_applies_in_order_waits_smoke_tests_and_records(fake,
 @pytest.mark.asyncio
 async def test_second_deploy_shows_diff_and_unchanged_redeploy(fake, _isolated_runs):
     first, second = make_run(_isolated_runs, "run-1"), make_run(_isolated_runs, "run-2", digest_char="c")
-    fake["post", PROXY_PREDICT] << predict_answer([0, 1, 1])
+    proxy_to_model_server(fake)
     async with FakeController(fake):
         await run(k8s.deploy, first, params(), api_client=api_client(fake), log=lambda _: None, poll=0.01)
         lines: list[str] = []
@@ -148,7 +147,7 @@ async def test_dry_run_renders_validates_and_diffs_but_writes_nothing(fake, _iso
 @pytest.mark.asyncio
 async def test_failed_rollout_rolls_back_to_last_good_release(fake, _isolated_runs, scenario, reason, words):
     good, bad = make_run(_isolated_runs, "run-good"), make_run(_isolated_runs, "run-bad", digest_char="d")
-    fake["post", PROXY_PREDICT] << predict_answer([0, 1, 1])
+    proxy_to_model_server(fake)
     async with FakeController(fake) as controller:
         first = await run(k8s.deploy, good, params(), api_client=api_client(fake), log=lambda _: None, poll=0.01)
         bad_release = k8s.prepare(bad, params())["release_id"]
@@ -180,14 +179,14 @@ async def test_failed_rollout_rolls_back_to_last_good_release(fake, _isolated_ru
 @pytest.mark.asyncio
 async def test_wrong_smoke_predictions_roll_back(fake, _isolated_runs):
     good, bad = make_run(_isolated_runs, "run-good"), make_run(_isolated_runs, "run-bad", digest_char="e",
-                                                                predictions=(1, 1, 1))
-    fake["post", PROXY_PREDICT] << predict_answer([0, 1, 1])   # what the server answers
+                                                                flip_predictions=True)
+    proxy_to_model_server(fake)
     async with FakeController(fake) as controller:
         await run(k8s.deploy, good, params(), api_client=api_client(fake), log=lambda _: None, poll=0.01)
         with pytest.raises(K8sDeployError) as caught:
             await run(k8s.deploy, bad, params(), api_client=api_client(fake), log=lambda _: None, poll=0.01)
     assert caught.value.reason == "SmokeTestFailed"
-    assert "prediction 0 must be 1" in str(caught.value) and "Got 0 instead" in str(caught.value)
+    assert re.search(r"prediction 0 must be (\d) \(recorded at training\)\. Got (?!\1)\d instead", str(caught.value))
     assert [s for _, s in controller.seen] == ["ok", "ok", "ok"] and caught.value.rolled_back_to
 
 
@@ -198,12 +197,12 @@ async def test_injected_smoke_call_and_first_deploy_failure_without_earlier_rele
 
     def post(path, body):
         calls.append((path, body))
-        return {"predictions": [0, 1, 1]}
+        return {"predictions": json.loads((run_dir / "artifacts" / "examples.json").read_text())["predictions"]}
 
     async with FakeController(fake) as controller:
         release = await run(k8s.deploy, run_dir, params(), api_client=api_client(fake), smoke=post,
                             log=lambda _: None, poll=0.01)
-        assert calls[0][0] == "/predict" and len(calls[0][1]["records"]) == 3 and release["status"] == "succeeded"
+        assert calls[0][0] == "/predict" and len(calls[0][1]) == 3 and release["status"] == "succeeded"
 
         other = make_run(_isolated_runs, "run-2", digest_char="f")
         controller.scenarios[k8s.prepare(other, params(namespace="mk-other"))["release_id"]] = "crash"
@@ -216,7 +215,7 @@ async def test_injected_smoke_call_and_first_deploy_failure_without_earlier_rele
 
 @pytest.mark.asyncio
 async def test_rollback_command_and_undeploy(fake, _isolated_runs):
-    fake["post", PROXY_PREDICT] << predict_answer([0, 1, 1])
+    proxy_to_model_server(fake)
     async with FakeController(fake):
         await run(k8s.deploy, make_run(_isolated_runs, "run-1"), params(), api_client=api_client(fake),
                   log=lambda _: None, poll=0.01)
@@ -263,7 +262,7 @@ async def test_conflict_is_a_plain_error_naming_the_fields(fake, _isolated_runs)
 
 @pytest.mark.asyncio
 async def test_force_conflicts_sends_force(fake, _isolated_runs):
-    fake["post", PROXY_PREDICT] << predict_answer([0, 1, 1])
+    proxy_to_model_server(fake)
     async with FakeController(fake):
         await run(k8s.deploy, make_run(_isolated_runs, "run-1"), params(), api_client=api_client(fake),
                   log=lambda _: None, poll=0.01, force_conflicts=True)
@@ -304,7 +303,7 @@ async def test_secret_values_go_only_into_the_secret(fake, _isolated_runs, monke
     file = _isolated_runs / "token.txt"
     file.write_text("file-secret-7c1d\n")
     monkeypatch.setenv("OTHER_TOKEN_FILE", str(file))
-    fake["post", PROXY_PREDICT] << predict_answer([0, 1, 1])
+    proxy_to_model_server(fake)
     p = params(secret_env=["MODEL_API_TOKEN", "OTHER_TOKEN"])
     run_dir = make_run(_isolated_runs, "run-1")
     lines: list[str] = []
@@ -340,7 +339,7 @@ def test_missing_secret_variable_is_named(monkeypatch, _isolated_runs):
 def test_missing_image_json_names_the_stage(_isolated_runs):
     run_dir = make_run(_isolated_runs, "run-1")
     (run_dir / "artifacts" / "image.json").unlink()
-    with pytest.raises(MlopsKitError, match=r"No image.json in .*stage 'package' writes it"):
+    with pytest.raises(MlopsKitError, match=r"image.json must exist .*stage 'package'"):
         k8s.prepare(run_dir, params())
 
 

@@ -14,6 +14,7 @@ import asyncio
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import kmock
@@ -146,19 +147,65 @@ class FakeController:
         self.fake.objects[key].patch({"status": status})
 
 
-def make_run(runs_dir: Path, run_id: str, *, digest_char: str = "a", model_char: str = "b",
-             predictions=(0, 1, 1)) -> Path:
-    """A run folder with what 05_deploy reads (no real model: the cluster is fake too)."""
-    artifacts = runs_dir / run_id / "artifacts"
-    artifacts.mkdir(parents=True)
-    (artifacts / "model_card.json").write_text(json.dumps({"sha256": model_char * 64, "file": "model.skops"}))
-    (artifacts / "image.json").write_text(json.dumps({"ref": f"mlops-kit/model:{run_id}",
-                                                       "digest": "sha256:" + digest_char * 64}))
-    (artifacts / "examples.json").write_text(json.dumps({
-        "records": [{"mean radius": 14.1 + i, "colour": "red"} for i in range(len(predictions))],
-        "predictions": list(predictions)}))
-    (artifacts / "metrics.json").write_text(json.dumps({"task": "classification", "metrics": {"accuracy": 0.97}}))
-    return runs_dir / run_id
+_TRAINED: dict[str, Path] = {}
+
+
+def trained_model_dir() -> Path:
+    """A real model folder (01_data + 02_train's producers, in-process), trained once per session."""
+    if "dir" not in _TRAINED:
+        import tempfile
+
+        from conftest import train_into
+
+        _TRAINED["dir"] = train_into(Path(tempfile.mkdtemp(prefix="mk-k8s-model-")), "sklearn:breast_cancer",
+                                     "target")
+    return _TRAINED["dir"]
+
+
+def make_run(runs_dir: Path, run_id: str, *, digest_char: str = "a", flip_predictions: bool = False,
+             examples: int = 3) -> Path:
+    """A run folder with what 05_deploy reads, written by the real producers: the data, train
+    and evaluate stages' functions (a real model) and the catalog's image record (the image
+    itself is not built: the cluster is fake). ``flip_predictions`` records answers the model
+    does not give, so the smoke test must fail."""
+    from mlops_kit import artifacts, data, evaluate, model_io, train
+
+    run = runs_dir / run_id
+    shutil.copytree(trained_model_dir(), run / "artifacts")
+    recorded = artifacts.EXAMPLES.load(run)
+    predictions = recorded.predictions[:examples]
+    if flip_predictions:
+        predictions = [1 - p for p in predictions]
+    artifacts.EXAMPLES.save(run, {"records": recorded.records[:examples], "predictions": predictions})
+    _, test, schema = data.load_splits(run / "artifacts")
+    X, y = train.features_and_target(test, schema)
+    metrics = evaluate.compute_metrics(model_io.load_model(run / "artifacts"), X, y, schema["task"])
+    evaluate.save_metrics(run / "artifacts", schema["task"], metrics, evaluate.check_gate(metrics, {}, schema["task"]),
+                          data_fingerprint=schema.get("fingerprint"), model="logistic_regression")
+    artifacts.IMAGE.save(run, {"ref": f"mlops-kit/model:{run_id}", "tag": run_id, "image": "mlops-kit/model",
+                               "digest": "sha256:" + digest_char * 64, "run_id": run_id, "builder": "layers",
+                               "content_digest": digest_char * 64, "imported": {"containerd": "microk8s"},
+                               "created": "2026-01-01T00:00:00Z"})
+    return run
+
+
+def proxy_to_model_server(fake, model_dir: Path | None = None) -> None:
+    """The fake cluster's Service proxy forwards ``POST .../proxy/predict`` to the REAL model
+    server app (mlops_kit.serving, in-process through httpx's ASGI transport) of the model the
+    runs were made from: the deploy's smoke request meets the real consumer."""
+    import httpx
+
+    from mlops_kit.serving.app import create_app
+
+    app = create_app(model_dir or trained_model_dir())
+
+    async def forward(request):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model-server") as http:
+            answer = await http.post("/predict", content=request.body or b"",
+                                     headers={"Content-Type": "application/json"})
+        return kmock.Response(status=answer.status_code, payload=answer.json())
+
+    fake["post", PROXY_PREDICT] << forward
 
 
 PROXY_PREDICT = re.compile(r"/api/v1/namespaces/[^/]+/services/[^/]+/proxy/predict")

@@ -15,7 +15,7 @@ import pytest_asyncio
 kmock = pytest.importorskip("kmock")
 papermill = pytest.importorskip("papermill")
 
-from test_k8s_fakes import PROXY_PREDICT, FakeApiServer, FakeController, make_run, serve_namespaces  # noqa: E402
+from test_k8s_fakes import PROXY_PREDICT, FakeApiServer, FakeController, make_run, proxy_to_model_server, serve_namespaces  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "05_deploy.ipynb"
@@ -31,7 +31,7 @@ def test_notebook_is_committed_clean_with_every_deploy_parameter():
     assert len(parameters) == 1
     names = {line.split("=")[0].strip() for line in parameters[0].source.splitlines()
              if "=" in line and not line.startswith("#")}
-    assert names == {"run_dir", "seed", "task", *DeployParams.model_fields}
+    assert names == {"run_dir", *DeployParams.model_fields}
     namespace: dict = {}
     exec(parameters[0].source, namespace)
     assert DeployParams(**{k: namespace[k] for k in DeployParams.model_fields}) == DeployParams()
@@ -62,9 +62,7 @@ async def test_notebook_deploys_to_microk8s_target_and_keeps_secrets_out(fake_wi
     secret = "nb-s3cret-4b7a"
     monkeypatch.setenv("MODEL_API_TOKEN", secret)
     run_dir = make_run(_isolated_runs, "run-nb")
-    for name in ("model.skops", "schema.json"):          # inputs open_stage checks for
-        (run_dir / "artifacts" / name).write_text("{}")
-    fake["post", PROXY_PREDICT] << (lambda request: {"predictions": [0, 1, 1]})
+    proxy_to_model_server(fake)
     output = tmp_path / "05_deploy.executed.ipynb"
     async with FakeController(fake) as controller:
         await asyncio.to_thread(

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import Log, SmokeTestFailed, Target, same_prediction, smoke_test
+from .base import Log, SmokeTestFailed, Target, release_table, same_prediction, smoke_test
 
-__all__ = ["Log", "SmokeTestFailed", "Target", "TARGETS", "deploy", "rollback", "same_prediction", "smoke_test",
+__all__ = ["Log", "SmokeTestFailed", "Target", "TARGETS", "deploy", "release_table", "rollback", "same_prediction", "smoke_test",
            "status", "target_for", "undeploy"]
 
 

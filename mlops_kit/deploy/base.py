@@ -91,3 +91,14 @@ def same_prediction(want: Any, have: Any) -> bool:
     if isinstance(want, (int, float)) and isinstance(have, (int, float)):
         return math.isclose(want, have, rel_tol=REL_TOL, abs_tol=ABS_TOL)
     return want == have or str(want) == str(have)
+
+
+def release_table(result: dict):
+    """A one-column table of a release or status (for the notebook); long lists left out."""
+    import json
+
+    import pandas as pd
+
+    rows = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v) for k, v in result.items()
+            if k not in ("manifests", "changes", "releases", "pods")}
+    return pd.DataFrame({"value": list(rows.values())}, index=list(rows.keys()))

@@ -49,11 +49,13 @@ def prepare(run_dir: Path, params: RunParams, *, environ=None) -> dict:
     if len(sha) != 64:
         raise K8sDeployError(f"{artifacts.MODEL_CARD.path(run_dir)}: sha256 must be 64 hex digits. Got {sha!r} "
                              "instead.", reason="Invalid")
-    objects = _render.render(params, image=image, model_sha256=sha, run_id=run_dir.name, image_info=image_info)
+    values = _render.secret_values(params.deploy.secret_env, environ) if params.deploy.secret_env else None
+    objects = _render.render(params, image=image, model_sha256=sha, run_id=run_dir.name, image_info=image_info,
+                             secret_checksum=_render.secret_checksum(values) if values else None)
     _validate.validate(objects, params.deploy.kubernetes_version)
     secret = None
-    if params.deploy.secret_env:
-        secret = _render.secret_object(params, _render.secret_values(params.deploy.secret_env, environ))
+    if values:
+        secret = _render.secret_object(params, values)
         _validate.validate([secret], params.deploy.kubernetes_version)
     return {"objects": objects, "secret": secret, "image": image, "image_info": image_info,
             "model_sha256": sha, "examples": examples, "metrics": metrics.metrics if metrics else {},
@@ -85,14 +87,14 @@ def deploy(run_dir: Path, params: RunParams, *, dry_run: bool = False, log: Log 
 
     releases = _releases.read_history(cluster, d.namespace, d.name)
     record = _releases.new_release(
-        releases, release_id=plan["release_id"], run_id=plan["run_id"], image=plan["image"],
+        releases, target="microk8s", release_id=plan["release_id"], run_id=plan["run_id"], image=plan["image"],
         digest=plan["image_info"].get("digest") or plan["image"].split("@", 1)[-1],
         model_sha256=plan["model_sha256"], metrics=plan["metrics"], namespace=d.namespace, name=d.name,
         status="pending", manifests=objects)
-    apply_objects(cluster, to_apply, log=log, force=force_conflicts)
     try:
+        apply_objects(cluster, to_apply, log=log, force=force_conflicts)
         wait(cluster, params, plan["release_id"], log=log, poll=poll)
-        smoke_test(smoke or service_poster(cluster, params), plan["examples"], log=log)
+        record["smoke"] = smoke_test(smoke or service_poster(cluster, params), plan["examples"], log=log)
     except K8sDeployError as failure:
         record.update(status="failed", reason=failure.reason, error=failure.message)
         releases.append(record)
@@ -182,7 +184,7 @@ def _roll_to(cluster: Cluster, params: RunParams, releases: list[dict], good: di
 
 
 def _write_release(run_dir: Path, record: dict) -> None:
-    artifacts.RELEASE.save(run_dir, {"target": "microk8s", **_releases.public(record)})
+    artifacts.RELEASE.save(run_dir, {"target": "microk8s", "smoke": None, **_releases.public(record)})
 
 
 def endpoint(cluster: Cluster, params: RunParams, service: dict | None = None) -> str:

@@ -36,6 +36,7 @@ ANNOTATION_PREFIX = "mlops-kit/"
 RUN_ID = "mlops-kit/run-id"
 MODEL_SHA = "mlops-kit/model-sha256"
 CONFIG_CHECKSUM = "mlops-kit/config-checksum"
+SECRET_CHECKSUM = "mlops-kit/secret-checksum"
 RELEASE_ID = "mlops-kit/release-id"
 #: The order objects are applied in (kinds not listed come last, in file order).
 APPLY_ORDER = ("Namespace", "Secret", "ConfigMap", "Service", "Deployment")
@@ -166,8 +167,12 @@ def secret_object(params: RunParams, values: Mapping[str, str]) -> dict:
 # --- rendering --------------------------------------------------------------------------
 
 def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
-           templates: list[dict] | None = None, image_info: Mapping[str, Any] | None = None) -> list[dict]:
-    """The objects to apply for this run, in apply order (no Secret: see :func:`secret_object`)."""
+           templates: list[dict] | None = None, image_info: Mapping[str, Any] | None = None,
+           secret_checksum: str | None = None) -> list[dict]:
+    """The objects to apply for this run, in apply order (no Secret: see :func:`secret_object`).
+
+    ``secret_checksum`` (:func:`secret_checksum`) goes into the pod template, so a change of a
+    secret's value alone rolls the pods (they read secrets only at start)."""
     d, s = params.deploy, params.serve
     if d.node_port is not None and d.service_type != "NodePort":
         raise K8sDeployError(f"deploy.node_port must be unset when deploy.service_type is {d.service_type}. "
@@ -188,7 +193,8 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
         "MLOPS_KIT_UNKNOWN_CATEGORIES": s.unknown_categories,
     }
     config_checksum = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    release_id = hashlib.sha256("|".join([image, model_sha256, config_checksum, ",".join(d.secret_env)])
+    release_id = hashlib.sha256("|".join([image, model_sha256, config_checksum, ",".join(d.secret_env),
+                                          secret_checksum or ""])
                                 .encode()).hexdigest()[:16]
     for obj in objects:
         kind = obj["kind"]
@@ -210,6 +216,8 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
             annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
             annotations.update({RUN_ID: run_id, MODEL_SHA: model_sha256,
                                 CONFIG_CHECKSUM: config_checksum, RELEASE_ID: release_id})
+            if secret_checksum:
+                annotations[SECRET_CHECKSUM] = secret_checksum
             containers = template.setdefault("spec", {}).get("containers") or []
             server = next((c for c in containers if c.get("name") == CONTAINER), None)
             if server is None:
@@ -265,3 +273,12 @@ def _rename(node: Any, name: str) -> Any:
             else:
                 _rename(value, name)
     return node
+
+
+def secret_checksum(values: Mapping[str, str]) -> str:
+    """A digest of the Secret's names and values (never the values themselves), keyed with a
+    fixed label so the annotation is no plain hash of a short secret."""
+    import hmac
+
+    text = json.dumps(sorted(values.items())).encode()
+    return hmac.new(b"mlops-kit/secret-checksum", text, hashlib.sha256).hexdigest()

@@ -44,10 +44,4 @@ def run_stage(run_dir: Path, params: RunParams, *, log: Callable[[str], None] = 
     return deploy.deploy(run_dir, params, log=log, dry_run=dry_run)
 
 
-def release_table(result: dict):
-    """A one-column table of a release or status dict (for the notebook)."""
-    import pandas as pd
-
-    rows = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in result.items()
-            if k not in ("manifests", "changes", "releases", "pods")}
-    return pd.DataFrame({"value": list(rows.values())}, index=list(rows.keys()))
+from ..base import release_table  # noqa: E402,F401 - kept where the notebook once found it
