@@ -191,3 +191,7 @@ class ManifestError(K8sDeployError):
         noun = "problem" if len(lines) == 1 else "problems"
         super().__init__(f"{len(lines)} manifest {noun} (Kubernetes {version}):\n"
                          + "\n".join(f"  - {line}" for line in lines), reason="Invalid")
+
+
+class CiTemplateError(MlopsKitError):
+    """``mlops-kit ci init`` cannot write the CI file: names the file or the option that is wrong."""
