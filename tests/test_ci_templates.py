@@ -398,6 +398,7 @@ def test_deploy_step_pushes_to_the_server_with_the_pinned_host_key(project, kind
     name, repo = server_repo
     _, doc = _render(project, kind, project=name)
     script, shell = _deploy_script(kind, doc)
+    assert "StrictHostKeyChecking=yes" in script and "UserKnownHostsFile=" in script
     head = _checkout(project)
     temp = tmp_path / "tmp"
     temp.mkdir()
