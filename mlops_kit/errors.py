@@ -263,3 +263,7 @@ class InvalidRequest(Exception):
         error string; ``detail`` carries the same facts for programs."""
         return {"error": self.message,
                 "detail": {"field": self.field, "row": self.row, "expected": self.expected, "got": self.got}}
+
+
+class CiTemplateError(MlopsKitError):
+    """``mlops-kit ci init`` cannot write the CI file: names the file or the option that is wrong."""

@@ -153,3 +153,22 @@ def gc(keep, dry_run):
     removed = collect_garbage(keep, dry_run=dry_run)
     verb = "Would remove" if dry_run else "Removed"
     click.echo(f"{verb} {len(removed)} run(s)" + (": " + ", ".join(removed) if removed else "."))
+
+
+@runs.command()
+@click.argument("run_id", required=False)
+@click.option("--markdown", "fmt", flag_value="markdown", default=True,
+              help="Markdown tables (the default): for $GITHUB_STEP_SUMMARY or a job log.")
+@click.option("--dotenv", "fmt", flag_value="dotenv",
+              help="MLOPS_RUN_ID=..., MLOPS_GATE=..., MLOPS_METRIC_<NAME>=... lines: for $GITHUB_OUTPUT "
+                   "or GitLab's dotenv report.")
+@click.option("--json", "fmt", flag_value="json", help="The summary as JSON.")
+def summary(run_id, fmt):
+    """A run (default: the newest) in brief: id, status, stages, metrics and the quality gate."""
+    from ..summary import render_dotenv, render_markdown, summarize
+
+    result = summarize(run_id)
+    if fmt == "json":
+        print_json(result)
+    else:
+        click.echo(render_dotenv(result) if fmt == "dotenv" else render_markdown(result), nl=False)
