@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # JupyterLab rooted at the project (runs/, parameters/, reports in its file browser), opening the control panel
 LAB_ARGS ?= --ServerApp.root_dir='$(CURDIR)' '$(CURDIR)/notebooks/00_control_panel.ipynb'
 
-.PHONY: setup run test test-fast lab bench screenshots clean-runs
+.PHONY: setup git-filters run test test-fast lab bench screenshots clean-runs
 
 setup: $(STAMP)
 
@@ -16,15 +16,18 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	@# notebooks are committed without outputs: strip them on `git add` (cell tags are kept)
+	$(MAKE) --no-print-directory git-filters
+	touch $(STAMP)
+
+## notebooks are committed without outputs: nbstripout strips them on `git add` (cell tags and ids
+## kept). A fresh clone's notebooks are "racily clean": the index is refreshed once, here, so that
+## `git status` (which every run records) never has to run the filter over every notebook.
+git-filters:
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
 	  git config filter.nbstripout.clean '$(abspath $(BIN))/nbstripout --keep-id'; \
 	  git config filter.nbstripout.smudge cat; \
 	  git config diff.ipynb.textconv '$(abspath $(BIN))/nbstripout -t --keep-id'; \
 	  git update-index -q --refresh >/dev/null 2>&1 || true; fi
-	@# ^ a fresh clone's notebooks are "racily clean": refresh the index once, here, so that
-	@#   git status never has to run the filter over every notebook during a run
-	touch $(STAMP)
 
 ## the pipeline on the embedded default (ARGS="-p parameters/x.yaml --set k=v" for others)
 run: setup

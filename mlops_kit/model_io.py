@@ -128,7 +128,7 @@ def untrusted_types(data: bytes) -> list[str]:
 
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            schema = json.loads(archive.read("schema.json"))
+            schema = json.loads(archive.read("schema.json"))  # skops' own schema, inside the zip
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         return [f"(not a skops file: {exc})"]
     found: set[str] = set()

@@ -244,7 +244,7 @@ class LoadedParams:
 
 
 def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (), *,
-                recorded: dict | None = None, recorded_from: str = "run.json") -> LoadedParams:
+                recorded: dict | None = None, recorded_from: str = _paths.RUN_RECORD) -> LoadedParams:
     """Read a parameter file (and the bases it extends), apply ``section.key=value`` overrides,
     validate. Raises :class:`ParameterError` listing every problem found.
 

@@ -14,7 +14,8 @@ def resolve_model_dir(target: str) -> Path:
 
     direct = Path(target).expanduser()
     if direct.is_dir():
-        return direct.resolve()
+        inside = direct / _paths.ARTIFACTS_SUBDIR       # a run folder: its artifacts/
+        return (inside if inside.is_dir() else direct).resolve()
     if "/" in target or "\\" in target or target.startswith("."):
         raise ArtifactError(f"The model folder must exist. Got {target} instead.", path=direct,
                             hint="give a run id (`mlops-kit runs list`) or a folder with model.skops.")
