@@ -353,3 +353,82 @@ def test_rollout_state_follows_kubectl():
     assert "1 of 2 updated replicas are available" in k8s.rollout_state(dep)[1]
     dep["status"]["availableReplicas"] = 2
     assert k8s.rollout_state(dep)[0] is True
+
+
+@pytest.mark.asyncio
+async def test_an_apply_refused_part_way_rolls_back_to_the_last_good_release(fake, _isolated_runs):
+    """A 422 on the Deployment after the ConfigMap of the new release was applied: the last good
+    release is applied again (its ConfigMap included), not left half-changed."""
+    good, bad = make_run(_isolated_runs, "run-good"), make_run(_isolated_runs, "run-bad", digest_char="d")
+    proxy_to_model_server(fake)
+    async with FakeController(fake) as controller:
+        await run(k8s.deploy, good, params(), api_client=api_client(fake), log=lambda _: None, poll=0.01)
+        refuse = fake["patch", re.compile(r"/apis/apps/v1/namespaces/[^/]+/deployments/.*")]
+        calls = {"n": 0}
+
+        def once(request):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message="spec.replicas: Invalid value")
+            return NotImplemented          # then let the emulator answer
+        refuse << once
+        with pytest.raises(K8sDeployError) as caught:
+            await run(k8s.deploy, bad, params(replicas=3), api_client=api_client(fake), log=lambda _: None,
+                      poll=0.01)
+    assert caught.value.reason == "Invalid" and "Rolled back to release" in str(caught.value)
+    deployment = fake.objects[DEPLOYMENTS, NS, "model-server"].raw
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith("a" * 64)
+    status = await run(k8s.status, params(), api_client=api_client(fake))
+    assert [(r["run_id"], r["status"]) for r in status["releases"]] == [
+        ("run-good", "succeeded"), ("run-bad", "failed"), ("run-good", "succeeded")]
+    assert [s for _, s in controller.seen][-1] == "ok"
+
+
+def test_a_secret_only_change_rolls_the_pods_without_showing_the_value(_isolated_runs, monkeypatch):
+    run_dir = make_run(_isolated_runs, "run-1")
+    p = params(secret_env=["MODEL_API_TOKEN"])
+
+    def template_annotations(value: str) -> dict:
+        monkeypatch.setenv("MODEL_API_TOKEN", value)
+        objects = k8s.prepare(run_dir, p)["objects"]
+        deployment = [o for o in objects if o["kind"] == "Deployment"][0]
+        return deployment["spec"]["template"]["metadata"]["annotations"]
+
+    first, second = template_annotations("token-one-5a1"), template_annotations("token-two-7b2")
+    assert first["mlops-kit/secret-checksum"] != second["mlops-kit/secret-checksum"]   # new pods
+    assert first["mlops-kit/release-id"] != second["mlops-kit/release-id"]
+    assert first == template_annotations("token-one-5a1")                           # stable
+    assert "token-one-5a1" not in json.dumps(first) and "token-two-7b2" not in json.dumps(second)
+
+
+def test_release_history_merges_what_a_concurrent_deploy_wrote():
+    from mlops_kit.deploy.k8s import _releases
+
+    class Cluster:
+        """A stand-in for the API server's ConfigMap semantics: apply with a stale
+        resourceVersion is a 409 Conflict (what a real API server answers)."""
+
+        def __init__(self):
+            self.version, self.data = 1, []
+            self.conflict_once = True
+
+        def get(self, kind, namespace, name):
+            return {"metadata": {"resourceVersion": str(self.version)},
+                    "data": {_releases.DATA_KEY: json.dumps(self.data)}}
+
+        def apply(self, obj, force=False):
+            if self.conflict_once:          # another deploy wrote release 2 just before us
+                self.conflict_once = False
+                self.data.append({"revision": 2, "release_id": "theirs", "time": "t2", "status": "succeeded"})
+                self.version += 1
+                raise K8sDeployError("conflict", reason="Conflict", status=409)
+            assert obj["metadata"]["resourceVersion"] == str(self.version)
+            self.data = json.loads(obj["data"][_releases.DATA_KEY])
+            self.version += 1
+
+    cluster = Cluster()
+    cluster.data = [{"revision": 1, "release_id": "first", "time": "t1", "status": "succeeded"}]
+    ours = _releases.read_history(cluster, NS, "model-server")
+    ours.append({"revision": 2, "release_id": "ours", "time": "t3", "status": "succeeded"})
+    _releases.write_history(cluster, NS, "model-server", ours)
+    assert [(r["revision"], r["release_id"]) for r in cluster.data] == [(1, "first"), (2, "theirs"), (3, "ours")]
