@@ -246,7 +246,7 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     did not succeed (with the parameters it was started with)."""
     from .errors import RunNotResumable
 
-    record = ledger.read_run(run_id)
+    record = ledger.read_run(run_id, champion=False)
     run = ledger.open_run(run_id)
     if record["status"] == "running":
         raise RunNotResumable(run_id, "it is still running (its process holds the run's lock)")
@@ -447,7 +447,7 @@ def _failing_cell(notebook: Path, default: int | None) -> int | None:
 
 def _find_source_run(needed: list[str], reuse_from: str | None) -> ledger.RunFolder:
     if reuse_from:
-        run = ledger.open_run(reuse_from)
+        run = ledger.open_run(reuse_from, champion=True)
         missing = [item for item in needed if not (run.artifacts / item).exists()]
         if missing:
             raise ArtifactError(f"Run {reuse_from} has no {', '.join(missing)} to reuse.",
