@@ -383,6 +383,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
 def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: KernelPool,
                emit: EventHandler, exporter: ThreadPoolExecutor, reports: list, parts: dict) -> None:
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     source = _paths.notebooks_dir() / stage.notebook
@@ -411,6 +412,18 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
         emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure),
                       data={"cell_index": cell_index, "exception": exc.ename, "seconds": seconds}))
         raise failure from None
+    except DeadKernelError:
+        seconds = round(time.perf_counter() - started, 3)
+        cell_index = _running_cell(output)
+        detail = ("the kernel died (killed, or out of memory) while the stage ran"
+                  + (f" cell {cell_index}" if cell_index is not None else ""))
+        run.update_stage(stage.name, status="failed", seconds=seconds,
+                         error={"cell_index": cell_index, "exception": "DeadKernelError", "message": detail})
+        failure = StageFailed(stage.name, notebook=output, cell_index=cell_index, exception="DeadKernelError",
+                              detail=detail)
+        emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure),
+                      data={"cell_index": cell_index, "exception": "DeadKernelError", "seconds": seconds}))
+        raise failure from None
     finally:
         kernels.stop(stage)
     seconds = round(time.perf_counter() - started, 3)
@@ -428,6 +441,19 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
                      report=str(report.relative_to(run.path)),
                      outputs={item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs})
     emit(RunEvent("stage_finished", run.id, stage.name, message="succeeded", data={"seconds": seconds}))
+
+
+def _running_cell(notebook: Path) -> int | None:
+    """The index of the cell papermill last marked as running in the saved notebook."""
+    import nbformat
+
+    try:
+        executed = nbformat.read(notebook, as_version=4)
+    except Exception:  # noqa: BLE001 - the notebook may not have been saved yet
+        return None
+    running = [index for index, cell in enumerate(executed.cells)
+               if cell.get("metadata", {}).get("papermill", {}).get("status") == "running"]
+    return running[-1] if running else None
 
 
 def _failing_cell(notebook: Path, default: int | None) -> int | None:
