@@ -185,8 +185,13 @@ class ForkedKernelManager(AsyncKernelManager):
     def has_kernel(self) -> bool:
         return self.pid is not None
 
-    async def is_alive(self) -> bool:  # type: ignore[override]
+    async def _async_is_alive(self) -> bool:  # type: ignore[override]
+        """The liveness check clients use (``kc.is_alive()`` asks the manager's
+        ``_async_is_alive``; jupyter_client's own asks a provisioner a forked kernel does not
+        have, so nbclient's poll for a dead kernel stopped and a killed kernel hung the run)."""
         return self.pid is not None and _pid_alive(self.pid)
+
+    is_alive = _async_is_alive
 
     async def interrupt_kernel(self) -> None:  # type: ignore[override]
         if self.pid is not None:

@@ -201,7 +201,7 @@ class ReleaseHistory(Document):
 class Champion(OpenDocument):
     """``runs/champion.json``: the promoted run, with who, when and why, and the history."""
 
-    run_id: str
+    run: str
     history: list[dict[str, Any]] = Field(default_factory=list)
 
 

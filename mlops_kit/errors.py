@@ -77,6 +77,19 @@ class RunNotFound(MlopsKitError):
         super().__init__(f"No run {run_id!r} in {runs_dir}.", hint="`mlops-kit runs list` shows the runs.")
 
 
+class InvalidRunId(RunNotFound):
+    """A run id that is not the name of a folder inside the runs folder (``..``, a path, a
+    symbolic link leading elsewhere): refused before anything is read or written."""
+
+    def __init__(self, run_id: str, runs_dir: Path, reason: str):
+        self.run_id = run_id
+        self.reason = reason
+        shown = run_id if len(str(run_id)) <= 80 else str(run_id)[:80] + "..."
+        MlopsKitError.__init__(
+            self, f"A run id must name a run folder inside {runs_dir} ({reason}). Got {shown!r} instead.",
+            hint="`mlops-kit runs list` shows the runs; `champion` names the promoted one.")
+
+
 class RunNotResumable(MlopsKitError):
     def __init__(self, run_id: str, reason: str):
         self.run_id, self.reason = run_id, reason

@@ -11,6 +11,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import _atomic, _paths
-from .errors import RunNotFound
+from .errors import InvalidRunId, RunNotFound
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")
 
@@ -104,6 +105,42 @@ class RunFolder:
             os.close(fd)
 
 
+#: A run id is a plain folder name: the kit makes ``YYYYmmdd-HHMMSS-xxxx``; letters, digits,
+#: ``-``, ``_`` and ``.`` are accepted, never a separator, nor a leading dot (``..``).
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: The word that names the promoted run wherever a command takes a run id to read.
+CHAMPION = "champion"
+
+
+def run_path(run_id: str, *, champion: bool = False, scratch: bool = False,
+             root: Path | None = None) -> Path:
+    """The folder of run ``run_id``, confined to the runs folder: the one resolver of run ids.
+
+    ``run_id`` must match :data:`RUN_ID_PATTERN`; with ``champion``, the word ``champion``
+    names the promoted run; with ``scratch``, ``scratch`` (the folder notebooks opened by
+    hand write to) is accepted. A run folder that is a symbolic link, or that resolves
+    outside the runs folder, is refused. Raises InvalidRunId; the folder need not exist.
+    """
+    root = Path(root) if root is not None else _paths.runs_dir()
+    if champion and run_id == CHAMPION:
+        current = champion_id(root)
+        if current is None:
+            raise RunNotFound(CHAMPION, root)
+        run_id = current
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+        raise InvalidRunId(str(run_id), root, "letters, digits, '-', '_' and '.', no separators, "
+                                              "no leading dot")
+    if run_id == _paths.SCRATCH_RUN and not scratch:
+        raise InvalidRunId(run_id, root, "the scratch folder of notebooks opened by hand is not a run here")
+    path = root / run_id
+    if path.is_symlink():
+        raise InvalidRunId(run_id, root, f"{path} is a symbolic link (to {os.readlink(path)}); "
+                                         "the kit does not follow run folders out of the runs folder")
+    if path.exists() and path.resolve().parent != root.resolve():
+        raise InvalidRunId(run_id, root, f"{path} resolves to {path.resolve()}")
+    return path
+
+
 def create_run(record: dict[str, Any], run_id: str | None = None) -> RunFolder:
     """Make a new run folder (never an existing one), lock it and write its first record."""
     root = _paths.runs_dir()
@@ -128,16 +165,18 @@ def create_run(record: dict[str, Any], run_id: str | None = None) -> RunFolder:
     return run
 
 
-def open_run(run_id: str) -> RunFolder:
+def open_run(run_id: str, *, champion: bool = False) -> RunFolder:
+    """The run ``run_id`` (resolved by :func:`run_path`); RunNotFound without a record."""
     root = _paths.runs_dir()
-    path = root / run_id
+    path = run_path(run_id, champion=champion, root=root)
     if not (path / _paths.RUN_RECORD).is_file():
         raise RunNotFound(run_id, root)
     return RunFolder(path)
 
 
-def read_run(run_id: str) -> dict[str, Any]:
-    record = _settle(open_run(run_id))
+def read_run(run_id: str, *, champion: bool = True) -> dict[str, Any]:
+    """A run's record (settled); ``champion`` names the promoted run."""
+    record = _settle(open_run(run_id, champion=champion))
     record["champion"] = record["id"] == champion_id()
     return record
 
@@ -145,6 +184,7 @@ def read_run(run_id: str) -> dict[str, Any]:
 def _settle(run: RunFolder) -> dict[str, Any]:
     """The record, with a ``running`` run whose process is gone marked ``interrupted``."""
     record = run.read()
+    record["id"] = run.id  # the folder's name, whatever the file says
     if record.get("status") == "running" and not run.is_alive():
         record["status"] = "interrupted"
         record["finished"] = record.get("finished") or now()
@@ -160,7 +200,9 @@ def iter_runs() -> Iterator[RunFolder]:
     if not root.is_dir():
         return
     for path in sorted(root.iterdir(), reverse=True):
-        if path.name != _paths.SCRATCH_RUN and (path / _paths.RUN_RECORD).is_file():
+        # a symbolic link is not a run of this folder (gc and rm would follow it elsewhere)
+        if (path.name != _paths.SCRATCH_RUN and RUN_ID_PATTERN.fullmatch(path.name) and not path.is_symlink()
+                and (path / _paths.RUN_RECORD).is_file()):
             yield RunFolder(path)
 
 
@@ -179,10 +221,15 @@ def list_runs() -> list[dict[str, Any]]:
 
 
 def read_metrics(record: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's ``metrics.json`` (validated through the catalog), or None when it has none."""
+    """The run's ``metrics.json`` (validated through the catalog), or None when it has none or it
+    cannot be read."""
     from . import artifacts
+    from .errors import ArtifactError
 
-    metrics = artifacts.METRICS.load_if_present(_paths.runs_dir() / record["id"])
+    try:
+        metrics = artifacts.METRICS.load_if_present(run_path(record["id"]))
+    except (ArtifactError, RunNotFound):
+        return None
     return metrics.to_json() if metrics else None
 
 
@@ -224,21 +271,21 @@ def git_state(folder: Path | None = None, *, wait: float = 1.0) -> dict[str, Any
 CHAMPION_FILE = _paths.CHAMPION_RECORD
 
 
-def _champion_path() -> Path:
-    return _paths.runs_dir() / CHAMPION_FILE
+def _champion_path(root: Path | None = None) -> Path:
+    return (root if root is not None else _paths.runs_dir()) / CHAMPION_FILE
 
 
-def champion() -> dict[str, Any] | None:
+def champion(root: Path | None = None) -> dict[str, Any] | None:
     """The promoted run: ``{"run": id, "who", "when", "why", "history": [...]}``, or None."""
-    path = _champion_path()
+    path = _champion_path(root)
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
 
-def champion_id() -> str | None:
-    current = champion()
+def champion_id(root: Path | None = None) -> str | None:
+    current = champion(root)
     return current["run"] if current else None
 
 
@@ -250,7 +297,7 @@ def run_dir_or_champion(run_id: str | None) -> Path:
     if run_id is None:
         raise MlopsKitError("No RUN_ID given and no champion promoted.",
                             hint="name a run, or promote one: `mlops-kit runs promote RUN_ID`.")
-    path = _paths.runs_dir() / run_id
+    path = run_path(run_id, champion=True, scratch=True)
     if not path.is_dir():  # a folder of artifacts without a record (made by hand) is fine
         raise RunNotFound(run_id, _paths.runs_dir())
     return path
@@ -261,7 +308,7 @@ def promote(run_id: str, *, who: str | None = None, why: str = "") -> dict[str, 
     deploy take it when no run is named. The previous champion is kept in the history."""
     from .errors import MlopsKitError
 
-    record = read_run(run_id)
+    record = read_run(run_id, champion=False)
     if record["status"] != "succeeded":
         raise MlopsKitError(f"Run {run_id} must have succeeded to be promoted. Got status "
                             f"{record['status']!r} instead.")
@@ -289,8 +336,6 @@ def _whoami() -> str:
 
 def remove_run(run_id: str, *, force: bool = False) -> None:
     """Delete a run's folder; never a run still going, nor the champion unless ``force``."""
-    import shutil
-
     from .errors import MlopsKitError
 
     run = open_run(run_id)
@@ -299,7 +344,7 @@ def remove_run(run_id: str, *, force: bool = False) -> None:
     if champion_id() == run_id and not force:
         raise MlopsKitError(f"Run {run_id} is the champion; it is not removed.",
                             hint="promote another run first, or pass --force.")
-    shutil.rmtree(run.path)
+    _remove_folder(run.path)
 
 
 def collect_garbage(keep: int, *, dry_run: bool = False) -> list[str]:
@@ -308,10 +353,27 @@ def collect_garbage(keep: int, *, dry_run: bool = False) -> list[str]:
     keep_ids.add(champion_id() or "")
     removed = []
     for run in list(iter_runs()):
-        if run.id in keep_ids or run.is_alive():
-            continue
+        try:
+            if run.id in keep_ids or run.is_alive():
+                continue
+        except FileNotFoundError:
+            continue  # removed meanwhile (another gc, `runs rm`)
         removed.append(run.id)
         if not dry_run:
-            import shutil
-            shutil.rmtree(run.path)
+            _remove_folder(run.path)
     return removed
+
+
+def _remove_folder(path: Path) -> None:
+    """Delete a run folder; one removed meanwhile is fine, one we may not delete is named."""
+    import shutil
+
+    from .errors import MlopsKitError
+
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except PermissionError as exc:
+        raise MlopsKitError(f"Run folder {path} cannot be removed: {exc.strerror} ({exc.filename}).",
+                            hint=f"removing a run needs write permission on {path.parent} and {path}.") from None

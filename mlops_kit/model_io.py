@@ -1,15 +1,22 @@
 """Saving and loading models with skops, never pickle.
 
-The types a model file may contain are pinned here, by the kit: loading never trusts the
-list a file carries. A file whose sha256 differs from the record is refused before it is
-parsed at all.
+A model file is hostile input until proven otherwise: a file whose sha256 differs from the
+record is refused before it is parsed at all, and then, before skops builds a single object,
+the kit walks the file's schema itself (:func:`check_model_bytes`). Only the node kinds
+(skops "loaders") and types the kit's own pipelines are made of pass: no method, partial,
+function or operator nodes, dict keys typed only by ``str``/``int``, sizes and nesting
+bounded. skops then loads with its own audit and the kit's narrow allow-list; what a file
+reports as its types is never trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import _artifact_names as _names
 from . import _atomic
@@ -19,26 +26,22 @@ MODEL_FILE = _names.MODEL
 CARD_FILE = _names.MODEL_CARD
 EXAMPLES_FILE = _names.EXAMPLES
 
-#: Types beyond skops' own defaults that a kit model may contain. Only kit-built pipelines
-#: are loaded; anything else in a file is refused.
-TRUSTED_TYPES = sorted({
-    "collections.OrderedDict",
-    "numpy.dtype",
-    "numpy.ndarray",
-    "numpy.random._generator.Generator",
-    "numpy.random._pcg64.PCG64",
-    "numpy.random.mtrand.RandomState",
-    "numpy.random._mt19937.MT19937",
-    "sklearn.preprocessing._label.LabelEncoder",
-    "builtins.slice",
+#: Bounds on a model file: its size on disk, the total size of its unpacked members (a zip
+#: bomb declares more than this), the size of its schema and how deep the schema nests.
+MAX_FILE_BYTES = 2 * 1024 ** 3
+MAX_UNPACKED_BYTES = 4 * 1024 ** 3
+MAX_SCHEMA_BYTES = 256 * 1024 ** 2
+MAX_SCHEMA_DEPTH = 100
+MAX_MEMBERS = 1_000_000
+
+#: Classes built from their attributes (skops ``ObjectNode``): what ``train.build_pipeline``
+#: and the registry's estimators (``train.ESTIMATORS``) are made of once fitted.
+OBJECT_TYPES = frozenset({
     "sklearn._loss.link.Interval",
     "sklearn._loss.link.IdentityLink",
     "sklearn._loss.link.LogitLink",
     "sklearn._loss.link.MultinomialLogit",
     "sklearn._loss.link.LogLink",
-    "sklearn._loss._loss.CyHalfBinomialLoss",
-    "sklearn._loss._loss.CyHalfMultinomialLoss",
-    "sklearn._loss._loss.CyHalfSquaredError",
     "sklearn._loss.loss.HalfBinomialLoss",
     "sklearn._loss.loss.HalfMultinomialLoss",
     "sklearn._loss.loss.HalfSquaredError",
@@ -61,33 +64,63 @@ TRUSTED_TYPES = sorted({
     "sklearn.pipeline.Pipeline",
     "sklearn.preprocessing._encoders.OneHotEncoder",
     "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._label.LabelEncoder",
     "sklearn.tree._classes.DecisionTreeClassifier",
     "sklearn.tree._classes.DecisionTreeRegressor",
-    "sklearn.tree._tree.Tree",
-    "sklearn.utils._bunch.Bunch",
 })
+#: numpy scalar types: array element types, and the types ``dtype=`` parameters name.
+NUMPY_SCALAR_TYPES = frozenset(f"numpy.{name}" for name in (
+    "bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "longdouble", "complex64", "complex128", "str_", "bytes_"))
+_JSON_TYPES = frozenset(f"builtins.{name}" for name in ("str", "int", "float", "bool", "NoneType"))
+
+#: The skops loaders (node kinds) a kit model is made of, and the types each may carry.
+#: Every other loader is refused: ``MethodNode`` (a ``getattr`` by name), ``PartialNode``
+#: (always builds ``functools.partial``), ``FunctionNode``, ``OperatorFuncNode``,
+#: ``ConstructorFromReduceNode``, ``CachedNode``, ``DefaultDictNode``, ``BytesNode``, ...
+ALLOWED_NODES: dict[str, frozenset[str]] = {
+    "DictNode": frozenset({"builtins.dict"}),
+    "ListNode": frozenset({"builtins.list"}),
+    "TupleNode": frozenset({"builtins.tuple"}),
+    "SliceNode": frozenset({"builtins.slice"}),
+    "JsonNode": _JSON_TYPES,
+    "TypeNode": _JSON_TYPES - {"builtins.NoneType"} | NUMPY_SCALAR_TYPES,
+    "NdArrayNode": frozenset({"numpy.ndarray"}) | NUMPY_SCALAR_TYPES,
+    "DTypeNode": frozenset({"numpy.dtype"}),
+    "ObjectNode": OBJECT_TYPES,
+    "TreeNode": frozenset({"sklearn.tree._tree.Tree"}),
+    "LossNode": frozenset({"sklearn._loss._loss.CyHalfBinomialLoss",
+                           "sklearn._loss._loss.CyHalfMultinomialLoss",
+                           "sklearn._loss._loss.CyHalfSquaredError"}),
+    "RandomStateNode": frozenset({"numpy.random.mtrand.RandomState"}),
+    "RandomGeneratorNode": frozenset({"numpy.random._generator.Generator"}),
+}
+#: Types a dict's keys may be rebuilt with (skops calls each ``key_types`` entry on its key).
+DICT_KEY_TYPES = frozenset({"builtins.str", "builtins.int"})
+#: Every type a kit model may contain; passed to skops' own audit as its ``trusted`` list.
+TRUSTED_TYPES = sorted(set().union(*ALLOWED_NODES.values()) | {
+    "numpy.random._pcg64.PCG64", "numpy.random._mt19937.MT19937"})
+ROOT_TYPE = "sklearn.pipeline.Pipeline"
 
 
 def save_model(model: Any, folder: str | Path) -> dict[str, Any]:
-    """Write ``model.skops`` atomically; refuse a model with types the kit would not load back.
+    """Write ``model.skops`` atomically; refuse a model the kit would not load back.
 
     Returns ``{"file": ..., "sha256": ..., "bytes": ...}``.
     """
     import skops.io as sio
 
     data = sio.dumps(model)
-    untrusted = untrusted_types(data)
-    if untrusted:
-        raise ArtifactError(
-            f"The model holds types the kit does not trust: {', '.join(untrusted)}. "
-            "Only estimators from the kit's registry can be saved.")
+    check_model_bytes(data, label="The model", refusal="Only estimators from the kit's registry can be saved.")
     path = _atomic.write_bytes(Path(folder) / MODEL_FILE, data)
     return {"file": MODEL_FILE, "sha256": _atomic.sha256_file(path), "bytes": len(data)}
 
 
 def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any:
-    """Load ``model.skops`` from ``folder`` after checking its sha256 against the model card."""
+    """Load ``model.skops`` from ``folder``: sha256 against the model card, then the kit's
+    schema check (:func:`check_model_bytes`), then skops with the kit's allow-list."""
     import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
 
     folder = Path(folder)
     path = folder / MODEL_FILE
@@ -95,68 +128,206 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
         raise ArtifactError(f"No model at {path}.", path=path, hint="run the train stage first.")
     if expected_sha256 is None:
         expected_sha256 = read_card(folder).get("sha256")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ArtifactError(f"{path} must be at most {MAX_FILE_BYTES} bytes. Got {size} instead; "
+                            "it is not loaded.", path=path)
     data = path.read_bytes()
-    import hashlib
     actual = hashlib.sha256(data).hexdigest()
     if expected_sha256 != actual:
         raise ArtifactError(
             f"{path} does not match its record: sha256 must be {expected_sha256}. Got {actual} instead. "
             "The file was changed after training; it is not loaded.", path=path)
-    untrusted = untrusted_types(data)
-    if untrusted:
-        raise ArtifactError(f"{path} holds types the kit does not trust: {', '.join(untrusted)}; "
-                            "it is not loaded.", path=path)
-    return sio.loads(data, trusted=sorted(set(TRUSTED_TYPES) | set(sio.get_untrusted_types(data=data))))
-
-
-#: Plain containers and scalars every model file holds.
-_BUILTIN_TYPES = {"dict", "list", "tuple", "str", "int", "float", "bool", "slice", "NoneType", "set",
-                  "frozenset", "bytes", "complex", "type", "object"}
+    check_model_bytes(data, label=str(path), refusal="it is not loaded.")
+    try:
+        return sio.loads(data, trusted=TRUSTED_TYPES)
+    except UntrustedTypesFoundException as exc:
+        raise ArtifactError(f"{path} holds types the kit does not trust: {exc}; it is not loaded.",
+                            path=path) from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, zipfile.BadZipFile,
+            OSError) as exc:
+        raise ArtifactError(f"{path} is not a model the kit can load ({type(exc).__name__}: "
+                            f"{_short(str(exc))}); it is not loaded.", path=path) from None
 
 
 def untrusted_types(data: bytes) -> list[str]:
-    """Every type named anywhere in the skops file that the kit does not allow.
+    """Every type named anywhere in the skops file that the kit does not allow."""
+    try:
+        schema = _read_schema(data, "the model")
+    except ArtifactError as exc:
+        return [f"(not a loadable skops file: {exc.message})"]
+    problems = _Problems()
+    _walk(schema, set(_zip_names(data)), problems)
+    return sorted(problems.untrusted)
 
-    skops itself trusts most scikit-learn classes by default; the kit does not: only the
-    classes its own pipelines are made of (``TRUSTED_TYPES``), numpy's arrays, dtypes and
-    scalars, and plain Python containers pass.
+
+def check_model_bytes(data: bytes, *, label: str, refusal: str) -> None:
+    """Raise ArtifactError unless ``data`` is a skops file made only of what kit models hold.
+
+    ``label`` names the file in messages; ``refusal`` ends them (what happens instead).
+    Nothing in the file is imported, built or called here.
     """
-    import io
-    import zipfile
+    schema = _read_schema(data, label, refusal)
+    problems = _Problems()
+    _walk(schema, set(_zip_names(data)), problems)
+    if problems.untrusted:
+        names = sorted(problems.untrusted)
+        raise ArtifactError(f"{label} holds types the kit does not trust: {', '.join(names)} "
+                            f"(first at {problems.untrusted[names[0]]}); {refusal}", path=_path_or_none(label))
+    if problems.first is not None:
+        where, what = problems.first
+        raise ArtifactError(f"{label}: schema.json at {where}: {what}; {refusal}", path=_path_or_none(label))
 
-    import numpy
 
+class _Problems:
+    def __init__(self) -> None:
+        self.untrusted: dict[str, str] = {}   # type -> where first seen
+        self.first: tuple[str, str] | None = None
+
+    def add(self, where: str, what: str) -> None:
+        if self.first is None:
+            self.first = (where, what)
+
+
+def _path_or_none(label: str) -> str | None:
+    return label if label.endswith(MODEL_FILE) else None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _zip_names(data: bytes) -> list[str]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return archive.namelist()
+
+
+def _read_schema(data: bytes, label: str, refusal: str = "it is not loaded.") -> Any:
+    """The parsed ``schema.json``, after bounding the archive's members and sizes."""
+    from skops.io._protocol import PROTOCOL
+
+    def refuse(what: str) -> ArtifactError:
+        return ArtifactError(f"{label} {what}; {refusal}", path=_path_or_none(label))
+
+    if len(data) > MAX_FILE_BYTES:
+        raise refuse(f"must be at most {MAX_FILE_BYTES} bytes. Got {len(data)} instead")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            schema = json.loads(archive.read("schema.json"))  # skops' own schema, inside the zip
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        return [f"(not a skops file: {exc})"]
-    found: set[str] = set()
+            infos = archive.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise refuse(f"must hold at most {MAX_MEMBERS} files. Got {len(infos)} instead")
+            unpacked = sum(info.file_size for info in infos)
+            if unpacked > MAX_UNPACKED_BYTES:
+                raise refuse(f"must unpack to at most {MAX_UNPACKED_BYTES} bytes. It declares {unpacked} "
+                             "(a zip bomb?)")
+            try:
+                info = archive.getinfo("schema.json")  # skops' own schema, inside the zip
+            except KeyError:
+                raise refuse("is not a skops file: expected a schema.json inside; found none") from None
+            if info.file_size > MAX_SCHEMA_BYTES:
+                raise refuse(f"has a schema.json of {info.file_size} bytes; at most {MAX_SCHEMA_BYTES} "
+                             "are accepted")
+            raw = archive.read(info)
+    except zipfile.BadZipFile as exc:
+        raise refuse(f"is not a skops file (a zip archive): {_short(str(exc))}") from None
+    try:
+        schema = json.loads(raw)
+    except RecursionError:
+        raise refuse(f"has a schema.json nested deeper than {MAX_SCHEMA_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise refuse(f"has a schema.json that is not JSON ({type(exc).__name__} at "
+                     f"position {getattr(exc, 'pos', '?')})") from None
+    if not isinstance(schema, dict):
+        raise refuse("has a schema.json that is not a JSON object")
+    protocol = schema.get("protocol")
+    if protocol != PROTOCOL or isinstance(protocol, bool):
+        raise refuse(f"must be written with skops protocol {PROTOCOL} (the installed skops). "
+                     f"Got {_short(repr(protocol), 20)} instead")
+    return schema
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("__module__"), str) and isinstance(node.get("__class__"), str):
-                found.add(f"{node['__module__']}.{node['__class__']}")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
 
-    walk(schema)
-    allowed = set(TRUSTED_TYPES)
+def _children(value: Any, where: str, depth: int) -> Iterator[tuple[Any, str, int]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield child, f"{where}.{_short(key, 40)}", depth + 1
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield child, f"{where}[{index}]", depth + 1
 
-    def is_allowed(name: str) -> bool:
-        module, _, cls = name.rpartition(".")
-        if name in allowed or (module == "builtins" and cls in _BUILTIN_TYPES):
-            return True
-        if module == "numpy":
-            candidate = getattr(numpy, cls, None)
-            return isinstance(candidate, type) and (issubclass(candidate, numpy.generic)
-                                                    or candidate in (numpy.ndarray, numpy.dtype))
-        return False
 
-    return sorted(name for name in found if not is_allowed(name))
+def _walk(schema: dict, members: set[str], problems: _Problems) -> None:
+    """Check every node of the schema (iteratively: depth is bounded, not the stack)."""
+    if (schema.get("__loader__"), _type_of(schema)) != ("ObjectNode", ROOT_TYPE):
+        problems.add("the root", f"expected an ObjectNode of {ROOT_TYPE} (what the train stage saves); "
+                                 f"found a {_short(repr(schema.get('__loader__')), 30)} of "
+                                 f"{_short(_type_of(schema), 80)}")
+    seen_ids: dict[int, tuple[str, str]] = {}
+    stack: list[tuple[Any, str, int]] = [(schema, "root", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            problems.add(where, f"nested deeper than {MAX_SCHEMA_DEPTH} levels")
+            return
+        if isinstance(value, dict) and "__loader__" in value:
+            _check_node(value, where, members, seen_ids, problems)
+        stack.extend(_children(value, where, depth))
+
+
+def _type_of(node: dict) -> str:
+    module, cls = node.get("__module__"), node.get("__class__")
+    return f"{module}.{cls}" if isinstance(module, str) and isinstance(cls, str) else repr((module, cls))
+
+
+def _check_node(node: dict, where: str, members: set[str], seen_ids: dict, problems: _Problems) -> None:
+    loader = node["__loader__"]
+    name = _type_of(node)
+    if name not in TRUSTED_TYPES:
+        problems.untrusted.setdefault(_short(name, 120), where)
+    if not isinstance(loader, str) or loader not in ALLOWED_NODES:
+        problems.add(where, f"a {_short(repr(loader), 40)} node (for {_short(name, 80)}) is not something "
+                            "the kit's models contain")
+        return
+    if name not in TRUSTED_TYPES:
+        return
+    if name not in ALLOWED_NODES[loader]:
+        problems.add(where, f"a {loader} of {name} is not something the kit's models contain")
+        return
+    saved_id = node.get("__id__")
+    if saved_id is not None:
+        if not isinstance(saved_id, int) or isinstance(saved_id, bool):
+            problems.add(where, f"__id__ must be an integer. Got {_short(repr(saved_id), 20)} instead")
+        elif seen_ids.setdefault(saved_id, (loader, name)) != (loader, name):
+            problems.add(where, f"object id {saved_id} names a {loader} of {name} here but a "
+                                f"{seen_ids[saved_id][0]} of {seen_ids[saved_id][1]} elsewhere")
+    if loader == "DictNode":
+        key_types = node.get("key_types")
+        items = key_types.get("content") if isinstance(key_types, dict) else None
+        if not (isinstance(key_types, dict) and key_types.get("__loader__") == "ListNode"
+                and isinstance(items, list) and isinstance(node.get("content"), dict)):
+            problems.add(where, "a dict must have key_types (a list) and content (an object)")
+            return
+        for index, item in enumerate(items):
+            if not (isinstance(item, dict) and item.get("__loader__") == "TypeNode"
+                    and _type_of(item) in DICT_KEY_TYPES):
+                found = _type_of(item) if isinstance(item, dict) else repr(item)
+                loader_found = item.get("__loader__") if isinstance(item, dict) else None
+                problems.add(f"{where}.key_types[{index}]",
+                             f"dict keys must be typed str or int. Got a {_short(repr(loader_found), 30)} "
+                             f"of {_short(found, 80)} instead")
+    elif loader == "SliceNode":
+        content = node.get("content")
+        if not (isinstance(content, dict) and all(
+                content.get(k) is None or (isinstance(content.get(k), int) and not isinstance(content.get(k), bool))
+                for k in ("start", "stop", "step"))):
+            problems.add(where, "a slice must hold integers or null")
+    elif loader == "NdArrayNode":
+        kind = node.get("type")
+        if kind == "numpy":
+            if not (isinstance(node.get("file"), str) and node["file"] in members):
+                problems.add(where, f"an array must name a file inside the archive. Got "
+                                    f"{_short(repr(node.get('file')), 40)} instead")
+        elif kind != "json":
+            problems.add(where, f"an array's type must be 'numpy' or 'json'. Got {_short(repr(kind), 20)} instead")
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:

@@ -50,8 +50,25 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _IMAGE_REPO = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
 
 
+def _is_number(annotation: Any) -> bool:
+    return annotation in (int, float) or (set(getattr(annotation, "__args__", ())) - {type(None)}) in ({int}, {float})
+
+
+def _refuse_booleans(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """YAML 1.1 reads yes/no/on/off as booleans, and a boolean would pass as 1 or 0."""
+    field = model.model_fields.get(info.field_name or "")
+    if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+        raise ValueError(f"a number; found {value!r} (YAML reads yes/no/on/off/true/false as a boolean)")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        return _refuse_booleans(cls, value, info)
 
 
 class DataParams(_Section):
@@ -199,6 +216,11 @@ class RunParams(BaseModel):
     deploy: DeployParams = Field(default_factory=DeployParams)
     serve: ServeParams = Field(default_factory=ServeParams)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        return _refuse_booleans(cls, value, info)
+
     @model_validator(mode="after")
     def _check_gate(self) -> "RunParams":
         tasks = [self.task] if self.task else list(METRIC_DIRECTIONS)
@@ -306,16 +328,61 @@ def parameter_files() -> list[Path]:
 
 # --- reading ---------------------------------------------------------------------------
 
+#: A parameter file is a few hundred bytes; anything this large is not one.
+MAX_PARAMETER_FILE_BYTES = 1024 * 1024
+PARAMETER_SUFFIXES = (".yaml", ".yml")
+
+
+class _AliasFound(yaml.YAMLError):
+    def __init__(self, what: str, mark):
+        self.problem, self.problem_mark = what, mark
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without anchors (``&a``) and aliases (``*a``): a few lines of them expand to
+    gigabytes (a "billion laughs"), and a parameter file has no use for them."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _AliasFound(f"an alias (*{event.anchor[:20]})", event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _AliasFound(f"an anchor (&{event.anchor[:20]})", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_PlainLoader)  # noqa: S506 - a SafeLoader, without aliases
+
+
 def _read_yaml(file: Path) -> dict:
     if not file.is_file():
         raise ParameterError([ParameterProblem(str(file), "(file)", "an existing YAML parameter file",
                                                "no such file")])
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        size = file.stat().st_size
+        if size > MAX_PARAMETER_FILE_BYTES:
+            raise ParameterError([ParameterProblem(str(file), "(file)",
+                                                   f"a parameter file of at most {MAX_PARAMETER_FILE_BYTES} bytes",
+                                                   f"{size} bytes")])
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ParameterError([ParameterProblem(str(file), "(file)", "UTF-8 text", "undecodable bytes")]) from None
+    except PermissionError:
+        raise ParameterError([ParameterProblem(str(file), "(file)", "a readable file",
+                                               "permission denied")]) from None
+    try:
+        data = _load_yaml(text)
+    except _AliasFound as exc:
+        mark = exc.problem_mark
+        raise ParameterError([ParameterProblem(
+            str(file), f"(line {mark.line + 1}, column {mark.column + 1})",
+            "plain YAML without anchors (&) or aliases (*)", exc.problem)]) from None
     except yaml.YAMLError as exc:
+        # only pyyaml's short description and the position: never the file's text
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "the file"
-        reason = getattr(exc, "problem", None) or str(exc)
+        reason = _short(getattr(exc, "problem", None) or type(exc).__name__, 80)
         raise ParameterError([ParameterProblem(str(file), f"({where})", "valid YAML", reason)]) from None
     if data is None:
         return {}
@@ -323,6 +390,11 @@ def _read_yaml(file: Path) -> dict:
         raise ParameterError([ParameterProblem(str(file), "(top level)", "a mapping of sections",
                                                f"a {type(data).__name__}")])
     return data
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _read_with_bases(file: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[str, str], list[Path]]:
@@ -338,14 +410,26 @@ def _read_with_bases(file: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[str
     if base_name is not None:
         if not isinstance(base_name, str):
             raise ParameterError([ParameterProblem(str(file), "extends", "the name of a base file",
-                                                   repr(base_name))])
-        base = (file.parent / base_name)
+                                                   _found(base_name))])
+        base = _confined_base(file, base_name)
         if not base.is_file():
             raise ParameterError([ParameterProblem(str(file), "extends", "an existing base file",
                                                    f"no file {str(base)!r}")])
         merged, origin, files = _read_with_bases(base, (*seen, file))
     _merge(merged, data, origin, str(file), prefix="")
     return merged, origin, [*files, file]
+
+
+def _confined_base(file: Path, base_name: str) -> Path:
+    """The file ``extends:`` names: a YAML file in the parameter file's folder (or below it)
+    or in the project, never anywhere else (parameter files can arrive by ``git push``)."""
+    base = (file.parent / base_name).resolve()
+    roots = [file.parent.resolve(), _paths.project_dir().resolve()]
+    if base.suffix.lower() not in PARAMETER_SUFFIXES or not any(base.is_relative_to(root) for root in roots):
+        raise ParameterError([ParameterProblem(
+            str(file), "extends", f"a .yaml file in {roots[0]} or in the project {roots[1]}",
+            repr(_short(base_name)))])
+    return base
 
 
 def _merge(into: dict, new: dict, origin: dict[str, str], source: str, prefix: str) -> None:
@@ -387,7 +471,7 @@ def _apply_override(raw: dict, origin: dict[str, str], override: str, problems: 
 
 def _yaml_scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return _load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -432,7 +516,7 @@ def _describe_validation(exc: ValidationError, raw: dict, origin: dict[str, str]
             if "|" in message and message.split("|", 1)[0].count(".") >= 1 and not loc:
                 key, message = message.split("|", 1)
                 loc = key.split(".")
-        dotted = ".".join(loc) or "(top level)"
+        dotted = ".".join(_short(part, 40) for part in loc) or "(top level)"
         source = _origin_of(loc, origin, str(top))
         if error["type"] == "extra_forbidden":
             parent = loc[:-1]
@@ -443,7 +527,7 @@ def _describe_validation(exc: ValidationError, raw: dict, origin: dict[str, str]
             continue
         if error["type"] == "value_error":
             expected, _, found = message.partition("; found ")
-            problems.append(ParameterProblem(source, dotted, expected, found or repr(error.get("input"))))
+            problems.append(ParameterProblem(source, dotted, expected, found or _short(repr(error.get("input")))))
             continue
         expected = message.removeprefix("Input should be ")
         problems.append(ParameterProblem(source, dotted, expected, _found(error.get("input"))))
@@ -463,7 +547,7 @@ def _found(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return f"{value!r} ({type(value).__name__})"
+    return f"{_short(repr(value))} ({type(value).__name__})"
 
 
 def _suggest(name: str, choices) -> str | None:

@@ -88,7 +88,8 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict
                                else None)
         checks.append(("mlops_kit.train:check_train_params",
                        {"model": params.train.model, "task": task, "params": params.train.params,
-                        "origin": loaded.source_of("train.params")}))
+                        "origin": loaded.source_of("train.params"),
+                        "origins": {key: loaded.source_of(f"train.params.{key}") for key in params.train.params}}))
     return checks
 
 
@@ -256,7 +257,7 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     did not succeed (with the parameters it was started with)."""
     from .errors import RunNotResumable
 
-    record = ledger.read_run(run_id)
+    record = ledger.read_run(run_id, champion=False)
     run = ledger.open_run(run_id)
     if record["status"] == "running":
         raise RunNotResumable(run_id, "it is still running (its process holds the run's lock)")
@@ -393,6 +394,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
 def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: KernelPool,
                emit: EventHandler, exporter: ThreadPoolExecutor, reports: list, parts: dict) -> None:
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     source = _paths.notebooks_dir() / stage.notebook
@@ -421,6 +423,18 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
         emit(RunEvent(EventKind.STAGE_FAILED, run.id, stage.name, message=str(failure),
                       data={"cell_index": cell_index, "exception": exc.ename, "seconds": seconds}))
         raise failure from None
+    except DeadKernelError:
+        seconds = round(time.perf_counter() - started, 3)
+        cell_index = _running_cell(output)
+        detail = ("the kernel died (killed, or out of memory) while the stage ran"
+                  + (f" cell {cell_index}" if cell_index is not None else ""))
+        run.update_stage(stage.name, status="failed", seconds=seconds,
+                         error={"cell_index": cell_index, "exception": "DeadKernelError", "message": detail})
+        failure = StageFailed(stage.name, notebook=output, cell_index=cell_index, exception="DeadKernelError",
+                              detail=detail)
+        emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure),
+                      data={"cell_index": cell_index, "exception": "DeadKernelError", "seconds": seconds}))
+        raise failure from None
     finally:
         kernels.stop(stage)
     seconds = round(time.perf_counter() - started, 3)
@@ -440,6 +454,19 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
     emit(RunEvent(EventKind.STAGE_FINISHED, run.id, stage.name, message="succeeded", data={"seconds": seconds}))
 
 
+def _running_cell(notebook: Path) -> int | None:
+    """The index of the cell papermill last marked as running in the saved notebook."""
+    import nbformat
+
+    try:
+        executed = nbformat.read(notebook, as_version=4)
+    except Exception:  # noqa: BLE001 - the notebook may not have been saved yet
+        return None
+    running = [index for index, cell in enumerate(executed.cells)
+               if cell.get("metadata", {}).get("papermill", {}).get("status") == "running"]
+    return running[-1] if running else None
+
+
 def _failing_cell(notebook: Path, default: int | None) -> int | None:
     """The index, in the executed notebook as saved (papermill puts an error banner first),
     of the cell whose output is the error."""
@@ -457,7 +484,7 @@ def _failing_cell(notebook: Path, default: int | None) -> int | None:
 
 def _find_source_run(needed: list[str], reuse_from: str | None) -> ledger.RunFolder:
     if reuse_from:
-        run = ledger.open_run(reuse_from)
+        run = ledger.open_run(reuse_from, champion=True)
         missing = [item for item in needed if not (run.artifacts / item).exists()]
         if missing:
             raise ArtifactError(f"Run {reuse_from} has no {', '.join(missing)} to reuse.",

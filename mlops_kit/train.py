@@ -82,12 +82,16 @@ def make_estimator(model: str, task: str, params: dict | None = None, *, seed: i
     return estimator
 
 
-def check_train_params(model: str, task: str | None, params: dict, origin: str = "parameters") -> None:
+def check_train_params(model: str, task: str | None, params: dict, origin: str = "parameters",
+                       origins: dict[str, str] | None = None) -> None:
     """Raise ParameterError now for hyperparameters scikit-learn would refuse later.
 
     With ``task`` unknown (inferred from the data later), the parameters must fit the
-    estimator of either task. ``origin`` names the file the parameters came from.
+    estimator of either task. ``origin`` names the file the parameters came from;
+    ``origins`` the file (or ``--set``) of each hyperparameter, when they differ.
     """
+    import re
+
     errors = []
     for candidate in [task] if task else ["classification", "regression"]:
         try:
@@ -96,7 +100,11 @@ def check_train_params(model: str, task: str | None, params: dict, origin: str =
         except ParameterError as exc:
             errors.append(exc)
     for problem in errors[0].problems:
-        problem.file = origin
+        named = re.match(r"The '(\w+)' parameter", problem.found) if problem.key == "train.params" else None
+        if named and named.group(1) in params:
+            problem.key = f"train.params.{named.group(1)}"
+        name = problem.key.removeprefix("train.params.")
+        problem.file = (origins or {}).get(name, origin)
     raise errors[0]
 
 

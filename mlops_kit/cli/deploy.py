@@ -30,7 +30,9 @@ def _load(params_file: str | None, overrides: tuple[str, ...], target: str | Non
 def _run_dir(run_id: str | None) -> Path | None:
     if run_id is None:
         return None
-    folder = _paths.runs_dir() / run_id
+    from ..ledger import run_path
+
+    folder = run_path(run_id, champion=True, scratch=True)
     if not folder.is_dir():
         raise RunNotFound(run_id, _paths.runs_dir())
     return folder

@@ -61,7 +61,7 @@ def show(run_id, as_json):
     if as_json:
         print_json(record)
         return
-    folder = _paths.runs_dir() / run_id
+    folder = _paths.runs_dir() / record["id"]
     click.echo(f"Run {record['id']}: {record['status']} (created {record.get('created')}, "
                f"finished {record.get('finished', '-')})")
     if record.get("git"):

@@ -8,22 +8,59 @@ import click
 
 
 def resolve_model_dir(target: str) -> Path:
-    """A model folder given directly, or a run id: ``<runs dir>/<RUN_ID>/artifacts``."""
+    """The model folder ``target`` names.
+
+    A run id (or ``champion``) names ``<runs dir>/<RUN_ID>/artifacts``. A path inside the
+    runs folder names the run it is in: its folder or its ``artifacts/`` (checked like a run
+    id: no symbolic link out of the runs folder). Any other path is a model folder served as
+    it is (a folder with model.skops and model_card.json, e.g. an unpacked image context).
+    """
+    import os
+
     from .. import _paths
     from ..errors import ArtifactError, RunNotFound
+    from ..ledger import CHAMPION, RUN_ID_PATTERN, run_path
 
-    direct = Path(target).expanduser()
-    if direct.is_dir():
-        inside = direct / _paths.ARTIFACTS_SUBDIR       # a run folder: its artifacts/
-        return (inside if inside.is_dir() else direct).resolve()
-    if "/" in target or "\\" in target or target.startswith("."):
-        raise ArtifactError(f"The model folder must exist. Got {target} instead.", path=direct,
-                            hint="give a run id (`mlops-kit runs list`) or a folder with model.skops.")
     runs = _paths.runs_dir()
-    run_folder = runs / target
-    if not run_folder.is_dir():
-        raise RunNotFound(target, runs)
-    return run_folder / _paths.ARTIFACTS_SUBDIR
+    bare_name = RUN_ID_PATTERN.fullmatch(target) is not None
+    in_runs = bare_name and ((runs / target).exists() or (runs / target).is_symlink())
+    if target == CHAMPION or in_runs or (bare_name and not Path(target).is_dir()):
+        run_dir = run_path(target, champion=True, scratch=True)
+        if not run_dir.is_dir():
+            raise RunNotFound(target, runs)
+        return run_dir / _paths.ARTIFACTS_SUBDIR
+    lexical = Path(os.path.abspath(Path(target).expanduser()))
+    inside = _relative_to_runs(lexical, runs) or _relative_to_runs(lexical.resolve(), runs)
+    if inside is not None:
+        if not inside.parts:
+            raise ArtifactError(f"{target} is the runs folder, not a model folder.", path=lexical,
+                                hint="give a run id (`mlops-kit runs list`) or a run's folder.")
+        run_dir = run_path(inside.parts[0], scratch=True)
+        if not run_dir.is_dir():
+            raise RunNotFound(inside.parts[0], runs)
+        if inside.parts[1:] not in ((), (_paths.ARTIFACTS_SUBDIR,)):
+            raise ArtifactError(f"{target} is inside run {inside.parts[0]}: expected the run's folder or its "
+                                f"{_paths.ARTIFACTS_SUBDIR}/ folder; found {'/'.join(inside.parts[1:])}.",
+                                path=lexical)
+        return run_dir / _paths.ARTIFACTS_SUBDIR
+    if not lexical.is_dir():
+        raise ArtifactError(f"The model folder must exist. Got {target} instead.", path=lexical,
+                            hint="give a run id (`mlops-kit runs list`) or a folder with model.skops.")
+    if (lexical / _paths.ARTIFACTS_SUBDIR).is_dir():     # a run folder kept elsewhere: its artifacts/
+        return (lexical / _paths.ARTIFACTS_SUBDIR).resolve()
+    return lexical.resolve()
+
+
+def _relative_to_runs(path: Path, runs: Path) -> Path | None:
+    """``path`` relative to the runs folder (as given or resolved), or None when outside."""
+    import os
+
+    for root in {Path(os.path.abspath(runs)), runs.resolve()}:
+        try:
+            return path.relative_to(root)
+        except ValueError:
+            continue
+    return None
 
 
 @click.command()

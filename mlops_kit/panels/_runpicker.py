@@ -7,7 +7,7 @@ from typing import Callable
 
 import ipywidgets as widgets
 
-from .. import _paths
+from .. import _paths, ledger
 from ..errors import ParameterError
 from ._common import message_html, reports_errors, styled
 
@@ -53,7 +53,8 @@ class RecordedParametersMixin:
         if run_id is None:
             return self._load_params(None, overrides)
         return self._load_params(None, overrides, recorded=self._read_run(run_id).get("params"),
-                                 recorded_from=str(self._runs_dir() / run_id / _paths.RUN_RECORD))
+                                 recorded_from=str(ledger.run_path(run_id, champion=True, root=self._runs_dir())
+                                                   / _paths.RUN_RECORD))
 
     @reports_errors()
     def _run_chosen(self, change=None) -> None:

@@ -109,7 +109,7 @@ class BuildPanel(RecordedParametersMixin, widgets.VBox):
         if loaded is None:
             self.status.value = message_html("Fix the parameters marked above, then Build.", ok=False)
             return
-        run_dir = self._runs_dir() / run_id
+        run_dir = ledger.run_path(run_id, champion=True, scratch=True, root=self._runs_dir())
         self.record = None
         self.result.value = ""
         self.log_output.clear_output()

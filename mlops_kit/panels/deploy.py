@@ -122,9 +122,10 @@ class DeployPanel(RecordedParametersMixin, widgets.VBox):
     @reports_errors()
     def _deploy_clicked(self, button=None) -> None:
         run_id = self.run_picker.run_id
+        run_dir = ledger.run_path(run_id, champion=True, scratch=True, root=self._runs_dir()) if run_id else None
 
         def work(params) -> None:
-            self.release = self._deployer.deploy(self._runs_dir() / run_id, params, log=self._log)
+            self.release = self._deployer.deploy(run_dir, params, log=self._log)
             self._show_release(self.release)
             self._show_status(self._deployer.status(params), keep_message=True)
 

@@ -140,7 +140,7 @@ class RunsPanel(widgets.VBox):
         if not selected:
             self.message.value = message_html("Select a run first.", ok=False)
             return
-        artifacts = self._runs_dir() / selected[0] / _paths.ARTIFACTS_SUBDIR
+        artifacts = ledger.run_path(selected[0], root=self._runs_dir()) / _paths.ARTIFACTS_SUBDIR
         images = []
         for png in sorted(artifacts.glob("*.png")):
             images.append(widgets.VBox([widgets.Label(png.name),
