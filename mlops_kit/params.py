@@ -236,11 +236,9 @@ class RunParams(BaseModel):
         return self
 
     def stage_parameters(self, section: str | None) -> dict[str, Any]:
-        """The papermill parameters of a stage: the shared keys plus its section, flat."""
-        values: dict[str, Any] = {"seed": self.seed, "task": self.task}
-        if section:
-            values.update(getattr(self, section).model_dump(mode="json"))
-        return values
+        """The papermill parameters of a stage: its own section's keys, flat. Shared keys (seed,
+        task) reach the notebook through ``open_stage`` (the run's recorded parameters)."""
+        return getattr(self, section).model_dump(mode="json") if section else {}
 
 
 SECTIONS = tuple(name for name, field in RunParams.model_fields.items()
