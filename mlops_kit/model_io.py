@@ -64,6 +64,16 @@ TRUSTED_TYPES = sorted({
     "sklearn.tree._classes.DecisionTreeRegressor",
     "sklearn.tree._tree.Tree",
     "sklearn.utils._bunch.Bunch",
+    # column kinds of mlops_kit.train.build_pipeline: dates, grouped/target-encoded and
+    # ordinal categories, hashed text; the two functions are the kit's own (_features)
+    "mlops_kit._features.as_text",
+    "mlops_kit._features.calendar_features",
+    "mlops_kit._features.calendar_names",
+    "sklearn.feature_extraction.text.HashingVectorizer",
+    "sklearn.preprocessing._encoders.OrdinalEncoder",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "sklearn.preprocessing._target_encoder.TargetEncoder",
+    "scipy.sparse._csr.csr_matrix",
 })
 
 

@@ -37,7 +37,7 @@ STAGES: tuple[Stage, ...] = (
            "sklearn.preprocessing", "sklearn.linear_model", "sklearn.ensemble", "sklearn.model_selection",
            "skops.io", "mlops_kit.data", "mlops_kit.train")),
     Stage("evaluate", "03_evaluate.ipynb", "evaluate",
-          ("test.parquet", "schema.json", "model.skops", "model_card.json"),
+          ("train.parquet", "test.parquet", "schema.json", "model.skops", "model_card.json"),
           ("metrics.json",),
           (*_COMMON, "pyarrow.parquet", "sklearn.metrics", "skops.io", "mlops_kit.data", "mlops_kit.train",
            "mlops_kit.evaluate")),
