@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 #: The calendar features of a date or datetime column, in this order.
-CALENDAR_PARTS = ("year", "month", "day", "dayofweek", "hour")
+CALENDAR_PARTS = ("year", "month", "day", "day_of_week", "hour")
 
 
 def calendar_features(X) -> np.ndarray:

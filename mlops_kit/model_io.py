@@ -73,6 +73,8 @@ TRUSTED_TYPES = sorted({
     "sklearn.preprocessing._encoders.OrdinalEncoder",
     "sklearn.preprocessing._function_transformer.FunctionTransformer",
     "sklearn.preprocessing._target_encoder.TargetEncoder",
+    "sklearn.model_selection._split.KFold",
+    "sklearn.model_selection._split.StratifiedKFold",
     "scipy.sparse._csr.csr_matrix",
 })
 

@@ -164,7 +164,11 @@ def build_pipeline(schema: dict, estimator, *, seed: int = 0) -> Any:
                     [feature["name"]]))
     target_encoded = [f["name"] for f in by_kind["categorical"] if f.get("encoding") == "target"]
     if target_encoded:
-        transformers.append(("target_encoded", TargetEncoder(random_state=seed), target_encoded))
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        splitter = (StratifiedKFold if schema["task"] == "classification" else KFold)(5, shuffle=True,
+                                                                                    random_state=seed)
+        transformers.append(("target_encoded", TargetEncoder(cv=splitter), target_encoded))
     for feature in by_kind["text"]:
         transformers.append((f"text_{feature['name']}", Pipeline([
             ("text", FunctionTransformer(_features.as_text)),
