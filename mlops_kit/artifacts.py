@@ -55,14 +55,33 @@ class OpenDocument(Document):
 # --- documents ------------------------------------------------------------------------------
 
 class Feature(Document):
+    """A feature the model takes. In requests: numeric a number, boolean ``true``/``false``,
+    datetime an ISO 8601 string, categorical and text a string; missing ``null``."""
+
     name: str
-    kind: Literal["numeric", "categorical"]
+    kind: Literal["numeric", "categorical", "boolean", "datetime", "text"]
     dtype: str
     nullable: bool
     min: Optional[float] = None
     max: Optional[float] = None
     integer: Optional[bool] = None
+    #: the levels seen in training (None for a categorical: too many to list, any text accepted)
     categories: Optional[list[Scalar]] = None
+    #: categorical: onehot, grouped (rare levels as one) or target (TargetEncoder)
+    encoding: Optional[Literal["onehot", "grouped", "target"]] = None
+    levels: Optional[int] = None
+    #: grouped: one-hot columns at most (the rarest levels share one)
+    max_categories: Optional[int] = None
+    min_date: Optional[str] = None
+    max_date: Optional[str] = None
+
+
+class ColumnNote(Document):
+    """What 01_data did with one column of the table."""
+
+    name: str
+    kind: Literal["numeric", "categorical", "boolean", "datetime", "text", "dropped", "target"]
+    action: str
 
 
 class DroppedColumn(Document):
@@ -82,6 +101,10 @@ class DataSchema(Document):
     rows: int
     classes: Optional[list[Scalar]] = None
     fingerprint: Optional[str] = None
+    #: one note per column of the table, in its order
+    columns: Optional[list[ColumnNote]] = None
+    #: rows the plots of 01_data and 03_evaluate are drawn from (at most)
+    plot_sample: Optional[int] = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -129,6 +152,8 @@ class GateCheck(Document):
     value: Optional[float] = None
     passed: bool
     reason: str
+    #: the dummy baseline's value, for the check "beats the dummy by the margin"
+    baseline: Optional[float] = None
 
 
 class GateResult(Document):
@@ -148,7 +173,10 @@ class Metrics(Document):
     metrics: dict[str, Optional[float]]
     gate: GateResult
     comparison: Optional[dict[str, Any]] = None
+    #: the dummy baseline's metrics on the same split
     baseline: Optional[dict[str, Optional[float]]] = None
+    #: what the reader should know (e.g. a class with too few test rows)
+    warnings: list[str] = Field(default_factory=list)
 
 
 class ImageSize(Document):

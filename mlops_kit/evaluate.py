@@ -3,7 +3,6 @@ with the best earlier run on the same data."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +11,28 @@ import pandas as pd
 
 from . import _atomic
 from ._plots import pyplot, save_figure
-from .params import METRIC_DIRECTIONS
+from .params import BASELINE_METRICS, METRIC_DIRECTIONS
 
-METRICS_FILE = "metrics.json"
 
 
 def compute_metrics(model, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``(X, y)``."""
+    predicted = model.predict(X)
+    proba = model.predict_proba(X) if task == "classification" and hasattr(model, "predict_proba") else None
+    return score(y, predicted, proba, getattr(model, "classes_", None), task)
+
+
+def score(y: pd.Series, predicted, proba, classes, task: str) -> dict[str, float]:
+    """Metrics from predictions (and class probabilities, columns in ``classes`` order)."""
     from sklearn import metrics as m
 
-    predicted = model.predict(X)
     if task == "regression":
         return {"rmse": float(np.sqrt(m.mean_squared_error(y, predicted))),
                 "mae": float(m.mean_absolute_error(y, predicted)),
                 "r2": float(m.r2_score(y, predicted))}
-    binary = len(model.classes_) == 2
+    binary = len(classes) == 2
     average = "binary" if binary else "macro"
-    pos = {"pos_label": model.classes_[1]} if binary else {}
+    pos = {"pos_label": classes[1]} if binary else {}
     result = {
         "accuracy": float(m.accuracy_score(y, predicted)),
         "balanced_accuracy": float(m.balanced_accuracy_score(y, predicted)),
@@ -35,19 +40,76 @@ def compute_metrics(model, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str
         "recall": float(m.recall_score(y, predicted, average=average, zero_division=0, **pos)),
         "f1": float(m.f1_score(y, predicted, average=average, zero_division=0, **pos)),
     }
-    if hasattr(model, "predict_proba") and y.nunique() == len(model.classes_):
-        proba = model.predict_proba(X)
+    if proba is not None and y.nunique() == len(classes):
         try:
-            result["roc_auc"] = float(m.roc_auc_score(y, proba[:, 1]) if binary
-                                      else m.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_))
+            if binary:
+                result["roc_auc"] = float(m.roc_auc_score(y, proba[:, 1]))
+                result["pr_auc"] = float(m.average_precision_score(y, proba[:, 1], pos_label=classes[1]))
+            else:
+                from sklearn.preprocessing import label_binarize
+                result["roc_auc"] = float(m.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+                result["pr_auc"] = float(m.average_precision_score(label_binarize(y, classes=classes), proba,
+                                                                   average="macro"))
         except ValueError:
             pass  # not defined for this split (a class absent from the test rows)
     return result
 
 
-def check_gate(metrics: dict[str, float], gate: dict[str, float], task: str) -> dict[str, Any]:
-    """Each threshold is a minimum for scores and a maximum for errors (rmse, mae)."""
+def baseline_metrics(y_train: pd.Series, y_test: pd.Series, task: str) -> dict[str, float]:
+    """The dummy baseline on the same split: the training split's class shares (predicting
+    its most frequent class), or its mean, scored on the test split."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+
+    dummy = DummyClassifier(strategy="prior") if task == "classification" else DummyRegressor()
+    dummy.fit(np.zeros((len(y_train), 1)), y_train)
+    X = np.zeros((len(y_test), 1))
+    proba = dummy.predict_proba(X) if task == "classification" else None
+    return score(y_test, dummy.predict(X), proba, getattr(dummy, "classes_", None), task)
+
+
+def class_warnings(y_test: pd.Series, task: str, min_rows: int = 30) -> list[str]:
+    """A note for each class with fewer than ``min_rows`` test rows: its scores are noise."""
+    if task != "classification":
+        return []
+    counts = y_test.value_counts()
+    return [f"class {_text(label)!r} has only {int(count)} test rows: its precision and recall "
+            f"are unreliable (fewer than {min_rows}); use more data or a larger data.test_size"
+            for label, count in counts.items() if count < min_rows]
+
+
+def _text(value: Any) -> str:
+    return str(value.item() if hasattr(value, "item") else value)
+
+
+def check_gate(metrics: dict[str, float], gate: dict[str, float], task: str, *,
+               baseline: dict[str, float] | None = None, baseline_metric: str | None = None,
+               baseline_margin: float | None = None) -> dict[str, Any]:
+    """The baseline check (the model beats the dummy on the same split by ``baseline_margin``:
+    points of a score, a fraction of an error), then each absolute threshold: a minimum for
+    scores and a maximum for errors (rmse, mae)."""
     checks = []
+    if baseline is not None and baseline_margin is not None:
+        name = baseline_metric or BASELINE_METRICS[task]
+        direction = METRIC_DIRECTIONS[task].get(name)
+        value, reference = metrics.get(name), baseline.get(name)
+        if direction is None or value is None or reference is None:
+            checks.append({"metric": name, "threshold": reference or 0.0,
+                           "value": value, "passed": False, "baseline": reference,
+                           "reason": f"{name} is not measured for this {task} model and its baseline"})
+        else:
+            if direction == "min":
+                threshold = reference + baseline_margin
+                passed = value >= threshold
+                how = f"+{baseline_margin:g}"
+            else:
+                threshold = reference * (1 - baseline_margin)
+                passed = value <= threshold
+                how = f"-{baseline_margin:.0%}"
+            checks.append({"metric": name, "threshold": threshold, "value": value, "passed": bool(passed),
+                           "baseline": reference,
+                           "reason": f"{name} {value:.4f} {'beats' if passed else 'does not beat'} the dummy "
+                                     f"baseline {reference:.4f} by the margin ({how}: "
+                                     f"{'>=' if direction == 'min' else '<='} {threshold:.4f})"})
     for name, threshold in gate.items():
         direction = METRIC_DIRECTIONS[task].get(name)
         value = metrics.get(name)
@@ -63,16 +125,21 @@ def check_gate(metrics: dict[str, float], gate: dict[str, float], task: str) -> 
 
 
 def gate_table(gate_result: dict) -> pd.DataFrame:
-    rows = [{"metric": c["metric"], "value": c["value"], "threshold": c["threshold"],
+    rows = [{"check": ("beats the dummy: " if c.get("baseline") is not None else "") + c["metric"],
+             "value": c["value"], "threshold": c["threshold"], "dummy baseline": c.get("baseline"),
              "result": "pass" if c["passed"] else "FAIL"} for c in gate_result["checks"]]
-    return pd.DataFrame(rows, columns=["metric", "value", "threshold", "result"]).set_index("metric")
+    return pd.DataFrame(rows, columns=["check", "value", "threshold", "dummy baseline", "result"]).set_index("check")
 
 
 def save_metrics(artifacts: Path, task: str, metrics: dict, gate_result: dict, *,
-                 data_fingerprint: str | None, model: str, comparison: dict | None = None) -> Path:
-    return _atomic.write_json(Path(artifacts) / METRICS_FILE, {
+                 data_fingerprint: str | None, model: str, comparison: dict | None = None,
+                 baseline: dict | None = None, warnings: list[str] | None = None) -> Path:
+    from . import artifacts as catalog
+
+    return catalog.METRICS.save(artifacts, {
         "task": task, "model": model, "data_fingerprint": data_fingerprint,
-        "metrics": metrics, "gate": gate_result, "comparison": comparison,
+        "metrics": metrics, "gate": gate_result, "comparison": comparison, "baseline": baseline,
+        "warnings": warnings or [],
     })
 
 
@@ -113,8 +180,10 @@ def compare_with_earlier(metrics: dict, task: str, data_fingerprint: str | None,
             "earlier": earlier["metrics"]}
 
 
-def comparison_table(metrics: dict, comparison: dict | None) -> pd.DataFrame:
+def comparison_table(metrics: dict, comparison: dict | None, baseline: dict | None = None) -> pd.DataFrame:
     frame = pd.DataFrame({"this run": metrics})
+    if baseline:
+        frame["dummy baseline"] = pd.Series(baseline)
     if comparison:
         label = f"{comparison['run']}" + (" (champion)" if comparison["champion"] else " (best earlier)")
         frame[label] = pd.Series(comparison["earlier"])
@@ -124,34 +193,42 @@ def comparison_table(metrics: dict, comparison: dict | None) -> pd.DataFrame:
 
 # --- plots -----------------------------------------------------------------------------
 
-def plot_evaluation(model, X: pd.DataFrame, y: pd.Series, task: str, artifacts: Path) -> list[Path]:
-    """Confusion matrix and ROC curve, or residuals and predicted-vs-actual; saved as PNG."""
-    plt = pyplot()
+def plot_evaluation(model, X: pd.DataFrame, y: pd.Series, task: str, artifacts: Path, *,
+                    sample: int = 20_000, seed: int = 0) -> list[Path]:
+    """Confusion matrix and ROC curve, or residuals and predicted-vs-actual, drawn from at
+    most ``sample`` test rows (seeded); saved as PNG."""
+    from . import artifacts as catalog
 
-    artifacts = Path(artifacts)
+    plt = pyplot()
+    if len(X) > sample:
+        rows = np.sort(np.random.default_rng(seed).choice(len(X), size=sample, replace=False))
+        X, y = X.iloc[rows], y.iloc[rows]
+    note = f" ({len(X)} sampled rows)" if len(X) == sample else ""
     paths = []
+    predicted = model.predict(X)
     if task == "classification":
         from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-        fig, axes = plt.subplots(1, 2 if hasattr(model, "predict_proba") and len(model.classes_) == 2 else 1,
-                                 figsize=(10, 4), squeeze=False)
-        ConfusionMatrixDisplay.from_estimator(model, X, y, ax=axes[0][0], colorbar=False)
-        axes[0][0].set_title("Confusion matrix (test split)")
-        if axes.shape[1] == 2:
-            RocCurveDisplay.from_estimator(model, X, y, ax=axes[0][1])
-            axes[0][1].set_title("ROC curve (test split)")
-        paths.append(save_figure(fig, artifacts / "evaluation.png"))
+        binary = hasattr(model, "predict_proba") and len(model.classes_) == 2
+        fig, axes = plt.subplots(1, 2 if binary else 1, figsize=(10, 4), squeeze=False)
+        ConfusionMatrixDisplay.from_predictions(y, predicted, labels=model.classes_, ax=axes[0][0],
+                                                colorbar=False)
+        axes[0][0].set_title("Confusion matrix (test split)" + note)
+        if binary:
+            RocCurveDisplay.from_predictions(y, model.predict_proba(X)[:, 1], pos_label=model.classes_[1],
+                                             ax=axes[0][1])
+            axes[0][1].set_title("ROC curve (test split)" + note)
+        paths.append(save_figure(fig, catalog.EVALUATION_PLOT.path(artifacts)))
     else:
-        predicted = model.predict(X)
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         axes[0].scatter(y, predicted, s=10, alpha=0.6)
         low, high = float(min(y.min(), predicted.min())), float(max(y.max(), predicted.max()))
         axes[0].plot([low, high], [low, high], color="grey", linestyle="--")
-        axes[0].set(xlabel="actual", ylabel="predicted", title="Predicted vs actual (test split)")
+        axes[0].set(xlabel="actual", ylabel="predicted", title="Predicted vs actual (test split)" + note)
         axes[1].scatter(predicted, y - predicted, s=10, alpha=0.6)
         axes[1].axhline(0, color="grey", linestyle="--")
-        axes[1].set(xlabel="predicted", ylabel="residual", title="Residuals (test split)")
-        paths.append(save_figure(fig, artifacts / "evaluation.png"))
+        axes[1].set(xlabel="predicted", ylabel="residual", title="Residuals (test split)" + note)
+        paths.append(save_figure(fig, catalog.EVALUATION_PLOT.path(artifacts)))
     return paths
 
 
@@ -164,5 +241,7 @@ def enforce_gate(gate_result: dict) -> None:
 
 
 def read_metrics(artifacts: Path) -> dict | None:
-    path = Path(artifacts) / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    from . import artifacts as catalog
+
+    metrics = catalog.METRICS.load_if_present(artifacts)
+    return metrics.to_json() if metrics is not None else None

@@ -67,6 +67,17 @@ OBJECT_TYPES = frozenset({
     "sklearn.preprocessing._label.LabelEncoder",
     "sklearn.tree._classes.DecisionTreeClassifier",
     "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.tree._tree.Tree",
+    "sklearn.utils._bunch.Bunch",
+    # column kinds of mlops_kit.train.build_pipeline: dates, grouped/target-encoded and
+    # ordinal categories, hashed text (the functions they call: KIT_FUNCTIONS)
+    "sklearn.feature_extraction.text.HashingVectorizer",
+    "sklearn.preprocessing._encoders.OrdinalEncoder",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "sklearn.preprocessing._target_encoder.TargetEncoder",
+    "sklearn.model_selection._split.KFold",
+    "sklearn.model_selection._split.StratifiedKFold",
+    "scipy.sparse._csr.csr_matrix",
 })
 #: numpy scalar types: array element types, and the types ``dtype=`` parameters name.
 NUMPY_SCALAR_TYPES = frozenset(f"numpy.{name}" for name in (
@@ -94,6 +105,10 @@ ALLOWED_NODES: dict[str, frozenset[str]] = {
                            "sklearn._loss._loss.CyHalfSquaredError"}),
     "RandomStateNode": frozenset({"numpy.random.mtrand.RandomState"}),
     "RandomGeneratorNode": frozenset({"numpy.random._generator.Generator"}),
+    # the kit's own feature functions (FunctionTransformer's func), by their exact names only
+    "FunctionNode": frozenset({"mlops_kit._features.as_text", "mlops_kit._features.calendar_features",
+                               "mlops_kit._features.calendar_names"}),
+    "SparseMatrixNode": frozenset({"scipy.sparse._csr.csr_matrix"}),
 }
 #: Types a dict's keys may be rebuilt with (skops calls each ``key_types`` entry on its key).
 DICT_KEY_TYPES = frozenset({"builtins.str", "builtins.int"})

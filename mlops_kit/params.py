@@ -38,13 +38,20 @@ DATA_FILE_SUFFIXES = (".csv", ".parquet", ".pq")
 #: Metrics a gate may name, with the direction that is better.
 METRIC_DIRECTIONS = {
     "classification": {"accuracy": "min", "balanced_accuracy": "min", "precision": "min",
-                       "recall": "min", "f1": "min", "roc_auc": "min"},
+                       "recall": "min", "f1": "min", "roc_auc": "min", "pr_auc": "min"},
     "regression": {"r2": "min", "rmse": "max", "mae": "max"},
 }
 
 #: The estimators ``train.model`` can name, per task (the classes live in mlops_kit.train).
 MODEL_NAMES = ("logistic_regression", "linear", "ridge", "random_forest", "gradient_boosting",
                "hist_gradient_boosting", "dummy")
+
+#: The metric the default gate compares with the dummy baseline, per task: scale-free, so
+#: one margin holds for any data set (the dummy scores 1/classes, or about 0).
+BASELINE_METRICS = {"classification": "balanced_accuracy", "regression": "r2"}
+
+#: What ``data.columns.<name>`` may force a column to be (``auto``: inferred).
+COLUMN_KINDS = ("auto", "numeric", "categorical", "boolean", "datetime", "text", "drop")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _IMAGE_REPO = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
@@ -79,6 +86,18 @@ class DataParams(_Section):
     target: str = Field("target", description="the label column")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction of rows held out for evaluation")
     min_rows: int = Field(20, ge=2, description="fewer rows than this is an error")
+    columns: dict[str, Literal[COLUMN_KINDS]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="force a column's kind: " + ", ".join(COLUMN_KINDS)
+        + " (text: hashed words; drop: left out)")
+    dates: Literal["calendar", "drop"] = Field(
+        "calendar", description="date and datetime columns: calendar features (year, month, day of week, "
+        "...) or dropped")
+    high_cardinality: Literal["group", "target_encode"] = Field(
+        "group", description="categorical columns with more than max_categories levels: the rarest levels "
+        "grouped into one, or target-encoded (TargetEncoder)")
+    max_categories: int = Field(30, ge=2, description="levels one-hot encoded per categorical column at most")
+    plot_sample: int = Field(20_000, ge=100, description="rows drawn (seeded) for the plots of 01_data and "
+                             "03_evaluate, so reports stay small whatever the table's size")
 
     @field_validator("source")
     @classmethod
@@ -104,8 +123,12 @@ class TrainParams(_Section):
     """02_train: the estimator and its hyperparameters."""
 
     model: str = Field("logistic_regression", description="a named estimator: " + ", ".join(MODEL_NAMES))
-    params: dict[str, Any] = Field(default_factory=dict, description="the estimator's hyperparameters")
-    cv_folds: int = Field(0, ge=0, le=20, description="k-fold cross-validation on the training split (0: off)")
+    params: dict[str, Any] = Field(default_factory=dict, description="hyperparameters of the chosen model only "
+                                   "(none: the registry's defaults for it, mlops_kit.train.ESTIMATORS)")
+    cv_folds: int = Field(5, ge=0, le=20, description="k-fold cross-validation on the training split (0: off)")
+    class_weight: Optional[Literal["balanced"]] = Field(
+        None, description="balanced: weigh each class by the inverse of its share (imbalanced classes); "
+        "none: every row counts the same")
 
     @field_validator("model")
     @classmethod
@@ -126,7 +149,14 @@ class EvaluateParams(_Section):
     """03_evaluate: the quality gate a model must pass to be packaged."""
 
     gate: dict[str, float] = Field(default_factory=dict,
-                                   description="metric thresholds: a minimum for scores, a maximum for errors")
+                                   description="absolute thresholds of your choice: a minimum for scores, a "
+                                   "maximum for errors (rmse, mae)")
+    baseline_metric: Optional[str] = Field(
+        None, description="the metric compared with the dummy baseline on the same split (none: "
+        + ", ".join(f"{m} for {t}" for t, m in BASELINE_METRICS.items()) + ")")
+    baseline_margin: Optional[float] = Field(
+        0.02, ge=0, description="the model must beat the dummy baseline by this much: points of a score, or "
+        "a fraction of an error (none: no baseline check)")
 
 
 class PackageParams(_Section):
@@ -227,6 +257,10 @@ class RunParams(BaseModel):
         if self.data.source.startswith("sklearn:") and not self.task:
             tasks = [SKLEARN_DATASETS[self.data.source.split(":", 1)[1]]]
         known = {m for t in tasks for m in METRIC_DIRECTIONS[t]}
+        baseline = self.evaluate.baseline_metric
+        if baseline is not None and baseline not in known:
+            raise ValueError("evaluate.baseline_metric|" + _choice_error(
+                f"a metric of a {'/'.join(tasks)} task", baseline, sorted(known)))
         for metric, threshold in self.evaluate.gate.items():
             if metric not in known:
                 raise ValueError(f"evaluate.gate.{metric}|" + _choice_error(

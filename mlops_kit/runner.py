@@ -59,13 +59,16 @@ class RunEvent:
 
 def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict]]:
     """Mistakes that would only show inside a stage, found before any starts: the target
-    column, checked here; and the estimator's hyperparameters, returned as a check to run
-    where scikit-learn is imported (:meth:`KernelPool.check`)."""
+    column in the file's header, checked here; the data's target (rows, classes, a split
+    that leaves both sides rows) and the chosen model's hyperparameters, returned as checks
+    to run where pandas and scikit-learn are imported (:meth:`KernelPool.check`)."""
     from .errors import ParameterError, ParameterProblem
+    from .params import SKLEARN_DATASETS
 
     params = loaded.params
     names = {s.name for s in stages}
     source = params.data.source
+    checks = []
     if "data" in names:
         if source.startswith("sklearn:"):
             if params.data.target != "target":
@@ -81,9 +84,18 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict
                 raise ParameterError([ParameterProblem(
                     loaded.source_of("data.target"), "data.target", f"a column of {source}: {', '.join(columns[:15])}",
                     repr(params.data.target), close[0] if close else None)])
-    checks = []
-    if "train" in names and params.train.params:
-        from .params import SKLEARN_DATASETS
+            unknown = [name for name in params.data.columns if name not in columns]
+            if unknown:
+                import difflib
+                close = difflib.get_close_matches(unknown[0], columns, n=1)
+                raise ParameterError([ParameterProblem(
+                    loaded.source_of(f"data.columns.{unknown[0]}"), f"data.columns.{unknown[0]}",
+                    f"a column of {source}", "no such column", close[0] if close else None)])
+        checks.append(("mlops_kit.data:check_before_run",
+                       {"source": source, "target": params.data.target, "task": params.task,
+                        "test_size": params.data.test_size, "min_rows": params.data.min_rows,
+                        "origins": {key: loaded.source_of(key) for key in ("data.test_size", "data.min_rows")}}))
+    if "train" in names:
         task = params.task or (SKLEARN_DATASETS.get(source.split(":", 1)[1]) if source.startswith("sklearn:")
                                else None)
         checks.append(("mlops_kit.train:check_train_params",
@@ -160,6 +172,9 @@ class KernelPool:
                 error = answer["error"]
                 if error["problems"]:
                     raise ParameterError([ParameterProblem(**p) for p in error["problems"]])
+                if error["type"] == "DataError":
+                    from .errors import DataError
+                    raise DataError(error["message"])
                 raise MlopsKitError(f"{error['type']}: {error['message']}")
 
     def take(self, stage: Stage):
@@ -319,7 +334,8 @@ def _start_kernels(plans: list[cache.StagePlan], checks: list) -> "KernelPool | 
     to_run = [p.stage for p in plans[first:]]
     kernels = KernelPool(to_run, cwd=_paths.notebooks_dir())
     names = {s.name for s in to_run}
-    kernels.start([c for c in checks if "train" in names])
+    # a check belongs to the stage its module is named after (mlops_kit.data -> data)
+    kernels.start([c for c in checks if c[0].split(":")[0].rsplit(".", 1)[-1] in names])
     try:
         import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
         warm_html_exporter()

@@ -45,7 +45,7 @@ STAGES: tuple[Stage, ...] = (
            "sklearn.preprocessing", "sklearn.linear_model", "sklearn.ensemble", "sklearn.model_selection",
            "skops.io", "mlops_kit.data", "mlops_kit.train")),
     Stage("evaluate", "03_evaluate.ipynb", "evaluate",
-          _names(A.TEST_SPLIT, A.SCHEMA, A.MODEL, A.MODEL_CARD),
+          _names(A.TRAIN_SPLIT, A.TEST_SPLIT, A.SCHEMA, A.MODEL, A.MODEL_CARD),
           _names(A.METRICS),
           (*_COMMON, "pyarrow.parquet", "sklearn.metrics", "skops.io", "mlops_kit.data", "mlops_kit.train",
            "mlops_kit.evaluate")),

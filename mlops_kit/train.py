@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
@@ -16,32 +16,43 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _atomic, model_io
+from . import model_io
 from .errors import DataError, ParameterError, ParameterProblem
 
 
 @dataclass(frozen=True)
 class EstimatorSpec:
+    """A ``train.model`` name: its scikit-learn class per task and the hyperparameters the kit
+    gives it when ``train.params`` names none (the only defaults: parameter files name none)."""
+
     classifier: str | None
     regressor: str | None
-    defaults: dict
+    classifier_defaults: dict = field(default_factory=dict)
+    regressor_defaults: dict = field(default_factory=dict)
+
+    def path(self, task: str) -> str | None:
+        return self.classifier if task == "classification" else self.regressor
+
+    def defaults(self, task: str) -> dict:
+        return dict(self.classifier_defaults if task == "classification" else self.regressor_defaults)
 
 
 #: ``train.model`` names and the scikit-learn classes behind them, per task.
 ESTIMATORS: dict[str, EstimatorSpec] = {
     "logistic_regression": EstimatorSpec("sklearn.linear_model.LogisticRegression",
-                                         "sklearn.linear_model.Ridge", {"max_iter": 1000}),
+                                         "sklearn.linear_model.Ridge", {"C": 1.0, "max_iter": 1000}),
     "linear": EstimatorSpec("sklearn.linear_model.LogisticRegression",
-                            "sklearn.linear_model.LinearRegression", {}),
-    "ridge": EstimatorSpec(None, "sklearn.linear_model.Ridge", {}),
+                            "sklearn.linear_model.LinearRegression", {"max_iter": 1000}),
+    "ridge": EstimatorSpec(None, "sklearn.linear_model.Ridge"),
     "random_forest": EstimatorSpec("sklearn.ensemble.RandomForestClassifier",
-                                   "sklearn.ensemble.RandomForestRegressor", {"n_estimators": 100}),
+                                   "sklearn.ensemble.RandomForestRegressor",
+                                   {"n_estimators": 100}, {"n_estimators": 100}),
     "gradient_boosting": EstimatorSpec("sklearn.ensemble.GradientBoostingClassifier",
-                                       "sklearn.ensemble.GradientBoostingRegressor", {}),
+                                       "sklearn.ensemble.GradientBoostingRegressor"),
     "hist_gradient_boosting": EstimatorSpec(
         "sklearn.ensemble.HistGradientBoostingClassifier",
-        "sklearn.ensemble.HistGradientBoostingRegressor", {}),
-    "dummy": EstimatorSpec("sklearn.dummy.DummyClassifier", "sklearn.dummy.DummyRegressor", {}),
+        "sklearn.ensemble.HistGradientBoostingRegressor"),
+    "dummy": EstimatorSpec("sklearn.dummy.DummyClassifier", "sklearn.dummy.DummyRegressor"),
 }
 #: Packages whose versions go into the model card (the image pins the same).
 RECORDED_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas", "skops", "joblib", "threadpoolctl")
@@ -50,18 +61,16 @@ RECORDED_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas", "skops", "jobli
 def make_estimator(model: str, task: str, params: dict | None = None, *, seed: int = 0):
     """The estimator named ``model`` for ``task``, with ``params`` checked by scikit-learn."""
     spec = ESTIMATORS.get(model)
-    path = None if spec is None else (spec.classifier if task == "classification" else spec.regressor)
+    path = None if spec is None else spec.path(task)
     if path is None:
-        choices = [n for n, s in ESTIMATORS.items()
-                   if (s.classifier if task == "classification" else s.regressor)]
+        choices = [n for n, s in ESTIMATORS.items() if s.path(task)]
         raise ParameterError([ParameterProblem("parameters", "train.model",
                                                f"an estimator for {task}: {', '.join(choices)}",
                                                repr(model))])
     module, _, name = path.rpartition(".")
     cls = getattr(import_module(module), name)
-    values = {**spec.defaults, **(params or {})}
     known = cls().get_params()
-    unknown = [k for k in values if k not in known]
+    unknown = [k for k in (params or {}) if k not in known]
     if unknown:
         import difflib
         problems = []
@@ -70,7 +79,7 @@ def make_estimator(model: str, task: str, params: dict | None = None, *, seed: i
             problems.append(ParameterProblem("parameters", f"train.params.{key}", f"a hyperparameter of {name}",
                                              "an unknown name", suggestion[0] if suggestion else None))
         raise ParameterError(problems)
-    values = {k: v for k, v in values.items() if k in known}
+    values = {**{k: v for k, v in spec.defaults(task).items() if k in known}, **(params or {})}
     if "random_state" in known and "random_state" not in (params or {}):
         values["random_state"] = seed
     estimator = cls(**values)
@@ -108,38 +117,108 @@ def check_train_params(model: str, task: str | None, params: dict, origin: str =
     raise errors[0]
 
 
-def build_pipeline(schema: dict, estimator) -> Any:
+def build_pipeline(schema: dict, estimator, *, seed: int = 0) -> Any:
+    """The preprocessing for the schema's feature kinds, then ``estimator``, as one Pipeline.
+
+    numeric: median-imputed, scaled; boolean (0/1): most-frequent-imputed; datetime: calendar
+    features, imputed, scaled; categorical: one-hot (missing is a level of its own, unseen
+    levels ignored; ``grouped``: at most ``levels`` columns, the rarest levels as one), or
+    target-encoded; text: words hashed. For histogram gradient boosting, categorical columns
+    are ordinal-coded and handled natively by the trees (no one-hot, no dense blow-up).
+    """
     from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.feature_extraction.text import HashingVectorizer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import (FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler,
+                                       TargetEncoder)
 
-    numeric = [f["name"] for f in schema["features"] if f["kind"] == "numeric"]
-    categorical = [f["name"] for f in schema["features"] if f["kind"] == "categorical"]
+    from . import _features
+
+    features = schema["features"]
+    by_kind = {kind: [f for f in features if f["kind"] == kind]
+               for kind in ("numeric", "boolean", "datetime", "categorical", "text")}
+    native = isinstance(estimator, (HistGradientBoostingClassifier, HistGradientBoostingRegressor))
     transformers = []
-    if numeric:
+    ordinal = [f for f in by_kind["categorical"] if native and f.get("encoding") != "target"]
+    if ordinal:
+        cap = min(max(f.get("max_categories") or 250 for f in ordinal), 250)
+        transformers.append(("categorical", OrdinalEncoder(
+            handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
+            max_categories=cap, dtype=np.float64), [f["name"] for f in ordinal]))
+        estimator.set_params(categorical_features=list(range(len(ordinal))))
+    if by_kind["numeric"]:
         transformers.append(("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
-                                                  ("scale", StandardScaler())]), numeric))
-    if categorical:
-        transformers.append(("categorical", Pipeline([
-            ("impute", SimpleImputer(strategy="most_frequent")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False))]), categorical))
-    preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+                                                  ("scale", StandardScaler())]),
+                             [f["name"] for f in by_kind["numeric"]]))
+    if by_kind["boolean"]:
+        transformers.append(("boolean", SimpleImputer(strategy="most_frequent"),
+                             [f["name"] for f in by_kind["boolean"]]))
+    if by_kind["datetime"]:
+        transformers.append(("datetime", Pipeline([
+            ("calendar", FunctionTransformer(_features.calendar_features,
+                                             feature_names_out=_features.calendar_names)),
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler())]), [f["name"] for f in by_kind["datetime"]]))
+    if not native:
+        plain = [f["name"] for f in by_kind["categorical"] if f.get("encoding") in (None, "onehot")]
+        if plain:
+            transformers.append(("categorical", OneHotEncoder(handle_unknown="ignore"), plain))
+        for feature in by_kind["categorical"]:
+            if feature.get("encoding") == "grouped":
+                transformers.append((f"grouped_{feature['name']}", OneHotEncoder(
+                    handle_unknown="infrequent_if_exist", max_categories=feature.get("max_categories") or 30),
+                    [feature["name"]]))
+    target_encoded = [f["name"] for f in by_kind["categorical"] if f.get("encoding") == "target"]
+    if target_encoded:
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        splitter = (StratifiedKFold if schema["task"] == "classification" else KFold)(5, shuffle=True,
+                                                                                    random_state=seed)
+        transformers.append(("target_encoded", TargetEncoder(cv=splitter), target_encoded))
+    for feature in by_kind["text"]:
+        transformers.append((f"text_{feature['name']}", Pipeline([
+            ("text", FunctionTransformer(_features.as_text)),
+            ("hash", HashingVectorizer(n_features=2 ** (6 if native else 12), alternate_sign=False))]),
+            [feature["name"]]))
+    preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False,
+                                   sparse_threshold=0.0 if native else 0.3)
     return Pipeline([("preprocess", preprocess), ("model", estimator)])
 
 
 def features_and_target(frame: pd.DataFrame, schema: dict) -> tuple[pd.DataFrame, pd.Series]:
+    """The schema's feature columns in the model's representation (what the server builds
+    from a request too): numbers and booleans as floats, categories as text (pandas
+    categoricals of text in training), missing as NaN. Columns already in that form are not
+    copied."""
     names = [f["name"] for f in schema["features"]]
     missing = [n for n in names if n not in frame.columns]
     if missing:
         raise DataError(f"Columns {missing} of the schema are missing from the frame.", column=missing[0])
-    X = frame[names].copy()
+    X = frame[names]
     for feature in schema["features"]:
-        if feature["kind"] == "categorical":
-            # one representation for categories: text, missing as NaN (what the server sends too)
-            X[feature["name"]] = X[feature["name"]].astype(object).where(X[feature["name"]].notna(), np.nan)
-            X[feature["name"]] = X[feature["name"]].map(lambda v: v if v is np.nan or isinstance(v, str) else str(v))
+        name, kind = feature["name"], feature["kind"]
+        column = X[name]
+        if kind == "boolean" and column.dtype != np.float64:
+            X[name] = column.astype(float)
+        elif kind in ("categorical", "text"):
+            if isinstance(column.dtype, pd.CategoricalDtype):
+                if not all(isinstance(c, str) for c in column.cat.categories):
+                    X[name] = column.cat.rename_categories([str(c) for c in column.cat.categories])
+            else:
+                values = column.astype(object)
+                X[name] = values.where(values.isna(), values.map(str, na_action="ignore"))
     return X, frame[schema["target"]]
+
+
+def sample_weights(y: pd.Series, class_weight: str | None) -> np.ndarray | None:
+    """``train.class_weight``: balanced weighs each row by the inverse of its class's share."""
+    if class_weight is None:
+        return None
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    return compute_sample_weight(class_weight, y)
 
 
 @dataclass
@@ -148,26 +227,35 @@ class TrainResult:
     seconds: float
     cv_scores: list[float] | None
     cv_metric: str | None
+    params: dict | None = None
 
 
 def train_model(train: pd.DataFrame, schema: dict, *, model: str, params: dict, seed: int,
-                cv_folds: int = 0) -> TrainResult:
-    estimator = make_estimator(model, schema["task"], params, seed=seed)
-    pipeline = build_pipeline(schema, estimator)
+                cv_folds: int = 0, class_weight: str | None = None) -> TrainResult:
+    """Fit the pipeline on the training split (``cv_folds``: cross-validated first)."""
+    task = schema["task"]
+    estimator = make_estimator(model, task, params, seed=seed)
+    pipeline = build_pipeline(schema, estimator, seed=seed)
     X, y = features_and_target(train, schema)
+    weights = sample_weights(y, class_weight) if task == "classification" else None
+    fit_params = {"model__sample_weight": weights} if weights is not None else {}
     cv_scores = None
-    metric = "accuracy" if schema["task"] == "classification" else "r2"
+    metric = ("balanced_accuracy" if class_weight else "accuracy") if task == "classification" else "r2"
     if cv_folds:
         from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
-        if schema["task"] == "classification":
+        if task == "classification":
             folds = min(cv_folds, int(y.value_counts().min()))
             splitter = StratifiedKFold(n_splits=max(folds, 2), shuffle=True, random_state=seed)
         else:
             splitter = KFold(n_splits=cv_folds, shuffle=True, random_state=seed)
-        cv_scores = [float(s) for s in cross_val_score(pipeline, X, y, cv=splitter, scoring=metric)]
+        cv_scores = [float(s) for s in cross_val_score(pipeline, X, y, cv=splitter, scoring=metric,
+                                                       params=fit_params or None)]
     started = time.perf_counter()
-    pipeline.fit(X, y)
-    return TrainResult(pipeline, time.perf_counter() - started, cv_scores, metric if cv_folds else None)
+    pipeline.fit(X, y, **fit_params)
+    effective = {k: _plain(v) for k, v in pipeline[-1].get_params().items()
+                 if k in {**ESTIMATORS[model].defaults(task), **params}}
+    return TrainResult(pipeline, time.perf_counter() - started, cv_scores, metric if cv_folds else None,
+                       effective)
 
 
 def package_versions() -> dict[str, str]:
@@ -184,17 +272,21 @@ def save_trained(result: TrainResult, schema: dict, test: pd.DataFrame, artifact
                  model: str, params: dict, seed: int, n_examples: int = 5) -> dict[str, Any]:
     """Write the model (skops), its card (sha256, data fingerprint, params, versions) and
     example inputs with the predictions they must give (the smoke test of every deployment)."""
+    from . import artifacts as catalog
+
     artifacts = Path(artifacts)
     saved = model_io.save_model(result.model, artifacts)
-    X_test, _ = features_and_target(test, schema)
+    X_test, _ = features_and_target(test.head(n_examples), schema)
     examples = X_test.head(n_examples)
-    records = [{k: (None if _is_missing(v) else _plain(v)) for k, v in row.items()}
-               for row in examples.to_dict(orient="records")]
+    records = [{k: _json_value(v) for k, v in row.items()} for row in examples.to_dict(orient="records")]
+    records = [{f["name"]: (bool(r[f["name"]]) if f["kind"] == "boolean" and r[f["name"]] is not None
+                            else r[f["name"]]) for f in schema["features"]} for r in records]
     predictions = [_plain(v) for v in result.model.predict(examples)]
-    _atomic.write_json(artifacts / model_io.EXAMPLES_FILE, {"records": records, "predictions": predictions})
+    catalog.EXAMPLES.save(artifacts, {"records": records, "predictions": predictions})
     card = {
         **saved,
-        "model": model, "estimator": type(result.model[-1]).__name__, "params": params, "seed": seed,
+        "model": model, "estimator": type(result.model[-1]).__name__,
+        "params": result.params if result.params is not None else params, "seed": seed,
         "task": schema["task"], "target": schema["target"],
         "features": [f["name"] for f in schema["features"]],
         "classes": schema.get("classes"),
@@ -205,7 +297,7 @@ def save_trained(result: TrainResult, schema: dict, test: pd.DataFrame, artifact
         "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _atomic.write_json(artifacts / model_io.CARD_FILE, card)
+    catalog.MODEL_CARD.save(artifacts, card)
     return card
 
 
@@ -230,7 +322,16 @@ def card_table(card: dict) -> pd.DataFrame:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT
+
+
+def _json_value(value: Any) -> Any:
+    """A feature value as a request sends it: missing null, a date an ISO string."""
+    if _is_missing(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return _plain(value)
 
 
 def _plain(value: Any) -> Any:

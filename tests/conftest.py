@@ -56,6 +56,8 @@ def train_into(folder: Path, source: str, target: str, *, model: str = "logistic
     tests of what comes after training (serving, image)."""
     from mlops_kit import data, train
 
+    folder = folder / "artifacts"  # the catalog's layout: a run folder's artifacts/
+    folder.mkdir(parents=True, exist_ok=True)
     dataset = data.load_dataset(source, target)
     validation = data.validate_dataset(dataset)
     schema = data.infer_schema(validation, target)

@@ -28,6 +28,48 @@ def test_default_file_is_valid_and_complete():
     assert loaded.params.stages == ["data", "train", "evaluate"]
 
 
+def test_default_file_is_the_schemas_own_defaults():
+    """One source of defaults: default.yaml states exactly what RunParams() holds, every key
+    (a new schema key, or a changed default, fails here until default.yaml says the same)."""
+    import yaml
+
+    stated = yaml.safe_load((REPO / "parameters" / "default.yaml").read_text())
+    assert stated == RunParams().model_dump(mode="json")
+    assert load_params(REPO / "parameters" / "default.yaml").params == RunParams()
+
+
+def test_default_names_no_hyperparameters_and_a_gate_for_any_task():
+    params = RunParams()
+    assert params.train.params == {}  # the registry's defaults for whichever model is chosen
+    assert params.evaluate.gate == {} and params.evaluate.baseline_margin > 0
+
+
+def test_registry_defaults_fit_each_task():
+    from mlops_kit.train import ESTIMATORS, make_estimator
+
+    for name, spec in ESTIMATORS.items():
+        for task in ("classification", "regression"):
+            if spec.path(task):
+                make_estimator(name, task, {})  # no unknown default hyperparameter
+    assert make_estimator("logistic_regression", "regression", {}).__class__.__name__ == "Ridge"
+    assert make_estimator("logistic_regression", "classification", {}).max_iter == 1000
+
+
+def test_baseline_metric_is_checked_against_the_task():
+    with pytest.raises(ParameterError, match="evaluate.baseline_metric"):
+        load_params(REPO / "parameters" / "default.yaml", ["evaluate.baseline_metric=rmse"])
+    loaded = load_params(REPO / "parameters" / "default.yaml", ["evaluate.gate={pr_auc: 0.5}",
+                                                                "evaluate.baseline_metric=roc_auc"])
+    assert loaded.params.evaluate.baseline_metric == "roc_auc"
+
+
+def test_column_kinds_are_typed():
+    loaded = load_params(REPO / "parameters" / "default.yaml", ["data.columns.note=text", "data.columns.ref=drop"])
+    assert loaded.params.data.columns == {"note": "text", "ref": "drop"}
+    with pytest.raises(ParameterError, match="data.columns.note"):
+        load_params(REPO / "parameters" / "default.yaml", ["data.columns.note=words"])
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "parameters").glob("*.yaml")))
 def test_every_shipped_parameter_file_validates(name):
     assert isinstance(load_params(REPO / "parameters" / name).params, RunParams)
@@ -137,4 +179,4 @@ def test_stage_parameters_are_flat_and_hold_no_other_sections():
     params = load_params(REPO / "parameters" / "default.yaml").params
     values = params.stage_parameters("train")
     assert values == {"seed": 42, "task": None, "model": "logistic_regression",
-                      "params": {"C": 1.0, "max_iter": 1000}, "cv_folds": 5}
+                      "params": {}, "cv_folds": 5, "class_weight": None}

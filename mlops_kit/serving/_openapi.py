@@ -14,10 +14,16 @@ if TYPE_CHECKING:  # pragma: no cover
 def _feature_schema(feature, reject_unknown: bool) -> dict[str, Any]:
     if feature.kind == "numeric":
         types = ["integer" if feature.integer else "number"]
+    elif feature.kind == "boolean":
+        types = ["boolean"]
+    elif feature.kind in ("datetime", "text"):
+        types = ["string"]
     else:
         types = sorted({"string" if isinstance(c, str) else "boolean" if isinstance(c, bool) else "number"
                         for c in feature.categories} | {"string"})
     entry: dict[str, Any] = {"type": types + (["null"] if feature.nullable else [])}
+    if feature.kind == "datetime":
+        entry["description"] = "an ISO 8601 date or datetime"
     if feature.kind == "categorical":
         entry["description"] = ("categories seen in training: " + ", ".join(map(str, feature.categories))
                                 + ("; others are rejected" if reject_unknown else "; others are accepted and "
@@ -118,7 +124,7 @@ def docs_page(service: "ModelService") -> str:
     esc = html.escape
     rows = "".join(
         f"<tr><td><code>{esc(f.name)}</code></td><td>{esc(f.kind)}</td><td>{'yes' if f.nullable else 'no'}</td>"
-        f"<td>{esc(', '.join(map(str, f.categories)) if f.kind == 'categorical' else ('integer' if f.integer else 'number'))}</td></tr>"
+        f"<td>{esc(', '.join(map(str, f.categories)) if f.kind == 'categorical' else ('integer' if f.integer else 'number') if f.kind == 'numeric' else f.kind)}</td></tr>"
         for f in service.schema.features)
     example = orjson.dumps(service.predictor.examples.get("records", [])[:1]).decode()
     return f"""<!doctype html>

@@ -98,7 +98,7 @@ class Predictor:
                 return None
             transformer = copy.deepcopy(transformer)
             _forget_feature_names(transformer)
-            dtype = np.float64 if kinds[indexes[0]] == "numeric" else object
+            dtype = np.float64 if kinds[indexes[0]] in ("numeric", "boolean") else object
             blocks.append((transformer, indexes, dtype))
         middle = [copy.deepcopy(step) for _, step in model.steps[1:-1]]
         if not blocks or preprocess.sparse_output_:

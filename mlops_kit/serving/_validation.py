@@ -78,20 +78,43 @@ class Feature:
                             for t in value_types})
             self.expected = " or ".join(kinds) + (" or null" if self.nullable else "")
             self.datatype = "BYTES"
+        elif self.kind == "boolean":
+            # JSON true/false; the model's column is 1.0/0.0 (missing NaN)
+            self.accepted = frozenset({bool} | ({_NONE} if self.nullable else set()))
+            self.expected = "true or false" + (" or null" if self.nullable else "")
+            self.datatype = "BOOL"
+        elif self.kind in ("datetime", "text"):
+            # an ISO 8601 date or datetime string, or any text; passed to the model as sent
+            self.accepted = self.fast_types = frozenset({str} | ({_NONE} if self.nullable else set()))
+            self.known = frozenset()
+            self.reject_unknown = False
+            self.expected = ("an ISO 8601 date string (e.g. \"2024-05-31\" or \"2024-05-31T12:00:00\")"
+                             if self.kind == "datetime" else "a string") + (" or null" if self.nullable else "")
+            self.datatype = "BYTES"
         else:
-            raise ValueError(f"feature {self.name!r}: kind must be numeric or categorical; got {self.kind!r}")
+            raise ValueError(f"feature {self.name!r}: kind must be numeric, categorical, boolean, datetime or "
+                             f"text; got {self.kind!r}")
+        if self.kind == "categorical" and spec.get("categories") is None:
+            self.reject_unknown = False  # too many levels to list: any text is accepted
 
     def metadata(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "kind": self.kind, "nullable": self.nullable}
         if self.kind == "numeric":
             entry["integer"] = self.integer
-        else:
+        elif self.kind == "categorical":
             entry["categories"] = list(self.categories)
         return entry
 
     def convert(self, values: Sequence[Any], *, first_row: int = 0) -> np.ndarray:
         """``values`` as the model's column, or :class:`InvalidRequest` for the first bad one."""
         kinds = set(map(type, values))
+        if self.kind == "boolean":
+            if kinds <= self.accepted:
+                return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+            self._raise_first_bad(values, first_row)
+        if self.kind == "datetime" and kinds <= self.accepted:
+            if any(v is not None and not _is_iso_date(v) for v in values):
+                self._raise_first_bad(values, first_row)
         if self.kind == "numeric":
             if kinds <= self.accepted:
                 column = np.array(values, dtype=np.float64)  # None -> NaN
@@ -125,6 +148,10 @@ class Feature:
             if self.integer and float(value) != int(value):
                 return self.expected
             return None
+        if self.kind in ("boolean", "text"):
+            return None
+        if self.kind == "datetime":
+            return None if _is_iso_date(value) else self.expected
         text = value if kind is str else self.as_text.get(value, str(value))
         if self.reject_unknown and text not in self.known:
             return "one of the categories seen in training: " + _listing(self.categories)
@@ -138,6 +165,16 @@ class Feature:
                 raise InvalidRequest(f"{_where(row, self.name)} must be {expected}. Got {show(value)} instead.",
                                      field=self.name, row=row, expected=expected, got=show(value))
         raise AssertionError(f"no bad value found in feature {self.name!r}")  # pragma: no cover
+
+
+def _is_iso_date(value: str) -> bool:
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(value)
+        return True
+    except ValueError:
+        return False
 
 
 def _listing(values: Sequence[Any], limit: int = 12) -> str:
