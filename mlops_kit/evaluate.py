@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _atomic
 from ._plots import pyplot, save_figure
 from .params import BASELINE_METRICS, METRIC_DIRECTIONS
 

@@ -68,7 +68,6 @@ OBJECT_TYPES = frozenset({
     "sklearn.tree._classes.DecisionTreeClassifier",
     "sklearn.tree._classes.DecisionTreeRegressor",
     "sklearn.tree._tree.Tree",
-    "sklearn.utils._bunch.Bunch",
     # column kinds of mlops_kit.train.build_pipeline: dates, grouped/target-encoded and
     # ordinal categories, hashed text (the functions they call: KIT_FUNCTIONS)
     "sklearn.feature_extraction.text.HashingVectorizer",
@@ -84,6 +83,9 @@ NUMPY_SCALAR_TYPES = frozenset(f"numpy.{name}" for name in (
     "bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "float16", "float32", "float64", "longdouble", "complex64", "complex128", "str_", "bytes_"))
 _JSON_TYPES = frozenset(f"builtins.{name}" for name in ("str", "int", "float", "bool", "NoneType"))
+
+#: The only functions a ``functools.partial`` in a kit model may wrap (a FunctionNode each).
+PARTIAL_FUNCTIONS = frozenset({"sklearn.utils.validation.check_array"})
 
 #: The skops loaders (node kinds) a kit model is made of, and the types each may carry.
 #: Every other loader is refused: ``MethodNode`` (a ``getattr`` by name), ``PartialNode``
@@ -107,7 +109,10 @@ ALLOWED_NODES: dict[str, frozenset[str]] = {
     "RandomGeneratorNode": frozenset({"numpy.random._generator.Generator"}),
     # the kit's own feature functions (FunctionTransformer's func), by their exact names only
     "FunctionNode": frozenset({"mlops_kit._features.as_text", "mlops_kit._features.calendar_features",
-                               "mlops_kit._features.calendar_names"}),
+                               "mlops_kit._features.calendar_names", *PARTIAL_FUNCTIONS}),
+    # histogram gradient boosting's own categorical preprocessor holds
+    # partial(check_array, ...): a partial is allowed around exactly these functions
+    "PartialNode": frozenset({"functools.partial"}),
     "SparseMatrixNode": frozenset({"scipy.sparse._csr.csr_matrix"}),
 }
 #: Types a dict's keys may be rebuilt with (skops calls each ``key_types`` entry on its key).
@@ -329,6 +334,23 @@ def _check_node(node: dict, where: str, members: set[str], seen_ids: dict, probl
                 problems.add(f"{where}.key_types[{index}]",
                              f"dict keys must be typed str or int. Got a {_short(repr(loader_found), 30)} "
                              f"of {_short(found, 80)} instead")
+    elif loader == "PartialNode":
+        content = node.get("content")
+        func = content.get("func") if isinstance(content, dict) else None
+        if not (isinstance(func, dict) and func.get("__loader__") == "FunctionNode"
+                and _type_of(func) in PARTIAL_FUNCTIONS and "content" not in func):
+            problems.add(where, "a 'PartialNode' node may only wrap " + ", ".join(sorted(PARTIAL_FUNCTIONS))
+                         + f". Got a partial of {_short(repr(_type_of(func) if isinstance(func, dict) else func), 80)} "
+                           "instead")
+    elif loader == "FunctionNode":
+        # skops imports the labelled function; a node that also carries a content naming another
+        # one (as older skops versions read it) is refused, whatever this skops would do with it
+        content = node.get("content")
+        target = (f"{content.get('module_path')}.{content.get('function')}" if isinstance(content, dict)
+                  else content)
+        if "content" in node and target != name:
+            problems.add(where, f"a function node must load the function it is labelled with ({name}). "
+                                f"Got {_short(repr(target), 80)} instead")
     elif loader == "SliceNode":
         content = node.get("content")
         if not (isinstance(content, dict) and all(

@@ -87,7 +87,7 @@ def test_missing_target_names_the_columns_and_a_suggestion(tmp_path):
 def test_unreadable_file_is_a_data_error(tmp_path):
     path = tmp_path / "broken.parquet"
     path.write_text("not parquet")
-    with pytest.raises(DataError, match="could not be read as parquet"):
+    with pytest.raises(DataError, match="could not be read"):
         data.load_dataset(str(path), "label")
 
 
