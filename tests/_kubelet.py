@@ -96,6 +96,7 @@ class PodPlan:
     args: list[str] | None
     working_dir: str | None
     env: dict[str, str]
+    secret_keys: set[str]                        # env names whose value comes from a Secret: never shown
     volumes: list[Volume]
     port: int
     probes: list[Probe]
@@ -140,7 +141,8 @@ def plan(objects: list[dict]) -> PodPlan:
 
     configmaps = {o["metadata"]["name"]: dict(o.get("data") or {}) for o in objects if o["kind"] == "ConfigMap"}
     secrets = {o["metadata"]["name"]: _secret_data(o) for o in objects if o["kind"] == "Secret"}
-    env = _env(c, configmaps, secrets, deployment)
+    secret_keys: set[str] = set()
+    env = _env(c, configmaps, secrets, deployment, secret_keys)
     ports = {p.get("name"): int(p["containerPort"]) for p in c.get("ports") or []}
     probes = [_probe(kind, c[kind], ports) for kind in ("startupProbe", "readinessProbe", "livenessProbe")
               if c.get(kind)]
@@ -155,7 +157,7 @@ def plan(objects: list[dict]) -> PodPlan:
         drop_caps=list(caps.get("drop") or []), add_caps=list(caps.get("add") or []), seccomp=seccomp,
         command=[_expand(a, env) for a in c["command"]] if "command" in c else None,
         args=[_expand(a, env) for a in c["args"]] if "args" in c else None,
-        working_dir=c.get("workingDir"), env=env,
+        working_dir=c.get("workingDir"), env=env, secret_keys=secret_keys,
         volumes=_volumes(pod, c, configmaps, secrets), port=probes[0].port, probes=probes,
         grace=float(pod.get("terminationGracePeriodSeconds", 30)),
         memory_limit=_bytes(limits["memory"]) if "memory" in limits else None,
@@ -181,8 +183,9 @@ def _secret_data(obj: dict) -> dict[str, str]:
     return {**data, **(obj.get("stringData") or {})}
 
 
-def _env(c: dict, configmaps: dict, secrets: dict, deployment: dict) -> dict[str, str]:
-    """envFrom (in order), then env (in order, ``$(VAR)`` expanded against what came before)."""
+def _env(c: dict, configmaps: dict, secrets: dict, deployment: dict, secret_keys: set[str]) -> dict[str, str]:
+    """envFrom (in order), then env (in order, ``$(VAR)`` expanded against what came before);
+    the names whose value comes from a Secret are added to ``secret_keys``."""
     env: dict[str, str] = {}
     for source in c.get("envFrom") or []:
         _known(source, {"configMapRef", "secretRef", "prefix"}, "envFrom")
@@ -193,9 +196,14 @@ def _env(c: dict, configmaps: dict, secrets: dict, deployment: dict) -> dict[str
             if ref.get("optional"):
                 continue
             raise Disagreement(f"envFrom names {what} {ref['name']!r}, which is not among the rendered objects")
-        env.update({source.get("prefix", "") + k: v for k, v in table[ref["name"]].items()})
+        names = {source.get("prefix", "") + k: v for k, v in table[ref["name"]].items()}
+        env.update(names)
+        secret_keys.difference_update(names)
+        if what == "Secret":
+            secret_keys.update(names)
     for item in c.get("env") or []:
         name = item["name"]
+        secret_keys.discard(name)
         if "value" in item:
             env[name] = _expand(str(item["value"]), env)
             continue
@@ -210,6 +218,8 @@ def _env(c: dict, configmaps: dict, secrets: dict, deployment: dict) -> dict[str
                 raise Disagreement(f"env {name}: {what} {ref['name']!r} key {ref['key']!r} is not among the "
                                    "rendered objects")
             env[name] = value
+            if what == "Secret":
+                secret_keys.add(name)
         elif "fieldRef" in source and source["fieldRef"]["fieldPath"] in ("metadata.name", "metadata.namespace"):
             meta = deployment["metadata"]
             env[name] = meta["namespace"] if source["fieldRef"]["fieldPath"] == "metadata.namespace" \
@@ -301,7 +311,7 @@ class Pod:
         """A request from the host into the pod's network namespace: ``{"status", "body"}`` or ``{"error"}``."""
         proc = subprocess.run(["nsenter", f"--net=/proc/{self.pid}/ns/net", sys.executable, "-c", _HTTP, method,
                                str(port), path, str(timeout), json.dumps(headers or {})],
-                              input=body, capture_output=True, timeout=timeout + 60)
+                              input=body, capture_output=True, timeout=timeout + 60, check=False)
         if proc.returncode != 0:
             return {"error": proc.stderr.decode(errors="replace").strip()}
         return json.loads(proc.stdout)
@@ -309,7 +319,8 @@ class Pod:
     def exec(self, *argv: str) -> subprocess.CompletedProcess:
         """A process in the container with the container's own user, groups and capabilities."""
         return subprocess.run(self.containerd.command("tasks", "exec", "--exec-id", f"x{next(_IDS)}", self.id,
-                                                      *argv), capture_output=True, text=True, timeout=120)
+                                                      *argv), capture_output=True, text=True, timeout=120,
+                              check=False)
 
     def running(self) -> bool:
         return self.containerd.task_status(self.id) == "RUNNING"
@@ -416,7 +427,7 @@ def start(p: PodPlan, containerd: Containerd, workdir: Path) -> Pod:
     pod = Pod(pod_id, 0, log, p, containerd)
     started = subprocess.run(containerd.command("run", "-d", "--config", str(folder / "config.json"),
                                                 "--log-uri", f"file://{log}", pod_id),
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, check=False)
     if started.returncode != 0:
         stop(pod, folder)
         raise Disagreement(f"the container did not start: {started.stderr.strip()}")
@@ -474,7 +485,8 @@ def stop(pod: Pod, folder: Path | None = None) -> None:
 
 def exit_code(pod: Pod) -> int | None:
     """Remove the stopped task; its exit code (ctr only prints a non-zero one)."""
-    proc = subprocess.run(pod.containerd.command("tasks", "rm", pod.id), capture_output=True, text=True)
+    proc = subprocess.run(pod.containerd.command("tasks", "rm", pod.id), capture_output=True, text=True,
+                          check=False)
     found = re.search(r"exit code (\d+)", proc.stderr)
     return int(found.group(1)) if found else (0 if proc.returncode == 0 else None)
 
@@ -517,8 +529,6 @@ def _check_running(pod: Pod, report: Report, predict_body: list, predictions: li
         answer = pod.http("GET", first.port, first.path, headers=first.headers, timeout=first.timeout)
         if answer.get("status") == 200:
             break
-        if answer.get("status") is not None and first.kind != "startupProbe":
-            break
         time.sleep(0.2)
     if answer.get("status") != 200:
         raise Disagreement(f"{first.kind} GET {first.path} on port {first.port} answered "
@@ -542,7 +552,10 @@ def _check_running(pod: Pod, report: Report, predict_body: list, predictions: li
     environ = dict(e.split(b"=", 1) for e in Path(f"/proc/{pod.pid}/environ").read_bytes().split(b"\0") if b"=" in e)
     for key, value in p.env.items():
         if environ.get(key.encode()) != value.encode():
-            problems.append(f"env {key}: the process has {environ.get(key.encode())!r}; the manifest says {value!r}")
+            found = environ.get(key.encode())
+            if key in p.secret_keys:
+                found, value = "(a secret's value)" if found else found, "(a secret's value)"
+            problems.append(f"env {key}: the process has {found!r}; the manifest says {value!r}")
     report.observed["env"] = sorted(k.decode() for k in environ)
 
     listening = _listening(pod.pid, p.port)

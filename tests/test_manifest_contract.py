@@ -118,6 +118,19 @@ def _root_user(pod):
     pod["securityContext"]["runAsUser"] = 0
 
 
+def _listens_on_loopback(pod):
+    args = pod["containers"][0]["args"]
+    args[args.index("--host") + 1] = "127.0.0.1"
+
+
+def _shell_swallows_sigterm(pod):
+    # a shell as PID 1 that waits for the server: SIGTERM has no handler there, so it is ignored
+    container = pod["containers"][0]
+    container["args"] = ["-c", " ".join(container["command"] + container["args"]) + "; exit 0"]
+    container["command"] = ["sh"]
+    pod["terminationGracePeriodSeconds"] = 2
+
+
 def _probe_port_unnamed(pod):
     pod["containers"][0]["livenessProbe"]["httpGet"]["port"] = "metrics"
 
@@ -128,6 +141,8 @@ def _probe_port_unnamed(pod):
     (_pinned_elsewhere, "the manifest pins sha256:" + "0" * 64),
     (_root_user, "runAsNonRoot is true but the container would run as uid 0"),
     (_probe_port_unnamed, "livenessProbe names port 'metrics'"),
+    (_listens_on_loopback, "the server listens on ['127.0.0.1'] port 8080"),
+    (_shell_swallows_sigterm, "the container still runs 2 s (terminationGracePeriodSeconds) after SIGTERM"),
 ], ids=lambda v: v.__name__.strip("_") if callable(v) else "")
 def test_the_contract_fails_when_manifest_and_image_disagree(deployment, containerd, tmp_path, change, expected):
     report = _check(deployment, containerd, tmp_path, _mutated(deployment, change))
