@@ -40,7 +40,7 @@ def test_every_parameter_file_renders_strictly_valid_manifests(file):
     assert deployment["spec"]["replicas"] == params.deploy.replicas
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert container["image"] == IMAGE and container["imagePullPolicy"] in ("Never", "IfNotPresent")
-    assert container["command"] == ["python", "-m", "mlops_kit.serving"]
+    assert container["command"] == ["python3", "-m", "mlops_kit.serving"]
     assert container["args"] == ["--model-dir", "/app/model", "--host", "0.0.0.0", "--port", "8080"]
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"

@@ -1,0 +1,150 @@
+"""Contract: the rendered Deployment (k8s/ through the kit's renderer) against the image the
+kit builds, run for real in a private containerd exactly as the manifest says (tests/_kubelet.py):
+its user and group, read-only root file system and writable volumes, env from the rendered
+ConfigMap and Secret, command and args, the probes answering 200 on the containerPort, the
+recorded examples predicted, SIGTERM ending it within terminationGracePeriodSeconds.
+
+The mutations at the end show that the test fails when the manifest and the image disagree."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pandas as pd
+import pytest
+
+import _kubelet
+from test_image_support import image_cache, make_run, need_layers_builder, start_containerd
+from _real import need_commands
+
+from mlops_kit import artifacts, evaluate, model_io
+from mlops_kit import image as mk_image
+from mlops_kit.deploy import k8s
+from mlops_kit.deploy.k8s import _render
+from mlops_kit.image._containerd import Containerd
+from mlops_kit.params import load_params
+
+pytestmark = [pytest.mark.contract, pytest.mark.containerd]
+
+#: A value for the Secret the Deployment reads (deploy.secret_env), never a real one.
+SECRET_ENV = "MLOPS_KIT_CONTRACT_TOKEN"
+SECRET_VALUE = "contract-test-value"
+
+
+@pytest.fixture(scope="module")
+def containerd():
+    old = os.environ.get("MLOPS_KIT_CACHE_DIR")
+    os.environ["MLOPS_KIT_CACHE_DIR"] = str(image_cache())
+    need_commands("nsenter")
+    yield Containerd(start_containerd())
+    if old is None:
+        os.environ.pop("MLOPS_KIT_CACHE_DIR", None)
+    else:
+        os.environ["MLOPS_KIT_CACHE_DIR"] = old
+
+
+def _evaluate(run, params) -> None:
+    """The evaluate stage's work on the run (its real functions): metrics.json with the gate."""
+    folder = run / "artifacts"
+    schema = artifacts.SCHEMA.load(folder)
+    frame = pd.read_parquet(artifacts.TEST_SPLIT.path(folder))
+    model = model_io.load_model(folder)
+    metrics = evaluate.compute_metrics(model, frame[schema.feature_names], frame[schema.target], schema.task)
+    gate = evaluate.check_gate(metrics, params.evaluate.gate, schema.task)
+    artifacts.METRICS.save(folder, {"task": schema.task, "model": artifacts.MODEL_CARD.load(folder).model,
+                                    "data_fingerprint": schema.fingerprint, "metrics": metrics, "gate": gate})
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, model_dir, containerd):
+    """The real image of the default model, imported into the private containerd, and the objects
+    a deploy of that run renders with the default parameters (plus one secret_env, so the
+    Secret the Deployment reads is rendered too)."""
+    need_layers_builder()
+    run = make_run(tmp_path_factory.mktemp("runs"), model_dir, "20250101-000000-c0de")
+    params = load_params().params
+    _evaluate(run, params)
+    params.package = params.package.model_copy(update={"containerd_socket": containerd.socket, "builder": "layers"})
+    mk_image.package(run, params)
+    params.deploy = params.deploy.model_copy(update={"secret_env": [SECRET_ENV]})
+    plan = k8s.prepare(run, params, environ={SECRET_ENV: SECRET_VALUE})
+    examples = artifacts.EXAMPLES.load(run)
+    return {"objects": plan["objects"], "secret": plan["secret"], "body": artifacts.smoke_request(examples),
+            "predictions": list(examples.predictions)}
+
+
+def _check(deployment, containerd, workdir, objects=None):
+    objects = objects if objects is not None else deployment["objects"]
+    return _kubelet.check([*objects, deployment["secret"]], containerd, workdir,
+                          predict_body=deployment["body"], predictions=deployment["predictions"])
+
+
+def test_the_rendered_pod_runs_in_containerd_as_the_manifest_says(deployment, containerd, tmp_path):
+    report = _check(deployment, containerd, tmp_path)
+    assert report.problems == []
+    container = _render.find(deployment["objects"], "Deployment")["spec"]["template"]["spec"]
+    uid, gid = container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]
+    seen = report.observed
+    assert seen["uid"] == [uid] * 4 and seen["gid"] == [gid] * 4 and container["securityContext"]["fsGroup"] \
+        in seen["groups"]
+    assert seen["writes /"] == "EROFS" and seen["writes /tmp"] is True
+    assert seen["startupProbe"] == seen["readinessProbe"] == seen["livenessProbe"] == 200
+    assert set(_render.find(deployment["objects"], "ConfigMap")["data"]) <= set(seen["env"])
+    assert SECRET_ENV in seen["env"]
+    assert seen["exit_code"] == 0                 # its own shutdown, not the grace period's SIGKILL
+
+
+def _mutated(deployment, change):
+    objects = copy.deepcopy(deployment["objects"])
+    change(_render.find(objects, "Deployment")["spec"]["template"]["spec"])
+    return objects
+
+
+def _readiness_nope(pod):
+    pod["containers"][0]["readinessProbe"]["httpGet"]["path"] = "/nope"
+
+
+def _python_not_python3(pod):
+    pod["containers"][0]["command"][0] = "python"
+
+
+def _pinned_elsewhere(pod):
+    image = pod["containers"][0]["image"]
+    pod["containers"][0]["image"] = image.split("@")[0] + "@sha256:" + "0" * 64
+
+
+def _root_user(pod):
+    pod["securityContext"]["runAsUser"] = 0
+
+
+def _listens_on_loopback(pod):
+    args = pod["containers"][0]["args"]
+    args[args.index("--host") + 1] = "127.0.0.1"
+
+
+def _shell_swallows_sigterm(pod):
+    # a shell as PID 1 that waits for the server: SIGTERM has no handler there, so it is ignored
+    container = pod["containers"][0]
+    container["args"] = ["-c", " ".join(container["command"] + container["args"]) + "; exit 0"]
+    container["command"] = ["sh"]
+    pod["terminationGracePeriodSeconds"] = 2
+
+
+def _probe_port_unnamed(pod):
+    pod["containers"][0]["livenessProbe"]["httpGet"]["port"] = "metrics"
+
+
+@pytest.mark.parametrize("change, expected", [
+    (_readiness_nope, "readinessProbe GET /nope on port 8080 answered 404"),
+    (_python_not_python3, 'exec: "python": executable file not found'),
+    (_pinned_elsewhere, "the manifest pins sha256:" + "0" * 64),
+    (_root_user, "runAsNonRoot is true but the container would run as uid 0"),
+    (_probe_port_unnamed, "livenessProbe names port 'metrics'"),
+    (_listens_on_loopback, "the server listens on ['127.0.0.1'] port 8080"),
+    (_shell_swallows_sigterm, "the container still runs 2 s (terminationGracePeriodSeconds) after SIGTERM"),
+], ids=lambda v: v.__name__.strip("_") if callable(v) else "")
+def test_the_contract_fails_when_manifest_and_image_disagree(deployment, containerd, tmp_path, change, expected):
+    report = _check(deployment, containerd, tmp_path, _mutated(deployment, change))
+    assert any(expected in problem for problem in report.problems), report.problems
+    assert containerd.containers() == []          # nothing left running
