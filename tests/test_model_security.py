@@ -122,7 +122,7 @@ def str_key_types(n: int = 1) -> dict:
 @pytest.mark.parametrize("child, words", [
     (node("PartialNode", PIPELINE, content={"func": null(), "args": null(), "kwds": null(), "namespace": null()}),
      "a PartialNode of sklearn.pipeline.Pipeline is not something the kit's models contain"),
-    (node("PartialNode", ("functools", "partial"), content={"func": method("update", null(), BUNCH), "args": null(),
+    (node("PartialNode", ("functools", "partial"), content={"func": node("FunctionNode", ("mlops_kit._features", "as_text")), "args": null(),
                                                            "kwds": null(), "namespace": null()}),
      "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array"),
     (method("__init__", node("ObjectNode", PIPELINE), PIPELINE), "a 'MethodNode' node"),
