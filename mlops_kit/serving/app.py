@@ -33,7 +33,7 @@ from ._metrics import MetricsMiddleware, ServingMetrics
 from ._openapi import docs_page, openapi_document
 from ._predictor import Predictor
 from ._settings import ServeSettings
-from ._validation import InvalidRequest
+from ._validation import InvalidRequest, show
 
 logger = logging.getLogger("mlops_kit.serving")
 
@@ -118,8 +118,8 @@ class ModelService:
         else:
             if type(wanted) is not list or not all(type(o) is dict and o.get("name") in known for o in wanted):
                 raise InvalidRequest(f"\"outputs\" must be a list of {{\"name\": ...}} with names among {known}. "
-                                     f"Got {orjson.dumps(wanted).decode()[:80]} instead.", field="outputs",
-                                     expected=f"names among {known}", got=str(wanted)[:80])
+                                     f"Got {show(wanted)} instead.", field="outputs",
+                                     expected=f"names among {known}", got=show(wanted))
             names = [o["name"] for o in wanted]
         predictions, probabilities = self.predictor.predict(batch)
         self.metrics.rows.inc(batch.rows)
