@@ -22,7 +22,7 @@ from typing import Any, Callable
 from . import _atomic, _paths, cache, ledger
 from .errors import ArtifactError, MlopsKitError, StageFailed
 from .params import LoadedParams, RunParams
-from .stages import STAGES, Stage, producer_of, select_stages
+from .stages import STAGES, Stage, needed_inputs, optional_inputs, producer_of, select_stages
 
 #: ``on_event(event)`` receives these as the run goes.
 EventHandler = Callable[["RunEvent"], None]
@@ -223,8 +223,11 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     params = loaded.params
     selected = select_stages(stages, params.stages)
     _check_notebooks(selected)
-    needed = sorted({item for s in selected for item in s.inputs if producer_of(item) not in selected})
+    needed = needed_inputs(selected, params)
     source_run = _find_source_run(needed, reuse_from) if needed else None
+    if source_run is not None:
+        needed += [item for item in optional_inputs(selected)
+                   if item not in needed and (source_run.artifacts / item).is_file()]
     known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
     checks = preflight(loaded, selected)
     plans = cache.plan(params, selected, known, use_cache=use_cache)
@@ -285,7 +288,7 @@ def explain(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from
             use_cache: bool = True) -> list[cache.StagePlan]:
     """What ``run_pipeline`` would do with each stage, and why; runs nothing."""
     selected = select_stages(stages, loaded.params.stages)
-    needed = sorted({item for s in selected for item in s.inputs if producer_of(item) not in selected})
+    needed = needed_inputs(selected, loaded.params)
     known = {}
     if needed:
         source_run = _find_source_run(needed, reuse_from)
