@@ -61,7 +61,7 @@ class ModelService:
         self.name = settings.model_name or str(predictor.card.get("model") or "model")
         self.ready = False
         self.metrics = ServingMetrics({
-            "name": self.name, "version": predictor.version, "estimator": str(predictor.card.get("estimator", "")),
+            "name": self.name, "version": predictor.version, "estimator": type(predictor.estimator).__name__,
             "task": predictor.task, "sha256": str(predictor.card.get("sha256", "")),
             "created": str(predictor.card.get("created", "")), "path": predictor.path})
         self.openapi = orjson.dumps(openapi_document(self))
@@ -163,7 +163,8 @@ class ModelService:
         return _json({"name": self.name, "versions": [self.predictor.version], "platform": "scikit-learn",
                       "inputs": [{"name": f.name, "datatype": f.datatype, "shape": [-1]} for f in self.schema.features],
                       "outputs": outputs,
-                      "parameters": {"task": self.predictor.task, "classes": self.predictor.classes,
+                      "parameters": {"task": self.predictor.task, "estimator": type(self.predictor.estimator).__name__,
+                                     "classes": self.predictor.classes,
                                      "features": [f.metadata() for f in self.schema.features],
                                      "unknown_categories": self.settings.unknown_categories,
                                      "max_rows": self.settings.max_rows,
