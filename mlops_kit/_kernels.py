@@ -34,6 +34,39 @@ from .errors import ZygoteError
 MODE_ENV = "MLOPS_KIT_KERNELS"
 
 
+_CONNECTION_DIR_PREFIX = "mlops-kit-kernels-"
+
+
+def private_connection_dir() -> str:
+    """A new 0700 folder for one run's kernel connection files (each holds the kernel's HMAC
+    key). The caller removes it when its kernels stop; folders left by processes that were
+    killed (kill -9) are removed here, by the next run."""
+    import tempfile
+
+    base = tempfile.gettempdir()
+    _remove_stale_connection_dirs(base)
+    return tempfile.mkdtemp(prefix=f"{_CONNECTION_DIR_PREFIX}{os.getpid()}-", dir=base)
+
+
+def _remove_stale_connection_dirs(base: str) -> None:
+    import re
+    import shutil
+
+    pattern = re.compile(re.escape(_CONNECTION_DIR_PREFIX) + r"(\d+)-")
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        found = pattern.match(entry.name)
+        try:
+            if (found and entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+                    and not _pid_alive(int(found.group(1)))):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue
+
+
 class KernelZygote:
     """The parent process that forks kernels. One per run; stops with :meth:`close`."""
 
@@ -130,7 +163,8 @@ class ForkedKernelManager(AsyncKernelManager):
     _zygote: KernelZygote | None = None
     _ticket: int | None = None
 
-    def start_forked(self, zygote: KernelZygote, cwd: str, modules: list[str] = ()) -> None:
+    def start_forked(self, zygote: KernelZygote, cwd: str, modules: list[str] = (),
+                     folder: str | None = None) -> None:
         """Ask for the fork, after the zygote imported ``modules``; returns at once (the pid
         is read when first needed).
 
@@ -141,7 +175,7 @@ class ForkedKernelManager(AsyncKernelManager):
 
         from jupyter_client.connect import write_connection_file
 
-        fd, self.connection_file = tempfile.mkstemp(prefix="mlops-kit-kernel-", suffix=".json")
+        fd, self.connection_file = tempfile.mkstemp(prefix="mlops-kit-kernel-", suffix=".json", dir=folder)
         os.close(fd)
         os.unlink(self.connection_file)
         write_connection_file(self.connection_file, ip="127.0.0.1", key=self.session.key, transport="tcp",

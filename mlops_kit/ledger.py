@@ -7,6 +7,7 @@ the process is gone (killed, crashed) and marks the run ``interrupted``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -32,6 +33,20 @@ def now() -> str:
 def new_run_id() -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{secrets.token_hex(2)}"
+
+
+@contextlib.contextmanager
+def writable(folder: Path, action: str) -> Iterator[None]:
+    """Turn a PermissionError into an error that names the folder and what is needed."""
+    from .errors import MlopsKitError
+
+    try:
+        yield
+    except PermissionError as exc:
+        raise MlopsKitError(
+            f"The kit cannot {action}: {folder} must be writable by you. Got "
+            f"{exc.strerror or 'permission denied'} on {exc.filename or folder} instead.",
+            hint=f"make {folder} writable (chmod u+w), or set {_paths.RUNS_DIR_ENV} to a folder you can write.") from None
 
 
 class RunFolder:
@@ -62,7 +77,8 @@ class RunFolder:
         return json.loads(self.record_path.read_text())
 
     def write(self, record: dict[str, Any]) -> None:
-        _atomic.write_json(self.record_path, record)
+        with writable(self.path, "record the run"):
+            _atomic.write_json(self.record_path, record)
 
     def update(self, **changes: Any) -> dict[str, Any]:
         record = self.read()
@@ -78,7 +94,8 @@ class RunFolder:
 
     # --- the liveness lock ---
     def acquire(self) -> None:
-        fd = os.open(self.path / _paths.RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        with writable(self.path, "lock the run"):
+            fd = os.open(self.path / _paths.RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock_fd = fd
 
@@ -144,21 +161,23 @@ def run_path(run_id: str, *, champion: bool = False, scratch: bool = False,
 def create_run(record: dict[str, Any], run_id: str | None = None) -> RunFolder:
     """Make a new run folder (never an existing one), lock it and write its first record."""
     root = _paths.runs_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    for _ in range(20):
-        candidate = run_id or new_run_id()
-        try:
-            (root / candidate).mkdir()
-        except FileExistsError:
-            if run_id:
-                raise
-            continue
-        break
-    else:  # pragma: no cover - 20 collisions of a 16-bit suffix within a second
-        raise RuntimeError("could not allocate a run id")
+    with writable(root, "create a run folder"):
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):
+            candidate = run_id or new_run_id()
+            try:
+                (root / candidate).mkdir()
+            except FileExistsError:
+                if run_id:
+                    raise
+                continue
+            break
+        else:  # pragma: no cover - 20 collisions of a 16-bit suffix within a second
+            raise RuntimeError("could not allocate a run id")
     run = RunFolder(root / candidate)
-    for sub in (run.notebooks, run.reports, run.artifacts):
-        sub.mkdir()
+    with writable(run.path, "create the run's notebooks/, reports/ and artifacts/"):
+        for sub in (run.notebooks, run.reports, run.artifacts):
+            sub.mkdir()
     run.acquire()
     run.write({"id": run.id, "created": now(), "status": "running", "pid": os.getpid(),
                "host": socket.gethostname(), **record})

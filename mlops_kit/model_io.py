@@ -158,6 +158,12 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
         raise ArtifactError(
             f"{path} does not match its record: sha256 must be {expected_sha256}. Got {actual} instead. "
             "The file was changed after training; it is not loaded.", path=path)
+    trained = trained_sha256(folder)
+    if trained is not None and trained != actual:
+        raise ArtifactError(
+            f"{path} is not the model its run trained: sha256 must be {trained} (run.json, stage train). "
+            f"Got {actual} instead. The file (and its card) were changed after training; it is not loaded.",
+            path=path)
     check_model_bytes(data, label=str(path), refusal="it is not loaded.")
     try:
         return sio.loads(data, trusted=TRUSTED_TYPES)
@@ -168,6 +174,21 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
             OSError) as exc:
         raise ArtifactError(f"{path} is not a model the kit can load ({type(exc).__name__}: "
                             f"{_short(str(exc))}); it is not loaded.", path=path) from None
+
+
+def trained_sha256(folder: Path) -> str | None:
+    """The sha256 of ``model.skops`` recorded in ``run.json`` when the train stage finished,
+    when ``folder`` is a run's ``artifacts/`` (None elsewhere: a model folder of its own, an
+    image, the scratch run)."""
+    record = folder / ".." / "run.json"
+    if folder.name != "artifacts" or not record.is_file():
+        return None
+    try:
+        train = json.loads(record.read_text()).get("stages", {}).get("train", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    value = (train.get("outputs") or {}).get(MODEL_FILE) if isinstance(train, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def untrusted_types(data: bytes) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from . import _atomic, _paths, cache, ledger
 from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
 from .params import LoadedParams, RunParams
-from .stages import STAGES, Stage, producer_of, select_stages
+from .stages import STAGES, Stage, needed_inputs, optional_inputs, producer_of, select_stages
 
 #: ``on_event(event)`` receives these as the run goes.
 EventHandler = Callable[["RunEvent"], None]
@@ -120,14 +120,16 @@ class KernelPool:
         self._cwd = cwd
         self._managers: dict[str, Any] = {}
         self._zygote = None
+        self._connection_dir: str | None = None
 
     def start(self, checks: list[tuple[str, dict]] = ()) -> None:
         """Ask for every stage's kernel, and queue ``checks`` (``("module:function", kwargs)``
         calls, answered by :meth:`check`) right after the first kernel: they need
         scikit-learn, which the first stage imports anyway."""
-        from ._kernels import MODE_ENV, KernelZygote
+        from ._kernels import MODE_ENV, KernelZygote, private_connection_dir
 
         self._checks = list(checks)
+        self._connection_dir = private_connection_dir()
         if os.environ.get(MODE_ENV, "fork") == "spawn":
             self._start_spawned()
             return
@@ -142,7 +144,7 @@ class KernelPool:
         from ._kernels import ForkedKernelManager
 
         km = ForkedKernelManager(kernel_name=KERNEL_NAME)
-        km.start_forked(self._zygote, str(self._cwd), modules=stage.warm_imports)
+        km.start_forked(self._zygote, str(self._cwd), modules=stage.warm_imports, folder=self._connection_dir)
         self._managers[stage.name] = km
 
     def _start_spawned(self) -> None:
@@ -150,7 +152,8 @@ class KernelPool:
         from jupyter_core.utils import run_sync
 
         for stage in self._stages:
-            km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+            km = AsyncKernelManager(kernel_name=KERNEL_NAME,
+                                    connection_file=os.path.join(self._connection_dir, f"kernel-{stage.name}.json"))
             code = "; ".join(f"import {module}" for module in stage.warm_imports) or "pass"
             run_sync(km.start_kernel)(extra_arguments=[f"--IPKernelApp.exec_lines={code}",
                                                        "--IPKernelApp.log_level=ERROR"], cwd=str(self._cwd))
@@ -191,6 +194,11 @@ class KernelPool:
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
+        if self._connection_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._connection_dir, ignore_errors=True)  # the kernels' HMAC keys
+            self._connection_dir = None
 
 
 def _shutdown(km) -> None:
@@ -248,19 +256,27 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     params = loaded.params
     selected = select_stages(stages, params.stages)
     _check_notebooks(selected)
-    needed = sorted({item for s in selected for item in s.inputs if producer_of(item) not in selected})
+    needed = needed_inputs(selected, params)
     source_run = _find_source_run(needed, reuse_from) if needed else None
+    if source_run is not None:
+        needed += [item for item in optional_inputs(selected)
+                   if item not in needed and (source_run.artifacts / item).is_file()]
     known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
     checks = preflight(loaded, selected)
     plans = cache.plan(params, selected, known, use_cache=use_cache)
     kernels = _start_kernels(plans, checks)  # parameter mistakes surface here, before any run exists
-    run = ledger.create_run({
-        "params": params.model_dump(mode="json"),
-        "parameter_files": [str(f) for f in loaded.files], "overrides": loaded.overrides,
-        "stages_requested": [s.name for s in selected],
-        "git": ledger.git_state(), "versions": _versions(),
-        "stages": {s.name: {"status": "pending"} for s in selected},
-    })
+    try:
+        run = ledger.create_run({
+            "params": params.model_dump(mode="json"),
+            "parameter_files": [str(f) for f in loaded.files], "overrides": loaded.overrides,
+            "stages_requested": [s.name for s in selected],
+            "git": ledger.git_state(), "versions": _versions(),
+            "stages": {s.name: {"status": "pending"} for s in selected},
+        })
+    except BaseException:
+        if kernels is not None:
+            kernels.stop_all()
+        raise
     if source_run is not None:
         _reuse_inputs(run, source_run, needed)
     return _execute(run, params, plans, kernels, use_cache, on_event, cancel)
@@ -296,13 +312,19 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     kernels = _start_kernels(plans, [])
     try:
         run.acquire()
+        for stage in remaining:
+            run.update_stage(stage.name, status="pending", error=None)
+        run.update(status="running", pid=os.getpid(), error=None, finished=None,
+                   resumed=[*record.get("resumed", []), ledger.now()])
     except BlockingIOError:
-        kernels.stop_all()
+        if kernels is not None:
+            kernels.stop_all()
         raise RunNotResumable(run_id, "another process holds the run's lock") from None
-    for stage in remaining:
-        run.update_stage(stage.name, status="pending", error=None)
-    run.update(status="running", pid=os.getpid(), error=None, finished=None,
-               resumed=[*record.get("resumed", []), ledger.now()])
+    except BaseException:
+        if kernels is not None:
+            kernels.stop_all()
+        run.release()
+        raise
     return _execute(run, params, plans, kernels, use_cache, on_event, cancel)
 
 
@@ -310,7 +332,7 @@ def explain(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from
             use_cache: bool = True) -> list[cache.StagePlan]:
     """What ``run_pipeline`` would do with each stage, and why; runs nothing."""
     selected = select_stages(stages, loaded.params.stages)
-    needed = sorted({item for s in selected for item in s.inputs if producer_of(item) not in selected})
+    needed = needed_inputs(selected, loaded.params)
     known = {}
     if needed:
         source_run = _find_source_run(needed, reuse_from)

@@ -8,6 +8,7 @@ artifact catalog (:mod:`mlops_kit.artifacts`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from . import artifacts
 from .errors import ParameterError, ParameterProblem
@@ -71,6 +72,31 @@ def select_stages(names: list[str] | tuple[str, ...] | None, default: list[str])
         raise ParameterError([ParameterProblem("--stages", unknown[0], "one of " + ", ".join(STAGE_NAMES),
                                                repr(unknown[0]), close[0] if close else None)])
     return [stage for stage in STAGES if stage.name in chosen]
+
+
+#: The package stage's record of the image it built; what the deploy stage deploys.
+IMAGE_RECORD = "image.json"
+
+
+def _deploys_an_earlier_runs_model(names: set[str]) -> bool:
+    return "deploy" in names and not names & {"package", "train"}
+
+
+def needed_inputs(selected: list[Stage], params: Any) -> list[str]:
+    """The artifacts the selected stages need from an earlier run: the inputs no selected
+    stage makes, plus ``image.json`` when the deploy stage deploys an image (microk8s) of a
+    model from that run (``run --stages deploy --reuse-from RUN``)."""
+    names = {s.name for s in selected}
+    needed = {item for s in selected for item in s.inputs if producer_of(item).name not in names}
+    if _deploys_an_earlier_runs_model(names) and params.deploy.target == "microk8s":
+        needed.add(IMAGE_RECORD)
+    return sorted(needed)
+
+
+def optional_inputs(selected: list[Stage]) -> list[str]:
+    """Artifacts taken from the earlier run too when it has them: its ``image.json`` for a
+    deploy of its model (the local target runs the image when a container runtime is there)."""
+    return [IMAGE_RECORD] if _deploys_an_earlier_runs_model({s.name for s in selected}) else []
 
 
 def producer_of(artifact: str) -> Stage:

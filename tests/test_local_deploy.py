@@ -114,3 +114,25 @@ def test_process_mode_without_a_container_runtime(model_dir, _isolated_runs, mon
     finally:
         local.undeploy(params)
     assert local.status(params)["deployed"] is False
+
+
+@pytest.mark.security
+def test_the_server_process_gets_only_the_environment_it_needs(model_dir, _isolated_runs, monkeypatch):
+    """Not the caller's whole environment: basics, the serving settings, the named secrets."""
+    monkeypatch.setattr(_containerd, "SYSTEM_SOCKET", "/nonexistent/containerd.sock")
+    monkeypatch.setattr(_containerd.Runner, "which", lambda self, name: None if name == "microk8s" else shutil.which(name))
+    monkeypatch.setenv("UNRELATED_CANARY", "leaked-canary")
+    monkeypatch.setenv("MODEL_TOKEN", "named-secret")
+    params = _params(None, secret_env=["MODEL_TOKEN"])
+    params.serve.max_rows = 77
+    run = make_run(_isolated_runs, model_dir, "r-env")
+    try:
+        release = local.deploy(run, params)
+        with open(f"/proc/{release['pid']}/environ", "rb") as fh:
+            env = dict(item.split("=", 1) for item in fh.read().decode().split("\0") if "=" in item)
+    finally:
+        local.undeploy(params)
+    assert "UNRELATED_CANARY" not in env and "MLOPS_KIT_RUNS_DIR" not in env
+    assert env["MODEL_TOKEN"] == "named-secret" and env["MLOPS_KIT_MAX_ROWS"] == "77"
+    assert set(env) <= set(local.BASIC_ENV) | {"MODEL_TOKEN", "MLOPS_KIT_MAX_ROWS", "MLOPS_KIT_MAX_BODY_BYTES",
+                                               "MLOPS_KIT_UNKNOWN_CATEGORIES", "MLOPS_KIT_MODEL_NAME"}

@@ -223,3 +223,47 @@ def test_saving_a_model_with_a_foreign_type_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="The model holds types the kit does not trust: builtins.abs"):
         model_io.save_model(model, tmp_path)
     assert not (tmp_path / model_io.MODEL_FILE).exists()
+
+
+def test_a_swapped_model_with_an_edited_card_is_refused_in_a_run_folder(tmp_path, model_dir):
+    """The card sits beside the model; run.json keeps the sha256 the train stage recorded."""
+    import shutil
+
+    from conftest import train_into
+
+    artifacts = shutil.copytree(model_dir, tmp_path / "20260101-000000-run" / "artifacts")
+    trained = hashlib.sha256((artifacts / model_io.MODEL_FILE).read_bytes()).hexdigest()
+    (artifacts.parent / "run.json").write_text(json.dumps(
+        {"id": artifacts.parent.name, "stages": {"train": {"status": "succeeded",
+                                                            "outputs": {model_io.MODEL_FILE: trained}}}}))
+    model_io.load_model(artifacts)  # the real one loads
+    other = train_into(tmp_path / "other", "sklearn:breast_cancer", "target", model="dummy")
+    shutil.copy(other / model_io.MODEL_FILE, artifacts / model_io.MODEL_FILE)
+    card = json.loads((artifacts / model_io.CARD_FILE).read_text())
+    card["sha256"] = hashlib.sha256((artifacts / model_io.MODEL_FILE).read_bytes()).hexdigest()
+    (artifacts / model_io.CARD_FILE).write_text(json.dumps(card))
+    refused(artifacts, "is not the model its run trained", f"sha256 must be {trained}")
+    shutil.copytree(artifacts, tmp_path / "loose")   # outside a run folder only the card is there to check
+    assert type(model_io.load_model(tmp_path / "loose")[-1]).__name__ == "DummyClassifier"
+
+
+def test_the_server_reports_the_loaded_models_real_type(tmp_path, model_dir):
+    import shutil
+
+    import httpx
+
+    from _serving_process import ServerProcess
+
+    copy = shutil.copytree(model_dir, tmp_path / "m")
+    card = json.loads((copy / model_io.CARD_FILE).read_text())
+    card["estimator"] = "SomethingElse"
+    (copy / model_io.CARD_FILE).write_text(json.dumps(card))
+    server = ServerProcess(copy)
+    try:
+        server.wait_ready()
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        meta = httpx.get(f"{server.url}/v2/models/{card['model']}", timeout=30).json()
+    finally:
+        server.stop()
+    assert 'estimator="LogisticRegression"' in metrics and "SomethingElse" not in metrics
+    assert meta["parameters"]["estimator"] == "LogisticRegression"

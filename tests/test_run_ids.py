@@ -135,3 +135,23 @@ def test_runs_rm_and_gc_skip_symbolic_links_without_a_traceback(victim, _isolate
     assert result.exit_code == 0, result.output
     assert "Removed 3 run(s)" in result.output
     assert (_isolated_runs / "20260101-000000-link").is_symlink()
+
+
+def test_deploy_alone_takes_the_image_record_of_the_run_it_reuses(victim, _isolated_runs):
+    """`run --stages deploy --reuse-from RUN` (microk8s): image.json is one of the inputs."""
+    from mlops_kit import runner
+    from mlops_kit.errors import ArtifactError
+    from mlops_kit.params import load_params
+    from mlops_kit.stages import BY_NAME, needed_inputs
+
+    microk8s = load_params(None, ["deploy.target=microk8s"])
+    assert "image.json" in needed_inputs([BY_NAME["deploy"]], microk8s.params)
+    assert "image.json" not in needed_inputs([BY_NAME["package"], BY_NAME["deploy"]], microk8s.params)
+    source = _isolated_runs / "20260101-000000-good" / "artifacts"
+    for name in ("model.skops", "model_card.json", "schema.json", "examples.json"):
+        (source / name).write_text("{}")
+    with pytest.raises(ArtifactError, match="has no image.json to reuse"):
+        runner.explain(microk8s, stages=["deploy"], reuse_from="20260101-000000-good")
+    (source / "image.json").write_text("{}")
+    (plan,) = runner.explain(microk8s, stages=["deploy"], reuse_from="20260101-000000-good")
+    assert plan.stage.name == "deploy"

@@ -64,6 +64,28 @@ def _sections(params: Any):
     return params.package, params.deploy
 
 
+#: What a server process inherits from the caller's environment: the basics a Python process
+#: needs to start and find the kit (everything else of the caller stays out).
+BASIC_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+             "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
+
+
+def server_env(params: Any = None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a local server process: :data:`BASIC_ENV`, the run's serving
+    settings (``serve`` section) and the variables ``deploy.secret_env`` names; nothing else."""
+    from ..params import RunParams
+    from ..serving import ServeSettings
+
+    environ = dict(os.environ if environ is None else environ)
+    params = params if params is not None else RunParams()
+    env = {name: environ[name] for name in BASIC_ENV if name in environ}
+    serve = params.serve
+    env.update(ServeSettings.from_env({}, max_rows=serve.max_rows, max_body_bytes=serve.max_body_bytes,
+                                      unknown_categories=serve.unknown_categories).to_env())
+    env.update({name: environ[name] for name in params.deploy.secret_env if name in environ})
+    return env
+
+
 def _containerd(params: Any, runner: Runner) -> Containerd:
     package, _ = _sections(params)
     return Containerd(package.containerd_socket, package.containerd_namespace, runner=runner)
@@ -94,7 +116,8 @@ def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = pr
     if staged:            # the old one holds the port: check the new one beside it first
         port = free_port()
     started = time.monotonic()
-    current = _start(mode, run_dir, artifacts, image, containerd, port, dep.name, runner, log)
+    env = server_env(params)
+    current = _start(mode, run_dir, artifacts, image, containerd, port, dep.name, runner, log, env)
     try:
         _wait_ready(current, containerd, runner, timeout)
         ready_seconds = time.monotonic() - started
@@ -110,7 +133,8 @@ def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = pr
     if staged:
         checked = current
         try:
-            current = _start(mode, run_dir, artifacts, image, containerd, dep.local_port, dep.name, runner, log)
+            current = _start(mode, run_dir, artifacts, image, containerd, dep.local_port, dep.name, runner, log,
+                             env)
             _wait_ready(current, containerd, runner, timeout)
             smoke = _smoke(current["url"], examples, log)
             _stop(checked, runner)
@@ -159,7 +183,7 @@ def _choose_mode(artifacts: Path, params: Any, runner: Runner, log) -> tuple[str
     return "container", image, containerd
 
 
-def _start(mode, run_dir, artifacts, image, containerd, port, name, runner, log) -> dict:
+def _start(mode, run_dir, artifacts, image, containerd, port, name, runner, log, env=None) -> dict:
     logs = logs_dir()
     logs.mkdir(parents=True, exist_ok=True)
     ident = f"mlops-kit-{name}-{secrets.token_hex(3)}"
@@ -174,7 +198,8 @@ def _start(mode, run_dir, artifacts, image, containerd, port, name, runner, log)
     out = open(log_file, "ab")
     proc = runner.popen([sys.executable, "-m", "mlops_kit.serving", "--model-dir", str(artifacts.resolve()),
                          "--host", HOST, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL, start_new_session=True)
+                        stdin=subprocess.DEVNULL, start_new_session=True,
+                        env=env if env is not None else server_env())
     out.close()
     _CHILDREN[proc.pid] = proc
     log(f"started process {proc.pid} on port {port}, log {log_file}")

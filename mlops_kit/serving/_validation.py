@@ -30,12 +30,42 @@ _NONE = type(None)
 
 
 def show(value: Any, limit: int = 80) -> str:
-    """A value as the client sent it (JSON), shortened."""
+    """A value as the client sent it (JSON), shortened; never deeper than a few levels (a
+    client may nest 1,000 levels: the message must not recurse through them)."""
+    text = _outline(value, depth=4, budget=limit + 3)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _outline(value: Any, depth: int, budget: int) -> str:
+    """JSON text of ``value`` cut at ``depth`` levels (``[...]``/``{...}``) and about
+    ``budget`` characters; recursion is bounded by ``depth``, whatever the value."""
+    if type(value) is list:
+        if depth <= 0:
+            return "[...]" if value else "[]"
+        parts, used = [], 2
+        for item in value:
+            if used > budget:
+                parts.append("...")
+                break
+            parts.append(_outline(item, depth - 1, budget - used))
+            used += len(parts[-1]) + 1
+        return "[" + ",".join(parts) + "]"
+    if type(value) is dict:
+        if depth <= 0:
+            return "{...}" if value else "{}"
+        parts, used = [], 2
+        for key, item in value.items():
+            if used > budget:
+                parts.append("...")
+                break
+            parts.append(_outline(str(key), 0, budget) + ":" + _outline(item, depth - 1, budget - used))
+            used += len(parts[-1]) + 1
+        return "{" + ",".join(parts) + "}"
     try:
         text = orjson.dumps(value).decode()
     except TypeError:
         text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if len(text) <= budget else text[:budget] + "..."
 
 
 def _where(row: int | None, name: str) -> str:

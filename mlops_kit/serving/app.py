@@ -33,7 +33,7 @@ from ._metrics import MetricsMiddleware, ServingMetrics
 from ._openapi import docs_page, openapi_document
 from ._predictor import Predictor
 from ._settings import ServeSettings
-from ._validation import InvalidRequest
+from ._validation import InvalidRequest, show
 
 logger = logging.getLogger("mlops_kit.serving")
 
@@ -61,7 +61,7 @@ class ModelService:
         self.name = settings.model_name or str(predictor.card.get("model") or "model")
         self.ready = False
         self.metrics = ServingMetrics({
-            "name": self.name, "version": predictor.version, "estimator": str(predictor.card.get("estimator", "")),
+            "name": self.name, "version": predictor.version, "estimator": type(predictor.estimator).__name__,
             "task": predictor.task, "sha256": str(predictor.card.get("sha256", "")),
             "created": str(predictor.card.get("created", "")), "path": predictor.path})
         self.openapi = orjson.dumps(openapi_document(self))
@@ -118,8 +118,8 @@ class ModelService:
         else:
             if type(wanted) is not list or not all(type(o) is dict and o.get("name") in known for o in wanted):
                 raise InvalidRequest(f"\"outputs\" must be a list of {{\"name\": ...}} with names among {known}. "
-                                     f"Got {orjson.dumps(wanted).decode()[:80]} instead.", field="outputs",
-                                     expected=f"names among {known}", got=str(wanted)[:80])
+                                     f"Got {show(wanted)} instead.", field="outputs",
+                                     expected=f"names among {known}", got=show(wanted))
             names = [o["name"] for o in wanted]
         predictions, probabilities = self.predictor.predict(batch)
         self.metrics.rows.inc(batch.rows)
@@ -163,7 +163,8 @@ class ModelService:
         return _json({"name": self.name, "versions": [self.predictor.version], "platform": "scikit-learn",
                       "inputs": [{"name": f.name, "datatype": f.datatype, "shape": [-1]} for f in self.schema.features],
                       "outputs": outputs,
-                      "parameters": {"task": self.predictor.task, "classes": self.predictor.classes,
+                      "parameters": {"task": self.predictor.task, "estimator": type(self.predictor.estimator).__name__,
+                                     "classes": self.predictor.classes,
                                      "features": [f.metadata() for f in self.schema.features],
                                      "unknown_categories": self.settings.unknown_categories,
                                      "max_rows": self.settings.max_rows,
