@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from ._metrics import MetricsMiddleware, ServingMetrics
 from ._openapi import docs_page, openapi_document
-from ._predictor import Predictor
+from ._predictor import Predictor, open_predictor
 from ._settings import ServeSettings
 from ._validation import InvalidRequest
 
@@ -160,7 +160,7 @@ class ModelService:
                     "shape": [-1]}]
         if self.predictor.classes is not None:
             outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(self.predictor.classes)]})
-        return _json({"name": self.name, "versions": [self.predictor.version], "platform": "scikit-learn",
+        return _json({"name": self.name, "versions": [self.predictor.version], "platform": self.predictor.platform,
                       "inputs": [{"name": f.name, "datatype": f.datatype, "shape": [-1]} for f in self.schema.features],
                       "outputs": outputs,
                       "parameters": {"task": self.predictor.task, "classes": self.predictor.classes,
@@ -214,7 +214,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
     ``MLOPS_KIT_*`` environment plus ``overrides``.
     """
     settings = settings or ServeSettings.from_env(**overrides)
-    predictor = Predictor(model_dir, max_rows=settings.max_rows, unknown_categories=settings.unknown_categories)
+    predictor = open_predictor(model_dir, max_rows=settings.max_rows, unknown_categories=settings.unknown_categories,
+                               runtime=settings.runtime)
     predictor.warm_up()
     service = ModelService(predictor, settings)
 
