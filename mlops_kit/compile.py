@@ -310,10 +310,13 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def report_table(report: artifacts.OnnxReport) -> Any:
+def report_table(report: artifacts.OnnxReport | None) -> Any:
     """The verification as a small table (pandas) for the notebook."""
     import pandas as pd
 
+    if report is None:
+        return pd.DataFrame([("served", "skops (scikit-learn): not compiled (package.runtime skops)")],
+                            columns=["", "value"]).set_index("")
     check = report.check
     rows = [("served", "ONNX (onnxruntime)" if report.passed else "skops (scikit-learn)"),
             ("estimator", report.estimator), ("reason", report.reason or "")]

@@ -154,7 +154,7 @@ def test_the_onnx_path_imports_no_scikit_learn_scipy_or_pandas(compiled):
     ONNX model, warms up and answers."""
     code = f"""
 import sys
-for name in ("sklearn", "scipy", "pandas", "skops", "joblib"):
+for name in ("sklearn", "scipy", "pandas", "skops", "joblib", "threadpoolctl"):
     sys.modules[name] = None
 import orjson
 from mlops_kit.serving.app import create_app

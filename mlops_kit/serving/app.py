@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.applications import Starlette
-from threadpoolctl import threadpool_limits
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -226,8 +225,11 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
         gc.collect()
         gc.freeze()
         # one request at a time per worker, on small matrices: BLAS/OpenMP thread pools only
-        # compete with the event loop (measured: 100-row requests ~20% faster with 1 thread)
-        threadpool_limits(limits=1)
+        # compete with the event loop (measured: 100-row requests ~20% faster with 1 thread);
+        # the ONNX session has one thread of its own, and the lean image no threadpoolctl
+        if predictor.platform == "scikit-learn":
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(limits=1)
         service.ready = True
         service.metrics.ready.set(1)
         yield
