@@ -62,7 +62,13 @@ def _imputer_shape(operator: Any) -> None:
 
 def _imputer_converter(scope: Any, operator: Any, container: Any) -> None:
     """SimpleImputer as ``Where(missing, statistics, X)`` in the input's own type."""
-    from skl2onnx.algebra.onnx_ops import OnnxEqual, OnnxGather, OnnxIdentity, OnnxIsNaN, OnnxWhere
+    from skl2onnx.algebra.onnx_ops import (
+        OnnxEqual,
+        OnnxGather,
+        OnnxIdentity,
+        OnnxIsNaN,
+        OnnxWhere,
+    )
     from skl2onnx.common.data_types import StringTensorType
 
     imputer = operator.raw_operator
@@ -97,7 +103,11 @@ def convert(model: Any, features: list[dict[str, Any]]) -> Any:
     import onnx
     from onnx import TensorProto, compose, helper
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+    from skl2onnx.common.data_types import (
+        DoubleTensorType,
+        FloatTensorType,
+        StringTensorType,
+    )
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-
 from _serving_process import ServerProcess
 from conftest import REPO, train_into
+
 from mlops_kit import artifacts
 from mlops_kit.compile import ATOL, RTOL, compile_model
 from mlops_kit.errors import ArtifactError
