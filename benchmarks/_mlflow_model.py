@@ -10,4 +10,5 @@ import skops.io as sio
 
 data = open(f"{sys.argv[1]}/model.skops", "rb").read()
 model = sio.loads(data, trusted=sio.get_untrusted_types(data=data))
-mlflow.sklearn.save_model(model, sys.argv[2])
+# cloudpickle: MLflow 3 saves with skops by default and refuses numpy.dtype as untrusted
+mlflow.sklearn.save_model(model, sys.argv[2], serialization_format="cloudpickle")
