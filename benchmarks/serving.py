@@ -1,22 +1,25 @@
-"""Benchmark: the model server under a real load generator against the in-process limit.
+"""Benchmark: the kit's server against MLflow, a minimal server and the in-process limit.
 
-    python benchmarks/serving.py [--model-dir DIR] [--duration 10] [--connections 32]
+    python benchmarks/serving.py [--model-dir DIR] [--duration 10] [--connections 32] [--no-mlflow]
 
-The default model (parameters/default.yaml: breast cancer, logistic regression) is trained
-into a temporary folder unless --model-dir names one. Then, for 1-row and 100-row requests:
+The default model (parameters/default.yaml: breast cancer, logistic regression, 30 features)
+is trained into a temporary folder unless --model-dir names one, and compiled to ONNX as
+04_package does. Then, in ONE run (the machine is shared: compare ratios, not figures across
+runs), for 1-row and 100-row requests under ``wrk -t1 -c32`` (Debian's wrk; one core for wrk,
+one for the server), each server with 1 process:
 
-- in-process limit (BLAS limited to 1 thread, as in the server): one Python loop doing what a caller of the model would do, with no
-  HTTP: ``orjson.loads`` + a DataFrame of the schema's columns + ``model.predict`` +
-  ``orjson.dumps`` (what the issue calls JSON parse + predict + JSON out);
-- in-process handler: the server's own path without HTTP (validation + numpy fast path +
-  predictions and probabilities + JSON), to show what HTTP costs;
-- the server: ``python -m mlops_kit.serving`` (1 worker) on 127.0.0.1 under ``wrk`` (Debian's
-  package) with 32 connections, 1 wrk thread (the other core is the server's), a Lua
-  script for the POST body, after a short warm-up run.
+- the kit's server on the ONNX model (onnxruntime; what the lean image runs);
+- the kit's server on the skops model (``--runtime skops``);
+- a minimal Starlette server: JSON -> pandas DataFrame -> the scikit-learn pipeline
+  (``benchmarks/_minimal_starlette.py``);
+- MLflow's ``models serve`` (``--env-manager local``) on the same model saved with
+  ``mlflow.sklearn``; MLflow lives only in a venv of its own (``/tmp/mlflow-venv``, made on
+  first use with pip; never a kit dependency) - when it cannot be installed the row says so;
+- the in-process limit: the fastest known call of the same model, onnxruntime's
+  ``session.run`` on input arrays prepared once (no JSON, no validation, no HTTP).
 
-Prints requests/s, p50 and p99 for each, and the ratios server / in-process (rows/s for
-100-row requests). Goals (issue 4): >= 0.8x the in-process limit for 1 row, p99 <= 50 ms,
->= 0.6x in-process rows/s for 100 rows. Figures on a shared 2-core machine vary by 10-20%.
+Prints req/s, rows/s, p50/p99 and the ratios. Goals (issue 14): >= 30x MLflow (1 row),
+>= 20x (100 rows), >= 0.7x the in-process limit, p99 <= 5x p50.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
-from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,29 +93,21 @@ def time_loop(call, seconds: float) -> dict[str, float]:
             "p99": latencies[int(len(latencies) * 0.99)] * 1e3}
 
 
-def in_process(folder: Path, bodies: dict[int, bytes], seconds: float) -> dict[str, dict[int, dict]]:
-    import pandas as pd
+def in_process_limit(folder: Path, bodies: dict[int, bytes], seconds: float) -> dict[int, dict]:
+    """onnxruntime on arrays prepared once: the fastest call of the model there is."""
+    from mlops_kit import artifacts
+    from mlops_kit.serving._onnx import OnnxModel, load, read_verified
+    from mlops_kit.serving._validation import RequestSchema
 
-    from mlops_kit.model_io import load_model
-    from mlops_kit.serving import create_app
-
-    schema = json.loads((folder / "schema.json").read_text())
-    names = [f["name"] for f in schema["features"]]
-    model = load_model(folder)
-    service = create_app(folder).state.service
-
-    def limit(body: bytes) -> bytes:
-        frame = pd.DataFrame(orjson.loads(body), columns=names)
-        return orjson.dumps({"predictions": model.predict(frame).tolist()})
-
-    def handler(body: bytes) -> bytes:
-        batch = service.schema.parse(service.schema.load_json(body))
-        predictions, probabilities = service.predictor.predict(batch)
-        return orjson.dumps({"predictions": predictions.tolist(), "classes": service.predictor.classes,
-                             "probabilities": probabilities}, option=orjson.OPT_SERIALIZE_NUMPY)
-
-    return {"limit": {n: time_loop(lambda b=b: limit(b), seconds) for n, b in bodies.items()},
-            "handler": {n: time_loop(lambda b=b: handler(b), seconds) for n, b in bodies.items()}}
+    report = load(artifacts.ONNX_REPORT, folder)
+    schema = load(artifacts.SCHEMA, folder).to_json()
+    model = OnnxModel(read_verified(folder / artifacts.ONNX_MODEL.name, report.sha256), report, schema["features"])
+    parser = RequestSchema(schema, max_rows=1000)
+    results = {}
+    for rows, body in bodies.items():
+        feeds = model.feed(parser.parse(orjson.loads(body)))
+        results[rows] = time_loop(lambda f=feeds: model.session.run(model.wanted, f), seconds)
+    return results
 
 
 def free_port() -> int:
@@ -121,23 +116,57 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "mlops_kit.serving", "--model-dir", str(folder),
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO)
-    deadline = time.monotonic() + 60
+def start_server(command: list[str], url: str, ready: str, *, timeout: float = 120,
+                 env: dict | None = None) -> subprocess.Popen:
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"the server exited with {process.returncode}")
+            sys.exit(f"{command[:4]} exited with {process.returncode}:\n{process.stderr.read().decode()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as answer:
+            with urllib.request.urlopen(f"{url}{ready}", timeout=1) as answer:
                 if answer.status == 200:
-                    return process, url
+                    return process
         except OSError:
             time.sleep(0.1)
     process.kill()
-    sys.exit("the server did not become ready in 60 s")
+    sys.exit(f"{command[:4]} did not become ready in {timeout:g} s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+MLFLOW_VENV = Path("/tmp/mlflow-venv")
+
+
+def mlflow_model(folder: Path, workdir: Path) -> tuple[Path | None, str]:
+    """The model saved by MLflow in its own venv (made on first use), or None and why."""
+    from importlib import metadata
+
+    python = MLFLOW_VENV / "bin" / "python"
+    if not (MLFLOW_VENV / "bin" / "mlflow").exists():
+        print(f"installing MLflow into {MLFLOW_VENV} (once) ...", flush=True)
+        pins = [f"{n}=={metadata.version(n)}" for n in ("scikit-learn", "numpy", "scipy", "skops")]
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True, capture_output=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "mlflow", "pandas", *pins], check=True,
+                           capture_output=True, timeout=1800)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            shutil.rmtree(MLFLOW_VENV, ignore_errors=True)
+            return None, f"MLflow could not be installed ({str(getattr(exc, 'stderr', b'') or exc)[-300:]})"
+    out = workdir / "mlflow-model"
+    done = subprocess.run([str(python), str(REPO / "benchmarks" / "_mlflow_model.py"), str(folder), str(out)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return None, f"MLflow could not save the model: {done.stderr[-300:]}"
+    return out, ""
 
 
 LUA = """wrk.method = "POST"
@@ -160,7 +189,7 @@ def run_wrk(url: str, body: bytes, *, seconds: float, connections: int, workdir:
     script = workdir / f"post-{len(body)}.lua"
     script.write_text(LUA.format(body=body_file))
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
-               f"{url}/predict"]
+               url]
     output = subprocess.run(command, capture_output=True, text=True, check=True,
                             timeout=seconds + 60).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -176,42 +205,79 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, help="a model folder (default: train the default model)")
     parser.add_argument("--duration", type=float, default=10, help="seconds per measurement (default 10)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow row")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    from mlops_kit.compile import compile_model
+
     with tempfile.TemporaryDirectory(prefix="mlops-kit-bench-") as tmp:
         workdir = Path(tmp)
         folder = args.model_dir or train_default(workdir / "model")
+        report = compile_model(folder)
+        if not report.passed:
+            sys.exit(f"the model did not compile to ONNX: {report.reason}")
         bodies = request_bodies(folder)
         print(f"model: {folder}  rows per request: {sorted(bodies)}  duration: {args.duration:g} s each", flush=True)
-        with threadpool_limits(limits=1):  # as in the server (see mlops_kit.serving.app)
-            local = in_process(folder, bodies, args.duration)
-        process, url = start_server(folder)
-        try:
-            served = {}
-            for rows, body in bodies.items():
-                run_wrk(url, body, seconds=2, connections=args.connections, workdir=workdir)  # warm-up
-                served[rows] = run_wrk(url, body, seconds=args.duration, connections=args.connections,
-                                       workdir=workdir)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
+        limit = in_process_limit(folder, bodies, args.duration)
+
+        kit = [sys.executable, "-m", "mlops_kit.serving", "--model-dir", str(folder), "--host", "127.0.0.1",
+               "--log-level", "warning", "--port"]
+        servers: list[tuple[str, Any, str, str, Any]] = [
+            ("kit server, ONNX", lambda port: [*kit, str(port), "--runtime", "onnx"], "/predict", "/v2/health/ready",
+             None),
+            ("kit server, skops", lambda port: [*kit, str(port), "--runtime", "skops"], "/predict",
+             "/v2/health/ready", None),
+            ("minimal Starlette+pandas", lambda port: [sys.executable, str(REPO / "benchmarks" / "_minimal_starlette.py"),
+                                                      str(folder), str(port)], "/predict", "/v2/health/ready", None),
+        ]
+        skipped = {}
+        if not args.no_mlflow:
+            saved, why = mlflow_model(folder, workdir)
+            if saved is None:
+                skipped["MLflow models serve"] = why
+            else:
+                servers.append(("MLflow models serve", lambda port: [
+                    str(MLFLOW_VENV / "bin" / "mlflow"), "models", "serve", "-m", str(saved), "--env-manager",
+                    "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"], "/invocations", "/ping",
+                    lambda body: orjson.dumps({"dataframe_records": orjson.loads(body)})))
+        served: dict[str, dict[int, dict]] = {}
+        for label, command, path, ready, wrap in servers:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            env = {"PATH": f"{MLFLOW_VENV / 'bin'}:{os.environ.get('PATH', '')}"} if "MLflow" in label else None
+            process = start_server(command(port), url, ready, env=env)
+            try:
+                served[label] = {}
+                for rows, body in bodies.items():
+                    body = wrap(body) if wrap else body
+                    run_wrk(url + path, body, seconds=2, connections=args.connections, workdir=workdir)  # warm-up
+                    served[label][rows] = run_wrk(url + path, body, seconds=args.duration,
+                                                  connections=args.connections, workdir=workdir)
+            finally:
+                stop_server(process)
+            print(f"  measured {label}", flush=True)
     print()
-    print(f"{'':34s}{'req/s':>10s}{'rows/s':>11s}{'p50 ms':>9s}{'p99 ms':>9s}")
+    print(f"{'':38s}{'req/s':>10s}{'rows/s':>11s}{'p50 ms':>9s}{'p99 ms':>9s}{'p99/p50':>9s}")
     for rows in bodies:
-        for label, figures in (("in-process limit", local["limit"][rows]),
-                               ("in-process handler (no HTTP)", local["handler"][rows]),
-                               (f"server, wrk -c{args.connections}", served[rows])):
-            print(f"{rows:>3d} row{'s' if rows > 1 else ' '} {label:26s}{figures['rps']:10.0f}{figures['rps'] * rows:11.0f}"
-                  f"{figures['p50']:9.2f}{figures['p99']:9.2f}")
+        for label, figures in [("in-process limit (onnxruntime)", limit[rows]),
+                               *((f"{name}, wrk -c{args.connections}", s[rows]) for name, s in served.items())]:
+            print(f"{rows:>3d} row{'s' if rows > 1 else ' '} {label:30s}{figures['rps']:10.0f}"
+                  f"{figures['rps'] * rows:11.0f}{figures['p50']:9.2f}{figures['p99']:9.2f}"
+                  f"{figures['p99'] / max(figures['p50'], 1e-9):9.1f}")
+    for name, why in skipped.items():
+        print(f"    {name}: not measured: {why}")
     print()
-    one, hundred = served[1]["rps"] / local["limit"][1]["rps"], served[100]["rps"] / local["limit"][100]["rps"]
-    print(f"1 row:    server / in-process limit = {one:.2f}x (goal >= 0.8x); "
-          f"server / handler = {served[1]['rps'] / local['handler'][1]['rps']:.2f}x; "
-          f"p99 {served[1]['p99']:.1f} ms (goal <= 50 ms)")
-    print(f"100 rows: server / in-process limit rows/s = {hundred:.2f}x (goal >= 0.6x); "
-          f"server / handler = {served[100]['rps'] / local['handler'][100]['rps']:.2f}x; "
-          f"p99 {served[100]['p99']:.1f} ms")
+    ours = served["kit server, ONNX"]
+    for rows in bodies:
+        parts = [f"{ours[rows]['rps'] / limit[rows]['rps']:.2f}x the in-process limit (goal >= 0.7x)"]
+        for other, goal in (("MLflow models serve", 30 if rows == 1 else 20), ("minimal Starlette+pandas", None),
+                            ("kit server, skops", None)):
+            if other in served:
+                parts.append(f"{ours[rows]['rps'] / served[other][rows]['rps']:.1f}x {other}"
+                             + (f" (goal >= {goal}x)" if goal else ""))
+        parts.append(f"p99/p50 {ours[rows]['p99'] / ours[rows]['p50']:.1f} (goal <= 5)")
+        print(f"{rows:>3d} row{'s' if rows > 1 else ' '}: kit ONNX server = " + "; ".join(parts))
 
 
 if __name__ == "__main__":

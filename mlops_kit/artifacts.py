@@ -179,6 +179,50 @@ class Metrics(Document):
     warnings: list[str] = Field(default_factory=list)
 
 
+class OnnxCheck(Document):
+    """How the ONNX model was verified against the skops pipeline, row by row."""
+
+    rows: int
+    #: the edge rows added to the test split (a missing value, an unseen category per feature)
+    edge_rows: int = 0
+    predictions_equal: bool
+    mismatched_predictions: int = 0
+    #: probabilities (classification) or predictions (regression)
+    compared: Literal["probabilities", "predictions"]
+    max_abs_diff: Optional[float] = None
+    atol: float
+    rtol: float
+
+
+class OnnxReport(Document):
+    """``onnx.json`` (04_package): the pipeline compiled to ONNX and verified on the whole
+    test split, or why the skops model is served instead (``passed`` false, ``reason``)."""
+
+    passed: bool
+    reason: Optional[str] = None
+    #: the skops model it was compiled from (a retrained model makes the report stale)
+    model_sha256: str
+    file: Optional[str] = None
+    sha256: Optional[str] = None
+    bytes: Optional[int] = None
+    estimator: str
+    task: Literal["classification", "regression"]
+    #: the estimator's ``classes_`` in the order of the probability columns
+    classes: Optional[list[Scalar]] = None
+    #: the ONNX graph's inputs, one per schema feature, in the schema's order
+    inputs: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+    #: what a missing category is fed as (ONNX strings have no NaN), and what a request's
+    #: value equal to that marker is fed as instead (an unseen category, as in skops)
+    missing_category: str = ""
+    unseen_category: str = "\x00"
+    check: Optional[OnnxCheck] = None
+    opset: dict[str, int] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    seconds: Optional[float] = None
+    created: str
+
+
 class ImageSize(Document):
     compressed: Optional[int] = None
     unpacked: Optional[int] = None
@@ -331,6 +375,9 @@ EXAMPLES: DocumentArtifact[Examples] = DocumentArtifact(N.EXAMPLES, "train",
 METRICS: DocumentArtifact[Metrics] = DocumentArtifact(N.METRICS, "evaluate", "scores and the gate",
                                                       Metrics)
 EVALUATION_PLOT = Artifact(N.EVALUATION_PLOT, "evaluate", "confusion matrix / ROC, or residuals")
+ONNX_MODEL = Artifact(N.ONNX_MODEL, "package", "the pipeline compiled to ONNX (data, not code)")
+ONNX_REPORT: DocumentArtifact[OnnxReport] = DocumentArtifact(
+    N.ONNX_REPORT, "package", "the ONNX model's sha256 and its verification on the test split", OnnxReport)
 IMAGE: DocumentArtifact[ImageRecord] = DocumentArtifact(N.IMAGE, "package", "the image built and where it went",
                                                         ImageRecord)
 RELEASE: DocumentArtifact[Release] = DocumentArtifact(N.RELEASE, "deploy", "what serves the model now",
@@ -341,7 +388,7 @@ CHAMPION: RunFile[Champion] = RunFile(N.CHAMPION, "the promoted run (in the runs
 RELEASE_HISTORY_KEY = N.RELEASE_HISTORY_KEY
 
 CATALOG: tuple[Artifact, ...] = (TRAIN_SPLIT, TEST_SPLIT, SCHEMA, TARGET_PLOT, MODEL, MODEL_CARD, EXAMPLES,
-                                 METRICS, EVALUATION_PLOT, IMAGE, RELEASE)
+                                 METRICS, EVALUATION_PLOT, ONNX_MODEL, ONNX_REPORT, IMAGE, RELEASE)
 BY_NAME: dict[str, Artifact] = {artifact.name: artifact for artifact in CATALOG}
 
 

@@ -60,7 +60,16 @@ def built(tmp_path_factory, model_dir, socket_path):
     """One real image of the default model, imported into the private containerd."""
     need_layers_builder()
     run = make_run(tmp_path_factory.mktemp("runs"), model_dir, "20250101-000000-abcd")
-    record = mk_image.package(run, _params(socket_path, builder="layers"))
+    record = mk_image.package(run, _params(socket_path, builder="layers", runtime="skops"))
+    return run, record
+
+
+@pytest.fixture(scope="module")
+def lean_built(tmp_path_factory, model_dir, socket_path):
+    """The same model compiled to ONNX: the lean image (no scikit-learn, scipy or pandas)."""
+    need_layers_builder()
+    run = make_run(tmp_path_factory.mktemp("runs"), model_dir, "20250101-000000-0111")
+    record = mk_image.package(run, _params(socket_path, builder="layers", runtime="onnx"))
     return run, record
 
 
@@ -142,14 +151,25 @@ def _wait_ready(url: str, socket_path, name: str, log: Path) -> None:
     pytest.fail(f"not ready:\n{log.read_text()}")
 
 
-def test_container_answers_like_in_process(built, socket_path, model_dir, tmp_path):
-    run, record = built
-    port, name, log = _free_port(), f"t-{os.getpid()}-run", tmp_path / "c.log"
+def _run_container(socket_path, record, name, port, log) -> None:
     started = subprocess.run(["ctr", "-a", str(socket_path), "-n", "k8s.io", "run", "-d", "--net-host",
                               "--read-only", "--log-uri", f"file://{log}", "--env", f"PORT={port}", record["ref"],
                               name, "python3", "-m", "mlops_kit.serving", "--model-dir", "/app/model", "--host",
                               "127.0.0.1"], capture_output=True, text=True)
     assert started.returncode == 0, started.stderr
+
+
+def _remove_container(socket_path, name) -> None:
+    ctr(socket_path, "tasks", "kill", "-s", "SIGKILL", name)
+    time.sleep(0.2)
+    ctr(socket_path, "tasks", "rm", "-f", name)
+    ctr(socket_path, "containers", "rm", name)
+
+
+def test_container_answers_like_in_process(built, socket_path, model_dir, tmp_path):
+    run, record = built
+    port, name, log = _free_port(), f"t-{os.getpid()}-run", tmp_path / "c.log"
+    _run_container(socket_path, record, name, port, log)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, socket_path, name, log)
@@ -178,17 +198,58 @@ def test_container_answers_like_in_process(built, socket_path, model_dir, tmp_pa
             time.sleep(0.05)
         assert "RUNNING" not in ctr(socket_path, "tasks", "ls").stdout
     finally:
-        ctr(socket_path, "tasks", "kill", "-s", "SIGKILL", name)
-        time.sleep(0.2)
-        ctr(socket_path, "tasks", "rm", "-f", name)
-        ctr(socket_path, "containers", "rm", name)
+        _remove_container(socket_path, name)
+
+
+def test_lean_image_holds_no_scikit_learn_and_answers_like_in_process(lean_built, built, socket_path, model_dir,
+                                                                       tmp_path):
+    """The ONNX image: onnxruntime + numpy + the web stack, its own (trimmed) base; run for real."""
+    run, record = lean_built
+    assert record["runtime"] == "onnx"
+    pins = record["requirements"]
+    assert "onnxruntime" in pins and "numpy" in pins and "starlette" in pins
+    assert not {"scikit-learn", "scipy", "pandas", "skops", "joblib"} & set(pins)
+    assert record["base"]["key"] != built[1]["base"]["key"]
+    model_layer = sorted(p.name for p in (run / "artifacts" / "context" / "model").iterdir())
+    assert model_layer == sorted(mk_image._context.ONNX_MODEL_FILES) and "model.skops" not in model_layer
+    layout = Path(record["layout"])
+    site = next(l for l in record["layers"] if l["created_by"].startswith("pip"))
+    with tarfile.open(fileobj=gzip.open(_oci.blob_path(layout, site["digest"]))) as tar:
+        names = tar.getnames()
+    assert any("/onnxruntime/capi/" in n for n in names)
+    assert not [n for n in names if re.search(r"/(sklearn|scipy|pandas)/", n)]
+    assert record["size"]["compressed"] < built[1]["size"]["compressed"]
+    print(f"lean image: {record['size']['compressed'] / 2**20:.1f} MiB compressed "
+          f"(skops image {built[1]['size']['compressed'] / 2**20:.1f} MiB)")
+
+    port, name, log = _free_port(), f"t-{os.getpid()}-lean", tmp_path / "c.log"
+    started = time.monotonic()
+    _run_container(socket_path, record, name, port, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, socket_path, name, log)
+        print(f"lean image: start to ready {time.monotonic() - started:.2f} s")
+        frame = pd.read_parquet(model_dir / "test.parquet")
+        features = [f["name"] for f in json.loads((model_dir / "schema.json").read_text())["features"]]
+        records = frame[features].to_dict(orient="records")
+        req = urllib.request.Request(url + "/predict", data=json.dumps(records).encode(),
+                                     headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        model = model_io.load_model(model_dir)
+        assert answer["predictions"] == model.predict(frame[features]).tolist()
+        assert max(abs(a - b) for got, want in zip(answer["probabilities"], model.predict_proba(frame[features]))
+                   for a, b in zip(got, want)) <= 1e-5
+        with urllib.request.urlopen(url + "/v2/models/logistic_regression", timeout=10) as resp:
+            assert json.loads(resp.read())["platform"] == "onnxruntime"
+    finally:
+        _remove_container(socket_path, name)
 
 
 def test_model_only_rebuild_reuses_base_layers(built, tmp_path, socket_path, mixed_model_dir):
     """Another model: the base and app layers are the same blobs, only the model layer is new."""
     run, first = built
     other = make_run(tmp_path, mixed_model_dir, "20250101-000000-beef")
-    second = mk_image.package(other, _params(socket_path, builder="layers"))
+    second = mk_image.package(other, _params(socket_path, builder="layers", runtime="skops"))
     assert [l["digest"] for l in second["layers"][:2]] == [l["digest"] for l in first["layers"][:2]]
     same_app = (mk_image._context.content_digest(run / "artifacts/context/app")
                 == mk_image._context.content_digest(other / "artifacts/context/app"))
@@ -197,7 +258,7 @@ def test_model_only_rebuild_reuses_base_layers(built, tmp_path, socket_path, mix
     assert second["digest"] != first["digest"] and second["ref"] != first["ref"]
     assert second["base"]["key"] == first["base"]["key"]
     # the same content again: the same tag and the same digest (content-addressed)
-    again = mk_image.package(other, _params(socket_path, builder="layers"))
+    again = mk_image.package(other, _params(socket_path, builder="layers", runtime="skops"))
     assert (again["ref"], again["digest"]) == (second["ref"], second["digest"])
 
 
@@ -219,8 +280,10 @@ def test_version_mismatch_is_refused_before_the_build(model_dir, tmp_path):
     card = json.loads(card_path.read_text())
     card["versions"]["scikit-learn"] = "1.5.0"
     card_path.write_text(json.dumps(card))
+    params = RunParams()
+    params.package.runtime = "skops"
     with pytest.raises(VersionMismatch) as err:
-        mk_image.package(run, RunParams(), runner=_NoCommands())
+        mk_image.package(run, params, runner=_NoCommands())
     text = str(err.value)
     assert "scikit-learn must be 1.5.0" in text and metadata.version("scikit-learn") in text
     assert "pip install scikit-learn==1.5.0" in text and "mlops-kit base build" in text

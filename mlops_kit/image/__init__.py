@@ -25,6 +25,7 @@ from ..errors import ArtifactError, BuildError, ContainerdError
 from ._base import BaseImage, check_model_versions, ensure_base, pin_requirements, serving_requirements
 from ._builders import AUTO_ORDER, BUILDERS, BuiltImage, select_builder
 from ._containerd import Containerd
+from . import _context
 from ._context import CONTEXT_DIR, Context, serving_modules, write_context
 from ._runner import DEFAULT_RUNNER, Log, Runner
 
@@ -137,8 +138,9 @@ def package(run_dir: str | Path, params: Any = None, *, run_id: str | None = Non
         raise ArtifactError(f"The run folder must hold artifacts/. Got no folder {artifacts} instead.",
                             path=artifacts, hint="run the data, train and evaluate stages first.")
     # every check (gate, model, versions, builder, containerd) before the expensive part
+    runtime = compile_for(artifacts, getattr(pkg, "runtime", "auto"), log=log)
     context = write_context(artifacts, run_id=run_id, image=pkg.image, registry=pkg.registry,
-                            base_image=pkg.base_image)
+                            base_image=pkg.base_image, runtime=runtime)
     chosen = select_builder(builder, base_image=pkg.base_image, runner=runner)
     containerd = Containerd(pkg.containerd_socket, pkg.containerd_namespace, runner=runner)
     if do_import and not pkg.registry:
@@ -164,12 +166,38 @@ def package(run_dir: str | Path, params: Any = None, *, run_id: str | None = Non
         "layout": str(built.layout) if built.layout else None,
         "archive": str(built.archive) if built.archive else None,
         "requirements": context.requirements,
+        "runtime": runtime,
         "seconds": {"context": round(context_seconds, 3), "build": round(built.seconds, 3),
                     "import": round(import_seconds, 3), "total": round(time.monotonic() - started, 3)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _artifacts.IMAGE.save(run_dir, record)
     return record
+
+
+def compile_for(artifacts: Path, runtime: str = "auto", *, log: Log = print) -> str:
+    """Compile the model to ONNX (``onnx.json``, ``model.onnx``) unless ``runtime`` is skops;
+    returns the runtime the image gets: onnx when the compiled model passed its verification."""
+    if runtime == "skops":
+        return "skops"
+    from .. import artifacts as catalog
+    from ..compile import compile_model
+
+    _context.check_gate(artifacts)          # a refused model is not compiled either
+    if runtime == "auto" and not catalog.TEST_SPLIT.path(artifacts).is_file():
+        log("no test split to verify an ONNX model against: the image serves the skops model")
+        return "skops"
+    report = compile_model(artifacts)
+    if report.passed:
+        check = report.check
+        log(f"ONNX: verified on {check.rows} test rows + {check.edge_rows} edge rows (max |{check.compared} "
+            f"difference| {check.max_abs_diff:.2g}): the image serves model.onnx with onnxruntime")
+        return "onnx"
+    if runtime == "onnx":
+        raise ArtifactError(f"package.runtime onnx needs a verified ONNX model. Got: {report.reason}",
+                            path=artifacts / catalog.ONNX_REPORT.name, hint="set package.runtime to auto or skops.")
+    log(f"ONNX: not used ({report.reason}); the image serves the skops model")
+    return "skops"
 
 
 def read_image_record(run_dir: str | Path) -> dict:

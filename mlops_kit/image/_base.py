@@ -50,6 +50,28 @@ _IMAGE_MARKERS = {"python_version": "3.11", "python_full_version": "3.11.2", "sy
                   "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
                   "implementation_name": "cpython", "platform_python_implementation": "CPython",
                   "extra": ""}
+#: The lean (ONNX) base's recipe: its rootfs drops what a Python web server never runs
+#: (perl, iconv modules, dpkg's database, python's docs/tests/IDLE) and its site-packages
+#: onnxruntime's tools and the C library the Python binding does not load.
+LEAN_RECIPE = "lean-v2"
+_LEAN_ROOTFS_REMOVE = ("usr/bin/perl*", "usr/lib/x86_64-linux-gnu/perl-base", "usr/share/perl5",
+                       "usr/lib/x86_64-linux-gnu/gconv", "var/lib/dpkg/info/*", "usr/share/doc",
+                       "usr/share/common-licenses", "usr/lib/python3.11/pydoc_data", "usr/lib/python3.11/test",
+                       "usr/lib/python3.11/idlelib", "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/ensurepip",
+                       "usr/lib/python3.11/turtledemo", "usr/lib/python3.11/__pycache__/_pydecimal*",
+                       "usr/lib/python3.11/_pydecimal.py", "usr/share/info", "usr/share/man",
+                       "usr/lib/python3.11/unittest", "usr/lib/python3.11/distutils", "usr/lib/python3.11/sqlite3",
+                       "usr/lib/python3.11/dbm", "usr/lib/python3.11/xmlrpc", "usr/lib/python3.11/curses",
+                       "usr/lib/python3.11/lib-dynload/_sqlite3*", "usr/lib/python3.11/lib-dynload/_dbm*",
+                       "usr/lib/python3.11/lib-dynload/_curses*", "usr/lib/x86_64-linux-gnu/libdb-5.3.so",
+                       "usr/lib/x86_64-linux-gnu/libsqlite3.so*", "usr/bin/openssl", "usr/bin/localedef")
+_LEAN_SITE_REMOVE = ("onnxruntime/transformers", "onnxruntime/quantization", "onnxruntime/tools",
+                     "onnxruntime/datasets", "onnxruntime/backend", "onnxruntime/capi/libonnxruntime.so*",
+                     "onnxruntime/ThirdPartyNotices.txt", "numpy/distutils", "numpy/f2py", "numpy/testing",
+                     "numpy/_pyinstaller", "numpy/typing/tests", "bin")
+#: Extension modules built with their debug symbols (uvloop: 13 MB, 1.6 MB stripped). Only
+#: these are stripped: auditwheel-patched libraries (``*.libs/``) are left as they are.
+_LEAN_STRIP = ("uvloop/*.so", "httptools/parser/*.so")
 #: Not needed at runtime: removed from the site-packages layer.
 _STRIP_DIRS = ("tests", "test", "include")
 _STRIP_SUFFIXES = (".pyx", ".pxd", ".pxi", ".c", ".cpp", ".h", ".hpp", ".pyi")
@@ -74,13 +96,18 @@ class BaseImage:
 
 # --- requirements ------------------------------------------------------------------------
 
-def serving_requirements() -> list[str]:
-    """The distributions the model server imports at runtime."""
+def serving_requirements(runtime: str = "skops") -> list[str]:
+    """The distributions the model server imports at runtime (``runtime`` ``onnx``: the lean set)."""
     try:
-        from ..serving import SERVING_REQUIREMENTS  # type: ignore[attr-defined]
+        from ..serving import ONNX_SERVING_REQUIREMENTS, SERVING_REQUIREMENTS  # type: ignore[attr-defined]
     except ImportError:
         return list(DEFAULT_SERVING_REQUIREMENTS)
-    return list(SERVING_REQUIREMENTS)
+    return list(ONNX_SERVING_REQUIREMENTS if runtime == "onnx" else SERVING_REQUIREMENTS)
+
+
+def is_lean(pins: dict[str, str]) -> bool:
+    """A base for ONNX models: onnxruntime and no scikit-learn (its rootfs is trimmed too)."""
+    return "onnxruntime" in pins and "scikit-learn" not in pins
 
 
 def pin_requirements(names: Iterable[str] | None = None) -> dict[str, str]:
@@ -134,7 +161,8 @@ def check_model_versions(card: dict, pins: dict[str, str], *, card_path: str | P
 # --- the cache ---------------------------------------------------------------------------
 
 def base_key(pins: dict[str, str]) -> str:
-    text = "\n".join([RECIPE_VERSION, SUITE, ",".join(DEBIAN_PACKAGES),
+    recipe = [RECIPE_VERSION, LEAN_RECIPE] if is_lean(pins) else [RECIPE_VERSION]
+    text = "\n".join([*recipe, SUITE, ",".join(DEBIAN_PACKAGES),
                       *(f"{n}=={v}" for n, v in sorted(pins.items()))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -196,9 +224,9 @@ def _build_base(pins: dict[str, str], cache: Path, *, runner: Runner, log: Log) 
         rootfs = tmp / "rootfs.tar"
         site = tmp / "site"
         # the rootfs and the wheels are independent: fetch the wheels while mmdebstrap runs
-        debootstrap = _start_rootfs(rootfs, tmp, runner)
+        debootstrap = _start_rootfs(rootfs, tmp, runner, lean=is_lean(pins))
         _fetch_wheels(pins, site, runner=runner)
-        _tidy_site(site)
+        _tidy_site(site, lean=is_lean(pins))
         _precompile(site, runner=runner, log=log, destdir="/" + SITE_PACKAGES)
         site_tar = tmp / "site.tar"
         _tar_tree(site, site_tar, prefix=SITE_PACKAGES)
@@ -236,10 +264,12 @@ def _build_base(pins: dict[str, str], cache: Path, *, runner: Runner, log: Log) 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _start_rootfs(target: Path, tmp: Path, runner: Runner) -> subprocess.Popen:
+def _start_rootfs(target: Path, tmp: Path, runner: Runner, *, lean: bool = False) -> subprocess.Popen:
     hook = (f'rm -rf "$1"/var/cache/* "$1"/var/log/* "$1"/var/lib/apt/lists/*; '
             f'echo "app:x:{APP_UID}:{APP_UID}:app:/app:/usr/sbin/nologin" >> "$1"/etc/passwd; '
             f'echo "app:x:{APP_UID}:" >> "$1"/etc/group; mkdir -p "$1"/app')
+    if lean:
+        hook += "; " + " ".join(f'rm -rf "$1"/{pattern};' for pattern in _LEAN_ROOTFS_REMOVE)
     argv = ["mmdebstrap", "--quiet", "--variant=essential", "--include=" + ",".join(DEBIAN_PACKAGES),
             "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
             "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
@@ -260,7 +290,15 @@ def _fetch_wheels(pins: dict[str, str], site: Path, *, runner: Runner) -> None:
     shutil.rmtree(site / "bin", ignore_errors=True)
 
 
-def _tidy_site(site: Path) -> None:
+def _tidy_site(site: Path, *, lean: bool = False) -> None:
+    if lean:
+        for pattern in _LEAN_SITE_REMOVE:
+            for path in site.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        strip = shutil.which("strip")
+        for pattern in _LEAN_STRIP if strip else ():
+            for path in site.glob(pattern):
+                subprocess.run([strip, "--strip-unneeded", str(path)], check=False, capture_output=True)
     for root, dirs, files in os.walk(site, topdown=True):
         here = Path(root)
         for name in list(dirs):

@@ -5,7 +5,9 @@
     Containerfile      readable; `buildah build -t NAME artifacts/context` works by hand
     requirements.txt   the training environment's versions, pinned
     app/mlops_kit/     the serving modules (found by following the server's imports)
-    model/             model.skops model_card.json schema.json examples.json  (the last layer)
+    model/             model.skops model_card.json schema.json examples.json  (the last layer;
+                       an ONNX model: model.onnx onnx.json instead of model.skops, and a lean
+                       base without scikit-learn, scipy or pandas)
     context.json       tag, ref, content digest, base
 
 The image tag is ``<run id>-<12 hex of the content digest>``: the same run and content give
@@ -25,13 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import _artifact_names as _names
-from .. import _atomic, _paths, model_io
-from ..errors import ArtifactError
+from .. import _atomic, _paths, artifacts, model_io
+from ..errors import ArtifactError, VersionMismatch
 from . import _base
 
 CONTEXT_DIR = "context"
 CONTEXT_RECORD = "context.json"
 MODEL_FILES = (_names.MODEL, _names.MODEL_CARD, _names.SCHEMA, _names.EXAMPLES)
+#: The model layer of an ONNX image: no skops file (nothing could load it there).
+ONNX_MODEL_FILES = (_names.ONNX_MODEL, _names.ONNX_REPORT, _names.MODEL_CARD, _names.SCHEMA, _names.EXAMPLES)
 APP_DIR_IN_IMAGE = "/app"
 MODEL_DIR_IN_IMAGE = "/app/model"
 PORT = 8080
@@ -83,10 +87,10 @@ def check_gate(artifacts: Path) -> None:
     check_inputs("package", artifacts)
 
 
-def check_model(artifacts: Path) -> dict:
+def check_model(artifacts: Path, files: tuple[str, ...] = MODEL_FILES) -> dict:
     """The model files are there and the model is the one its card describes; returns the card."""
     artifacts = Path(artifacts)
-    missing = [name for name in MODEL_FILES if not (artifacts / name).is_file()]
+    missing = [name for name in files if not (artifacts / name).is_file()]
     if missing:
         raise ArtifactError(f"The image needs {', '.join(missing)} in {artifacts}. Got no such file instead.",
                             path=artifacts / missing[0], hint="run the train stage (02_train) first.")
@@ -199,14 +203,43 @@ CMD {cmd}
 """
 
 
-def write_context(artifacts: Path, *, run_id: str, image: str, registry: str | None = None,
-                  base_image: str | None = None, pins: dict[str, str] | None = None) -> Context:
-    """Check the model and write ``artifacts/context/`` (replacing an older one atomically)."""
-    artifacts = Path(artifacts)
+def check_onnx(folder: Path, card: dict, pins: dict[str, str]) -> None:
+    """The ONNX model passed its verification, was compiled from this model, matches its
+    sha256 and the image's onnxruntime is the one that verified it."""
+    path = folder / artifacts.ONNX_REPORT.name
+    report = artifacts.read_document(path, artifacts.OnnxReport)
+    if not report.passed:
+        raise ArtifactError(f"{path} must record a verified ONNX model. Got a failed verification instead: "
+                            f"{report.reason}", path=path, hint="package with runtime skops (or auto).")
+    if report.model_sha256 != card.get("sha256"):
+        raise ArtifactError(f"{path} must be compiled from this model ({card.get('sha256')}). Got "
+                            f"{report.model_sha256} instead.", path=path, hint="package the run again.")
+    onnx_path = folder / artifacts.ONNX_MODEL.name
+    actual = _atomic.sha256_file(onnx_path)
+    if actual != report.sha256:
+        raise ArtifactError(f"{onnx_path} must have the sha256 recorded in {path} ({report.sha256}). Got "
+                            f"{actual} instead.", path=onnx_path)
+    verified = report.versions.get("onnxruntime")
+    if verified and pins.get("onnxruntime") != verified:
+        raise VersionMismatch({"onnxruntime": (verified, pins.get("onnxruntime", "none"))},
+                              hint="package the run again in this environment (the ONNX model is verified "
+                              "with the onnxruntime the image gets).")
+
+
+def write_context(artifacts_dir: Path, *, run_id: str, image: str, registry: str | None = None,
+                  base_image: str | None = None, pins: dict[str, str] | None = None,
+                  runtime: str = "skops") -> Context:
+    """Check the model and write ``artifacts/context/`` (replacing an older one atomically).
+    ``runtime`` ``onnx``: the compiled model and the lean requirements."""
+    artifacts = Path(artifacts_dir)
     check_gate(artifacts)
-    card = check_model(artifacts)
-    pins = pins if pins is not None else _base.pin_requirements()
-    _base.check_model_versions(card, pins, card_path=artifacts / model_io.CARD_FILE)
+    model_files = ONNX_MODEL_FILES if runtime == "onnx" else MODEL_FILES
+    card = check_model(artifacts, model_files) if runtime != "onnx" else _check_card(artifacts, model_files)
+    pins = pins if pins is not None else _base.pin_requirements(_base.serving_requirements(runtime))
+    if runtime == "onnx":
+        check_onnx(artifacts, card, pins)
+    else:
+        _base.check_model_versions(card, pins, card_path=artifacts / model_io.CARD_FILE)
     base = {"image": base_image} if base_image else {"key": _base.base_key(pins)}
     base_ref = base_image or f"localhost/mlops-kit-base:{base['key']}"
 
@@ -218,7 +251,7 @@ def write_context(artifacts: Path, *, run_id: str, image: str, registry: str | N
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(_paths.PACKAGE_DIR / rel, dest)
         (staging / "model").mkdir()
-        for name in MODEL_FILES:
+        for name in model_files:
             shutil.copyfile(artifacts / name, staging / "model" / name)
         digest = content_digest(staging, extra=[base_ref, image])
         tag = f"{safe_tag(run_id)}-{digest[:12]}"
@@ -242,6 +275,14 @@ def write_context(artifacts: Path, *, run_id: str, image: str, registry: str | N
         return context
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_card(folder: Path, files: tuple[str, ...]) -> dict:
+    missing = [name for name in files if not (folder / name).is_file()]
+    if missing:
+        raise ArtifactError(f"The image needs {', '.join(missing)} in {folder}. Got no such file instead.",
+                            path=folder / missing[0], hint="run the train stage (02_train) and package again.")
+    return model_io.read_card(folder)
 
 
 def content_digest(folder: Path, *, extra: list[str] = ()) -> str:

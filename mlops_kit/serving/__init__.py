@@ -21,7 +21,15 @@ SERVING_REQUIREMENTS = (
     "uvloop", "httptools", "threadpoolctl",
 )
 
-__all__ = ["SERVING_REQUIREMENTS", "ServeSettings", "create_app", "serve"]
+#: What the server imports when the model is ONNX (the lean image): no scikit-learn, scipy,
+#: skops or pandas. pydantic reads the artifact catalog's documents.
+ONNX_SERVING_REQUIREMENTS = (
+    "numpy", "onnxruntime", "pydantic",
+    "starlette", "uvicorn", "orjson", "prometheus-client",
+    "uvloop", "httptools",
+)
+
+__all__ = ["SERVING_REQUIREMENTS", "ONNX_SERVING_REQUIREMENTS", "ServeSettings", "create_app", "serve"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._server import serve

@@ -1,7 +1,7 @@
 """``python -m mlops_kit.serving --model-dir DIR [--host H] [--port P]``: the image's entry point.
 
 Flags win over the environment: ``MLOPS_KIT_MODEL_DIR``, ``PORT``, ``MLOPS_KIT_MAX_ROWS``,
-``MLOPS_KIT_MAX_BODY_BYTES``, ``MLOPS_KIT_UNKNOWN_CATEGORIES``, ``MLOPS_KIT_MODEL_NAME``.
+``MLOPS_KIT_MAX_BODY_BYTES``, ``MLOPS_KIT_UNKNOWN_CATEGORIES``, ``MLOPS_KIT_MODEL_NAME``, ``MLOPS_KIT_RUNTIME``.
 A bad artifact or setting prints one line and exits 1 (2 for settings), no traceback.
 """
 
@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import MlopsKitError, ParameterError
-from ._settings import UNKNOWN_CATEGORY_POLICIES, ServeSettings
+from ._settings import RUNTIMES, UNKNOWN_CATEGORY_POLICIES, ServeSettings
 
 
 def _port(text: str) -> int:
@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
                    help="request body size limit (env MLOPS_KIT_MAX_BODY_BYTES)")
     p.add_argument("--unknown-categories", choices=UNKNOWN_CATEGORY_POLICIES, default=None,
                    help="categories unseen in training: tolerate or reject (env MLOPS_KIT_UNKNOWN_CATEGORIES)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="auto (ONNX when verified, else skops), onnx or skops (env MLOPS_KIT_RUNTIME)")
     p.add_argument("--model-name", default=None, help="name in the v2 paths (default: the card's model)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers < 1:
             raise ParameterError([_problem("--workers", "at least 1", str(args.workers))])
         settings = ServeSettings.from_env(max_rows=args.max_rows, max_body_bytes=args.max_body_bytes,
-                                          unknown_categories=args.unknown_categories, model_name=args.model_name)
+                                          unknown_categories=args.unknown_categories, model_name=args.model_name,
+                                          runtime=args.runtime)
         from ._server import serve
         serve(args.model_dir, host=args.host, port=port, workers=args.workers, settings=settings,
               log_level=args.log_level, access_log=args.access_log)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from ..errors import ArtifactError
 from ._validation import Batch, RequestSchema
 
 SCHEMA_FILE = _names.SCHEMA
+logger = logging.getLogger("mlops_kit.serving")
 
 
 def _read_json(path: Path) -> Any:
@@ -38,6 +40,8 @@ def _read_json(path: Path) -> Any:
 
 class Predictor:
     """The model of one artifacts folder: ``predict(batch) -> (predictions, probabilities)``."""
+
+    platform = "scikit-learn"
 
     def __init__(self, model_dir: str | Path, *, max_rows: int, unknown_categories: str):
         import sklearn
@@ -134,34 +138,74 @@ class Predictor:
     def warm_up(self) -> None:
         """Predict ``examples.json`` and compare with the recorded predictions; raise
         ArtifactError when they differ (the server then never becomes ready)."""
-        records = self.examples.get("records") if isinstance(self.examples, dict) else None
-        expected = self.examples.get("predictions") if isinstance(self.examples, dict) else None
-        path = self.model_dir / model_io.EXAMPLES_FILE
-        if not records or not isinstance(expected, list) or len(expected) != len(records):
-            raise ArtifactError(f"{path} must hold records and as many predictions. Got "
-                                f"{len(records or [])} records and {len(expected or [])} predictions instead.", path=path)
-        schema = RequestSchema(self.schema, max_rows=len(records), unknown_categories="tolerate")
-        try:
-            batch = schema.parse_records(records)
-        except Exception as exc:
-            raise ArtifactError(f"The examples in {path} must fit the schema. Got: {exc}", path=path) from None
-        try:
-            for _ in range(3):  # the first calls pay for imports and caches
-                predictions, _ = self.predict(batch)
-        except Exception as exc:
-            raise ArtifactError(f"The warm-up prediction of {path} must succeed. Got {type(exc).__name__}: "
-                                f"{exc} instead; the model is not served.", path=path) from None
-        got = predictions.tolist()
-        for row, (want, have) in enumerate(zip(expected, got)):
-            if want != have:
-                raise ArtifactError(
-                    f"The warm-up prediction for example {row} must be {want!r} (recorded at training). "
-                    f"Got {have!r} instead; the model is not served.", path=path)
+        warm_up(self)
 
     # -- metadata --------------------------------------------------------------------------
     @property
     def version(self) -> str:
         return str(self.card.get("sha256", ""))[:12] or "1"
+
+
+def open_predictor(model_dir: str | Path, *, max_rows: int, unknown_categories: str,
+                   runtime: str = "auto") -> Any:
+    """The ONNX predictor when ``onnx.json`` says the compiled model passed its verification
+    (and was compiled from this very skops model), else the skops :class:`Predictor`.
+    ``runtime`` ``onnx`` or ``skops`` insists on one."""
+    from .. import artifacts
+
+    model_dir = Path(model_dir)
+    if runtime != "skops":
+        path = model_dir / artifacts.ONNX_REPORT.name
+        report = artifacts.read_document(path, artifacts.OnnxReport) if path.is_file() else None
+        why = None
+        if report is None:
+            why = f"no {path} (04_package compiles the model)"
+        elif not report.passed:
+            why = f"the ONNX model did not pass its verification: {report.reason}"
+        else:
+            card_sha = _read_json(model_dir / model_io.CARD_FILE).get("sha256")
+            if report.model_sha256 != card_sha:
+                why = (f"{artifacts.ONNX_REPORT.name} was compiled from model {report.model_sha256[:12]}, "
+                       f"not from this model ({str(card_sha)[:12]}): package the run again")
+        if why is None:
+            from ._onnx import OnnxPredictor
+            return OnnxPredictor(model_dir, report, max_rows=max_rows, unknown_categories=unknown_categories)
+        if runtime == "onnx":
+            raise ArtifactError(f"The ONNX runtime was asked for, and {model_dir} must hold a verified ONNX model. "
+                                f"Got {why} instead.", path=model_dir)
+        logger.info("serving the skops model: %s", why)
+    return Predictor(model_dir, max_rows=max_rows, unknown_categories=unknown_categories)
+
+
+def warm_up(predictor: Any, *, atol: float = 0.0, rtol: float = 0.0) -> None:
+    """Predict ``examples.json`` with ``predictor`` and compare with the predictions recorded at
+    training (numbers within ``atol + rtol * |recorded|``); ArtifactError when they differ."""
+    examples = predictor.examples
+    records = examples.get("records") if isinstance(examples, dict) else None
+    expected = examples.get("predictions") if isinstance(examples, dict) else None
+    path = predictor.model_dir / model_io.EXAMPLES_FILE
+    if not records or not isinstance(expected, list) or len(expected) != len(records):
+        raise ArtifactError(f"{path} must hold records and as many predictions. Got "
+                            f"{len(records or [])} records and {len(expected or [])} predictions instead.", path=path)
+    schema = RequestSchema(predictor.schema, max_rows=len(records), unknown_categories="tolerate")
+    try:
+        batch = schema.parse_records(records)
+    except Exception as exc:
+        raise ArtifactError(f"The examples in {path} must fit the schema. Got: {exc}", path=path) from None
+    try:
+        for _ in range(3):  # the first calls pay for imports and caches
+            predictions, _ = predictor.predict(batch)
+    except Exception as exc:
+        raise ArtifactError(f"The warm-up prediction of {path} must succeed. Got {type(exc).__name__}: "
+                            f"{exc} instead; the model is not served.", path=path) from None
+    got = predictions.tolist()
+    for row, (want, have) in enumerate(zip(expected, got)):
+        close = (type(want) in (int, float) and type(have) is float
+                 and abs(have - want) <= atol + rtol * abs(want))
+        if want != have and not close:
+            raise ArtifactError(
+                f"The warm-up prediction for example {row} must be {want!r} (recorded at training). "
+                f"Got {have!r} instead; the model is not served.", path=path)
 
 
 def _forget_feature_names(transformer: Any) -> None:

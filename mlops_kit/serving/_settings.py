@@ -11,6 +11,9 @@ from ..errors import ParameterError, ParameterProblem
 #: How unseen categories are treated: ``tolerate`` passes them to the model (its one-hot
 #: encoder ignores them: every column of that feature is 0); ``reject`` answers 422.
 UNKNOWN_CATEGORY_POLICIES = ("tolerate", "reject")
+#: What calls the model: ``auto`` the ONNX model when 04_package compiled and verified one,
+#: else the skops pipeline; ``onnx`` or ``skops`` insist on one.
+RUNTIMES = ("auto", "onnx", "skops")
 
 #: setting name -> environment variable
 ENVIRONMENT = {
@@ -18,6 +21,7 @@ ENVIRONMENT = {
     "max_body_bytes": "MLOPS_KIT_MAX_BODY_BYTES",
     "unknown_categories": "MLOPS_KIT_UNKNOWN_CATEGORIES",
     "model_name": "MLOPS_KIT_MODEL_NAME",
+    "runtime": "MLOPS_KIT_RUNTIME",
 }
 
 
@@ -30,6 +34,7 @@ class ServeSettings:
     unknown_categories: str = "tolerate"
     #: the model's name in the v2 API paths (default: the card's ``model``, e.g. logistic_regression)
     model_name: str | None = None
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -40,6 +45,8 @@ class ServeSettings:
         if self.unknown_categories not in UNKNOWN_CATEGORY_POLICIES:
             problems.append(ParameterProblem("serve settings", "unknown_categories",
                                              " or ".join(UNKNOWN_CATEGORY_POLICIES), repr(self.unknown_categories)))
+        if self.runtime not in RUNTIMES:
+            problems.append(ParameterProblem("serve settings", "runtime", " or ".join(RUNTIMES), repr(self.runtime)))
         if self.model_name is not None and (not self.model_name or "/" in self.model_name):
             problems.append(ParameterProblem("serve settings", "model_name", "a non-empty name without '/'",
                                              repr(self.model_name)))

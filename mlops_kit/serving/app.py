@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.applications import Starlette
-from threadpoolctl import threadpool_limits
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -31,7 +30,7 @@ from starlette.routing import Route
 
 from ._metrics import MetricsMiddleware, ServingMetrics
 from ._openapi import docs_page, openapi_document
-from ._predictor import Predictor
+from ._predictor import Predictor, open_predictor
 from ._settings import ServeSettings
 from ._validation import InvalidRequest, show
 
@@ -160,7 +159,7 @@ class ModelService:
                     "shape": [-1]}]
         if self.predictor.classes is not None:
             outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(self.predictor.classes)]})
-        return _json({"name": self.name, "versions": [self.predictor.version], "platform": "scikit-learn",
+        return _json({"name": self.name, "versions": [self.predictor.version], "platform": self.predictor.platform,
                       "inputs": [{"name": f.name, "datatype": f.datatype, "shape": [-1]} for f in self.schema.features],
                       "outputs": outputs,
                       "parameters": {"task": self.predictor.task, "estimator": type(self.predictor.estimator).__name__,
@@ -215,7 +214,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
     ``MLOPS_KIT_*`` environment plus ``overrides``.
     """
     settings = settings or ServeSettings.from_env(**overrides)
-    predictor = Predictor(model_dir, max_rows=settings.max_rows, unknown_categories=settings.unknown_categories)
+    predictor = open_predictor(model_dir, max_rows=settings.max_rows, unknown_categories=settings.unknown_categories,
+                               runtime=settings.runtime)
     predictor.warm_up()
     service = ModelService(predictor, settings)
 
@@ -226,8 +226,11 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
         gc.collect()
         gc.freeze()
         # one request at a time per worker, on small matrices: BLAS/OpenMP thread pools only
-        # compete with the event loop (measured: 100-row requests ~20% faster with 1 thread)
-        threadpool_limits(limits=1)
+        # compete with the event loop (measured: 100-row requests ~20% faster with 1 thread);
+        # the ONNX session has one thread of its own, and the lean image no threadpoolctl
+        if predictor.platform == "scikit-learn":
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(limits=1)
         service.ready = True
         service.metrics.ready.set(1)
         yield
