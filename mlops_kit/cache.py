@@ -102,7 +102,7 @@ def _kit_sources(roots: tuple[str, ...]) -> list[Path]:
 def fingerprint(stage: Stage, params: RunParams, input_hashes: dict[str, str]) -> dict[str, Any]:
     parts: dict[str, Any] = {
         "notebook": notebook_hash(_paths.notebooks_dir() / stage.notebook),
-        "params": params.stage_parameters(stage.section),
+        "params": {"seed": params.seed, "task": params.task, **params.stage_parameters(stage.section)},
         "inputs": {item: input_hashes[item] for item in stage.inputs},
         "environment": environment_hash(stage.name),
     }

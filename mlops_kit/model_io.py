@@ -180,7 +180,7 @@ def trained_sha256(folder: Path) -> str | None:
     """The sha256 of ``model.skops`` recorded in ``run.json`` when the train stage finished,
     when ``folder`` is a run's ``artifacts/`` (None elsewhere: a model folder of its own, an
     image, the scratch run)."""
-    record = folder / ".." / "run.json"
+    record = folder / ".." / _names.RUN
     if folder.name != "artifacts" or not record.is_file():
         return None
     try:

@@ -75,7 +75,7 @@ def select_stages(names: list[str] | tuple[str, ...] | None, default: list[str])
 
 
 #: The package stage's record of the image it built; what the deploy stage deploys.
-IMAGE_RECORD = "image.json"
+IMAGE_RECORD = artifacts.IMAGE.name
 
 
 def _deploys_an_earlier_runs_model(names: set[str]) -> bool:
