@@ -181,6 +181,24 @@ class ServeParams(_Section):
         description="categories unseen in training: tolerate (the one-hot encoder ignores them) or reject (422)")
 
 
+class ServerParams(_Section):
+    """The team's server (over SSH): with ``host`` set, images go there and deploys target it."""
+
+    host: Optional[str] = Field(None, description="ssh://USER@HOST[:PORT] (none: this machine)")
+    identity_file: Optional[str] = Field(None, description="the private key (none: ssh's defaults)")
+    known_hosts: Optional[str] = Field(None, description="the known_hosts file that holds the server's host key "
+                                       "(none: ~/.ssh/known_hosts)")
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        from .server._ssh import validate_target
+
+        return validate_target(value)
+
+
 class RunParams(BaseModel):
     """All parameters of a run. ``task`` is inferred from the target when absent."""
 
@@ -198,6 +216,7 @@ class RunParams(BaseModel):
     package: PackageParams = Field(default_factory=PackageParams)
     deploy: DeployParams = Field(default_factory=DeployParams)
     serve: ServeParams = Field(default_factory=ServeParams)
+    server: ServerParams = Field(default_factory=ServerParams)
 
     @model_validator(mode="after")
     def _check_gate(self) -> "RunParams":

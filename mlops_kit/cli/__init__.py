@@ -20,6 +20,7 @@ COMMANDS = {
     "status": "deploy:status",
     "undeploy": "deploy:undeploy",
     "rollback": "deploy:rollback",
+    "server": "server:server",
 }
 
 
