@@ -188,6 +188,8 @@ class ServerParams(_Section):
     identity_file: Optional[str] = Field(None, description="the private key (none: ssh's defaults)")
     known_hosts: Optional[str] = Field(None, description="the known_hosts file that holds the server's host key "
                                        "(none: ~/.ssh/known_hosts)")
+    registry_port: int = Field(32000, ge=1, le=65535, description="the MicroK8s registry addon's port on the "
+                               "server (images go there through an SSH tunnel when the addon is on)")
 
     @field_validator("host")
     @classmethod

@@ -139,15 +139,28 @@ def package(run_dir: str | Path, params: Any = None, *, run_id: str | None = Non
     context = write_context(artifacts, run_id=run_id, image=pkg.image, registry=pkg.registry,
                             base_image=pkg.base_image)
     chosen = select_builder(builder, base_image=pkg.base_image, runner=runner)
+    server = getattr(getattr(params, "server", None), "host", None) and params.server
+    ssh = server_status = None
     containerd = Containerd(pkg.containerd_socket, pkg.containerd_namespace, runner=runner)
-    if do_import and not pkg.registry:
+    if do_import and server:
+        from ..server import SSH
+        from ..server.ship import preflight
+
+        ssh = SSH.from_params(server)
+        server_status = preflight(ssh)      # MicroK8s there and usable, before the build
+    elif do_import and not pkg.registry:
         containerd.check()
     context_seconds = time.monotonic() - started
     log(f"context {context.path} ({context.tag}); builder {chosen.name}")
     built = chosen.build(context, runner=runner, log=log)
     import_started = time.monotonic()
     where: dict[str, Any] | None = None
-    if pkg.registry:
+    if do_import and ssh is not None:
+        from ..server.ship import ship
+
+        where = ship(built, ssh, namespace=pkg.containerd_namespace, registry_port=server.registry_port,
+                     status=server_status, log=log)
+    elif pkg.registry:
         push_image(built, pkg.registry, log=log)
         where = {"registry": pkg.registry}
     elif do_import:
