@@ -23,17 +23,36 @@ def target_module(params: Any):
     return local
 
 
+def _on_server(params: Any) -> bool:
+    """deploy.target microk8s with ``server.host`` set: the server's API through an SSH tunnel."""
+    server = getattr(params, "server", None)
+    return params.deploy.target == "microk8s" and bool(getattr(server, "host", None))
+
+
+def _through_server(params: Any, call: Callable[..., Any], log: Log | None, **kwargs: Any) -> Any:
+    """``call(..., api_client=...)`` with the server's API client when ``server.host`` is set."""
+    if not _on_server(params) or kwargs.get("api_client") is not None:
+        return call(**kwargs)
+    from ..server.kube import server_api_client
+
+    with server_api_client(params.server, log=log) as client:
+        return call(api_client=client, **kwargs)
+
+
 def deploy(run_dir: Path, params: Any, *, log: Log = print, dry_run: bool = False, **options: Any) -> dict:
     if params.deploy.target != "microk8s":
         if dry_run:
             from ..errors import MlopsKitError
             raise MlopsKitError("--dry-run must go with deploy.target microk8s. Got target local instead.")
         return target_module(params).deploy(run_dir, params, log=log)
-    return target_module(params).deploy(run_dir, params, log=log, dry_run=dry_run, **options)
+    module = target_module(params)
+    return _through_server(params, lambda **kw: module.deploy(run_dir, params, log=log, dry_run=dry_run, **kw),
+                           log, **options)
 
 
 def status(params: Any) -> dict:
-    return target_module(params).status(params)
+    module = target_module(params)
+    return _through_server(params, lambda **kw: module.status(params, **kw), None)
 
 
 def rollback(params: Any, *, log: Log = print, to_revision: int | None = None) -> dict:
@@ -42,10 +61,13 @@ def rollback(params: Any, *, log: Log = print, to_revision: int | None = None) -
     if params.deploy.target != "microk8s":
         raise MlopsKitError("Rollback must go with deploy.target microk8s (its release history). Got target "
                             "local instead.", hint="deploy the earlier run again to go back locally.")
-    return target_module(params).rollback(params, log=log, to_revision=to_revision)
+    module = target_module(params)
+    return _through_server(params, lambda **kw: module.rollback(params, log=log, to_revision=to_revision, **kw), log)
 
 
 def undeploy(params: Any, *, log: Log = print, delete_namespace: bool = False) -> dict:
     if params.deploy.target == "microk8s":
-        return target_module(params).undeploy(params, log=log, delete_namespace=delete_namespace)
+        module = target_module(params)
+        return _through_server(params, lambda **kw: module.undeploy(params, log=log, delete_namespace=delete_namespace,
+                                                                    **kw), log)
     return target_module(params).undeploy(params, log=log)
