@@ -128,6 +128,23 @@ def test_push_runs_the_pipeline_and_serves(server, project):
     assert image["ref"] in listed
     assert remote_head(project) == sh("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
     DEPLOYED["endpoint"] = endpoint
+    DEPLOYED["run_id"] = run_id
+
+
+def test_runs_list_and_show_read_the_servers_ledger(server, project):
+    run_id = DEPLOYED.get("run_id")
+    if run_id is None:
+        pytest.skip("needs the run of test_push_runs_the_pipeline_and_serves")
+    listed = json.loads(kit("runs", "list", "--server", "--json", cwd=project).stdout)
+    assert run_id in [r["id"] for r in listed]
+    assert run_id in kit("runs", "list", "--server", cwd=project).stdout
+    shown = json.loads(kit("runs", "show", run_id, "--server", "--json", cwd=project).stdout)
+    assert shown["id"] == run_id and shown["status"] == "succeeded"
+    missing = kit("runs", "show", "no-such-run", "--server", cwd=project, check=False)
+    assert missing.returncode == 1 and "No run 'no-such-run'" in missing.stderr and "Traceback" not in missing.stderr
+    # outside a repository set up by `server init`: a plain message
+    elsewhere = kit("runs", "list", "--server", cwd=project.parent, check=False)
+    assert elsewhere.returncode == 1 and "mlops-kit server init" in elsewhere.stderr
 
 
 @pytest.mark.parametrize("change, reason", [
