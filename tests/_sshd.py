@@ -96,7 +96,7 @@ SetEnv PATH={path} PYTHONPATH={REPO} MLOPS_KIT_TEST_SERVER=1{extra}
         key = " ".join(Path(f"{self.host_key}.pub").read_text().split()[:2])
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {key}\n")
 
-    def start(self) -> "Sshd":
+    def start(self) -> Sshd:
         os.makedirs("/run/sshd", exist_ok=True)
         self.proc = subprocess.Popen([SSHD, "-D", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")],
                                      start_new_session=True)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from _sshd import REPO, Sshd, ensure_group, free_port, install_microk8s, remove_microk8s
 
 pytestmark = pytest.mark.ssh

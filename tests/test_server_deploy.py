@@ -21,8 +21,14 @@ import pytest_asyncio
 
 kmock = pytest.importorskip("kmock")
 
-from _sshd import REPO, Sshd, install_microk8s  # noqa: E402
-from test_k8s_fakes import PROXY_PREDICT, FakeApiServer, FakeController, make_run, serve_namespaces  # noqa: E402
+from _sshd import REPO, Sshd, install_microk8s
+from test_k8s_fakes import (
+    PROXY_PREDICT,
+    FakeApiServer,
+    FakeController,
+    make_run,
+    serve_namespaces,
+)
 
 pytestmark = pytest.mark.ssh
 TOKEN = "server-only-token-1234567890"

@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from _real import need_commands
 from _sshd import REPO, Sshd, install_microk8s
 from test_image_support import image_cache, need_layers_builder, start_containerd

@@ -12,10 +12,14 @@ import subprocess
 import urllib.request
 
 import pytest
-
 from _real import need_commands
 from _sshd import Registry, Sshd, ensure_group, install_microk8s, remove_microk8s
-from test_image_support import image_cache, make_run, need_layers_builder, start_containerd
+from test_image_support import (
+    image_cache,
+    make_run,
+    need_layers_builder,
+    start_containerd,
+)
 
 from mlops_kit import image as mk_image
 from mlops_kit.errors import ServerError

@@ -12,9 +12,9 @@ import os
 import re
 import shlex
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ServerError
 
@@ -79,7 +79,7 @@ class SSH:
                               fix=f"ssh-keygen -t ed25519 -f {self.identity_file}")
 
     @classmethod
-    def from_params(cls, server) -> "SSH":
+    def from_params(cls, server) -> SSH:
         """From the ``server`` parameter section (``host``, ``identity_file``, ``known_hosts``)."""
         if not server.host:
             raise ServerError("server.host must be set (ssh://USER@HOST[:PORT]). Got none instead.", check="host")

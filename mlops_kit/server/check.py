@@ -7,7 +7,7 @@ skipped (``ok`` false, detail says why). The same probes guard image shipping an
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import yaml
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import yaml
 
@@ -31,7 +31,7 @@ def read_kubeconfig(ssh: SSH) -> dict:
     try:
         config = yaml.safe_load(proc.stdout)
         cluster = config["clusters"][0]["cluster"]
-        urllib.parse.urlsplit(cluster["server"]).port
+        _ = urllib.parse.urlsplit(cluster["server"]).port   # a bad port raises ValueError
     except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
         raise ServerError(f"`microk8s config` on {ssh.target} must print a kubeconfig with a cluster server URL. "
                           "Got something else instead.", host=ssh.target.url, check="microk8s") from None

@@ -15,15 +15,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from typing import IO, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 from ..errors import MlopsKitError, ServerError
 from ..image import _oci
 from ..image._containerd import Containerd
 from ..image._runner import Runner, _build_error, tail
-from .check import microk8s_status, require_free
 from ._ssh import SSH
 from ._tunnel import Tunnel
+from .check import microk8s_status, require_free
 
 Log = Callable[[str], None]
 
