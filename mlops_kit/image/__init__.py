@@ -140,16 +140,27 @@ def package(run_dir: str | Path, params: Any = None, *, run_id: str | None = Non
                             base_image=pkg.base_image)
     chosen = select_builder(builder, base_image=pkg.base_image, runner=runner)
     server = getattr(getattr(params, "server", None), "host", None) and params.server
-    ssh = server_status = None
     containerd = Containerd(pkg.containerd_socket, pkg.containerd_namespace, runner=runner)
     if do_import and server:
         from ..server import SSH
-        from ..server.ship import preflight
 
         ssh = SSH.from_params(server)
-        server_status = preflight(ssh)      # MicroK8s there and usable, before the build
-    elif do_import and not pkg.registry:
+        with ssh.multiplexed():      # one SSH connection for the preflight, the shipping and the checks
+            return _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import, ssh, started,
+                                  runner, log, server=server)
+    if do_import and not pkg.registry:
         containerd.check()
+    return _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import, None, started, runner, log)
+
+
+def _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import, ssh, started, runner, log, *,
+                   server=None) -> dict:
+    artifacts = run_dir / _paths.ARTIFACTS_SUBDIR
+    server_status = None
+    if ssh is not None:
+        from ..server.ship import preflight
+
+        server_status = preflight(ssh)      # MicroK8s there and usable, before the build
     context_seconds = time.monotonic() - started
     log(f"context {context.path} ({context.tag}); builder {chosen.name}")
     built = chosen.build(context, runner=runner, log=log)

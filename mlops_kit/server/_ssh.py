@@ -8,10 +8,13 @@ changed host key names its SHA256 fingerprint and the command that trusts it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +76,7 @@ class SSH:
         self.identity_file = str(Path(identity_file).expanduser()) if identity_file else None
         self.known_hosts = str(Path(known_hosts or DEFAULT_KNOWN_HOSTS).expanduser())
         self.connect_timeout = connect_timeout
+        self.control_path: str | None = None      # set inside multiplexed()
         if self.identity_file and not Path(self.identity_file).is_file():
             raise ServerError(f"server.identity_file must be an existing private key. Got no file at "
                               f"{self.identity_file} instead.", host=self.target.url, check="auth",
@@ -86,8 +90,10 @@ class SSH:
         return cls(server.host, identity_file=server.identity_file, known_hosts=server.known_hosts)
 
     # --- the ssh command line ---------------------------------------------------------------
-    def options(self) -> list[str]:
-        opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+    def options(self, *, mux: bool = True) -> list[str]:
+        """The client options; inside :meth:`multiplexed` (and ``mux``) they reuse its connection."""
+        opts = ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_path}"] if mux and self.control_path else []
+        opts += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
                 "-o", f"ConnectTimeout={self.connect_timeout}", "-o", "LogLevel=ERROR",
@@ -104,6 +110,35 @@ class SSH:
         """``ssh ... USER@HOST -- COMMAND``; a list is quoted for the remote shell."""
         remote = command if isinstance(command, str) else shlex.join(command)
         return ["ssh", *self.options(), *extra, self.destination, "--", remote]
+
+    @contextlib.contextmanager
+    def multiplexed(self):
+        """One SSH connection for every command inside the ``with`` (a ControlMaster started with
+        ``-f -N``: ready when it returns; closed with ``-O exit``)."""
+        if self.control_path is not None:
+            yield self
+            return
+        folder = Path(tempfile.mkdtemp(prefix="mlops-kit-ssh-"))
+        control = str(folder / "cm")
+        argv = ["ssh", *self.options(mux=False), "-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPath={control}",
+                self.destination]
+        try:
+            with open(folder / "ssh.log", "wb") as err:     # not a pipe: the backgrounded master keeps it open
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                      timeout=self.connect_timeout + 30)
+            if proc.returncode != 0:
+                raise self.explain((folder / "ssh.log").read_text(errors="replace"))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.control_path = control
+        try:
+            yield self
+        finally:
+            self.control_path = None
+            subprocess.run(["ssh", "-o", f"ControlPath={control}", "-O", "exit", self.destination],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=15)
+            shutil.rmtree(folder, ignore_errors=True)
 
     # --- running ---------------------------------------------------------------------------
     def run(self, command: str | Sequence[str], *, input: bytes | str | None = None, timeout: float = 120,

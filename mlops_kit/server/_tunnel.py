@@ -50,7 +50,7 @@ class Tunnel:
         for _ in range(3):  # a chosen free port can be taken before ssh binds it
             port = self.local_port or free_port()
             log = self._dir / "ssh.log"
-            argv = ["ssh", *self.ssh.options(), "-f", "-N", "-o", "ExitOnForwardFailure=yes",
+            argv = ["ssh", *self.ssh.options(mux=False), "-f", "-N", "-o", "ExitOnForwardFailure=yes",
                     "-o", "ControlMaster=yes", "-o", f"ControlPath={self.control_path}",
                     "-L", f"127.0.0.1:{port}:{self.remote_host}:{self.remote_port}", self.ssh.destination]
             with open(log, "wb") as err:   # not a pipe: the backgrounded ssh keeps it open

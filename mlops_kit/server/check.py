@@ -87,14 +87,25 @@ def run_checks(ssh: SSH, *, min_free_gb: float = MIN_FREE_GB, log: Callable[[str
             log(f"{'ok  ' if result['ok'] else 'FAIL'} {result['name']}: {result['detail']}"
                 + (f"\n     fix: {result['fix']}" if result["fix"] else ""))
 
+    session = ssh.multiplexed()        # one connection for all the probes
     try:
+        session.__enter__()
         found = probe_ssh(ssh)
     except ServerError as exc:
+        session.__exit__(None, None, None)
         add(_result("ssh", False, exc.message, exc.fix))
         for name in ("microk8s", "group", "containerd", "disk", "python"):
             add(_result(name, False, "skipped: SSH failed", "fix the ssh check first"))
         return checks
-    user = found["user"]
+    try:
+        _remote_checks(ssh, found["user"], min_free_gb, add, found["detail"])
+    finally:
+        session.__exit__(None, None, None)
+    return checks
+
+
+def _remote_checks(ssh: SSH, user: str, min_free_gb: float, add: Callable[[dict], None], ssh_detail: str) -> None:
+    found = {"detail": ssh_detail}
     add(_result("ssh", True, found["detail"]))
 
     status = microk8s_status(ssh)
@@ -143,4 +154,3 @@ def run_checks(ssh: SSH, *, min_free_gb: float = MIN_FREE_GB, log: Callable[[str
     add(_result("python", bool(python and kit), detail,
                 "install Python 3.11+ and the kit on the server (`pip install mlops-kit`, on the PATH of "
                 "non-interactive SSH sessions) for `git push` deploys"))
-    return checks
