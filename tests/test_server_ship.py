@@ -155,3 +155,13 @@ def test_disk_full_is_refused_before_upload(sshd, socket_path, model_dir, tmp_pa
         subprocess.run(["umount", str(home)], capture_output=True)
         if created:
             subprocess.run(["groupdel", "microk8s"], capture_output=True)
+
+
+def test_package_stage_takes_the_server_from_the_run_record(sshd, socket_path, model_dir, tmp_path):
+    """The 04_package notebook passes only the package section: server.* comes from run.json."""
+    need_layers_builder()
+    server = params_for(sshd).server.model_dump(mode="json")
+    run = make_run(tmp_path, model_dir, "20250206-000000-aaaa", params={"server": server})
+    record = mk_image.package(run, PackageParams(builder="layers"))
+    assert record["imported"]["server"] == sshd.url()
+    assert ctr_digest(socket_path, record["ref"]) == record["digest"]

@@ -139,7 +139,7 @@ def package(run_dir: str | Path, params: Any = None, *, run_id: str | None = Non
     context = write_context(artifacts, run_id=run_id, image=pkg.image, registry=pkg.registry,
                             base_image=pkg.base_image)
     chosen = select_builder(builder, base_image=pkg.base_image, runner=runner)
-    server = getattr(getattr(params, "server", None), "host", None) and params.server
+    server = _server_of(params, run_dir)
     containerd = Containerd(pkg.containerd_socket, pkg.containerd_namespace, runner=runner)
     if do_import and server:
         from ..server import SSH
@@ -193,6 +193,22 @@ def _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import,
     }
     _atomic.write_json(artifacts / IMAGE_RECORD, record)
     return record
+
+
+def _server_of(params: Any, run_dir: Path):
+    """``server`` of the parameters, else of the run's record (the 04_package notebook passes the
+    package section only); None when no ``server.host`` is set."""
+    server = getattr(params, "server", None)
+    if server is None:
+        try:
+            recorded = json.loads((run_dir / _paths.RUN_RECORD).read_text(encoding="utf-8")).get("params") or {}
+        except (OSError, ValueError):
+            recorded = {}
+        if (recorded.get("server") or {}).get("host"):
+            from ..params import ServerParams
+
+            server = ServerParams(**recorded["server"])
+    return server if server is not None and server.host else None
 
 
 def read_image_record(run_dir: str | Path) -> dict:
