@@ -54,7 +54,7 @@ def keygen(path: Path) -> Path:
 class Sshd:
     """A private sshd on 127.0.0.1:``port`` (foreground, ``-D``), key authentication only."""
 
-    def __init__(self, folder: Path | None = None, *, env: dict[str, str] | None = None):
+    def __init__(self, folder: Path | None = None, *, env: dict[str, str] | None = None, kit_on_path: bool = True):
         need_commands("ssh", "ssh-keygen", "ssh-keyscan")
         need(Path(SSHD).exists(), f"not installed: {SSHD} (apt-get install openssh-server)")
         need(os.geteuid() == 0, "a private sshd that logs users in needs root")
@@ -75,7 +75,8 @@ class Sshd:
         self.proc: subprocess.Popen | None = None
         self.users: list[str] = []
         extra = "".join(f" {k}={v}" for k, v in (env or {}).items())
-        path = f"{self.bin}:{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        kit_bin = f"{Path(sys.executable).parent}:" if kit_on_path else ""
+        path = f"{self.bin}:{kit_bin}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         (self.dir / "sshd_config").write_text(f"""Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {self.host_key}

@@ -158,3 +158,21 @@ def test_server_host_parameter_is_validated():
     assert load_params(None, ["server.host=ssh://alice@10.0.0.5:2222"]).params.server.host.endswith(":2222")
     with pytest.raises(ParameterError, match=r"server.host: expected ssh://USER@HOST\[:PORT\]; found 'alice@box'"):
         load_params(None, ["server.host=alice@box"])
+
+
+def test_server_init_without_the_kit_on_the_server(tmp_path):
+    """A server whose SSH sessions have no `mlops-kit` (a plain user, PATH without the venv)."""
+    server = Sshd(kit_on_path=False).start()
+    try:
+        user = server.add_user("mkinit")
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        proc = kit("server", "init", *server.args(user=user), cwd=repo)
+        no_traceback(proc)
+        assert proc.returncode == 1
+        assert "must have `mlops-kit` on the PATH of SSH sessions" in proc.stderr and "pip install" in proc.stderr
+        outside = kit("server", "init", *server.args(user=user), cwd=tmp_path)
+        assert outside.returncode == 1 and "must run inside a git repository" in outside.stderr
+    finally:
+        server.stop_all()
