@@ -114,3 +114,12 @@ def test_receive_refuses_a_failed_pipeline_with_the_reason(home, tmp_path, monke
     assert code == 1
     assert "REFUSED: the pipeline failed: The model failed the quality gate: accuracy 0.5 < 0.9." in out.getvalue()
     assert "previous release keeps serving" in out.getvalue()
+
+
+@pytest.mark.parametrize("option, value", [("branch", "main; touch /tmp/x"), ("branch", "-f"), ("remote", "a b"),
+                                           ("params_file", "../secrets.yaml"), ("params_file", "/etc/passwd")])
+def test_init_refuses_hostile_names_before_connecting(tmp_path, option, value):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    ssh = push.SSH("ssh://alice@127.0.0.1:1")          # never reached: the names are checked first
+    with pytest.raises(ServerError, match="must be"):
+        push.init(ssh, repo_dir=tmp_path, **{option: value}, log=lambda line: None)

@@ -40,6 +40,7 @@ SECRETS_FILE = "~/.config/mlops-kit/secrets.env"
 DEFAULT_PARAMS = "parameters/server.yaml"
 HOOK = "pre-receive"
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 
 
 # --- on the laptop: server init ---------------------------------------------------------------
@@ -70,6 +71,10 @@ def init(ssh: SSH, *, repo_dir: Path, params_file: str = DEFAULT_PARAMS, branch:
     if not _PROJECT_RE.match(project):
         raise ServerError(f"The project name must be letters, digits, '.', '_' or '-'. Got {project!r} instead.",
                           check="git")
+    for what, value in (("--branch", branch), ("--remote", remote)):
+        if not _NAME_RE.match(value) or ".." in value or value.endswith((".lock", "/")):
+            raise ServerError(f"{what} must be a plain git name (letters, digits, '.', '_', '-', '/'). Got {value!r} "
+                              "instead.", check="git")
     if Path(params_file).is_absolute() or ".." in Path(params_file).parts:
         raise ServerError(f"--params must be a path inside the repository (it is read from the pushed commit). "
                           f"Got {params_file!r} instead.", check="params")
