@@ -12,7 +12,7 @@ import subprocess
 import urllib.request
 
 import pytest
-from _real import need_commands
+from _real import need, need_commands
 from _sshd import Registry, Sshd, ensure_group, install_microk8s, remove_microk8s
 from test_image_support import (
     image_cache,
@@ -140,7 +140,11 @@ def test_disk_full_is_refused_before_upload(sshd, socket_path, model_dir, tmp_pa
     created = ensure_group("microk8s")
     home = sshd.dir / "small-home"
     home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(home)], check=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(home)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        sshd.stop_all()
+        need(False, f"mounting a small tmpfs needs CAP_SYS_ADMIN: {mounted.stderr.strip()}")
     try:
         user = sshd.add_user("mkfull", groups=["microk8s"], home=home)
         run = make_run(tmp_path, model_dir, "20250205-000000-aaaa")
