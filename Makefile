@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/image.py
+	$(BIN)/python benchmarks/remote.py
 
 ## regenerate the README's panel screenshots (docs/screenshots/) in headless Chromium
 screenshots: setup

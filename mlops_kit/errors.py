@@ -280,3 +280,20 @@ class InvalidRequest(Exception):
 
 class CiTemplateError(MlopsKitError):
     """``mlops-kit ci init`` cannot write the CI file: names the file or the option that is wrong."""
+
+
+class ServerError(MlopsKitError):
+    """The team's server (``server.host``, over SSH) refused or lacks something.
+
+    ``host`` is ``ssh://USER@HOST:PORT``; ``check`` names what failed (``ssh``, ``host-key``,
+    ``auth``, ``microk8s``, ``group``, ``containerd``, ``disk``, ``python``, ``lock``, ...);
+    ``fix`` is the command or step that fixes it (also the message's hint).
+    """
+
+    def __init__(self, message: str, *, host: str | None = None, check: str | None = None,
+                 fix: str | None = None, output: str | None = None):
+        self.host = host
+        self.check = check
+        self.fix = fix
+        self.output = output
+        super().__init__(message, hint=fix)

@@ -231,6 +231,26 @@ class ServeParams(_Section):
         description="categories unseen in training: tolerate (the one-hot encoder ignores them) or reject (422)")
 
 
+class ServerParams(_Section):
+    """The team's server (over SSH): with ``host`` set, images go there and deploys target it."""
+
+    host: Optional[str] = Field(None, description="ssh://USER@HOST[:PORT] (none: this machine)")
+    identity_file: Optional[str] = Field(None, description="the private key (none: ssh's defaults)")
+    known_hosts: Optional[str] = Field(None, description="the known_hosts file that holds the server's host key "
+                                       "(none: ~/.ssh/known_hosts)")
+    registry_port: int = Field(32000, ge=1, le=65535, description="the MicroK8s registry addon's port on the "
+                               "server (images go there through an SSH tunnel when the addon is on)")
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        from .server._ssh import validate_target
+
+        return validate_target(value)
+
+
 class RunParams(BaseModel):
     """All parameters of a run. ``task`` is inferred from the target when absent."""
 
@@ -248,6 +268,7 @@ class RunParams(BaseModel):
     package: PackageParams = Field(default_factory=PackageParams)
     deploy: DeployParams = Field(default_factory=DeployParams)
     serve: ServeParams = Field(default_factory=ServeParams)
+    server: ServerParams = Field(default_factory=ServerParams)
 
     @field_validator("*", mode="before")
     @classmethod

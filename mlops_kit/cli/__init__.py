@@ -21,6 +21,7 @@ COMMANDS = {
     "undeploy": "deploy:undeploy",
     "rollback": "deploy:rollback",
     "ci": "ci:ci",
+    "server": "server:server",
 }
 
 

@@ -30,9 +30,17 @@ def _stages_cell(record: dict) -> str:
 @runs.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 @click.option("-n", "--limit", type=int, default=20, show_default=True, help="Newest N runs (0: all).")
-def list_(as_json, limit):
+@click.option("--server", "on_server", is_flag=True, help="The runs of `git push` deploys, on the team's server "
+              "(over SSH; the server `mlops-kit server init` set up).")
+def list_(as_json, limit, on_server):
     """The runs, newest first."""
     from ..ledger import list_runs
+
+    if on_server:
+        from ..server.ledger import remote_runs
+
+        click.echo(remote_runs(["list", "-n", str(limit), *(["--json"] if as_json else [])]), nl=False)
+        return
 
     records = list_runs()
     if limit:
@@ -52,10 +60,17 @@ def list_(as_json, limit):
 @runs.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
-def show(run_id, as_json):
+@click.option("--server", "on_server", is_flag=True, help="A run of a `git push` deploy, on the team's server.")
+def show(run_id, as_json, on_server):
     """One run: its status, stages, metrics, parameters and files."""
     from .. import _paths
     from ..ledger import read_run
+
+    if on_server:
+        from ..server.ledger import remote_runs
+
+        click.echo(remote_runs(["show", run_id, *(["--json"] if as_json else [])]), nl=False)
+        return
 
     record = read_run(run_id)
     if as_json:

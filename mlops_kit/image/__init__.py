@@ -142,15 +142,39 @@ def package(run_dir: str | Path, params: Any = None, *, run_id: str | None = Non
     context = write_context(artifacts, run_id=run_id, image=pkg.image, registry=pkg.registry,
                             base_image=pkg.base_image, runtime=runtime)
     chosen = select_builder(builder, base_image=pkg.base_image, runner=runner)
+    server = _server_of(params, run_dir)
     containerd = Containerd(pkg.containerd_socket, pkg.containerd_namespace, runner=runner)
+    if do_import and server:
+        from ..server import SSH
+
+        ssh = SSH.from_params(server)
+        with ssh.multiplexed():      # one SSH connection for the preflight, the shipping and the checks
+            return _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import, ssh, started,
+                                  runner, log, server=server, runtime=runtime)
     if do_import and not pkg.registry:
         containerd.check()
+    return _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import, None, started, runner, log,
+                          runtime=runtime)
+
+
+def _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import, ssh, started, runner, log, *,
+                   server=None, runtime: str = "skops") -> dict:
+    server_status = None
+    if ssh is not None:
+        from ..server.ship import preflight
+
+        server_status = preflight(ssh)      # MicroK8s there and usable, before the build
     context_seconds = time.monotonic() - started
     log(f"context {context.path} ({context.tag}); builder {chosen.name}")
     built = chosen.build(context, runner=runner, log=log)
     import_started = time.monotonic()
     where: dict[str, Any] | None = None
-    if pkg.registry:
+    if do_import and ssh is not None:
+        from ..server.ship import ship
+
+        where = ship(built, ssh, namespace=pkg.containerd_namespace, registry_port=server.registry_port,
+                     status=server_status, log=log)
+    elif pkg.registry:
         push_image(built, pkg.registry, log=log)
         where = {"registry": pkg.registry}
     elif do_import:
@@ -198,6 +222,22 @@ def compile_for(artifacts: Path, runtime: str = "auto", *, log: Log = print) -> 
                             path=artifacts / catalog.ONNX_REPORT.name, hint="set package.runtime to auto or skops.")
     log(f"ONNX: not used ({report.reason}); the image serves the skops model")
     return "skops"
+
+
+def _server_of(params: Any, run_dir: Path):
+    """``server`` of the parameters, else of the run's record (the 04_package notebook passes the
+    package section only); None when no ``server.host`` is set."""
+    server = getattr(params, "server", None)
+    if server is None:
+        try:
+            recorded = json.loads((run_dir / _paths.RUN_RECORD).read_text(encoding="utf-8")).get("params") or {}
+        except (OSError, ValueError):
+            recorded = {}
+        if (recorded.get("server") or {}).get("host"):
+            from ..params import ServerParams
+
+            server = ServerParams(**recorded["server"])
+    return server if server is not None and server.host else None
 
 
 def read_image_record(run_dir: str | Path) -> dict:

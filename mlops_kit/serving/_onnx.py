@@ -44,7 +44,7 @@ def read_verified(path: Path, sha256: str | None) -> bytes:
     return data
 
 
-def open_session(model: bytes, *, source: Path | str = "model.onnx") -> Any:
+def open_session(model: bytes, *, source: Path | str = artifacts.ONNX_MODEL.name) -> Any:
     """An onnxruntime session on one thread (one request at a time per worker; thread pools
     would only compete with the event loop), every graph optimisation on."""
     import onnxruntime as ort
@@ -88,7 +88,7 @@ class OnnxModel:
     """A verified ``model.onnx``: ``run(batch) -> (predictions, probabilities)``."""
 
     def __init__(self, model: bytes, report: artifacts.OnnxReport, features: list[dict[str, Any]], *,
-                 source: Path | str = "model.onnx"):
+                 source: Path | str = artifacts.ONNX_MODEL.name):
         self.report = report
         self.session = open_session(model, source=source)
         inputs = [i.name for i in self.session.get_inputs()]

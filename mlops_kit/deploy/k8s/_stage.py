@@ -33,7 +33,8 @@ def stage_params(run_dir: Path, *, seed: int = 42, task: str | None = None, **de
     ``serve`` sections (from run.json; defaults when absent)."""
     recorded = run_params(run_dir) or {}
     return RunParams(seed=seed, task=task, package=recorded.get("package") or {},
-                     serve=recorded.get("serve") or {}, deploy=DeployParams(**deploy))
+                     serve=recorded.get("serve") or {}, server=recorded.get("server") or {},
+                     deploy=DeployParams(**deploy))
 
 
 def run_stage(run_dir: Path, params: RunParams, *, log: Callable[[str], None] = print,
