@@ -178,5 +178,4 @@ def test_extends_cycle_is_refused(tmp_path):
 def test_stage_parameters_are_flat_and_hold_no_other_sections():
     params = load_params(REPO / "parameters" / "default.yaml").params
     values = params.stage_parameters("train")
-    assert values == {"seed": 42, "task": None, "model": "logistic_regression",
-                      "params": {}, "cv_folds": 5, "class_weight": None}
+    assert values == {"model": "logistic_regression", "params": {}, "cv_folds": 5, "class_weight": None}

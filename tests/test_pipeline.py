@@ -111,7 +111,8 @@ def test_any_csv_with_categories_and_missing_values(_isolated_runs, tmp_path, ta
     (["--set", "train.params={n_estimator: 5}", "--set", "train.model=random_forest"],
      ["train.params.n_estimator", "Did you mean 'n_estimators'?"]),
     # the default's hyperparameters belong to logistic regression: named, with the file they came from
-    (["--set", "train.model=random_forest"], ["default.yaml: train.params.C", "RandomForestClassifier"]),
+    (["--set", "train.model=random_forest", "--set", "train.params.C=1.0"],
+     ["--set train.params.C=1.0", "a hyperparameter of RandomForestClassifier"]),
     (["--set", "data.target=label"], ["data.target", "'label'"]),
     (["--set", "data.source=nowhere.csv"], ["data.source", "an existing data file"]),
     (["-p", "parameters/absent.yaml"], ["absent.yaml", "no such file"]),
@@ -134,23 +135,16 @@ def test_target_not_in_csv_is_named_with_columns(_isolated_runs, mixed_csv):
     (lambda f: f.head(8), ["has 8 rows", "min_rows"]),
     (lambda f: f.assign(label=f["label"].where(f.index % 7 != 0)), ["'label'", "missing values"]),
     (lambda f: f.assign(label="yes"), ["single class"]),
-    (lambda f: f.assign(when=pd.date_range("2024-01-01", periods=len(f), freq="h")), ["'when'", "datetime"]),
 ])
-def test_bad_data_fails_in_the_data_stage_with_a_clear_record(_isolated_runs, tmp_path, mutate, words):
+def test_bad_data_fails_before_any_stage_with_a_clear_message(_isolated_runs, tmp_path, mutate, words):
+    """Data that cannot make a model is refused before any stage starts: no run is left behind."""
     frame = mutate(make_mixed_frame())
     path = tmp_path / "bad.parquet"
     frame.to_parquet(path)
     result = cli("run", "--set", f"data.source={path}", "--set", "data.target=label")
-    assert_clean_failure(result, _isolated_runs, "Stage 'data' failed", "DataError", *words)
-    record, folder = only_run(_isolated_runs)
-    assert record["status"] == "failed"
-    assert record["error"]["stage"] == "data" and record["error"]["exception"] == "DataError"
-    assert record["stages"]["train"]["status"] == "pending"  # later stages did not run
-    assert str(folder / "notebooks" / "01_data.ipynb") in result.stderr
-    executed = nbformat.read(folder / "notebooks" / "01_data.ipynb", as_version=4)
-    failing = executed.cells[record["error"]["cell_index"]]
-    assert any(o.get("ename") == "DataError" for o in failing.outputs)
-    assert (folder / "reports" / "01_data.html").exists()
+    assert result.returncode == 1
+    assert_clean_failure(result, _isolated_runs, *words)
+    assert runs_in(_isolated_runs) == []
 
 
 def test_failed_gate_stops_the_run(_isolated_runs):
