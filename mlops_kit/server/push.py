@@ -287,9 +287,11 @@ def _summary(record_text: str, runs: Path) -> str:
     lines = [f"mlops-kit: run {run_id} {record.get('status')}",
              "mlops-kit: metrics " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)),
              f"mlops-kit: gate {'passed' if gate else 'FAILED' if gate is not None else 'not set'}"]
-    release = runs / str(run_id) / "artifacts" / "release.json"
+    from .. import artifacts
+
+    release = artifacts.RELEASE.path(runs / str(run_id))
     if release.is_file():
-        data = json.loads(release.read_text())
+        data = artifacts.RELEASE.load(runs / str(run_id)).to_json()
         endpoint = data.get("url") or data.get("endpoint")
         if endpoint:
             lines.append(f"mlops-kit: endpoint {endpoint} (on the server)")
