@@ -52,8 +52,8 @@ def mixed_regression_csv(tmp_path_factory) -> Path:
 
 def train_into(folder: Path, source: str, target: str, *, model: str = "logistic_regression",
                params: dict | None = None, seed: int = 42) -> Path:
-    """The data and train stages' work, in-process (no notebooks): a model folder for
-    tests of what comes after training (serving, image)."""
+    """The data, train and evaluate stages' work, in-process (no notebooks): a model folder for
+    tests of what comes after training (serving, image, deploy)."""
     from mlops_kit import data, train
 
     folder = folder / "artifacts"  # the catalog's layout: a run folder's artifacts/
@@ -66,6 +66,13 @@ def train_into(folder: Path, source: str, target: str, *, model: str = "logistic
     _, _, schema = data.load_splits(folder)
     result = train.train_model(train_frame, schema, model=model, params=params or {}, seed=seed)
     train.save_trained(result, schema, test_frame, folder, model=model, params=params or {}, seed=seed)
+    # and the evaluate stage's: metrics.json with the gate (package refuses an unevaluated model)
+    from mlops_kit import evaluate
+
+    X_test, y_test = train.features_and_target(test_frame, schema)
+    metrics = evaluate.compute_metrics(result.model, X_test, y_test, schema["task"])
+    evaluate.save_metrics(folder, schema["task"], metrics, evaluate.check_gate(metrics, {}, schema["task"]),
+                          data_fingerprint=schema.get("fingerprint"), model=model)
     return folder
 
 

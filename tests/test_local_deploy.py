@@ -11,6 +11,7 @@ import pytest
 from test_image_support import image_cache, make_run, need_layers_builder, start_containerd
 
 from mlops_kit import image as mk_image
+from mlops_kit import artifacts, deploy
 from mlops_kit.deploy import local
 from mlops_kit.errors import DeployError
 from mlops_kit.image import _containerd
@@ -60,8 +61,10 @@ def test_container_deploy_replaces_the_old_one_after_it_passed(model_dir, mixed_
         model.write_bytes(model.read_bytes() + b"tampered")
         built = mk_image.build(context, "layers")
         mk_image.import_image(built, mk_image.Containerd(socket))
-        (broken / "artifacts" / "image.json").write_text(json.dumps(
-            {"ref": built.ref, "digest": built.manifest_digest, "builder": "layers", "layout": str(built.layout)}))
+        artifacts.IMAGE.save(broken, {"ref": built.ref, "tag": context.tag, "image": "mlops-kit/model",
+                                      "digest": built.manifest_digest, "run_id": "r-broken", "builder": "layers",
+                                      "content_digest": context.digest, "layout": str(built.layout),
+                                      "created": "2026-01-01T00:00:00Z"})
         with pytest.raises(DeployError) as err:
             local.deploy(broken, params)
         assert "previous deployment keeps serving" in str(err.value)
@@ -77,6 +80,11 @@ def test_container_deploy_replaces_the_old_one_after_it_passed(model_dir, mixed_
         assert new["previous"]["name"] == release["name"]
         assert local.status(params)["run_id"] == "r-two"
         assert release["name"] not in _containerd.Containerd(socket).containers()
+
+        # the same interface as microk8s: a rollback serves the run that served before
+        back = deploy.rollback(params, log=lambda _: None)
+        assert back["run_id"] == "r-one" and local.status(params)["run_id"] == "r-one"
+        assert _predict(back["url"], examples["records"]) == examples["predictions"]
     finally:
         result = local.undeploy(params)
     assert result["undeployed"] and local.status(params) == {"target": "local", "deployed": False}
@@ -135,4 +143,5 @@ def test_the_server_process_gets_only_the_environment_it_needs(model_dir, _isola
     assert "UNRELATED_CANARY" not in env and "MLOPS_KIT_RUNS_DIR" not in env
     assert env["MODEL_TOKEN"] == "named-secret" and env["MLOPS_KIT_MAX_ROWS"] == "77"
     assert set(env) <= set(local.BASIC_ENV) | {"MODEL_TOKEN", "MLOPS_KIT_MAX_ROWS", "MLOPS_KIT_MAX_BODY_BYTES",
-                                               "MLOPS_KIT_UNKNOWN_CATEGORIES", "MLOPS_KIT_MODEL_NAME"}
+                                               "MLOPS_KIT_UNKNOWN_CATEGORIES", "MLOPS_KIT_MODEL_NAME",
+                                               "MLOPS_KIT_RUNTIME"}

@@ -125,6 +125,8 @@ class OnnxPredictor:
             raise ArtifactError(f"The model folder must be a directory. Got {self.model_dir} instead.",
                                 path=self.model_dir)
         self.card = load(artifacts.MODEL_CARD, self.model_dir).to_json()
+        #: the estimator the verified graph was compiled from (onnx.json ties it to the skops model's sha256)
+        self.estimator_name = str(self.card.get("estimator") or "unknown")
         self.schema = load(artifacts.SCHEMA, self.model_dir).to_json()
         self.examples = load(artifacts.EXAMPLES, self.model_dir).to_json()
         self.report = report

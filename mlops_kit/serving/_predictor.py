@@ -60,6 +60,8 @@ class Predictor:
             raise ArtifactError(f"The model card's features must be the schema's: {names}. "
                                 f"Got {self.card.get('features')} instead.", path=self.model_dir / model_io.CARD_FILE)
         self.estimator = self.model[-1] if hasattr(self.model, "steps") else self.model
+        #: the loaded model's own type (not the card's word for it)
+        self.estimator_name = type(self.estimator).__name__
         self.classes: list | None = (np.asarray(self.estimator.classes_).tolist()
                                      if hasattr(self.estimator, "predict_proba") and hasattr(self.estimator, "classes_")
                                      else None)

@@ -60,7 +60,7 @@ class ModelService:
         self.name = settings.model_name or str(predictor.card.get("model") or "model")
         self.ready = False
         self.metrics = ServingMetrics({
-            "name": self.name, "version": predictor.version, "estimator": type(predictor.estimator).__name__,
+            "name": self.name, "version": predictor.version, "estimator": predictor.estimator_name,
             "task": predictor.task, "sha256": str(predictor.card.get("sha256", "")),
             "created": str(predictor.card.get("created", "")), "path": predictor.path})
         self.openapi = orjson.dumps(openapi_document(self))
@@ -162,7 +162,7 @@ class ModelService:
         return _json({"name": self.name, "versions": [self.predictor.version], "platform": self.predictor.platform,
                       "inputs": [{"name": f.name, "datatype": f.datatype, "shape": [-1]} for f in self.schema.features],
                       "outputs": outputs,
-                      "parameters": {"task": self.predictor.task, "estimator": type(self.predictor.estimator).__name__,
+                      "parameters": {"task": self.predictor.task, "estimator": self.predictor.estimator_name,
                                      "classes": self.predictor.classes,
                                      "features": [f.metadata() for f in self.schema.features],
                                      "unknown_categories": self.settings.unknown_categories,
