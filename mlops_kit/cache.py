@@ -244,7 +244,7 @@ def reuse_stage(run: ledger.RunFolder, stage: Stage, candidate: Candidate, parts
 
 def _extra_outputs(artifacts: Path, stage: Stage) -> list[Path]:
     """Plots a stage draws beside its declared outputs."""
-    plots = {"data": (artifacts.TARGET_PLOT.name,), "evaluate": (artifacts.EVALUATION_PLOT.name,)}.get(stage.name, ())
+    plots = {"data": (_names.TARGET_PLOT,), "evaluate": (_names.EVALUATION_PLOT,)}.get(stage.name, ())
     return [artifacts / name for name in plots if (artifacts / name).exists()]
 
 
