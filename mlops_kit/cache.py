@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _artifact_names as _names
 from . import _atomic, _paths, ledger
 from .params import RunParams
 from .stages import Stage, producer_of
