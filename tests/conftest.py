@@ -113,15 +113,16 @@ def project_copy(tmp_path, monkeypatch):
 #: rest can land; the next session fixes them and empties this list (see the closing note).
 KNOWN_REGRESSIONS = {
     "tests/test_onnx.py": "ONNX compile/serve regressed against the data stage's new column kinds",
-    "tests/test_serving_process.py::test_settings_and_port_from_the_environment": "serving settings env after merge",
-    "tests/test_serving_process.py::test_the_server_needs_none_of_the_pipeline_dependencies":
-        "the skops server now imports pydantic (the artifact catalog)",
     "tests/test_server_deploy.py::test_deploy_status_rollback_undeploy_through_the_tunnel":
         "tunnel deploy after the deploy-interface merge",
 }
 
 
 def pytest_collection_modifyitems(config, items):
+    import os
+
+    if os.environ.get("MLOPS_KIT_NO_KNOWN_SKIPS"):
+        return
     for item in items:
         for prefix, reason in KNOWN_REGRESSIONS.items():
             if item.nodeid == prefix or item.nodeid.startswith(prefix + "::") or item.nodeid.startswith(prefix + "["):

@@ -19,7 +19,6 @@ SERVING_REQUIREMENTS = (
     "numpy", "scipy", "scikit-learn", "skops",
     "starlette", "uvicorn", "orjson", "prometheus-client",
     "uvloop", "httptools", "threadpoolctl",
-    "pydantic",   # the artifact catalog's models (onnx.json, the model card) are read through it
 )
 
 #: What the server imports when the model is ONNX (the lean image): no scikit-learn, scipy,

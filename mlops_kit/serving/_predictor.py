@@ -119,7 +119,10 @@ class Predictor:
                 block = np.empty((batch.rows, len(indexes)), dtype=dtype, order="F")
                 for j, i in enumerate(indexes):
                     block[:, j] = columns[i]
-                outputs.append(transformer.transform(block))
+                out = transformer.transform(block)
+                # the ColumnTransformer's output is dense (checked above), so it densified each
+                # block: a one-hot encoder alone answers with a sparse matrix
+                outputs.append(out.toarray() if hasattr(out, "toarray") else out)
             transformed = np.hstack(outputs)
             for step in middle:
                 transformed = step.transform(transformed)
@@ -153,12 +156,14 @@ def open_predictor(model_dir: str | Path, *, max_rows: int, unknown_categories: 
     """The ONNX predictor when ``onnx.json`` says the compiled model passed its verification
     (and was compiled from this very skops model), else the skops :class:`Predictor`.
     ``runtime`` ``onnx`` or ``skops`` insists on one."""
-    from .. import artifacts
-
     model_dir = Path(model_dir)
     if runtime != "skops":
-        path = model_dir / artifacts.ONNX_REPORT.name
-        report = artifacts.read_document(path, artifacts.OnnxReport) if path.is_file() else None
+        path = model_dir / _names.ONNX_REPORT
+        report = None
+        if path.is_file():       # the catalog (pydantic) only where there is an ONNX model to read
+            from .. import artifacts
+
+            report = artifacts.read_document(path, artifacts.OnnxReport)
         why = None
         if report is None:
             why = f"no {path} (04_package compiles the model)"
@@ -167,7 +172,7 @@ def open_predictor(model_dir: str | Path, *, max_rows: int, unknown_categories: 
         else:
             card_sha = _read_json(model_dir / model_io.CARD_FILE).get("sha256")
             if report.model_sha256 != card_sha:
-                why = (f"{artifacts.ONNX_REPORT.name} was compiled from model {report.model_sha256[:12]}, "
+                why = (f"{_names.ONNX_REPORT} was compiled from model {report.model_sha256[:12]}, "
                        f"not from this model ({str(card_sha)[:12]}): package the run again")
         if why is None:
             from ._onnx import OnnxPredictor
