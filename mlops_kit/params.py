@@ -173,7 +173,7 @@ class PackageParams(_Section):
                                     "(e.g. localhost:32000)")
     import_image: bool = Field(True, description="import the built image into containerd")
     runtime: Literal["auto", "onnx", "skops"] = Field(
-        "skops", description="what serves the model: onnx (compiled and verified on the test split; a lean "
+        "auto", description="what serves the model: onnx (compiled and verified on the test split; a lean "
         "image without scikit-learn), skops, or auto (onnx when it verifies, else skops)")
 
     @field_validator("image")

@@ -112,7 +112,6 @@ def project_copy(tmp_path, monkeypatch):
 #: release check), found minutes before the session ended. They are skipped, named here, so the
 #: rest can land; the next session fixes them and empties this list (see the closing note).
 KNOWN_REGRESSIONS = {
-    "tests/test_onnx.py": "ONNX compile/serve regressed against the data stage's new column kinds",
     "tests/test_server_deploy.py::test_deploy_status_rollback_undeploy_through_the_tunnel":
         "tunnel deploy after the deploy-interface merge",
 }
