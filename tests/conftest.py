@@ -106,23 +106,3 @@ def project_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_KIT_PROJECT_DIR", str(project))
     return project
 
-
-#: Tests that regressed when this session's branches were merged (the ONNX compiler against the
-#: new column kinds of the data stage; the serving process's environment; the tunnel deploy's
-#: release check), found minutes before the session ended. They are skipped, named here, so the
-#: rest can land; the next session fixes them and empties this list (see the closing note).
-KNOWN_REGRESSIONS = {
-    "tests/test_server_deploy.py::test_deploy_status_rollback_undeploy_through_the_tunnel":
-        "tunnel deploy after the deploy-interface merge",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    import os
-
-    if os.environ.get("MLOPS_KIT_NO_KNOWN_SKIPS"):
-        return
-    for item in items:
-        for prefix, reason in KNOWN_REGRESSIONS.items():
-            if item.nodeid == prefix or item.nodeid.startswith(prefix + "::") or item.nodeid.startswith(prefix + "["):
-                item.add_marker(pytest.mark.skip(reason=f"known regression (session 2 merge): {reason}"))

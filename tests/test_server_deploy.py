@@ -23,10 +23,10 @@ kmock = pytest.importorskip("kmock")
 
 from _sshd import REPO, Sshd, install_microk8s
 from test_k8s_fakes import (
-    PROXY_PREDICT,
     FakeApiServer,
     FakeController,
     make_run,
+    proxy_to_model_server,
     serve_namespaces,
 )
 
@@ -68,7 +68,7 @@ async def test_deploy_status_rollback_undeploy_through_the_tunnel(fake_behind_se
     home.mkdir()
     make_run(_isolated_runs, "run-1")
     make_run(_isolated_runs, "run-2", digest_char="c")
-    fake["post", PROXY_PREDICT] << (lambda request: {"predictions": [0, 1, 1]})
+    proxy_to_model_server(fake)      # the fake cluster's Service proxy: the real model server app
     common = ("--set", "deploy.namespace=ssh-test", "--set", "deploy.rollout_timeout=60",
               "--set", f"server.host={sshd.url()}", "--set", f"server.identity_file={sshd.user_key}",
               "--set", f"server.known_hosts={sshd.known_hosts}")
