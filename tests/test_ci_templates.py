@@ -13,6 +13,7 @@ ground: structure, expressions and contexts misuse, and the shell lines.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
