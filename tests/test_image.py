@@ -291,11 +291,14 @@ def test_version_mismatch_is_refused_before_the_build(model_dir, tmp_path):
 
 
 def test_failed_gate_is_not_packaged(model_dir, tmp_path):
+    from mlops_kit import artifacts, evaluate
+
     run = make_run(tmp_path, model_dir, "r-gate")
-    (run / "artifacts" / "metrics.json").write_text(json.dumps(
-        {"gate": {"passed": False, "checks": [{"metric": "accuracy", "value": 0.5, "threshold": 0.9,
-                                               "passed": False, "message": "accuracy 0.5 < 0.9"}]}}))
-    with pytest.raises(GateFailed, match="accuracy 0.5 < 0.9"):
+    recorded = artifacts.METRICS.load(run)            # the evaluate stage's own producer, a stricter gate
+    gate = evaluate.check_gate(recorded.metrics, {"accuracy": 0.9999}, recorded.task)
+    evaluate.save_metrics(run / "artifacts", recorded.task, recorded.metrics, gate,
+                          data_fingerprint=recorded.data_fingerprint, model=recorded.model)
+    with pytest.raises(GateFailed, match=r"accuracy 0\.\d{4} misses >= 0\.9999"):
         mk_image.package(run, RunParams(), runner=_NoCommands())
 
 
