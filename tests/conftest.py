@@ -106,3 +106,20 @@ def project_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_KIT_PROJECT_DIR", str(project))
     return project
 
+
+
+@pytest.fixture(scope="session")
+def image_env():
+    """The base-image cache of the session (see test_image_support.image_cache) as the kit's
+    cache folder, for the tests that build images."""
+    import os
+
+    from test_image_support import image_cache
+
+    old = os.environ.get("MLOPS_KIT_CACHE_DIR")
+    os.environ["MLOPS_KIT_CACHE_DIR"] = str(image_cache())
+    yield image_cache()
+    if old is None:
+        os.environ.pop("MLOPS_KIT_CACHE_DIR", None)
+    else:
+        os.environ["MLOPS_KIT_CACHE_DIR"] = old

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from _real import need_commands
-from test_image_support import image_cache, make_run, need_layers_builder, start_containerd
+from test_image_support import make_run, need_layers_builder, start_containerd
 
 from mlops_kit import image as mk_image
 from mlops_kit import model_io
@@ -31,17 +31,6 @@ from mlops_kit.image._runner import Runner
 from mlops_kit.params import PackageParams, RunParams
 
 pytestmark = pytest.mark.containerd
-
-
-@pytest.fixture(scope="session")
-def image_env():
-    old = os.environ.get("MLOPS_KIT_CACHE_DIR")
-    os.environ["MLOPS_KIT_CACHE_DIR"] = str(image_cache())
-    yield image_cache()
-    if old is None:
-        os.environ.pop("MLOPS_KIT_CACHE_DIR", None)
-    else:
-        os.environ["MLOPS_KIT_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ addon itself is Debian's docker-registry on 127.0.0.1, reached through a real SS
 
 from __future__ import annotations
 
-import os
 import subprocess
 import urllib.request
 
@@ -15,7 +14,6 @@ import pytest
 from _real import need, need_commands
 from _sshd import Registry, Sshd, ensure_group, install_microk8s, remove_microk8s
 from test_image_support import (
-    image_cache,
     make_run,
     need_layers_builder,
     start_containerd,
@@ -26,17 +24,6 @@ from mlops_kit.errors import ServerError
 from mlops_kit.params import PackageParams, RunParams, ServerParams
 
 pytestmark = [pytest.mark.ssh, pytest.mark.containerd]
-
-
-@pytest.fixture(scope="module")
-def image_env():
-    old = os.environ.get("MLOPS_KIT_CACHE_DIR")
-    os.environ["MLOPS_KIT_CACHE_DIR"] = str(image_cache())
-    yield image_cache()
-    if old is None:
-        os.environ.pop("MLOPS_KIT_CACHE_DIR", None)
-    else:
-        os.environ["MLOPS_KIT_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")
