@@ -364,7 +364,10 @@ def _wait_for_port(process: subprocess.Popen, port: int, log: Path) -> None:
 def server_repo():
     """The bare repository `mlops-kit server init` makes: ~/mlops-kit/<project>.git (removed after)."""
     name = f"ci-test-{uuid.uuid4().hex[:8]}"
-    path = Path.home() / "mlops-kit" / f"{name}.git"
+    import pwd
+
+    # the home sshd logs the user into (its passwd entry), whatever $HOME says here
+    path = Path(pwd.getpwuid(os.getuid()).pw_dir) / "mlops-kit" / f"{name}.git"
     subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
     yield name, path
     shutil.rmtree(path)

@@ -406,6 +406,6 @@ def test_notebook_is_committed_clean_with_a_parameters_cell():
     nb = nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / "04_package.ipynb", as_version=4)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
-    for name in ["run_dir", "seed", "task", *PackageParams.model_fields]:
+    for name in ["run_dir", *PackageParams.model_fields]:
         assert re.search(rf"^{name} = ", params[0].source, re.M), name
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
