@@ -90,7 +90,9 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict
                                else None)
         checks.append(("mlops_kit.train:check_train_params",
                        {"model": params.train.model, "task": task, "params": params.train.params,
-                        "origin": loaded.source_of("train.params")}))
+                        "origin": loaded.source_of("train.params"),
+                        "origins": {key: loaded.source_of(key) for key in
+                                    ("train.model", *(f"train.params.{k}" for k in params.train.params))}}))
     return checks
 
 

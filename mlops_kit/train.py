@@ -86,12 +86,17 @@ def make_estimator(model: str, task: str, params: dict | None = None, *, seed: i
     try:
         estimator._validate_params()
     except (ValueError, TypeError) as exc:
-        raise ParameterError([ParameterProblem("parameters", "train.params", f"valid values for {name}",
+        import re
+
+        named = re.search(r"The '(\w+)' parameter", str(exc))
+        key = f"train.params.{named.group(1)}" if named and named.group(1) in (params or {}) else "train.params"
+        raise ParameterError([ParameterProblem("parameters", key, f"valid values for {name}",
                                                str(exc))]) from None
     return estimator
 
 
-def check_train_params(model: str, task: str | None, params: dict, origin: str = "parameters") -> None:
+def check_train_params(model: str, task: str | None, params: dict, origin: str = "parameters",
+                       origins: dict[str, str] | None = None) -> None:
     """Raise ParameterError now for hyperparameters scikit-learn would refuse later.
 
     With ``task`` unknown (inferred from the data later), the parameters must fit the
@@ -105,7 +110,7 @@ def check_train_params(model: str, task: str | None, params: dict, origin: str =
         except ParameterError as exc:
             errors.append(exc)
     for problem in errors[0].problems:
-        problem.file = origin
+        problem.file = (origins or {}).get(problem.key, origin)
     raise errors[0]
 
 

@@ -110,8 +110,10 @@ def test_any_csv_with_categories_and_missing_values(_isolated_runs, tmp_path, ta
     (["--set", "train.model=forest"], ["train.model", "'forest'"]),
     (["--set", "train.params={n_estimator: 5}", "--set", "train.model=random_forest"],
      ["train.params.n_estimator", "Did you mean 'n_estimators'?"]),
-    # the default's hyperparameters belong to logistic regression: named, with the file they came from
-    (["--set", "train.model=random_forest"], ["default.yaml: train.params.C", "RandomForestClassifier"]),
+    # hyperparameters of another model: named, with where they came from
+    (["--set", "train.model=random_forest", "--set", "train.params.C=1.0"],
+     ["--set train.params.C=1.0: train.params.C", "RandomForestClassifier"]),
+    (["--set", "train.model=ridge"], ["train.model", "an estimator for classification", "'ridge'"]),
     (["--set", "data.target=label"], ["data.target", "'label'"]),
     (["--set", "data.source=nowhere.csv"], ["data.source", "an existing data file"]),
     (["-p", "parameters/absent.yaml"], ["absent.yaml", "no such file"]),
@@ -130,17 +132,18 @@ def test_target_not_in_csv_is_named_with_columns(_isolated_runs, mixed_csv):
     assert runs_in(_isolated_runs) == []
 
 
-@pytest.mark.parametrize("mutate, words", [
-    (lambda f: f.head(8), ["has 8 rows", "min_rows"]),
-    (lambda f: f.assign(label=f["label"].where(f.index % 7 != 0)), ["'label'", "missing values"]),
-    (lambda f: f.assign(label="yes"), ["single class"]),
-    (lambda f: f.assign(when=pd.date_range("2024-01-01", periods=len(f), freq="h")), ["'when'", "datetime"]),
+@pytest.mark.parametrize("mutate, args, words", [
+    # what only the whole table shows fails in the data stage (the target's problems are
+    # found before any stage: tests/test_data_columns.py)
+    (lambda f: f, ["--set", "data.columns.city=numeric"], ["'city'", "numeric", "data.columns.city"]),
+    (lambda f: f.assign(note=[f"word {i} and more words here" for i in range(len(f))]), [],
+     ["'note'", "free text"]),
 ])
-def test_bad_data_fails_in_the_data_stage_with_a_clear_record(_isolated_runs, tmp_path, mutate, words):
+def test_bad_data_fails_in_the_data_stage_with_a_clear_record(_isolated_runs, tmp_path, mutate, args, words):
     frame = mutate(make_mixed_frame())
     path = tmp_path / "bad.parquet"
     frame.to_parquet(path)
-    result = cli("run", "--set", f"data.source={path}", "--set", "data.target=label")
+    result = cli("run", "--set", f"data.source={path}", "--set", "data.target=label", *args)
     assert_clean_failure(result, _isolated_runs, "Stage 'data' failed", "DataError", *words)
     record, folder = only_run(_isolated_runs)
     assert record["status"] == "failed"
