@@ -1,7 +1,7 @@
 """The baseline of benchmarks/scale.py: read, split, fit and score the generated table in one
 plain pandas + scikit-learn process, with the same preprocessing the kit chooses for it (the
 ID dropped, calendar features of the date, yes/no as 0/1, one-hot with the rare levels of
-high-cardinality columns grouped; native categories for histogram gradient boosting).
+high-cardinality columns grouped; ordinal codes for histogram gradient boosting).
 
     python benchmarks/_plain_scale.py TABLE.csv MODEL
 """
@@ -33,7 +33,7 @@ X_train, X_test, y_train, y_test = train_test_split(frame, y, test_size=0.2, ran
 if model == "hist_gradient_boosting":
     encode = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
                             max_categories=250)
-    estimator = HistGradientBoostingClassifier(random_state=42, categorical_features=list(range(len(categorical))))
+    estimator = HistGradientBoostingClassifier(random_state=42)
     preprocess = ColumnTransformer([("categorical", encode, categorical), ("numeric", "passthrough", numeric)],
                                    sparse_threshold=0)
 else:

@@ -28,7 +28,21 @@ sys.path.insert(0, str(REPO))
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _tree_rss(root: int) -> int:
+def _pss(pid: int) -> int:
+    """Proportional set size: a page shared by n processes (the forked kernels share their
+    parent's imports) counts 1/n in each, so the sum over a tree is the memory it uses."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _tree_rss(root: int) -> tuple[int, int]:
+    """(RSS summed, PSS summed) over the process tree of ``root``."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.scandir("/proc"):
@@ -42,26 +56,28 @@ def _tree_rss(root: int) -> int:
         pid = int(entry.name)
         children.setdefault(int(fields[1]), []).append(pid)  # ppid
         rss[pid] = int(fields[21]) * PAGE
-    total, stack = 0, [root]
+    total, proportional, stack = 0, 0, [root]
     while stack:
         pid = stack.pop()
         total += rss.get(pid, 0)
+        proportional += _pss(pid)
         stack.extend(children.get(pid, []))
-    return total
+    return total, proportional
 
 
-def measure(command: list[str], env: dict) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of the process tree of ``command``."""
+def measure(command: list[str], env: dict) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS and peak PSS (bytes) of the process tree of ``command``."""
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    peak = 0
+    peak = peak_pss = 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_pss
         while not done.is_set():
-            peak = max(peak, _tree_rss(process.pid))
+            rss, pss = _tree_rss(process.pid)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -72,7 +88,7 @@ def measure(command: list[str], env: dict) -> tuple[float, int]:
     sampler.join()
     if process.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{stdout}\n{stderr}")
-    return seconds, peak
+    return seconds, peak, peak_pss
 
 
 def table_bytes(path: Path) -> int:
@@ -103,9 +119,10 @@ def main() -> None:
             plain = measure([sys.executable, str(REPO / "benchmarks" / "_plain_scale.py"), str(path), model], env)
             rows_out.append((rows, model, kit, plain, in_memory, path.stat().st_size))
             print(f"{rows:>9,} rows {model:<24} kit {kit[0]:7.1f} s {kit[1] / 2**20:7.0f} MiB | plain {plain[0]:7.1f} s "
-                  f"{plain[1] / 2**20:7.0f} MiB | time x{kit[0] / plain[0]:.2f} memory x{kit[1] / plain[1]:.2f} | "
+                  f"{plain[1] / 2**20:7.0f} MiB | time x{kit[0] / plain[0]:.2f} memory (RSS) x{kit[1] / plain[1]:.2f} "
+                  f"(PSS: kit {kit[2] / 2**20:.0f} MiB, plain {plain[2] / 2**20:.0f} MiB, x{kit[2] / plain[2]:.2f}) | "
                   f"table {in_memory / 2**20:.0f} MiB in memory (CSV {path.stat().st_size / 2**20:.0f} MiB), "
-                  f"peak/table x{kit[1] / in_memory:.2f}", flush=True)
+                  f"kit PSS/table x{kit[2] / in_memory:.2f}", flush=True)
         path.unlink()
     print("\nseconds per 100k rows (kit): " + ", ".join(
         f"{model} {rows:,}: {kit[0] / rows * 1e5:.1f}" for rows, model, kit, *_ in rows_out))

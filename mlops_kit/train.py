@@ -121,7 +121,8 @@ def build_pipeline(schema: dict, estimator, *, seed: int = 0) -> Any:
     features, imputed, scaled; categorical: one-hot (missing is a level of its own, unseen
     levels ignored; ``grouped``: at most ``levels`` columns, the rarest levels as one), or
     target-encoded; text: words hashed. For histogram gradient boosting, categorical columns
-    are ordinal-coded and handled natively by the trees (no one-hot, no dense blow-up).
+    are ordinal-coded (no one-hot, no dense blow-up; the trees split on the codes: its native
+    categorical mode builds an internal preprocessor the kit's model files do not allow).
     """
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -144,7 +145,6 @@ def build_pipeline(schema: dict, estimator, *, seed: int = 0) -> Any:
         transformers.append(("categorical", OrdinalEncoder(
             handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
             max_categories=cap, dtype=np.float64), [f["name"] for f in ordinal]))
-        estimator.set_params(categorical_features=list(range(len(ordinal))))
     if by_kind["numeric"]:
         transformers.append(("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
                                                   ("scale", StandardScaler())]),
