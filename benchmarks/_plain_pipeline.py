@@ -11,7 +11,7 @@ from mlops_kit import data, evaluate, model_io, train
 from mlops_kit._plots import pyplot
 from mlops_kit.params import load_params
 
-out = Path(sys.argv[1])
+out = Path(sys.argv[1]) / "artifacts"  # laid out like a run folder's artifacts/
 out.mkdir(parents=True, exist_ok=True)
 p = load_params().params
 

@@ -166,7 +166,8 @@ def read_columns(source: str) -> list[str]:
         import pyarrow.parquet as pq
         return list(pq.read_schema(path).names)
     except Exception as exc:  # noqa: BLE001 - any reader error is the user's file
-        raise DataError(f"data.source {str(path)!r} could not be read: {_first_line(exc)}",
+        kind = "CSV" if path.suffix.lower() == ".csv" else "parquet"
+        raise DataError(f"data.source {str(path)!r} could not be read as {kind}: {_first_line(exc)}",
                         source=str(path)) from None
 
 

@@ -113,6 +113,7 @@ def test_any_csv_with_categories_and_missing_values(_isolated_runs, tmp_path, ta
     # the default's hyperparameters belong to logistic regression: named, with the file they came from
     (["--set", "train.model=random_forest", "--set", "train.params.C=1.0"],
      ["--set train.params.C=1.0", "a hyperparameter of RandomForestClassifier"]),
+    (['--set', 'train.model=ridge'], ['train.model', 'an estimator for classification', "'ridge'"]),
     (["--set", "data.target=label"], ["data.target", "'label'"]),
     (["--set", "data.source=nowhere.csv"], ["data.source", "an existing data file"]),
     (["-p", "parameters/absent.yaml"], ["absent.yaml", "no such file"]),
@@ -145,6 +146,30 @@ def test_bad_data_fails_before_any_stage_with_a_clear_message(_isolated_runs, tm
     assert result.returncode == 1
     assert_clean_failure(result, _isolated_runs, *words)
     assert runs_in(_isolated_runs) == []
+
+
+@pytest.mark.parametrize("mutate, args, words", [
+    # what only the whole table shows fails in the data stage (the target's problems are
+    # found before any stage: tests/test_data_columns.py)
+    (lambda f: f, ["--set", "data.columns.city=numeric"], ["'city'", "numeric", "data.columns.city"]),
+    (lambda f: f.assign(note=[f"word {i} and more words here" for i in range(len(f))]), [],
+     ["'note'", "free text"]),
+])
+def test_bad_data_fails_in_the_data_stage_with_a_clear_record(_isolated_runs, tmp_path, mutate, args, words):
+    frame = mutate(make_mixed_frame())
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path)
+    result = cli("run", "--set", f"data.source={path}", "--set", "data.target=label", *args)
+    assert_clean_failure(result, _isolated_runs, "Stage 'data' failed", "DataError", *words)
+    record, folder = only_run(_isolated_runs)
+    assert record["status"] == "failed"
+    assert record["error"]["stage"] == "data" and record["error"]["exception"] == "DataError"
+    assert record["stages"]["train"]["status"] == "pending"  # later stages did not run
+    assert str(folder / "notebooks" / "01_data.ipynb") in result.stderr
+    executed = nbformat.read(folder / "notebooks" / "01_data.ipynb", as_version=4)
+    failing = executed.cells[record["error"]["cell_index"]]
+    assert any(o.get("ename") == "DataError" for o in failing.outputs)
+    assert (folder / "reports" / "01_data.html").exists()
 
 
 def test_failed_gate_stops_the_run(_isolated_runs):

@@ -1,0 +1,133 @@
+"""Benchmark: `mlops-kit run` (data, train, evaluate) on large generated tables against a
+plain pandas + scikit-learn script doing the same work (read, split, fit, score).
+
+    python benchmarks/scale.py [--rows 100000 300000 1000000] [--models logistic_regression hist_gradient_boosting]
+
+The table is tests/_datagen.py's (30 feature columns: numbers, categories one of which has
+5,000 levels, a date, an ID, yes/no text, 5 % missing, a 1:20 imbalance), written as CSV.
+For each size and model both run as fresh processes, one after the other; measured: wall
+time and the peak resident memory of the whole process tree (the CLI, the kernels' parent,
+the kernels), sampled every 50 ms from /proc. Printed: the figures, the ratios kit / plain,
+the table's size in memory (as the kit holds it), and seconds per 100k rows (linearity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size: a page shared by n processes (the forked kernels share their
+    parent's imports) counts 1/n in each, so the sum over a tree is the memory it uses."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _tree_rss(root: int) -> tuple[int, int]:
+    """(RSS summed, PSS summed) over the process tree of ``root``."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)  # ppid
+        rss[pid] = int(fields[21]) * PAGE
+    total, proportional, stack = 0, 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        proportional += _pss(pid)
+        stack.extend(children.get(pid, []))
+    return total, proportional
+
+
+def measure(command: list[str], env: dict) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS and peak PSS (bytes) of the process tree of ``command``."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    peak = peak_pss = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, peak_pss
+        while not done.is_set():
+            rss, pss = _tree_rss(process.pid)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{stdout}\n{stderr}")
+    return seconds, peak, peak_pss
+
+
+def table_bytes(path: Path) -> int:
+    from mlops_kit import data
+
+    frame = data.load_dataset(str(path), "label").frame
+    return int(frame.memory_usage(deep=True).sum())
+
+
+def main() -> None:
+    from _datagen import write_table
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--models", nargs="+", default=["logistic_regression", "hist_gradient_boosting"])
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mlops-kit-scale-"))
+    env = {**os.environ, "MLOPS_KIT_RUNS_DIR": str(work / "runs"), "MLOPS_KIT_PROJECT_DIR": str(REPO),
+           "PYTHONPATH": str(REPO)}
+    rows_out = []
+    for rows in args.rows:
+        path = write_table(rows, work / f"table-{rows}.csv", seed=0)
+        in_memory = table_bytes(path)
+        for model in args.models:
+            kit = measure([sys.executable, "-m", "mlops_kit.cli", "run", "--no-cache",
+                           "--set", f"data.source={path}", "--set", "data.target=label",
+                           "--set", f"train.model={model}", "--set", "train.cv_folds=0"], env)
+            plain = measure([sys.executable, str(REPO / "benchmarks" / "_plain_scale.py"), str(path), model], env)
+            rows_out.append((rows, model, kit, plain, in_memory, path.stat().st_size))
+            print(f"{rows:>9,} rows {model:<24} kit {kit[0]:7.1f} s {kit[1] / 2**20:7.0f} MiB | plain {plain[0]:7.1f} s "
+                  f"{plain[1] / 2**20:7.0f} MiB | time x{kit[0] / plain[0]:.2f} memory (RSS) x{kit[1] / plain[1]:.2f} "
+                  f"(PSS: kit {kit[2] / 2**20:.0f} MiB, plain {plain[2] / 2**20:.0f} MiB, x{kit[2] / plain[2]:.2f}) | "
+                  f"table {in_memory / 2**20:.0f} MiB in memory (CSV {path.stat().st_size / 2**20:.0f} MiB), "
+                  f"kit PSS/table x{kit[2] / in_memory:.2f}", flush=True)
+        path.unlink()
+    print("\nseconds per 100k rows (kit): " + ", ".join(
+        f"{model} {rows:,}: {kit[0] / rows * 1e5:.1f}" for rows, model, kit, *_ in rows_out))
+    print("goals at 1M rows: time <= 1.3x plain; memory <= 1.5x plain and <= 3x the table in memory")
+
+
+if __name__ == "__main__":
+    main()
