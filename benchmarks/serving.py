@@ -44,20 +44,17 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 
 
-def train_default(folder: Path) -> Path:
-    from mlops_kit import data, train
-    from mlops_kit.params import load_params
-
-    p = load_params().params
-    dataset = data.load_dataset(p.data.source, p.data.target)
-    checked = data.validate_dataset(dataset, task=p.task, min_rows=p.data.min_rows, test_size=p.data.test_size)
-    schema = data.infer_schema(checked, p.data.target)
-    train_rows, test_rows = data.split_dataset(checked, p.data.target, test_size=p.data.test_size, seed=p.seed)
-    data.save_splits(train_rows, test_rows, schema, folder)
-    train_rows, test_rows, schema = data.load_splits(folder)
-    result = train.train_model(train_rows, schema, model=p.train.model, params=p.train.params, seed=p.seed)
-    train.save_trained(result, schema, test_rows, folder, model=p.train.model, params=p.train.params, seed=p.seed)
-    return folder
+def train_default(workdir: Path) -> Path:
+    """The default model, made as users make it: ``mlops-kit run`` (data, train, evaluate)
+    into a runs folder of its own; returns the run's ``artifacts/``."""
+    runs = workdir / "runs"
+    done = subprocess.run([sys.executable, "-m", "mlops_kit.cli", "run", "--stages", "data,train,evaluate",
+                           "--no-cache", "--json"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "MLOPS_KIT_RUNS_DIR": str(runs)})
+    if done.returncode != 0:
+        sys.exit(f"mlops-kit run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    (run,) = [path for path in runs.iterdir() if (path / "artifacts").is_dir()]
+    return run / "artifacts"
 
 
 def request_bodies(folder: Path) -> dict[int, bytes]:
@@ -213,7 +210,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mlops-kit-bench-") as tmp:
         workdir = Path(tmp)
-        folder = args.model_dir or train_default(workdir / "model")
+        folder = args.model_dir or train_default(workdir)
         report = compile_model(folder)
         if not report.passed:
             sys.exit(f"the model did not compile to ONNX: {report.reason}")

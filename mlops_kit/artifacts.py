@@ -209,8 +209,11 @@ class OnnxReport(Document):
     task: Literal["classification", "regression"]
     #: the estimator's ``classes_`` in the order of the probability columns
     classes: Optional[list[Scalar]] = None
-    #: the ONNX graph's inputs, one per schema feature, in the schema's order
+    #: the ONNX graph's inputs: ``numeric_input`` first when set, then one per other feature,
+    #: in the schema's order (without ``numeric_input``: one per feature)
     inputs: list[str] = Field(default_factory=list)
+    #: the one ``[N, k]`` float64 input holding every numeric feature, in the schema's order
+    numeric_input: Optional[str] = None
     outputs: list[str] = Field(default_factory=list)
     #: what a missing category is fed as (ONNX strings have no NaN), and what a request's
     #: value equal to that marker is fed as instead (an unseen category, as in skops)

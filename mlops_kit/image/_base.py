@@ -32,7 +32,7 @@ from ._runner import DEFAULT_RUNNER, Log, Runner
 
 #: What the server needs at runtime when ``mlops_kit.serving`` does not say.
 DEFAULT_SERVING_REQUIREMENTS = ("numpy", "scipy", "scikit-learn", "skops", "starlette", "uvicorn",
-                                "orjson", "prometheus-client", "pandas")
+                                "orjson", "msgspec", "prometheus-client", "pandas")
 #: Versions that must be equal in training and serving (a pickle-like format depends on them).
 MUST_MATCH = ("scikit-learn", "numpy", "scipy", "skops")
 

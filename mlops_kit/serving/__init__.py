@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 #: not among them: kit models are called through numpy (see ``_predictor``).
 SERVING_REQUIREMENTS = (
     "numpy", "scipy", "scikit-learn", "skops",
-    "starlette", "uvicorn", "orjson", "prometheus-client",
+    "starlette", "uvicorn", "orjson", "msgspec", "prometheus-client",
     "uvloop", "httptools", "threadpoolctl",
 )
 
@@ -25,7 +25,7 @@ SERVING_REQUIREMENTS = (
 #: skops or pandas. pydantic reads the artifact catalog's documents.
 ONNX_SERVING_REQUIREMENTS = (
     "numpy", "onnxruntime", "pydantic",
-    "starlette", "uvicorn", "orjson", "prometheus-client",
+    "starlette", "uvicorn", "orjson", "msgspec", "prometheus-client",
     "uvloop", "httptools",
 )
 

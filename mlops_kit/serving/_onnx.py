@@ -5,8 +5,9 @@ image has none of them). An ONNX file is data, not code: nothing in it is execut
 the standard operators, so no type allow-list is needed; its sha256 is still checked
 against ``onnx.json`` before it is parsed, and a file that differs is refused.
 
-The graph has one input per schema feature (shape ``[N, 1]``): numeric features as float64
-(missing: NaN), categorical ones as strings. ONNX strings have no NaN, so a missing category
+The graph takes the numeric features as one ``[N, k]`` float64 matrix (``numeric_input``;
+missing: NaN) and every other feature as an input of its own (``[N, 1]``; categorical ones
+as strings). ONNX strings have no NaN, so a missing category
 is fed as the report's ``missing_category`` marker (which the graph imputes, as the
 pipeline's imputer does) and a request value equal to that marker as ``unseen_category``
 (which the one-hot encoder ignores, as scikit-learn does for any unseen text).
@@ -23,7 +24,7 @@ import numpy as np
 
 from .. import artifacts
 from ..errors import ArtifactError
-from ._validation import Batch, RequestSchema
+from ._validation import Batch, RequestSchema, show
 
 logger = logging.getLogger("mlops_kit.serving")
 
@@ -64,24 +65,41 @@ def open_session(model: bytes, *, source: Path | str = artifacts.ONNX_MODEL.name
 
 
 class OnnxFeeder:
-    """Batch columns -> the session's input feed."""
+    """Batch columns -> the session's input feed: the numeric features as one matrix when the
+    graph takes them so (``numeric_input``), every other feature as an ``[N, 1]`` input."""
 
-    def __init__(self, kinds: list[str], names: list[str], *, missing: str, unseen: str):
-        self.names = names
-        self.categorical = [kind == "categorical" for kind in kinds]
+    def __init__(self, kinds: list[str], names: list[str], *, missing: str, unseen: str,
+                 numeric_input: str | None = None):
+        self.numeric_input = numeric_input
+        self.numeric = [i for i, kind in enumerate(kinds) if kind == "numeric"] if numeric_input else []
+        folded = set(self.numeric)
+        self.inputs = [(name, i, kind == "categorical") for i, (name, kind) in enumerate(zip(names, kinds))
+                       if i not in folded]
         self.missing = missing
         self.unseen = unseen
 
     def __call__(self, batch: Batch) -> dict[str, np.ndarray]:
         feed = {}
+        if self.numeric_input:
+            block = batch.numeric if batch.numeric is not None else np.column_stack(
+                [batch.columns[i] for i in self.numeric])
+            feed[self.numeric_input] = np.ascontiguousarray(block)
         missing, unseen = self.missing, self.unseen
-        for name, categorical, column in zip(self.names, self.categorical, batch.columns):
+        columns = batch.columns
+        for name, i, categorical in self.inputs:
+            column = columns[i]
             if categorical:
                 texts = [(unseen if v == missing else v) if type(v) is str else missing for v in column.tolist()]
                 feed[name] = np.array(texts, dtype=object).reshape(-1, 1)
             else:
-                feed[name] = column.reshape(-1, 1)
+                feed[name] = np.ascontiguousarray(column).reshape(-1, 1)
         return feed
+
+
+def _unfolded(inputs: list[str], kinds: list[str]) -> list[str]:
+    """Per feature, the graph input holding it (the numeric matrix for every numeric feature)."""
+    others = iter(inputs[1:])
+    return [inputs[0] if kind == "numeric" else next(others) for kind in kinds]
 
 
 class OnnxModel:
@@ -92,16 +110,21 @@ class OnnxModel:
         self.report = report
         self.session = open_session(model, source=source)
         inputs = [i.name for i in self.session.get_inputs()]
-        if inputs != list(report.inputs) or len(inputs) != len(features):
-            raise ArtifactError(f"{source} must take one input per feature, {list(report.inputs)}. "
-                                f"Got inputs {inputs} instead.", path=source)
+        kinds = [f["kind"] for f in features]
+        expected = (1 + sum(kind != "numeric" for kind in kinds)) if report.numeric_input else len(kinds)
+        if inputs != list(report.inputs) or len(inputs) != expected or (
+                report.numeric_input and inputs[0] != report.numeric_input):
+            raise ArtifactError(f"{source} must take the inputs onnx.json records ({expected}: "
+                                f"{show(list(report.inputs))}). Got inputs {show(inputs)} instead.", path=source)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.classification = report.task == "classification"
         if self.classification and len(self.outputs) < 2:
             raise ArtifactError(f"{source} must output labels and probabilities. Got {self.outputs} instead.",
                                 path=source)
-        self.feed = OnnxFeeder([f["kind"] for f in features], inputs, missing=report.missing_category,
-                               unseen=report.unseen_category)
+        # graph inputs are in the schema's order: the numeric matrix first, then the others
+        names = inputs if not report.numeric_input else _unfolded(inputs, kinds)
+        self.feed = OnnxFeeder(kinds, names, missing=report.missing_category,
+                               unseen=report.unseen_category, numeric_input=report.numeric_input)
         self.wanted = self.outputs[:2] if self.classification else self.outputs[:1]
 
     def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:

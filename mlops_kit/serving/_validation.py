@@ -19,14 +19,17 @@ from ..errors import InvalidRequest  # noqa: F401 - raised here, defined with th
 
 import difflib
 import operator
+from itertools import chain
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import msgspec
 import numpy as np
 import orjson
 
 _NUMBER_TYPES = frozenset({int, float})
 _NONE = type(None)
+_astuple = msgspec.structs.astuple
 
 
 def show(value: Any, limit: int = 80) -> str:
@@ -68,16 +71,50 @@ def _outline(value: Any, depth: int, budget: int) -> str:
     return text if len(text) <= budget else text[:budget] + "..."
 
 
+def _tuple_getter(names: Sequence[str]) -> Any:
+    """``record -> tuple of record[name] for name in names`` (KeyError for a missing name)."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    if len(names) == 1:
+        return lambda record, _name=names[0]: (record[_name],)
+    return lambda record: ()
+
+
+def _whole(values: np.ndarray) -> bool:
+    """Every value a whole number or NaN (missing)."""
+    return bool(np.all(np.isnan(values) | (values == np.floor(values))))
+
+
+def _records_decoder(features: Sequence["Feature"]) -> Any:
+    """A msgspec decoder of ``[{feature: value, ...}, ...]`` that accepts exactly the model's
+    features, each of the JSON types :meth:`Feature.problem` accepts (a decoding error means
+    "check value by value": the slow path then finds and names the mistake)."""
+    from typing import Union
+
+    order = {int: 0, float: 1, bool: 2, str: 3, _NONE: 4}
+    fields = [(f"f{i}", Union[tuple(sorted(f.accepted, key=order.__getitem__))])  # type: ignore[misc]
+              for i, f in enumerate(features)]
+    record = msgspec.defstruct("Record", fields, rename={f"f{i}": f.name for i, f in enumerate(features)},
+                               forbid_unknown_fields=True, gc=False)
+    return msgspec.json.Decoder(list[record])
+
+
 def _where(row: int | None, name: str) -> str:
     return f"Row {row}: feature {name!r}" if row is not None else f"Feature {name!r}"
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Validated input: ``columns[i]`` holds feature ``i``'s values for ``rows`` rows."""
+    """Validated input: ``columns[i]`` holds feature ``i``'s values for ``rows`` rows.
+
+    ``numeric``, when set, is the numeric features' values as one ``rows x k`` float64 matrix
+    (the schema's numeric features, in the schema's order); their entries of ``columns`` are
+    views of its columns (strided when the matrix is row-major).
+    """
 
     columns: list[np.ndarray]
     rows: int
+    numeric: np.ndarray | None = None
 
 
 class Feature:
@@ -222,10 +259,46 @@ class RequestSchema:
         self.names = tuple(f.name for f in self.features)
         self.name_set = frozenset(self.names)
         self.max_rows = max_rows
-        self._values_of = (operator.itemgetter(*self.names) if len(self.names) > 1
-                           else (lambda record, _n=self.names[0]: (record[_n],)))
+        self._values_of = _tuple_getter(self.names)
+        # the numeric features are checked and converted together, as one matrix
+        self.numeric_positions = [i for i, f in enumerate(self.features) if f.kind == "numeric"]
+        self._other_positions = [i for i, f in enumerate(self.features) if f.kind != "numeric"]
+        self._numeric_of = _tuple_getter([self.names[i] for i in self.numeric_positions])
+        self._others_of = _tuple_getter([self.names[i] for i in self._other_positions])
+        numeric = [self.features[i] for i in self.numeric_positions]
+        self._required = np.array([j for j, f in enumerate(numeric) if not f.nullable], dtype=np.intp)
+        self._integer = np.array([j for j, f in enumerate(numeric) if f.integer], dtype=np.intp)
+        self._numeric_types = _NUMBER_TYPES | {_NONE}
+        self._records_decoder = _records_decoder(self.features)
 
     # -- bodies ----------------------------------------------------------------------------
+    def parse_body(self, body: bytes) -> Batch:
+        """A request body (JSON records or columns) as a :class:`Batch`.
+
+        Records are decoded straight into typed rows (msgspec checks every value's JSON type
+        while it parses: no dict per record); anything else - columns, or a body with a
+        mistake - is parsed with orjson and checked value by value, which names the mistake.
+        """
+        try:
+            records = self._records_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return self.parse(self.load_json(body))
+        self._check_rows(len(records))
+        rows = list(map(_astuple, records))
+        if not self._other_positions:  # every feature numeric: the rows are the matrix
+            block = np.array(rows, dtype=np.float64)
+            if self._integer.size and not _whole(block[:, self._integer]):
+                return self.parse(self.load_json(body))
+            return self._assemble(block, [], len(records))
+        columns = list(zip(*rows))
+        if self.numeric_positions:
+            # types are checked already; what is left is whole numbers where training saw them
+            block = np.array([columns[i] for i in self.numeric_positions], dtype=np.float64).T
+            if self._integer.size and not _whole(block[:, self._integer]):
+                return self.parse(self.load_json(body))
+            return self._assemble(block, [columns[i] for i in self._other_positions], len(records))
+        return Batch([f.convert(c) for f, c in zip(self.features, columns)], len(records))
+
     @staticmethod
     def load_json(body: bytes) -> Any:
         try:
@@ -247,12 +320,25 @@ class RequestSchema:
 
     def parse_records(self, records: list) -> Batch:
         self._check_rows(len(records))
-        name_set = self.name_set
+        width = len(self.names)
+        # a record with as many keys as the model has features, all of them found, has
+        # exactly the model's features: checked for the whole batch at once
+        if set(map(type, records)) == {dict} and set(map(len, records)) == {width}:
+            try:
+                numeric_rows = list(map(self._numeric_of, records))
+                other_rows = list(map(self._others_of, records))
+            except KeyError:
+                numeric_rows = None
+            if numeric_rows is not None and self.numeric_positions:
+                block = self._numeric_block(numeric_rows, by_row=True)
+                if block is not None:
+                    return self._assemble(block, list(zip(*other_rows)), len(records))
+        # one value at a time: the first mistake is found and named
         for row, record in enumerate(records):
             if type(record) is not dict:
                 raise InvalidRequest(f"Row {row} must be an object of feature values. Got {show(record)} instead.",
                                      row=row, expected="an object of feature values", got=show(record))
-            if record.keys() != name_set:
+            if record.keys() != self.name_set:
                 self._raise_names(record.keys(), row=row)
         columns = list(zip(*map(self._values_of, records)))
         return Batch([f.convert(c) for f, c in zip(self.features, columns)], len(records))
@@ -275,7 +361,34 @@ class RequestSchema:
                 raise InvalidRequest(
                     f"Column {name!r} must have {rows} values, like column {self.names[0]!r}. "
                     f"Got {len(values)} instead.", field=name, expected=f"{rows} values", got=f"{len(values)} values")
-        return Batch([f.convert(columns[f.name]) for f in self.features], rows or 0)
+        rows = rows or 0
+        if self.numeric_positions:
+            block = self._numeric_block([columns[self.names[i]] for i in self.numeric_positions], by_row=False)
+            if block is not None:
+                return self._assemble(block, [columns[self.names[i]] for i in self._other_positions], rows)
+        return Batch([f.convert(columns[f.name]) for f in self.features], rows)
+
+    def _numeric_block(self, values: list, *, by_row: bool) -> np.ndarray | None:
+        """The numeric features as one column-major float64 matrix when every value is valid,
+        else None (the caller then checks value by value, and names the first mistake)."""
+        types = set(map(type, chain.from_iterable(values)))
+        if not types <= self._numeric_types:
+            return None
+        block = np.array(values, dtype=np.float64)  # null -> NaN (JSON has no NaN of its own)
+        block = np.asfortranarray(block) if by_row else block.T
+        if _NONE in types and self._required.size and np.isnan(block[:, self._required]).any():
+            return None
+        if self._integer.size and not _whole(block[:, self._integer]):
+            return None
+        return block
+
+    def _assemble(self, block: np.ndarray, other_columns: list, rows: int) -> Batch:
+        columns: list[Any] = [None] * len(self.features)
+        for j, i in enumerate(self.numeric_positions):
+            columns[i] = block[:, j]
+        for i, values in zip(self._other_positions, other_columns):
+            columns[i] = self.features[i].convert(values)
+        return Batch(columns, rows, numeric=block)
 
     def parse_v2(self, payload: Any) -> tuple[Batch, dict[str, Any]]:
         """An Open Inference Protocol v2 inference request: one input tensor per feature

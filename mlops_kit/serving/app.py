@@ -16,9 +16,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import orjson
@@ -58,6 +59,7 @@ class ModelService:
         self.settings = settings
         self.schema = predictor.request_schema
         self.name = settings.model_name or str(predictor.card.get("model") or "model")
+        self.version = predictor.version
         self.ready = False
         self.metrics = ServingMetrics({
             "name": self.name, "version": predictor.version, "estimator": predictor.estimator_name,
@@ -66,50 +68,44 @@ class ModelService:
         self.openapi = orjson.dumps(openapi_document(self))
         self.docs = docs_page(self)
 
-    # -- helpers ---------------------------------------------------------------------------
-    async def _body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise InvalidRequest(f"The Content-Length header must be a number of bytes. Got {length!r} instead.",
-                                     status=400, field="Content-Length", expected="a number", got=length)
-            if int(length) > limit:
-                raise self._too_large(int(length))
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large(size, at_least=True)
-            chunks.append(chunk)
-        return b"".join(chunks)
+    # -- the prediction endpoints: body in, JSON out (called by ServingApp) ---------------------
+    def check_length(self, length: bytes | None) -> None:
+        """The Content-Length header, when sent, is a number within the body limit."""
+        if length is None:
+            return
+        if not length.isdigit():
+            got = length.decode("latin-1")
+            raise InvalidRequest(f"The Content-Length header must be a number of bytes. Got {got!r} instead.",
+                                 status=400, field="Content-Length", expected="a number", got=got)
+        if int(length) > self.settings.max_body_bytes:
+            raise self.too_large(int(length))
 
-    def _too_large(self, size: int, at_least: bool = False) -> InvalidRequest:
+    def too_large(self, size: int, at_least: bool = False) -> InvalidRequest:
         got = f"{'at least ' if at_least else ''}{size} bytes"
         return InvalidRequest(f"The body must be at most {self.settings.max_body_bytes} bytes. Got {got} instead.",
                               status=413, expected=f"at most {self.settings.max_body_bytes} bytes", got=got)
 
-    def _check_name(self, request: Request) -> None:
-        name = request.path_params["name"]
+    def check_name(self, name: str) -> None:
         if name != self.name:
             raise InvalidRequest(f"The model name must be {self.name!r} (the model this server serves). "
                                  f"Got {name!r} instead.", status=404, field="name", expected=self.name, got=name)
 
-    # -- endpoints -------------------------------------------------------------------------
-    async def predict(self, request: Request) -> Response:
-        batch = self.schema.parse(self.schema.load_json(await self._body(request)))
+    def predict(self, body: bytes) -> bytes:
+        """``POST /predict``: records or columns in; predictions (and probabilities) out."""
+        batch = self.schema.parse_body(body)
         predictions, probabilities = self.predictor.predict(batch)
         self.metrics.rows.inc(batch.rows)
-        answer: dict[str, Any] = {"model": self.name, "version": self.predictor.version,
-                                  "predictions": predictions.tolist()}
+        answer: dict[str, Any] = {"model": self.name, "version": self.version,
+                                  "predictions": predictions if predictions.dtype.kind in "biuf"
+                                  else predictions.tolist()}
         if probabilities is not None:
             answer["classes"] = self.predictor.classes
             answer["probabilities"] = probabilities
-        return _json(answer)
+        return orjson.dumps(answer, option=_DUMP_OPTIONS)
 
-    async def infer(self, request: Request) -> Response:
-        self._check_name(request)
-        batch, payload = self.schema.parse_v2(self.schema.load_json(await self._body(request)))
+    def infer(self, body: bytes) -> bytes:
+        """``POST /v2/models/{name}/infer``: an Open Inference Protocol v2 request."""
+        batch, payload = self.schema.parse_v2(self.schema.load_json(body))
         known = ["predict"] + (["predict_proba"] if self.predictor.classes is not None else [])
         wanted = payload.get("outputs")
         if wanted is None:
@@ -132,11 +128,15 @@ class ModelService:
                 outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": list(probabilities.shape),
                                 "data": probabilities.ravel(),
                                 "parameters": {"classes": [str(c) for c in self.predictor.classes]}})
-        answer: dict[str, Any] = {"model_name": self.name, "model_version": self.predictor.version,
+        answer: dict[str, Any] = {"model_name": self.name, "model_version": self.version,
                                   "outputs": outputs}
         if isinstance(payload.get("id"), str):
             answer["id"] = payload["id"]
-        return _json(answer)
+        return orjson.dumps(answer, option=_DUMP_OPTIONS)
+
+    # -- the other endpoints (Starlette routes) --------------------------------------------
+    def _check_name(self, request: Request) -> None:
+        self.check_name(request.path_params["name"])
 
     async def live(self, request: Request) -> Response:
         return _json({"live": True})
@@ -183,6 +183,100 @@ class ModelService:
         return RedirectResponse("/docs")
 
 
+_SERVER_ERROR = orjson.dumps({"error": "Internal server error: the request could not be answered; see the server log.",
+                              "detail": None})
+_INFER_PREFIX, _INFER_SUFFIX = "/v2/models/", "/infer"
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived."""
+
+
+class ServingApp:
+    """The server's ASGI app.
+
+    The two prediction endpoints (``POST /predict``, ``POST /v2/models/{name}/infer``) are
+    answered here, in raw ASGI: the body read against its limit, the service's answer sent
+    with two messages, the request counted and timed - no request, response or middleware
+    objects on the path every prediction takes. Every other path, and the lifespan, is the
+    Starlette app's (``other``), behind :class:`MetricsMiddleware`.
+    """
+
+    def __init__(self, service: ModelService, other: Starlette):
+        self.service = service
+        self.other = other
+        self.state = other.state
+        metrics = service.metrics
+        self._latency = {path: metrics.latency.labels(path) for path in ("/predict", "/v2/models/{name}/infer")}
+        self._counted: dict[tuple[str, str, int], Any] = {}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/predict":
+                await self._answer(scope, receive, send, "/predict", self.service.predict, None)
+                return
+            if path.startswith(_INFER_PREFIX) and path.endswith(_INFER_SUFFIX):
+                name = path[len(_INFER_PREFIX):-len(_INFER_SUFFIX)]
+                if name and "/" not in name:
+                    await self._answer(scope, receive, send, "/v2/models/{name}/infer", self.service.infer, name)
+                    return
+        await self.other(scope, receive, send)
+
+    async def _answer(self, scope, receive, send, endpoint: str, handler: Callable[[bytes], bytes],
+                      name: str | None) -> None:
+        started = time.perf_counter()
+        headers = [(b"content-type", b"application/json")]
+        try:
+            if scope["method"] != "POST":
+                status = 405
+                headers.append((b"allow", b"POST"))
+                content = orjson.dumps({"error": f"The method must be one this endpoint takes. Got "
+                                                 f"{scope['method']} instead.", "detail": None})
+            else:
+                if name is not None:
+                    self.service.check_name(name)
+                status, content = 200, handler(await self._body(scope, receive))
+        except InvalidRequest as exc:
+            status, content = exc.status, orjson.dumps(exc.body())
+        except _Disconnected:
+            return
+        except Exception:
+            logger.exception("internal error answering %s %s", scope["method"], scope["path"])
+            status, content = 500, _SERVER_ERROR
+        headers.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+        self._count(endpoint, scope["method"], status)
+        self._latency[endpoint].observe(time.perf_counter() - started)
+
+    async def _body(self, scope, receive) -> bytes:
+        service = self.service
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                service.check_length(value)
+        limit = service.settings.max_body_bytes
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise service.too_large(size, at_least=True)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _count(self, endpoint: str, method: str, status: int) -> None:
+        key = (endpoint, method, status)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.service.metrics.requests.labels(endpoint, method, str(status))
+        counter.inc()
+
+
 async def _invalid_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InvalidRequest)
     return _json(exc.body(), exc.status)
@@ -202,11 +296,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     logger.exception("internal error answering %s %s", request.method, request.url.path)
-    return _json({"error": "Internal server error: the request could not be answered; see the server log.",
-                  "detail": None}, 500)
+    return Response(_SERVER_ERROR, status_code=500, media_type=_JSON)
 
 
-def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **overrides: Any) -> Starlette:
+def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **overrides: Any) -> ServingApp:
     """The app serving the model in ``model_dir`` (a run's ``artifacts/``).
 
     Raises :class:`mlops_kit.errors.ArtifactError` when the model is missing, tampered with,
@@ -238,13 +331,11 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
         service.metrics.ready.set(0)
 
     routes = [
-        Route("/predict", service.predict, methods=["POST"]),
         Route("/v2", service.server_metadata, methods=["GET"]),
         Route("/v2/health/live", service.live, methods=["GET"]),
         Route("/v2/health/ready", service.ready_endpoint, methods=["GET"]),
         Route("/v2/models/{name}", service.model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", service.model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", service.infer, methods=["POST"]),
         Route("/metrics", service.metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", service.openapi_endpoint, methods=["GET"]),
         Route("/docs", service.docs_endpoint, methods=["GET"]),
@@ -254,10 +345,10 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
         InvalidRequest: _invalid_request, HTTPException: _http_error, Exception: _server_error})
     app.state.service = service
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
-    return app
+    return ServingApp(service, app)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ServingApp:
     """Factory for worker processes: the model folder from ``MLOPS_KIT_MODEL_DIR``."""
     model_dir = os.environ.get(MODEL_DIR_ENV)
     if not model_dir:
