@@ -40,7 +40,7 @@ class Document(BaseModel):
     """A JSON document the kit writes. Unknown keys are refused on load: a document whose
     shape drifted from its producer's fails where it is read, with the key named."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -49,7 +49,7 @@ class Document(BaseModel):
 class OpenDocument(Document):
     """A record whose producer adds keys of its own (a deploy target, a builder)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 # --- documents ------------------------------------------------------------------------------
