@@ -23,12 +23,14 @@ SCHEMA = {"features": [
     {"name": "score", "kind": "numeric", "nullable": True},
 ]}
 NAMES = [f["name"] for f in SCHEMA["features"]]
+#: every feature numeric: the rows are decoded straight into the matrix
+NUMERIC_SCHEMA = {"features": [f for f in SCHEMA["features"] if f["kind"] == "numeric"]}
 
 
 def value_by_value(schema: RequestSchema, payload) -> list:
     """The reference: each record checked, then each feature's values converted one by one."""
     if type(payload) is dict:  # (made of well-formed records: every column a list, all of one length)
-        schema._check_rows(len(payload[NAMES[0]]))
+        schema._check_rows(len(payload[schema.names[0]]))
         return [f.convert(payload[f.name]) for f in schema.features]
     schema._check_rows(len(payload))
     for row, record in enumerate(payload):
@@ -66,13 +68,16 @@ mutated = records.flatmap(lambda rows: st.sampled_from([rows, rows[:1] + [{**r, 
                                                         rows + [5]]))
 
 
-@pytest.mark.parametrize("policy", ["tolerate", "reject"])
+@pytest.mark.parametrize("policy, spec", [("tolerate", SCHEMA), ("reject", SCHEMA), ("tolerate", NUMERIC_SCHEMA)],
+                         ids=["mixed-tolerate", "mixed-reject", "numeric"])
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(payload=mutated, as_columns=st.booleans())
-def test_fast_paths_agree_with_value_by_value_checks(policy, payload, as_columns):
-    schema = RequestSchema(SCHEMA, max_rows=5, unknown_categories=policy)
+def test_fast_paths_agree_with_value_by_value_checks(policy, spec, payload, as_columns):
+    schema = RequestSchema(spec, max_rows=5, unknown_categories=policy)
+    names = list(schema.names)
+    payload = [{k: v for k, v in r.items() if k in names or k == "extra"} if type(r) is dict else r for r in payload]
     if as_columns and all(type(r) is dict and r.keys() == schema.name_set for r in payload):
-        payload = {name: [r[name] for r in payload] for name in NAMES}
+        payload = {name: [r[name] for r in payload] for name in names}
     body = json.dumps(payload).encode()  # the standard library's JSON: integers beyond 64 bits too
     try:
         parsed = orjson.loads(body)

@@ -284,13 +284,13 @@ class RequestSchema:
         except (msgspec.ValidationError, msgspec.DecodeError):
             return self.parse(self.load_json(body))
         self._check_rows(len(records))
-        rows = list(map(_astuple, records))
         if not self._other_positions:  # every feature numeric: the rows are the matrix
-            block = np.array(rows, dtype=np.float64)
+            values = chain.from_iterable(map(_astuple, records))  # null -> NaN
+            block = np.fromiter(values, np.float64, count=len(records) * len(self.features)).reshape(len(records), -1)
             if self._integer.size and not _whole(block[:, self._integer]):
                 return self.parse(self.load_json(body))
             return self._assemble(block, [], len(records))
-        columns = list(zip(*rows))
+        columns = list(zip(*map(_astuple, records)))
         if self.numeric_positions:
             # types are checked already; what is left is whole numbers where training saw them
             block = np.array([columns[i] for i in self.numeric_positions], dtype=np.float64).T
