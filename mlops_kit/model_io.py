@@ -136,6 +136,22 @@ def save_model(model: Any, folder: str | Path) -> dict[str, Any]:
     return {"file": MODEL_FILE, "sha256": _atomic.sha256_file(path), "bytes": len(data)}
 
 
+def read_verified(path: Path, sha256: str | None, *, record: str, changed: str) -> bytes:
+    """The bytes of ``path`` when it is at most MAX_FILE_BYTES and its sha256 is the one
+    ``record`` holds; ArtifactError otherwise (the file is not loaded)."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ArtifactError(f"{path} must be at most {MAX_FILE_BYTES} bytes. Got {size} instead; "
+                            "it is not loaded.", path=path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ArtifactError(
+            f"{path} does not match its record: sha256 must be {sha256} ({record}). Got {actual} instead. "
+            f"The file was changed {changed}; it is not loaded.", path=path)
+    return data
+
+
 def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any:
     """Load ``model.skops`` from ``folder``: sha256 against the model card, then the kit's
     schema check (:func:`check_model_bytes`), then skops with the kit's allow-list."""
@@ -148,16 +164,8 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
         raise ArtifactError(f"No model at {path}.", path=path, hint="run the train stage first.")
     if expected_sha256 is None:
         expected_sha256 = read_card(folder).get("sha256")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ArtifactError(f"{path} must be at most {MAX_FILE_BYTES} bytes. Got {size} instead; "
-                            "it is not loaded.", path=path)
-    data = path.read_bytes()
+    data = read_verified(path, expected_sha256, record="model_card.json", changed="after training")
     actual = hashlib.sha256(data).hexdigest()
-    if expected_sha256 != actual:
-        raise ArtifactError(
-            f"{path} does not match its record: sha256 must be {expected_sha256}. Got {actual} instead. "
-            "The file was changed after training; it is not loaded.", path=path)
     trained = trained_sha256(folder)
     if trained is not None and trained != actual:
         raise ArtifactError(

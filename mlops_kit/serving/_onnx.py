@@ -15,14 +15,13 @@ pipeline's imputer does) and a request value equal to that marker as ``unseen_ca
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import artifacts
+from .. import artifacts, model_io
 from ..errors import ArtifactError
 from ._validation import Batch, RequestSchema, show
 
@@ -35,14 +34,8 @@ def load(document: artifacts.DocumentArtifact, folder: Path) -> Any:
 
 
 def read_verified(path: Path, sha256: str | None) -> bytes:
-    """The file's bytes when their sha256 is the recorded one; ArtifactError otherwise."""
-    data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise ArtifactError(
-            f"{path} does not match its record: sha256 must be {sha256} (onnx.json). Got {actual} instead. "
-            "The file was changed after it was compiled; it is not loaded.", path=path)
-    return data
+    """The ONNX file's bytes when their sha256 is the one ``onnx.json`` records."""
+    return model_io.read_verified(path, sha256, record=artifacts.ONNX_REPORT.name, changed="after it was compiled")
 
 
 def open_session(model: bytes, *, source: Path | str = artifacts.ONNX_MODEL.name) -> Any:
