@@ -7,8 +7,10 @@ subset (``/v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}`
 
 The model is loaded, its sha256 and types checked, and a warm-up prediction of
 ``examples.json`` compared with the recorded answers before the app exists: a server that
-listens is ready. Predictions run on the event loop: they take about a millisecond, less
-than a hand-off to a thread would cost; one worker serves one request at a time.
+listens is ready. The two prediction endpoints are answered by :class:`ServingApp` in raw
+ASGI, every other path by a Starlette app. Predictions run on the event loop: tens of
+microseconds (ONNX) to a millisecond (skops), less than a hand-off to a thread would cost;
+one worker serves one request at a time (docs/architecture.md, "The model server").
 """
 
 from __future__ import annotations
