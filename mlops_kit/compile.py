@@ -91,13 +91,48 @@ def _imputer_converter(scope: Any, operator: Any, container: Any) -> None:
     OnnxIdentity(result, op_version=version, output_names=[operator.outputs[0].full_name]).add_to(scope, container)
 
 
+def _bool_attribute_converters() -> dict:
+    """skl2onnx's converters of histogram gradient boosting, with their flag list attributes
+    (``nodes_missing_value_tracks_true``) given as ints: skl2onnx 1.20 passes a mix of
+    booleans and uint8, and onnx refuses booleans in an ``ints`` attribute."""
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+    from skl2onnx.common._registration import get_converter
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    def with_int_flags(stock: Any) -> Any:
+        def convert(scope: Any, operator: Any, container: Any) -> None:
+            add_node = container.add_node
+
+            def add_node_ints(op_type, inputs, outputs, op_domain="", op_version=None, name=None, **attrs):
+                for key, value in attrs.items():
+                    if isinstance(value, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in value):
+                        attrs[key] = [int(flag) for flag in value]
+                return add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version, name=name,
+                                **attrs)
+
+            container.add_node = add_node_ints
+            try:
+                stock(scope, operator, container)
+            finally:
+                del container.add_node
+        return convert
+
+    return {model: with_int_flags(get_converter(sklearn_operator_name_map[model]))
+            for model in (HistGradientBoostingClassifier, HistGradientBoostingRegressor)}
+
+
 def _casts_to_float32(estimator: Any) -> bool:
-    """scikit-learn's trees compare float32 inputs with their thresholds."""
+    """Tree models take float32 in the graph: scikit-learn's trees compare float32 inputs with
+    their thresholds; histogram gradient boosting compares float64 ones, but ONNX's tree
+    ensemble answers only in float32 (the verification then shows whether any test row
+    falls between a threshold and its float32 rounding)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.ensemble._forest import BaseForest
     from sklearn.ensemble._gb import BaseGradientBoosting
     from sklearn.tree import BaseDecisionTree
 
-    return isinstance(estimator, (BaseForest, BaseGradientBoosting, BaseDecisionTree))
+    return isinstance(estimator, (BaseForest, BaseGradientBoosting, BaseDecisionTree, HistGradientBoostingClassifier,
+                                  HistGradientBoostingRegressor))
 
 
 def convert(model: Any, features: list[dict[str, Any]]) -> Any:
@@ -120,6 +155,7 @@ def convert(model: Any, features: list[dict[str, Any]]) -> Any:
     preprocess, estimator = model.steps[0][1], model.steps[1][1]
     custom = {"custom_conversion_functions": {SimpleImputer: _imputer_converter},
               "custom_shape_calculators": {SimpleImputer: _imputer_shape}}
+    estimator_custom = {"custom_conversion_functions": _bool_attribute_converters()}
     initial = [(f["name"], DoubleTensorType([None, 1]) if f["kind"] == "numeric" else StringTensorType([None, 1]))
                for f in features]
     front = convert_sklearn(_missing_category_as_text(preprocess), initial_types=initial, target_opset=OPSET,
@@ -129,7 +165,7 @@ def convert(model: Any, features: list[dict[str, Any]]) -> Any:
     options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "predict_proba") else None
     tensor = FloatTensorType if as_float else DoubleTensorType
     back = convert_sklearn(estimator, initial_types=[("features", tensor([None, width]))],
-                           target_opset=OPSET, options=options)
+                           target_opset=OPSET, options=options, **estimator_custom)
     # the front's output, cast to what the estimator takes
     graph = front.graph
     produced = graph.output[0].name
@@ -336,6 +372,10 @@ def compile_model(folder: str | Path) -> artifacts.OnnxReport:
                                     f"{UNSEEN_CATEGORY!r}, which the ONNX graph uses as markers")
         if card.task == "classification" and not hasattr(estimator, "predict_proba"):
             raise ConversionRefused(f"{type(estimator).__name__} gives no probabilities")
+        categorical = getattr(estimator, "is_categorical_", None)
+        if categorical is not None and np.any(categorical):
+            raise ConversionRefused(f"{type(estimator).__name__} splits categorical features natively, and "
+                                    "skl2onnx converts those splits as numeric ones (different predictions)")
         try:
             graph = convert(model, schema["features"])
         except ConversionRefused:

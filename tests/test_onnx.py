@@ -28,14 +28,17 @@ CASES = [
     ("mixed_csv", "label", "linear", {}, True),
     ("mixed_csv", "label", "random_forest", {"n_estimators": 10}, True),
     ("mixed_csv", "label", "gradient_boosting", {"n_estimators": 20}, True),
-    ("mixed_csv", "label", "hist_gradient_boosting", {"max_iter": 10}, None),
+    ("mixed_csv", "label", "hist_gradient_boosting", {"max_iter": 10}, False),  # native categorical splits
+    ("sklearn:breast_cancer", "target", "hist_gradient_boosting", {"max_iter": 20}, True),  # float32 in the graph
+    ("sklearn:iris", "target", "hist_gradient_boosting", {"max_iter": 20}, True),
     ("mixed_csv", "label", "dummy", {}, False),
     ("mixed_regression_csv", "label", "logistic_regression", {}, True),    # Ridge
     ("mixed_regression_csv", "label", "linear", {}, True),
     ("mixed_regression_csv", "label", "ridge", {}, True),
     ("mixed_regression_csv", "label", "random_forest", {"n_estimators": 10}, True),
     ("mixed_regression_csv", "label", "gradient_boosting", {"n_estimators": 20}, True),
-    ("mixed_regression_csv", "label", "hist_gradient_boosting", {"max_iter": 10}, None),
+    ("mixed_regression_csv", "label", "hist_gradient_boosting", {"max_iter": 10}, False),
+    ("sklearn:diabetes", "target", "hist_gradient_boosting", {"max_iter": 20}, True),
     ("mixed_regression_csv", "label", "dummy", {}, False),
 ]
 
