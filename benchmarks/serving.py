@@ -6,9 +6,11 @@ The default model (parameters/default.yaml: breast cancer, logistic regression, 
 is trained into a temporary folder unless --model-dir names one, and compiled to ONNX as
 04_package does. Then, in ONE run (the machine is shared: compare ratios, not figures across
 runs), for 1-row and 100-row requests under ``wrk -t1 -c32`` (Debian's wrk; one core for wrk,
-one for the server), each server with 1 process:
+one for the server), each server with 1 process (the ratios and goals compare those):
 
 - the kit's server on the ONNX model (onnxruntime; what the lean image runs);
+- the kit's server on the ONNX model with ``--workers 2`` (both cores, shared with wrk: what
+  one server without Kubernetes replicas can do; not used in the ratios);
 - the kit's server on the skops model (``--runtime skops``);
 - a minimal Starlette server: JSON -> pandas DataFrame -> the scikit-learn pipeline
   (``benchmarks/_minimal_starlette.py``);
@@ -234,6 +236,8 @@ def main() -> None:
              "/predict", "/", None),
             ("kit server, ONNX", lambda port: [*kit, str(port), "--runtime", "onnx"], "/predict", "/v2/health/ready",
              None),
+            ("kit server, ONNX, 2 workers", lambda port: [*kit, str(port), "--runtime", "onnx", "--workers", "2"],
+             "/predict", "/v2/health/ready", None),
             ("kit server, skops", lambda port: [*kit, str(port), "--runtime", "skops"], "/predict",
              "/v2/health/ready", None),
             ("minimal Starlette+pandas", lambda port: [sys.executable, str(REPO / "benchmarks" / "_minimal_starlette.py"),
