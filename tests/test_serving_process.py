@@ -107,6 +107,30 @@ def test_settings_and_port_from_the_environment(mixed_model_dir):
         process.wait(30)
 
 
+@pytest.mark.parametrize("args, env, loop", [
+    ((), {}, "asyncio"),                                     # auto: a skops model, asyncio's loop
+    (("--loop", "uvloop"), {}, "uvloop"),
+    ((), {"MLOPS_KIT_LOOP": "uvloop"}, "uvloop"),
+])
+def test_the_event_loop_is_chosen_and_said(model_dir, args, env, loop):
+    server = ServerProcess(model_dir, *args, env=env).wait_ready()
+    try:
+        record = json.loads((model_dir / "examples.json").read_text())["records"]
+        assert httpx.post(f"{server.url}/predict", json=record, timeout=30).status_code == 200
+    finally:
+        server.stop()
+    assert f"on the {loop} event loop" in server.process.stderr.read()
+
+
+def test_event_loop_choice():
+    from mlops_kit.serving._settings import choose_loop
+
+    assert choose_loop("auto", "onnxruntime") == "uvloop" and choose_loop("auto", "scikit-learn") == "asyncio"
+    assert choose_loop("asyncio", "onnxruntime") == "asyncio" and choose_loop("uvloop", "scikit-learn") == "uvloop"
+    assert "loop: expected auto or uvloop or asyncio; found 'tokio'" in refused(
+        "--model-dir", "x", env={"MLOPS_KIT_LOOP": "tokio"}).stderr
+
+
 def test_sigterm_drains_and_exits(model_dir):
     server = ServerProcess(model_dir).wait_ready()
     record = json.loads((model_dir / "examples.json").read_text())["records"]

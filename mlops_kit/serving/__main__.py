@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import MlopsKitError, ParameterError
-from ._settings import RUNTIMES, UNKNOWN_CATEGORY_POLICIES, ServeSettings
+from ._settings import LOOPS, RUNTIMES, UNKNOWN_CATEGORY_POLICIES, ServeSettings
 
 
 def _port(text: str) -> int:
@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
                    help="categories unseen in training: tolerate or reject (env MLOPS_KIT_UNKNOWN_CATEGORIES)")
     p.add_argument("--runtime", choices=RUNTIMES, default=None,
                    help="auto (ONNX when verified, else skops), onnx or skops (env MLOPS_KIT_RUNTIME)")
+    p.add_argument("--loop", choices=LOOPS, default=None,
+                   help="event loop: auto (uvloop for ONNX models, asyncio's for skops ones), uvloop or asyncio "
+                        "(env MLOPS_KIT_LOOP)")
     p.add_argument("--model-name", default=None, help="name in the v2 paths (default: the card's model)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ParameterError([_problem("--workers", "at least 1", str(args.workers))])
         settings = ServeSettings.from_env(max_rows=args.max_rows, max_body_bytes=args.max_body_bytes,
                                           unknown_categories=args.unknown_categories, model_name=args.model_name,
-                                          runtime=args.runtime)
+                                          runtime=args.runtime, loop=args.loop)
         from ._server import serve
         serve(args.model_dir, host=args.host, port=port, workers=args.workers, settings=settings,
               log_level=args.log_level, access_log=args.access_log)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._settings import ServeSettings
+from ._settings import ServeSettings, choose_loop
 
 #: seconds SIGTERM waits for requests in flight before closing their connections
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -30,6 +30,7 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, w
                    date_header=True, proxy_headers=False, lifespan="on",
                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     app = create_app(model_dir, settings)  # fails before listening; workers repeat it
+    options["loop"] = choose_loop(settings.loop, app.service.predictor.platform)
     if workers <= 1:
         uvicorn.run(app, **options)
         return

@@ -15,6 +15,7 @@ one worker serves one request at a time (docs/architecture.md, "The model server
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -328,6 +329,9 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
             threadpool_limits(limits=1)
         service.ready = True
         service.metrics.ready.set(1)
+        running = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        logging.getLogger("uvicorn.error").info("Serving model %s (%s, %s) on the %s event loop", service.name,
+                                                predictor.platform, predictor.path, running)
         yield
         service.ready = False  # draining: readiness probes fail while requests finish
         service.metrics.ready.set(0)
