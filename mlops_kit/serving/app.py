@@ -191,6 +191,10 @@ _SERVER_ERROR = orjson.dumps({"error": "Internal server error: the request could
 _INFER_PREFIX, _INFER_SUFFIX = "/v2/models/", "/infer"
 
 
+def _wrong_method(method: str) -> str:
+    return f"The method must be one this endpoint takes. Got {method} instead."
+
+
 class _Disconnected(Exception):
     """The client went away before its body arrived."""
 
@@ -234,8 +238,7 @@ class ServingApp:
             if scope["method"] != "POST":
                 status = 405
                 headers.append((b"allow", b"POST"))
-                content = orjson.dumps({"error": f"The method must be one this endpoint takes. Got "
-                                                 f"{scope['method']} instead.", "detail": None})
+                content = orjson.dumps({"error": _wrong_method(scope["method"]), "detail": None})
             else:
                 if name is not None:
                     self.service.check_name(name)
@@ -290,7 +293,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message = f"The path must be one of the server's endpoints (see /docs). Got {request.url.path} instead."
     elif exc.status_code == 405:
-        message = f"The method must be one this endpoint takes. Got {request.method} instead."
+        message = _wrong_method(request.method)
     else:
         message = str(exc.detail)
     return Response(orjson.dumps({"error": message, "detail": None}), status_code=exc.status_code,
