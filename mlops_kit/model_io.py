@@ -164,7 +164,7 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
         raise ArtifactError(f"No model at {path}.", path=path, hint="run the train stage first.")
     if expected_sha256 is None:
         expected_sha256 = read_card(folder).get("sha256")
-    data = read_verified(path, expected_sha256, record="model_card.json", changed="after training")
+    data = read_verified(path, expected_sha256, record=CARD_FILE, changed="after training")
     actual = hashlib.sha256(data).hexdigest()
     trained = trained_sha256(folder)
     if trained is not None and trained != actual:
