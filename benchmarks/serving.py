@@ -1,6 +1,6 @@
 """Benchmark: the kit's server against MLflow, a minimal server and the in-process limit.
 
-    python benchmarks/serving.py [--model-dir DIR] [--duration 10] [--connections 32] [--no-mlflow]
+    python benchmarks/serving.py [--model-dir DIR] [--duration 10] [--rounds 3] [--connections 32] [--no-mlflow]
 
 The default model (parameters/default.yaml: breast cancer, logistic regression, 30 features)
 is trained into a temporary folder unless --model-dir names one, and compiled to ONNX as
@@ -23,7 +23,10 @@ one for the server), each server with 1 process (the ratios and goals compare th
   reads the body, answers a constant) - what one Python process can answer at all, before
   any JSON or model work.
 
-Prints req/s, rows/s, p50/p99 and the ratios. Goals (issue 14): >= 30x MLflow (1 row),
+All servers run at once and are measured in interleaved rounds (one after the other, round
+after round); each figure is the median over the rounds, so load from other processes that
+drifts over minutes weighs on every server alike. Prints req/s, rows/s, p50/p99 and the
+ratios. Goals (issue 14): >= 30x MLflow (1 row),
 >= 20x (100 rows), >= 0.7x the in-process limit, p99 <= 5x p50.
 """
 
@@ -206,11 +209,19 @@ def run_wrk(url: str, body: bytes, *, seconds: float, connections: int, workdir:
             "p99": _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))}
 
 
+def _median(results: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    import statistics
+
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, help="a model folder (default: train the default model)")
     parser.add_argument("--duration", type=float, default=10, help="seconds per measurement (default 10)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server; medians (default 3)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow row")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -253,28 +264,39 @@ def main() -> None:
                     str(MLFLOW_VENV / "bin" / "mlflow"), "models", "serve", "-m", str(saved), "--env-manager",
                     "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"], "/invocations", "/ping",
                     lambda body: orjson.dumps({"dataframe_records": orjson.loads(body)})))
-        served: dict[str, dict[int, dict]] = {}
-        for label, command, path, ready, wrap in servers:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            env = {"PATH": f"{MLFLOW_VENV / 'bin'}:{os.environ.get('PATH', '')}"} if "MLflow" in label else None
-            process = start_server(command(port), url, ready, env=env)
-            try:
-                served[label] = {}
+        # every server up at once (idle ones cost nothing), then measured in rounds, one
+        # server after the other: load from other processes drifts over minutes, and the
+        # median of interleaved rounds compares the servers under the same drift
+        running: list[tuple[str, str, Any, subprocess.Popen]] = []
+        try:
+            for label, command, path, ready, wrap in servers:
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                env = {"PATH": f"{MLFLOW_VENV / 'bin'}:{os.environ.get('PATH', '')}"} if "MLflow" in label else None
+                running.append((label, url + path, wrap, start_server(command(port), url, ready, env=env)))
+            rounds: dict[str, dict[int, list[dict]]] = {label: {rows: [] for rows in bodies} for label, *_ in running}
+            for index in range(args.rounds):
                 for rows, body in bodies.items():
-                    body = wrap(body) if wrap else body
-                    run_wrk(url + path, body, seconds=2, connections=args.connections, workdir=workdir)  # warm-up
-                    served[label][rows] = run_wrk(url + path, body, seconds=args.duration,
-                                                  connections=args.connections, workdir=workdir)
-            finally:
+                    for label, url, wrap, _ in running:
+                        sent = wrap(body) if wrap else body
+                        if index == 0:
+                            run_wrk(url, sent, seconds=2, connections=args.connections, workdir=workdir)  # warm-up
+                        rounds[label][rows].append(run_wrk(url, sent, seconds=args.duration,
+                                                           connections=args.connections, workdir=workdir))
+                print(f"  round {index + 1} of {args.rounds} measured", flush=True)
+        finally:
+            for *_, process in running:
                 stop_server(process)
-            print(f"  measured {label}", flush=True)
+        served = {label: {rows: _median(results) for rows, results in by_rows.items()}
+                  for label, by_rows in rounds.items()}
     print()
-    print(f"{'':38s}{'req/s':>10s}{'rows/s':>11s}{'p50 ms':>9s}{'p99 ms':>9s}{'p99/p50':>9s}")
+    labels = ["in-process limit (onnxruntime)", *(f"{name}, wrk -c{args.connections}" for name in served)]
+    width = max(map(len, labels)) + 2
+    print(f"median of {args.rounds} rounds of {args.duration:g} s")
+    print(f"{'':{width + 9}s}{'req/s':>10s}{'rows/s':>11s}{'p50 ms':>9s}{'p99 ms':>9s}{'p99/p50':>9s}")
     for rows in bodies:
-        for label, figures in [("in-process limit (onnxruntime)", limit[rows]),
-                               *((f"{name}, wrk -c{args.connections}", s[rows]) for name, s in served.items())]:
-            print(f"{rows:>3d} row{'s' if rows > 1 else ' '} {label:30s}{figures['rps']:10.0f}"
+        for label, figures in zip(labels, [limit[rows], *(s[rows] for s in served.values())]):
+            print(f"{rows:>3d} row{'s' if rows > 1 else ' '} {label:{width}s}{figures['rps']:10.0f}"
                   f"{figures['rps'] * rows:11.0f}{figures['p50']:9.2f}{figures['p99']:9.2f}"
                   f"{figures['p99'] / max(figures['p50'], 1e-9):9.1f}")
     for name, why in skipped.items():

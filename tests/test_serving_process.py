@@ -108,7 +108,7 @@ def test_settings_and_port_from_the_environment(mixed_model_dir):
 
 
 @pytest.mark.parametrize("args, env, loop", [
-    ((), {}, "asyncio"),                                     # auto: a skops model, asyncio's loop
+    ((), {}, "asyncio"),
     (("--loop", "uvloop"), {}, "uvloop"),
     ((), {"MLOPS_KIT_LOOP": "uvloop"}, "uvloop"),
 ])
@@ -122,13 +122,9 @@ def test_the_event_loop_is_chosen_and_said(model_dir, args, env, loop):
     assert f"on the {loop} event loop" in server.process.stderr.read()
 
 
-def test_event_loop_choice():
-    from mlops_kit.serving._settings import choose_loop
-
-    assert choose_loop("auto", "onnxruntime") == "uvloop" and choose_loop("auto", "scikit-learn") == "asyncio"
-    assert choose_loop("asyncio", "onnxruntime") == "asyncio" and choose_loop("uvloop", "scikit-learn") == "uvloop"
-    assert "loop: expected auto or uvloop or asyncio; found 'tokio'" in refused(
-        "--model-dir", "x", env={"MLOPS_KIT_LOOP": "tokio"}).stderr
+def test_an_unknown_event_loop_is_refused(model_dir):
+    assert "loop: expected asyncio or uvloop; found 'tokio'" in refused(
+        "--model-dir", str(model_dir), env={"MLOPS_KIT_LOOP": "tokio"}).stderr
 
 
 def test_sigterm_drains_and_exits(model_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._settings import ServeSettings, choose_loop
+from ._settings import ServeSettings
 
 #: seconds SIGTERM waits for requests in flight before closing their connections
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -28,9 +28,8 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, w
     settings = settings or ServeSettings.from_env()
     options = dict(host=host, port=port, log_level=log_level, access_log=access_log, server_header=False,
                    date_header=True, proxy_headers=False, lifespan="on",
-                   timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+                   timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, loop=settings.loop)
     app = create_app(model_dir, settings)  # fails before listening; workers repeat it
-    options["loop"] = choose_loop(settings.loop, app.service.predictor.platform)
     if workers <= 1:
         uvicorn.run(app, **options)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from importlib.util import find_spec
 from typing import Mapping
 
 from ..errors import ParameterError, ParameterProblem
@@ -14,11 +15,10 @@ UNKNOWN_CATEGORY_POLICIES = ("tolerate", "reject")
 #: What calls the model: ``auto`` the ONNX model when 04_package compiled and verified one,
 #: else the skops pipeline; ``onnx`` or ``skops`` insist on one.
 RUNTIMES = ("auto", "onnx", "skops")
-#: The event loop: ``auto`` uvloop for the ONNX model (requests of tens of microseconds: its
-#: speed shows), asyncio's own for the skops one (requests of about a millisecond: uvloop
-#: flushes answers only between loop iterations, and under 32 connections p99 reached
-#: 10 x p50, against 2 x with asyncio's loop; docs/architecture.md, "The tail").
-LOOPS = ("auto", "uvloop", "asyncio")
+#: The event loop: asyncio's own, or uvloop (about 15 % more one-row requests per second,
+#: but under 32 connections its p99 reached 6 x p50 for 100-row requests and 10 x for the
+#: skops model, against 1.5-3 x on asyncio's loop; docs/architecture.md, "The tail").
+LOOPS = ("asyncio", "uvloop")
 
 #: setting name -> environment variable
 ENVIRONMENT = {
@@ -41,7 +41,7 @@ class ServeSettings:
     #: the model's name in the v2 API paths (default: the card's ``model``, e.g. logistic_regression)
     model_name: str | None = None
     runtime: str = "auto"
-    loop: str = "auto"
+    loop: str = "asyncio"
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,6 +56,9 @@ class ServeSettings:
             problems.append(ParameterProblem("serve settings", "runtime", " or ".join(RUNTIMES), repr(self.runtime)))
         if self.loop not in LOOPS:
             problems.append(ParameterProblem("serve settings", "loop", " or ".join(LOOPS), repr(self.loop)))
+        elif self.loop == "uvloop" and find_spec("uvloop") is None:
+            problems.append(ParameterProblem("serve settings", "loop", "asyncio (uvloop is not installed here)",
+                                             repr(self.loop)))
         if self.model_name is not None and (not self.model_name or "/" in self.model_name):
             problems.append(ParameterProblem("serve settings", "model_name", "a non-empty name without '/'",
                                              repr(self.model_name)))
@@ -90,12 +93,3 @@ class ServeSettings:
         return {ENVIRONMENT[f.name]: str(getattr(self, f.name)) for f in fields(self)
                 if getattr(self, f.name) is not None}
 
-
-def choose_loop(setting: str, platform: str) -> str:
-    """The event loop uvicorn runs: ``setting`` unless ``auto``; then uvloop for a model
-    called by onnxruntime (when uvloop is installed), asyncio's loop otherwise."""
-    if setting != "auto":
-        return setting
-    from importlib.util import find_spec
-
-    return "uvloop" if platform == "onnxruntime" and find_spec("uvloop") is not None else "asyncio"
