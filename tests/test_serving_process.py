@@ -196,3 +196,40 @@ for name in SERVING_REQUIREMENTS:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("protocol_name, nodelay", [("NoDelayHttpProtocol", 1), ("HttpToolsProtocol", 0)])
+def test_every_connection_gets_tcp_nodelay(protocol_name, nodelay):
+    """A socket asyncio does not know to be TCP (proto 0, as in uvicorn's worker processes)
+    gets TCP_NODELAY from the kit's protocol; uvicorn's own leaves it off (the control)."""
+    import asyncio
+    import socket
+
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from mlops_kit.serving._protocol import NoDelayHttpProtocol
+
+    protocol_class = {"NoDelayHttpProtocol": NoDelayHttpProtocol, "HttpToolsProtocol": HttpToolsProtocol}[
+        protocol_name]
+
+    async def app(scope, receive, send):  # never called: no request is sent
+        raise AssertionError
+
+    async def accept_one() -> int:
+        with socket.create_server(("127.0.0.1", 0)) as listener, \
+                socket.create_connection(listener.getsockname()) as client:
+            accepted, _ = listener.accept()
+            unknown = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=accepted.detach())
+            unknown.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            config = Config(app=app, http=protocol_class, lifespan="off", log_level="warning")
+            protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+            transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, unknown)
+            try:
+                return unknown.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            finally:
+                transport.close()
+                client.close()
+
+    assert asyncio.run(accept_one()) == nodelay

@@ -23,12 +23,14 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, w
     """
     import uvicorn
 
+    from ._protocol import NoDelayHttpProtocol
     from .app import MODEL_DIR_ENV, create_app
 
     settings = settings or ServeSettings.from_env()
     options = dict(host=host, port=port, log_level=log_level, access_log=access_log, server_header=False,
                    date_header=True, proxy_headers=False, lifespan="on",
-                   timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, loop=settings.loop)
+                   timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, loop=settings.loop,
+                   http=NoDelayHttpProtocol)
     app = create_app(model_dir, settings)  # fails before listening; workers repeat it
     if workers <= 1:
         uvicorn.run(app, **options)
