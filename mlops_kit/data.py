@@ -158,19 +158,9 @@ def read_columns(source: str) -> list[str]:
     """The column names of a data source, read cheaply (for checks before any stage starts)."""
     if source.startswith("sklearn:"):
         return list(_load_bundled(source.split(":", 1)[1]).columns)
-    path = Path(source)
-    try:
-        if path.suffix.lower() == ".csv":
-            import pyarrow.csv as csv
+    from ._table_header import read_columns as read_header
 
-            with csv.open_csv(path) as reader:
-                return [str(name) for name in reader.schema.names]
-        import pyarrow.parquet as pq
-        return list(pq.read_schema(path).names)
-    except Exception as exc:  # noqa: BLE001 - any reader error is the user's file
-        kind = "CSV" if path.suffix.lower() == ".csv" else "parquet"
-        raise DataError(f"data.source {str(path)!r} could not be read as {kind}: {_first_line(exc)}",
-                        source=str(path)) from None
+    return read_header(source)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -76,8 +76,8 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict
                     loaded.source_of("data.target"), "data.target", f"'target' (the label column of {source})",
                     repr(params.data.target))])
         else:
-            from . import data as data_module
-            columns = data_module.read_columns(source)
+            from ._table_header import read_columns
+            columns = read_columns(source)  # pyarrow alone: this process needs no pandas
             if params.data.target not in columns:
                 import difflib
                 close = difflib.get_close_matches(params.data.target, columns, n=1)
