@@ -9,7 +9,8 @@ For each size and model both run as fresh processes, one after the other; measur
 time and the peak resident memory of the whole process tree (the CLI, the kernels' parent,
 the kernels), sampled every 50 ms from /proc. Printed: the figures, the ratios kit / plain,
 the table's size in memory (as the kit holds it), the kit's seconds per stage (run.json) and
-outside them, and seconds per 100k rows (linearity).
+outside them, and seconds per 100k rows (linearity: also the slope between two sizes, the
+cost per row once the fixed cost of kernels, imports and reports is set aside).
 """
 
 from __future__ import annotations
@@ -147,6 +148,14 @@ def main() -> None:
         path.unlink()
     print("\nseconds per 100k rows (kit): " + ", ".join(
         f"{model} {rows:,}: {kit[0] / rows * 1e5:.1f}" for rows, model, kit, *_ in rows_out))
+    # linearity: a fixed cost (kernels, imports, reports) plus a cost per row; the slope
+    # between two sizes is the cost per row, whatever the fixed part
+    for model in args.models:
+        sizes = [(rows, kit[0], plain[0]) for rows, name, kit, plain, *_ in rows_out if name == model]
+        slopes = [f"{a:,}->{b:,}: kit {(kb - ka) / (b - a) * 1e5:.1f} s, plain {(pb - pa) / (b - a) * 1e5:.1f} s"
+                  for (a, ka, pa), (b, kb, pb) in zip(sizes, sizes[1:])]
+        if slopes:
+            print(f"seconds per 100k more rows, {model}: " + "; ".join(slopes))
     print("goals at 1M rows: time <= 1.3x plain; memory <= 1.5x plain and <= 3x the table in memory")
 
 
