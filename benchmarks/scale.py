@@ -8,7 +8,9 @@ The table is tests/_datagen.py's (30 feature columns: numbers, categories one of
 For each size and model both run as fresh processes, one after the other; measured: wall
 time and the peak resident memory of the whole process tree (the CLI, the kernels' parent,
 the kernels), sampled every 50 ms from /proc. Printed: the figures, the ratios kit / plain,
-the table's size in memory (as the kit holds it), and seconds per 100k rows (linearity).
+the table's size in memory (as the kit holds it), the kit's seconds per stage (run.json) and
+outside them, and seconds per 100k rows (linearity: also the slope between two sizes, the
+cost per row once the fixed cost of kernels, imports and reports is set aside).
 """
 
 from __future__ import annotations
@@ -91,11 +93,26 @@ def measure(command: list[str], env: dict) -> tuple[float, int, int]:
     return seconds, peak, peak_pss
 
 
-def table_bytes(path: Path) -> int:
+def stage_seconds(runs: Path) -> dict[str, float]:
+    """The newest run's seconds per stage (run.json), for where the kit's time goes."""
+    import json
+
+    newest = max(runs.iterdir(), key=lambda p: p.name)
+    record = json.loads((newest / "run.json").read_text())
+    return {name: info.get("seconds") or 0.0 for name, info in record["stages"].items()}
+
+
+def table_bytes(path: Path) -> tuple[int, int]:
+    """The table's bytes in memory as the kit holds it (text with few values as categories),
+    and as pandas reads it (``read_csv``, text as Python strings): the plain script's."""
+    import pandas as pd
+
     from mlops_kit import data
 
     frame = data.load_dataset(str(path), "label").frame
-    return int(frame.memory_usage(deep=True).sum())
+    kit = int(frame.memory_usage(deep=True).sum())
+    del frame
+    return kit, int(pd.read_csv(path, engine="pyarrow").memory_usage(deep=True).sum())
 
 
 def main() -> None:
@@ -111,21 +128,34 @@ def main() -> None:
     rows_out = []
     for rows in args.rows:
         path = write_table(rows, work / f"table-{rows}.csv", seed=0)
-        in_memory = table_bytes(path)
+        in_memory, as_pandas_reads = table_bytes(path)
         for model in args.models:
             kit = measure([sys.executable, "-m", "mlops_kit.cli", "run", "--no-cache",
                            "--set", f"data.source={path}", "--set", "data.target=label",
                            "--set", f"train.model={model}", "--set", "train.cv_folds=0"], env)
             plain = measure([sys.executable, str(REPO / "benchmarks" / "_plain_scale.py"), str(path), model], env)
+            stages = stage_seconds(work / "runs")
             rows_out.append((rows, model, kit, plain, in_memory, path.stat().st_size))
             print(f"{rows:>9,} rows {model:<24} kit {kit[0]:7.1f} s {kit[1] / 2**20:7.0f} MiB | plain {plain[0]:7.1f} s "
                   f"{plain[1] / 2**20:7.0f} MiB | time x{kit[0] / plain[0]:.2f} memory (RSS) x{kit[1] / plain[1]:.2f} "
                   f"(PSS: kit {kit[2] / 2**20:.0f} MiB, plain {plain[2] / 2**20:.0f} MiB, x{kit[2] / plain[2]:.2f}) | "
-                  f"table {in_memory / 2**20:.0f} MiB in memory (CSV {path.stat().st_size / 2**20:.0f} MiB), "
-                  f"kit PSS/table x{kit[2] / in_memory:.2f}", flush=True)
+                  f"table {in_memory / 2**20:.0f} MiB in memory (pandas' read_csv: {as_pandas_reads / 2**20:.0f} MiB; "
+                  f"CSV {path.stat().st_size / 2**20:.0f} MiB), "
+                  f"kit PSS/table x{kit[2] / in_memory:.2f}\n    kit stages: "
+                  + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
+                  + f"; outside the stages (start, checks, kernels, reports) {kit[0] - sum(stages.values()):.1f} s",
+                  flush=True)
         path.unlink()
     print("\nseconds per 100k rows (kit): " + ", ".join(
         f"{model} {rows:,}: {kit[0] / rows * 1e5:.1f}" for rows, model, kit, *_ in rows_out))
+    # linearity: a fixed cost (kernels, imports, reports) plus a cost per row; the slope
+    # between two sizes is the cost per row, whatever the fixed part
+    for model in args.models:
+        sizes = [(rows, kit[0], plain[0]) for rows, name, kit, plain, *_ in rows_out if name == model]
+        slopes = [f"{a:,}->{b:,}: kit {(kb - ka) / (b - a) * 1e5:.1f} s, plain {(pb - pa) / (b - a) * 1e5:.1f} s"
+                  for (a, ka, pa), (b, kb, pb) in zip(sizes, sizes[1:])]
+        if slopes:
+            print(f"seconds per 100k more rows, {model}: " + "; ".join(slopes))
     print("goals at 1M rows: time <= 1.3x plain; memory <= 1.5x plain and <= 3x the table in memory")
 
 

@@ -118,6 +118,42 @@ class KernelZygote:
                 pass
 
 
+class CallProcess:
+    """Calls (``("module:function", kwargs)``) answered by a short-lived process of their own,
+    started at once: the pre-flight checks that read the table (a whole column of it) run
+    beside the zygote's imports instead of after them, and what they read is freed with the
+    process, never held by the zygote, where every kernel forked later would inherit it."""
+
+    def __init__(self, calls: list[tuple[str, dict]]):
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_kit._kernels", "--calls"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            self._process.stdin.write(json.dumps([{"function": f, "kwargs": kw} for f, kw in calls]))
+            self._process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # replies() reports the process that stopped
+
+    def replies(self) -> list[dict]:
+        """The answers, in the order of the calls (each as :meth:`KernelZygote.call`'s)."""
+        out = self._process.stdout.read()
+        self._process.wait()
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise ZygoteError(f"the pre-flight check process stopped (exit code {self._process.returncode})") from None
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
 class ReadyKernelClient(AsyncKernelClient):
     """A client that knows the kernel is ready as soon as it is, not 0.2 s later.
 
@@ -337,5 +373,14 @@ def _become_kernel(request: dict, protocol_out) -> None:
         os._exit(code)
 
 
+def _answer_calls() -> None:
+    """``--calls``: a JSON list of calls on stdin, their answers as a JSON list on stdout."""
+    protocol_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything printed by an import goes to stderr, never into the answer
+    requests = json.loads(sys.stdin.read())
+    protocol_out.write(json.dumps([_call(request) for request in requests]))
+    protocol_out.close()
+
+
 if __name__ == "__main__":
-    _serve()
+    _answer_calls() if sys.argv[1:] == ["--calls"] else _serve()

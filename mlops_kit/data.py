@@ -56,6 +56,8 @@ class ColumnPlan:
     kind: str  # numeric | categorical | boolean | datetime | text | dropped | target
     action: str  # human-readable: "scaled", "one-hot", "grouped: 30 levels + other", ...
     encoding: str | None = None  # categorical: onehot | grouped | target
+    #: distinct values of the column as kept (counted once, while planning; None: not counted)
+    distinct: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "action": self.action}
@@ -156,19 +158,9 @@ def read_columns(source: str) -> list[str]:
     """The column names of a data source, read cheaply (for checks before any stage starts)."""
     if source.startswith("sklearn:"):
         return list(_load_bundled(source.split(":", 1)[1]).columns)
-    path = Path(source)
-    try:
-        if path.suffix.lower() == ".csv":
-            import pyarrow.csv as csv
+    from ._table_header import read_columns as read_header
 
-            with csv.open_csv(path) as reader:
-                return [str(name) for name in reader.schema.names]
-        import pyarrow.parquet as pq
-        return list(pq.read_schema(path).names)
-    except Exception as exc:  # noqa: BLE001 - any reader error is the user's file
-        kind = "CSV" if path.suffix.lower() == ".csv" else "parquet"
-        raise DataError(f"data.source {str(path)!r} could not be read as {kind}: {_first_line(exc)}",
-                        source=str(path)) from None
+    return read_header(source)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -287,6 +279,7 @@ def validate_dataset(dataset: Dataset, *, task: str | None = None, min_rows: int
             continue
         if converted is not None:
             frame[name] = converted
+            plan.distinct = None  # a conversion may merge or lose values: counted again if needed
         keep.append(name)
         share = frame[name].isna().mean()
         if share > 0.5:
@@ -311,6 +304,15 @@ def _plan_column(name: str, series: pd.Series, rows: int, *, source: str, forced
     distinct = int(series.nunique(dropna=True))
     if distinct <= 1:
         return ColumnPlan(name, "dropped", "constant"), None
+    plan, converted = _plan_varying_column(name, series, rows, distinct, source=source, forced=forced, dates=dates,
+                                           high_cardinality=high_cardinality, max_categories=max_categories)
+    plan.distinct = distinct
+    return plan, converted
+
+
+def _plan_varying_column(name: str, series: pd.Series, rows: int, distinct: int, *, source: str, forced: str,
+                         dates: str, high_cardinality: str, max_categories: int
+                         ) -> tuple[ColumnPlan, pd.Series | None]:
     if forced != "auto":
         return _forced_plan(name, series, forced, source=source, distinct=distinct,
                             high_cardinality=high_cardinality, max_categories=max_categories)
@@ -618,8 +620,9 @@ def summarize(validation: Validation, target: str) -> pd.DataFrame:
                "range / top": ""}
         if plan.name in frame.columns:
             series = frame[plan.name]
+            distinct = plan.distinct if plan.distinct is not None else int(series.nunique())
             row.update(dtype=str(series.dtype), missing=f"{series.isna().mean():.1%}",
-                       distinct=str(int(series.nunique())), **{"range / top": _range_or_top(series)})
+                       distinct=str(distinct), **{"range / top": _range_or_top(series)})
         rows.append(row)
     return pd.DataFrame(rows).set_index("column")
 

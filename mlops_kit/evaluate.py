@@ -14,10 +14,26 @@ from .params import BASELINE_METRICS, METRIC_DIRECTIONS
 
 
 
-def compute_metrics(model, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
-    """The task's metrics of ``model`` on ``(X, y)``."""
-    predicted = model.predict(X)
-    proba = model.predict_proba(X) if task == "classification" and hasattr(model, "predict_proba") else None
+def predict(model, X: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(predicted, proba)`` of ``model`` on ``X`` (``proba`` None for regression, or an
+    estimator without ``predict_proba``). A pipeline's preprocessing runs once for both: its
+    last step is asked for the predictions and the probabilities of the transformed rows."""
+    from sklearn.pipeline import Pipeline
+
+    estimator = model
+    if isinstance(model, Pipeline) and len(model.steps) > 1:
+        X, estimator = model[:-1].transform(X), model[-1]
+    predicted = estimator.predict(X)
+    proba = (estimator.predict_proba(X) if task == "classification" and hasattr(estimator, "predict_proba")
+             else None)
+    return predicted, proba
+
+
+def compute_metrics(model, X: pd.DataFrame, y: pd.Series, task: str, *,
+                    predictions: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``(X, y)`` (``predictions``: :func:`predict`'s,
+    when already made)."""
+    predicted, proba = predictions if predictions is not None else predict(model, X, task)
     return score(y, predicted, proba, getattr(model, "classes_", None), task)
 
 
@@ -193,18 +209,24 @@ def comparison_table(metrics: dict, comparison: dict | None, baseline: dict | No
 # --- plots -----------------------------------------------------------------------------
 
 def plot_evaluation(model, X: pd.DataFrame, y: pd.Series, task: str, artifacts: Path, *,
-                    sample: int = 20_000, seed: int = 0) -> list[Path]:
+                    sample: int = 20_000, seed: int = 0,
+                    predictions: tuple[np.ndarray, np.ndarray | None] | None = None) -> list[Path]:
     """Confusion matrix and ROC curve, or residuals and predicted-vs-actual, drawn from at
-    most ``sample`` test rows (seeded); saved as PNG."""
+    most ``sample`` test rows (seeded); saved as PNG. ``predictions``: :func:`predict`'s for
+    every row of ``X``, when already made (the sample's are taken from them)."""
     from . import artifacts as catalog
 
     plt = pyplot()
+    rows = None
     if len(X) > sample:
         rows = np.sort(np.random.default_rng(seed).choice(len(X), size=sample, replace=False))
         X, y = X.iloc[rows], y.iloc[rows]
+    if predictions is None:
+        predicted, proba = predict(model, X, task)
+    else:
+        predicted, proba = (p if p is None or rows is None else p[rows] for p in predictions)
     note = f" ({len(X)} sampled rows)" if len(X) == sample else ""
     paths = []
-    predicted = model.predict(X)
     if task == "classification":
         from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
@@ -214,7 +236,7 @@ def plot_evaluation(model, X: pd.DataFrame, y: pd.Series, task: str, artifacts: 
                                                 colorbar=False)
         axes[0][0].set_title("Confusion matrix (test split)" + note)
         if binary:
-            RocCurveDisplay.from_predictions(y, model.predict_proba(X)[:, 1], pos_label=model.classes_[1],
+            RocCurveDisplay.from_predictions(y, proba[:, 1], pos_label=model.classes_[1],
                                              ax=axes[0][1])
             axes[0][1].set_title("ROC curve (test split)" + note)
         paths.append(save_figure(fig, catalog.EVALUATION_PLOT.path(artifacts)))

@@ -76,8 +76,8 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict
                     loaded.source_of("data.target"), "data.target", f"'target' (the label column of {source})",
                     repr(params.data.target))])
         else:
-            from . import data as data_module
-            columns = data_module.read_columns(source)
+            from ._table_header import read_columns
+            columns = read_columns(source)  # pyarrow alone: this process needs no pandas
             if params.data.target not in columns:
                 import difflib
                 close = difflib.get_close_matches(params.data.target, columns, n=1)
@@ -115,30 +115,41 @@ class KernelPool:
     process that imports its stage's modules as it boots.
     """
 
+    #: checks that read the data table: answered by a process of their own (see start)
+    TABLE_CHECKS = ("mlops_kit.data:",)
+
     def __init__(self, stages: list[Stage], cwd: Path):
         self._stages = stages
         self._cwd = cwd
         self._managers: dict[str, Any] = {}
         self._zygote = None
+        self._reader = None
         self._connection_dir: str | None = None
 
     def start(self, checks: list[tuple[str, dict]] = ()) -> None:
-        """Ask for every stage's kernel, and queue ``checks`` (``("module:function", kwargs)``
-        calls, answered by :meth:`check`) right after the first kernel: they need
-        scikit-learn, which the first stage imports anyway."""
-        from ._kernels import MODE_ENV, KernelZygote, private_connection_dir
+        """Ask for every stage's kernel, and for ``checks`` (``("module:function", kwargs)``
+        calls, answered by :meth:`check`). Those that read the table start at once in a
+        process of their own, beside the zygote's imports (reading a column of a large CSV
+        takes seconds; the zygote must not keep what it read); the others are queued in the
+        zygote right after the first kernel: they need scikit-learn, which the first stage
+        imports anyway."""
+        from ._kernels import MODE_ENV, CallProcess, KernelZygote, private_connection_dir
 
         self._checks = list(checks)
         self._connection_dir = private_connection_dir()
         if os.environ.get(MODE_ENV, "fork") == "spawn":
             self._start_spawned()
             return
+        reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS)]
+        self._reader = CallProcess(reading) if reading else None
         self._zygote = KernelZygote()
+        self._tickets: list[int | None] = [None] * len(self._checks)
         for position, stage in enumerate(self._stages):
             self._fork(stage)
             if position == 0:
-                self._tickets = [self._zygote.send({"op": "call", "function": f, "kwargs": kw})
-                                 for f, kw in self._checks]
+                self._tickets = [None if c in reading else self._zygote.send({"op": "call", "function": c[0],
+                                                                               "kwargs": c[1]})
+                                 for c in self._checks]
 
     def _fork(self, stage: Stage) -> None:
         from ._kernels import ForkedKernelManager
@@ -169,8 +180,9 @@ class KernelPool:
                 module, _, name = function.partition(":")
                 getattr(importlib.import_module(module), name)(**kwargs)
             return
+        read = iter(self._reader.replies() if self._reader is not None else [])
         for ticket in self._tickets:
-            answer = self._zygote.reply(ticket)
+            answer = next(read) if ticket is None else self._zygote.reply(ticket)
             if "error" in answer:
                 error = answer["error"]
                 if error["problems"]:
@@ -194,6 +206,9 @@ class KernelPool:
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._connection_dir is not None:
             import shutil
 
@@ -225,9 +240,23 @@ def _html_exporter():
     return _EXPORTER
 
 
+def skip_iri_grammar() -> None:
+    """Keep jsonschema from compiling its IRI grammar in this process.
+
+    papermill imports nbformat, which imports jsonschema, whose format checkers import
+    ``rfc3987_syntax`` when it is installed (jupyter-events' extras install it): that module
+    builds a Lark parser at import time, 2 s of CPU before the first stage can start, more
+    than all of papermill. Notebooks hold no IRIs to check (nbformat's schema has no ``iri``
+    format), so the check is left out: jsonschema treats the module as absent. Called by
+    ``mlops-kit run``, whose process is the kit's own (not by :func:`run_pipeline`, which may
+    run inside a user's kernel)."""
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+
+
 def warm_html_exporter() -> None:
-    """Load nbconvert and compile its templates (half a second), done while the kernels'
-    parent is still importing, so the first report costs no more than the others."""
+    """Load nbconvert and compile its templates (half a second), done by the report thread
+    while the first stage runs, so the first report costs no more than the others."""
     import nbformat
 
     _html_exporter().from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]))
@@ -360,7 +389,6 @@ def _start_kernels(plans: list[cache.StagePlan], checks: list) -> "KernelPool | 
     kernels.start([c for c in checks if c[0].split(":")[0].rsplit(".", 1)[-1] in names])
     try:
         import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
-        warm_html_exporter()
         kernels.check()
     except BaseException:
         kernels.stop_all()
@@ -375,6 +403,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
     emit(RunEvent(EventKind.RUN_STARTED, run.id, data={"run_dir": str(run.path),
                                                "stages": [p.stage.name for p in plans]}))
     exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-kit-report")
+    exporter.submit(warm_html_exporter)  # while the first stage runs, not before it starts
     reports: list[tuple[str, Future]] = []
     current: Stage | None = None
     try:

@@ -144,9 +144,15 @@ def build_pipeline(schema: dict, estimator, *, seed: int = 0) -> Any:
     ordinal = [f for f in by_kind["categorical"] if native and f.get("encoding") != "target"]
     if ordinal:
         cap = min(max(f.get("max_categories") or 250 for f in ordinal), 250)
-        transformers.append(("categorical", OrdinalEncoder(
-            handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
-            max_categories=cap, dtype=np.float64), [f["name"] for f in ordinal]))
+        # the cap only changes columns with more levels than it; on the others scikit-learn's
+        # count of each level (a Python loop over every row) would be spent for nothing
+        few = [f["name"] for f in ordinal if f.get("levels") is not None and f["levels"] <= cap]
+        many = [f["name"] for f in ordinal if f["name"] not in few]
+        for name, columns, limit in (("categorical", few, None), ("categorical_capped", many, cap)):
+            if columns:
+                transformers.append((name, OrdinalEncoder(
+                    handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
+                    max_categories=limit, dtype=np.float64), columns))
         estimator.set_params(categorical_features=list(range(len(ordinal))))
     if by_kind["numeric"]:
         transformers.append(("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),

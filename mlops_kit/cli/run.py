@@ -35,8 +35,10 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
     """
     import signal
 
-    from ..params import load_params
     from .. import runner
+    from ..params import load_params
+
+    runner.skip_iri_grammar()  # before anything imports jsonschema
 
     if resume and (params_file or overrides or stages):
         raise click.UsageError("--resume continues a run with its own parameters and stages: "
