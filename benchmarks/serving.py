@@ -19,9 +19,9 @@ one for the server), each server with 1 process (the ratios and goals compare th
   first use with pip; never a kit dependency) - when it cannot be installed the row says so;
 - the in-process limit: the fastest known call of the same model, onnxruntime's
   ``session.run`` on input arrays prepared once (no JSON, no validation, no HTTP);
-- the HTTP ceiling: an empty ASGI app under the same uvicorn (``benchmarks/_empty_asgi.py``:
-  reads the body, answers a constant) - what one Python process can answer at all, before
-  any JSON or model work.
+- the HTTP ceiling: an empty ASGI app under the same uvicorn and event loop (asyncio's, the
+  kit's default; ``benchmarks/_empty_asgi.py``: reads the body, answers a constant) - what
+  one Python process can answer at all, before any JSON or model work.
 
 All servers run at once and are measured in interleaved rounds (one after the other, round
 after round); each figure is the median over the rounds, so load from other processes that
@@ -243,7 +243,8 @@ def main() -> None:
         servers: list[tuple[str, Any, str, str, Any]] = [
             ("HTTP ceiling (empty ASGI app)", lambda port: [sys.executable, "-m", "uvicorn", "--app-dir",
                                                             str(REPO / "benchmarks"), "_empty_asgi:app", "--port",
-                                                            str(port), "--log-level", "warning", "--no-access-log"],
+                                                            str(port), "--log-level", "warning", "--no-access-log",
+                                                            "--loop", "asyncio"],
              "/predict", "/", None),
             ("kit server, ONNX", lambda port: [*kit, str(port), "--runtime", "onnx"], "/predict", "/v2/health/ready",
              None),
