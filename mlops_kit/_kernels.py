@@ -108,14 +108,7 @@ class KernelZygote:
 
     def close(self) -> None:
         """Stop the zygote (it holds no state worth a graceful exit)."""
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        for stream in (self._process.stdin, self._process.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        _kill(self._process)
 
 
 class CallProcess:
@@ -144,14 +137,19 @@ class CallProcess:
             raise ZygoteError(f"the pre-flight check process stopped (exit code {self._process.returncode})") from None
 
     def close(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        for stream in (self._process.stdin, self._process.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        _kill(self._process)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kill a helper process (it holds no state worth a graceful exit) and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in (process.stdin, process.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
 
 
 class ReadyKernelClient(AsyncKernelClient):
