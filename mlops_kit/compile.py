@@ -22,7 +22,6 @@ Choices that keep the graph exact:
 from __future__ import annotations
 
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -331,20 +330,12 @@ def verify(onnx_bytes: bytes, report: artifacts.OnnxReport, model: Any, test: An
 
 # --- the stage's step ---------------------------------------------------------------------
 
-def _versions() -> dict[str, str]:
-    found = {}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
 def compile_model(folder: str | Path) -> artifacts.OnnxReport:
     """Compile and verify the run's model; write ``onnx.json`` (always) and ``model.onnx``
     (when it passed) into ``folder``, the folder holding the model (a run's ``artifacts/``)."""
     import pandas as pd
+
+    from .train import installed_versions
 
     started = time.perf_counter()
     folder = Path(folder)
@@ -360,7 +351,7 @@ def compile_model(folder: str | Path) -> artifacts.OnnxReport:
                if card.task == "classification" and hasattr(estimator, "classes_") else None)
     report = dict(passed=False, model_sha256=card.sha256, estimator=type(estimator).__name__, task=card.task,
                   classes=classes, missing_category=MISSING_CATEGORY, unseen_category=UNSEEN_CATEGORY,
-                  opset=dict(OPSET), versions=_versions(),
+                  opset=dict(OPSET), versions=installed_versions(VERSIONED),
                   created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     target = folder / artifacts.ONNX_MODEL.name
     data = None

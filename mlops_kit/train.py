@@ -264,14 +264,19 @@ def train_model(train: pd.DataFrame, schema: dict, *, model: str, params: dict, 
                        effective)
 
 
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in RECORDED_PACKAGES:
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each of ``names`` that is installed."""
+    versions = {}
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def package_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **installed_versions(RECORDED_PACKAGES)}
 
 
 def save_trained(result: TrainResult, schema: dict, test: pd.DataFrame, artifacts: Path, *,
