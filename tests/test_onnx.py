@@ -137,6 +137,22 @@ def test_a_tampered_onnx_file_is_refused_before_it_is_parsed(compiled, tmp_path)
     assert done.returncode == 1 and "does not match its record" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("numeric_input", [None, "age", "numeric_features_"])
+def test_a_report_whose_inputs_differ_from_the_graph_is_refused(compiled, tmp_path, numeric_input):
+    """onnx.json says how the graph is fed; a crafted one that disagrees is refused, not fed wrongly."""
+    from mlops_kit.serving import create_app
+
+    folder = tmp_path / "model"
+    shutil.copytree(compiled["mixed"], folder)
+    path = folder / artifacts.ONNX_REPORT.name
+    report = json.loads(path.read_text())
+    assert report["numeric_input"] == report["inputs"][0]  # the mixed model's two numbers, one input
+    report["numeric_input"] = numeric_input
+    path.write_text(json.dumps(report))
+    with pytest.raises(ArtifactError, match="must take the inputs onnx.json records"):
+        create_app(folder, runtime="onnx")
+
+
 def test_a_stale_report_falls_back_to_skops_and_onnx_on_demand_is_refused(compiled, tmp_path):
     from mlops_kit.serving import create_app
 
