@@ -11,6 +11,9 @@ one for the server), each server with 1 process (the ratios and goals compare th
 - the kit's server on the ONNX model (onnxruntime; what the lean image runs);
 - the kit's server on the ONNX model with ``--workers 2`` (both cores, shared with wrk: what
   one server without Kubernetes replicas can do; not used in the ratios);
+- the kit's server with the model call stubbed (``benchmarks/_stub_model_server.py``: the
+  first answer for that many rows given again): what HTTP, parsing, validation and the JSON
+  answer cost without the model - the most any model could reach behind this server;
 - the kit's server on the skops model (``--runtime skops``);
 - a minimal Starlette server: JSON -> pandas DataFrame -> the scikit-learn pipeline
   (``benchmarks/_minimal_starlette.py``);
@@ -123,12 +126,16 @@ def free_port() -> int:
 
 def start_server(command: list[str], url: str, ready: str, *, timeout: float = 120,
                  env: dict | None = None) -> subprocess.Popen:
+    # the log goes to a file: a pipe nobody reads fills up (64 kB) and then blocks a server
+    # that logs every request (MLflow's uvicorn does), which then answers nothing
+    log = tempfile.TemporaryFile()
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"{command[:4]} exited with {process.returncode}:\n{process.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            sys.exit(f"{command[:4]} exited with {process.returncode}:\n{log.read().decode()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{url}{ready}", timeout=1) as answer:
                 if answer.status == 200:
@@ -204,6 +211,8 @@ def run_wrk(url: str, body: bytes, *, seconds: float, connections: int, workdir:
         print(f"    ({timeouts.group(1)} requests timed out after 30 s: not counted)", flush=True)
     if errors:
         sys.exit(f"the server answered {errors.group(1)} requests with an error:\n{output}")
+    if not float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)):
+        sys.exit(f"{url} answered no request in {seconds:g} s:\n{output}")
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
             "p50": _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1)),
             "p99": _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))}
@@ -249,6 +258,9 @@ def main() -> None:
             ("kit server, ONNX", lambda port: [*kit, str(port), "--runtime", "onnx"], "/predict", "/v2/health/ready",
              None),
             ("kit server, ONNX, 2 workers", lambda port: [*kit, str(port), "--runtime", "onnx", "--workers", "2"],
+             "/predict", "/v2/health/ready", None),
+            ("kit server, model call stubbed", lambda port: [
+                sys.executable, str(REPO / "benchmarks" / "_stub_model_server.py"), str(folder), str(port)],
              "/predict", "/v2/health/ready", None),
             ("kit server, skops", lambda port: [*kit, str(port), "--runtime", "skops"], "/predict",
              "/v2/health/ready", None),
@@ -306,6 +318,9 @@ def main() -> None:
     ours = served["kit server, ONNX"]
     for rows in bodies:
         parts = [f"{ours[rows]['rps'] / limit[rows]['rps']:.2f}x the in-process limit (goal >= 0.7x)"]
+        stub = served.get("kit server, model call stubbed")
+        if stub:
+            parts.append(f"(stubbed model call: {stub[rows]['rps'] / limit[rows]['rps']:.2f}x the limit)")
         for other, goal in (("MLflow models serve", 30 if rows == 1 else 20), ("minimal Starlette+pandas", None),
                             ("kit server, skops", None), ("HTTP ceiling (empty ASGI app)", None)):
             if other in served:

@@ -198,7 +198,8 @@ for name in SERVING_REQUIREMENTS:
     assert result.stdout.strip() == "True"
 
 
-@pytest.mark.parametrize("protocol_name, nodelay", [("NoDelayHttpProtocol", 1), ("HttpToolsProtocol", 0)])
+@pytest.mark.parametrize("protocol_name, nodelay", [("ServingHttpProtocol", 1), ("NoDelayHttpProtocol", 1),
+                                                    ("HttpToolsProtocol", 0)])
 def test_every_connection_gets_tcp_nodelay(protocol_name, nodelay):
     """A socket asyncio does not know to be TCP (proto 0, as in uvicorn's worker processes)
     gets TCP_NODELAY from the kit's protocol; uvicorn's own leaves it off (the control)."""
@@ -209,10 +210,10 @@ def test_every_connection_gets_tcp_nodelay(protocol_name, nodelay):
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
 
-    from mlops_kit.serving._protocol import NoDelayHttpProtocol
+    from mlops_kit.serving._protocol import NoDelayHttpProtocol, ServingHttpProtocol
 
-    protocol_class = {"NoDelayHttpProtocol": NoDelayHttpProtocol, "HttpToolsProtocol": HttpToolsProtocol}[
-        protocol_name]
+    protocol_class = {"ServingHttpProtocol": ServingHttpProtocol, "NoDelayHttpProtocol": NoDelayHttpProtocol,
+                      "HttpToolsProtocol": HttpToolsProtocol}[protocol_name]
 
     async def app(scope, receive, send):  # never called: no request is sent
         raise AssertionError

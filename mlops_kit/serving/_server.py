@@ -23,14 +23,10 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, w
     """
     import uvicorn
 
-    from ._protocol import NoDelayHttpProtocol
     from .app import MODEL_DIR_ENV, create_app
 
     settings = settings or ServeSettings.from_env()
-    options = dict(host=host, port=port, log_level=log_level, access_log=access_log, server_header=False,
-                   date_header=True, proxy_headers=False, lifespan="on",
-                   timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, loop=settings.loop,
-                   http=NoDelayHttpProtocol)
+    options = uvicorn_options(settings, host=host, port=port, log_level=log_level, access_log=access_log)
     app = create_app(model_dir, settings)  # fails before listening; workers repeat it
     if workers <= 1:
         uvicorn.run(app, **options)
@@ -39,3 +35,13 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, w
     os.environ.update(settings.to_env())
     os.environ[MODEL_DIR_ENV] = str(Path(model_dir).resolve())
     uvicorn.run("mlops_kit.serving.app:app_from_env", factory=True, workers=workers, **options)
+
+
+def uvicorn_options(settings: ServeSettings, *, host: str, port: int, log_level: str = "info",
+                    access_log: bool = False) -> dict:
+    """uvicorn's settings for the kit's server (also benchmarks/_stub_model_server.py's)."""
+    from ._protocol import ServingHttpProtocol
+
+    return dict(host=host, port=port, log_level=log_level, access_log=access_log, server_header=False,
+                date_header=True, proxy_headers=False, lifespan="on",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, loop=settings.loop, http=ServingHttpProtocol)

@@ -22,7 +22,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import orjson
@@ -199,6 +199,15 @@ class _Disconnected(Exception):
     """The client went away before its body arrived."""
 
 
+class PredictionRoute(NamedTuple):
+    """A prediction endpoint a path leads to: its metrics label, its handler (body in,
+    answer out) and, for v2, the model name in the path."""
+
+    endpoint: str
+    handler: Callable[[bytes], bytes]
+    name: str | None
+
+
 class ServingApp:
     """The server's ASGI app.
 
@@ -207,6 +216,11 @@ class ServingApp:
     with two messages, the request counted and timed - no request, response or middleware
     objects on the path every prediction takes. Every other path, and the lifespan, is the
     Starlette app's (``other``), behind :class:`MetricsMiddleware`.
+
+    The steps of a prediction request (:meth:`route`, :meth:`check_request`, :meth:`call`,
+    :meth:`record`) are public so that the server's HTTP protocol
+    (:class:`~mlops_kit.serving._protocol.ServingHttpProtocol`) answers a POST from the
+    parser's callbacks with exactly the same checks, answers and metrics, without ASGI.
     """
 
     def __init__(self, service: ModelService, other: Starlette):
@@ -216,51 +230,81 @@ class ServingApp:
         metrics = service.metrics
         self._latency = {path: metrics.latency.labels(path) for path in ("/predict", "/v2/models/{name}/infer")}
         self._counted: dict[tuple[str, str, int], Any] = {}
+        self._predict = PredictionRoute("/predict", service.predict, None)
+
+    def route(self, path: str) -> PredictionRoute | None:
+        """The prediction endpoint ``path`` leads to, or None (a path for :attr:`other`)."""
+        if path == "/predict":
+            return self._predict
+        if path.startswith(_INFER_PREFIX) and path.endswith(_INFER_SUFFIX):
+            name = path[len(_INFER_PREFIX):-len(_INFER_SUFFIX)]
+            if name and "/" not in name:
+                return PredictionRoute("/v2/models/{name}/infer", self.service.infer, name)
+        return None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            path = scope["path"]
-            if path == "/predict":
-                await self._answer(scope, receive, send, "/predict", self.service.predict, None)
+            route = self.route(scope["path"])
+            if route is not None:
+                await self._answer(scope, receive, send, route)
                 return
-            if path.startswith(_INFER_PREFIX) and path.endswith(_INFER_SUFFIX):
-                name = path[len(_INFER_PREFIX):-len(_INFER_SUFFIX)]
-                if name and "/" not in name:
-                    await self._answer(scope, receive, send, "/v2/models/{name}/infer", self.service.infer, name)
-                    return
         await self.other(scope, receive, send)
 
-    async def _answer(self, scope, receive, send, endpoint: str, handler: Callable[[bytes], bytes],
-                      name: str | None) -> None:
+    def check_request(self, route: PredictionRoute, content_length: bytes | None) -> None:
+        """What is known before the body: the model name in the path, the Content-Length.
+        Raises :class:`InvalidRequest`."""
+        if route.name is not None:
+            self.service.check_name(route.name)
+        self.service.check_length(content_length)
+
+    def call(self, route: PredictionRoute, body: bytes) -> tuple[int, bytes]:
+        """The status and JSON answer of a POST whose body has arrived: 200, a 4xx that says
+        what is wrong, or 500 (logged)."""
+        try:
+            return 200, route.handler(body)
+        except InvalidRequest as exc:
+            return self.refuse(exc)
+        except Exception:
+            logger.exception("internal error answering POST %s", route.endpoint)
+            return 500, _SERVER_ERROR
+
+    @staticmethod
+    def refuse(exc: InvalidRequest) -> tuple[int, bytes]:
+        return exc.status, orjson.dumps(exc.body())
+
+    def record(self, endpoint: str, method: str, status: int, started: float) -> None:
+        """Count the answer and time it (``started``: ``time.perf_counter()`` at the request)."""
+        key = (endpoint, method, status)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.service.metrics.requests.labels(endpoint, method, str(status))
+        counter.inc()
+        self._latency[endpoint].observe(time.perf_counter() - started)
+
+    async def _answer(self, scope, receive, send, route: PredictionRoute) -> None:
         started = time.perf_counter()
         headers = [(b"content-type", b"application/json")]
-        try:
-            if scope["method"] != "POST":
-                status = 405
-                headers.append((b"allow", b"POST"))
-                content = orjson.dumps({"error": _wrong_method(scope["method"]), "detail": None})
+        if scope["method"] != "POST":
+            status = 405
+            headers.append((b"allow", b"POST"))
+            content = orjson.dumps({"error": _wrong_method(scope["method"]), "detail": None})
+        else:
+            try:
+                self.check_request(route, _header(scope, b"content-length"))
+                body = await self._body(receive)
+            except InvalidRequest as exc:
+                status, content = self.refuse(exc)
+            except _Disconnected:
+                return
             else:
-                if name is not None:
-                    self.service.check_name(name)
-                status, content = 200, handler(await self._body(scope, receive))
-        except InvalidRequest as exc:
-            status, content = exc.status, orjson.dumps(exc.body())
-        except _Disconnected:
-            return
-        except Exception:
-            logger.exception("internal error answering %s %s", scope["method"], scope["path"])
-            status, content = 500, _SERVER_ERROR
+                status, content = self.call(route, body)
         headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
-        self._count(endpoint, scope["method"], status)
-        self._latency[endpoint].observe(time.perf_counter() - started)
+        self.record(route.endpoint, scope["method"], status, started)
 
-    async def _body(self, scope, receive) -> bytes:
+    async def _body(self, receive) -> bytes:
         service = self.service
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                service.check_length(value)
         limit = service.settings.max_body_bytes
         chunks, size = [], 0
         while True:
@@ -275,12 +319,12 @@ class ServingApp:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _count(self, endpoint: str, method: str, status: int) -> None:
-        key = (endpoint, method, status)
-        counter = self._counted.get(key)
-        if counter is None:
-            counter = self._counted[key] = self.service.metrics.requests.labels(endpoint, method, str(status))
-        counter.inc()
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
 
 
 async def _invalid_request(request: Request, exc: Exception) -> Response:
