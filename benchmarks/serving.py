@@ -9,6 +9,7 @@ runs), for 1-row and 100-row requests under ``wrk -t1 -c32`` (Debian's wrk; one 
 one for the server), each server with 1 process (the ratios and goals compare those):
 
 - the kit's server on the ONNX model (onnxruntime; what the lean image runs);
+- the same on uvloop (``--loop uvloop``; the default is asyncio's loop, for its tail);
 - the kit's server on the ONNX model with ``--workers 2`` (both cores, shared with wrk: what
   one server without Kubernetes replicas can do; not used in the ratios);
 - the kit's server with the model call stubbed (``benchmarks/_stub_model_server.py``: the
@@ -257,6 +258,8 @@ def main() -> None:
              "/predict", "/", None),
             ("kit server, ONNX", lambda port: [*kit, str(port), "--runtime", "onnx"], "/predict", "/v2/health/ready",
              None),
+            ("kit server, ONNX, uvloop", lambda port: [*kit, str(port), "--runtime", "onnx", "--loop", "uvloop"],
+             "/predict", "/v2/health/ready", None),
             ("kit server, ONNX, 2 workers", lambda port: [*kit, str(port), "--runtime", "onnx", "--workers", "2"],
              "/predict", "/v2/health/ready", None),
             ("kit server, model call stubbed", lambda port: [
