@@ -133,7 +133,7 @@ class KernelPool:
         takes seconds; the zygote must not keep what it read); the others are queued in the
         zygote right after the first kernel: they need scikit-learn, which the first stage
         imports anyway."""
-        from ._kernels import MODE_ENV, CallProcess, KernelZygote, private_connection_dir
+        from ._kernels import MODE_ENV, CallProcess, private_connection_dir, take_zygote
 
         self._checks = list(checks)
         self._connection_dir = private_connection_dir()
@@ -142,7 +142,7 @@ class KernelPool:
             return
         reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS)]
         self._reader = CallProcess(reading) if reading else None
-        self._zygote = KernelZygote()
+        self._zygote = take_zygote()  # the CLI's, started before the run was planned, or a new one
         self._tickets: list[int | None] = [None] * len(self._checks)
         for position, stage in enumerate(self._stages):
             self._fork(stage)

@@ -320,3 +320,43 @@ def test_each_output_of_a_run_is_hashed_once(monkeypatch):
     stages = record["stages"]
     assert stages["evaluate"]["fingerprint"]["inputs"]["train.parquet"] == stages["data"]["outputs"]["train.parquet"]
     assert stages["evaluate"]["fingerprint"]["inputs"]["model.skops"] == stages["train"]["outputs"]["model.skops"]
+
+
+def test_the_zygote_started_before_planning_is_the_one_the_run_takes_or_is_stopped():
+    from mlops_kit import _kernels, runner, stages
+
+    _kernels.prestart_zygote()
+    prestarted = _kernels._PRESTARTED
+    assert prestarted is not None and prestarted.alive
+    pool = runner.KernelPool([stages.BY_NAME["data"]], cwd=REPO / "notebooks")
+    pool.start([])
+    try:
+        assert pool._zygote is prestarted and _kernels._PRESTARTED is None  # taken, not a second one
+    finally:
+        pool.stop_all()
+    assert not prestarted.alive
+    _kernels.prestart_zygote()  # a run where no stage runs: the CLI stops it
+    prestarted = _kernels._PRESTARTED
+    _kernels.discard_prestarted()
+    assert not prestarted.alive and _kernels._PRESTARTED is None
+    _kernels.discard_prestarted()  # nothing left to stop: a no-op
+
+
+def test_a_run_that_fails_its_checks_leaves_no_zygote_behind():
+    """The CLI starts the zygote before it reads the parameters; a mistake stops it."""
+    code = """
+import sys
+from mlops_kit import _kernels
+from mlops_kit.cli import run_cli
+started = []
+prestart = _kernels.prestart_zygote
+_kernels.prestart_zygote = lambda: (prestart(), started.append(_kernels._PRESTARTED))
+sys.argv = ["mlops-kit", "run", "--set", "data.target=nope"]
+try:
+    run_cli()
+except SystemExit as exc:
+    print("exit", exc.code, [z.alive for z in started], _kernels._PRESTARTED)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "exit 2 [False] None" in result.stdout, result.stdout + result.stderr
+    assert "data.target" in result.stderr and "Traceback" not in result.stderr
