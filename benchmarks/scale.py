@@ -7,7 +7,9 @@ The table is tests/_datagen.py's (30 feature columns: numbers, categories one of
 5,000 levels, a date, an ID, yes/no text, 5 % missing, a 1:20 imbalance), written as CSV.
 For each size and model both run as fresh processes, one after the other; measured: wall
 time and the peak resident memory of the whole process tree (the CLI, the kernels' parent,
-the kernels), sampled every 50 ms from /proc. Printed: the figures, the ratios kit / plain,
+the kernels), sampled every 50 ms from /proc (PSS, which costs the kernel a walk of every page
+table of the tree, every 0.5 s: sampled every 50 ms it slowed the kit's run by a quarter, the
+kernels' page faults and the tree walk contending, and the plain script's not at all). Printed: the figures, the ratios kit / plain,
 the table's size in memory (as the kit holds it), the kit's seconds per stage (run.json) and
 outside them, and seconds per 100k rows (linearity: also the slope between two sizes, the
 cost per row once the fixed cost of kernels, imports and reports is set aside).
@@ -43,8 +45,12 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def _tree_rss(root: int) -> tuple[int, int]:
-    """(RSS summed, PSS summed) over the process tree of ``root``."""
+#: seconds between two samples of RSS (cheap: /proc/PID/stat) and of PSS (/proc/PID/smaps_rollup)
+RSS_EVERY, PSS_EVERY = 0.05, 0.5
+
+
+def _tree_rss(root: int, pss: bool = True) -> tuple[int, int]:
+    """(RSS summed, PSS summed, or 0 when not ``pss``) over the process tree of ``root``."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.scandir("/proc"):
@@ -62,7 +68,7 @@ def _tree_rss(root: int) -> tuple[int, int]:
     while stack:
         pid = stack.pop()
         total += rss.get(pid, 0)
-        proportional += _pss(pid)
+        proportional += _pss(pid) if pss else 0
         stack.extend(children.get(pid, []))
     return total, proportional
 
@@ -77,10 +83,13 @@ def measure(command: list[str], env: dict) -> tuple[float, int, int]:
 
     def sample() -> None:
         nonlocal peak, peak_pss
+        last_pss = 0.0
         while not done.is_set():
-            rss, pss = _tree_rss(process.pid)
+            with_pss = time.perf_counter() - last_pss >= PSS_EVERY
+            rss, pss = _tree_rss(process.pid, pss=with_pss)
+            last_pss = time.perf_counter() if with_pss else last_pss
             peak, peak_pss = max(peak, rss), max(peak_pss, pss)
-            done.wait(0.05)
+            done.wait(RSS_EVERY)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

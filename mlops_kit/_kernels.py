@@ -106,9 +106,46 @@ class KernelZygote:
         """Call ``module:function`` in the zygote, where scikit-learn is already imported."""
         return self.reply(self.send({"op": "call", "function": function, "kwargs": kwargs}))
 
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
     def close(self) -> None:
         """Stop the zygote (it holds no state worth a graceful exit)."""
         _kill(self._process)
+
+
+#: a zygote started before the run was planned (:func:`prestart_zygote`), not yet taken
+_PRESTARTED: KernelZygote | None = None
+
+
+def prestart_zygote() -> None:
+    """Start the zygote now, before the parameters are loaded and the run is planned (``mlops-kit
+    run`` calls this first): its imports take the core that the CLI's own imports and checks
+    leave idle. The run's first kernel pool takes it (:func:`take_zygote`); when no stage runs
+    (a parameter mistake, every stage reused), :func:`discard_prestarted` stops it."""
+    global _PRESTARTED
+    if _PRESTARTED is None and os.environ.get(MODE_ENV, "fork") != "spawn":
+        _PRESTARTED = KernelZygote()
+
+
+def take_zygote() -> KernelZygote:
+    """The pre-started zygote if there is one still running, else a new one."""
+    global _PRESTARTED
+    zygote, _PRESTARTED = _PRESTARTED, None
+    if zygote is not None and zygote.alive:
+        return zygote
+    if zygote is not None:
+        zygote.close()
+    return KernelZygote()
+
+
+def discard_prestarted() -> None:
+    """Stop a pre-started zygote that no kernel pool took."""
+    global _PRESTARTED
+    zygote, _PRESTARTED = _PRESTARTED, None
+    if zygote is not None:
+        zygote.close()
 
 
 class CallProcess:

@@ -100,17 +100,43 @@ def _kit_sources(roots: tuple[str, ...]) -> list[Path]:
     return sorted({_paths.PACKAGE_DIR / f"{name}.py" for name in seen} | packages)
 
 
-def fingerprint(stage: Stage, params: RunParams, input_hashes: dict[str, str]) -> dict[str, Any]:
+#: the parts of a fingerprint other than the data file's hash (and the digest of them all)
+_CHEAP_PARTS = ("notebook", "params", "inputs", "environment")
+
+
+def fingerprint(stage: Stage, params: RunParams, input_hashes: dict[str, str], *,
+                data_file: bool = True) -> dict[str, Any]:
+    """The stage's fingerprint parts and their ``digest``. ``data_file=False`` leaves out the
+    data file's sha256 (seconds for a large table) and the digest: the parts
+    :func:`surely_runs` compares."""
     parts: dict[str, Any] = {
         "notebook": notebook_hash(_paths.notebooks_dir() / stage.notebook),
         "params": {"seed": params.seed, "task": params.task, **params.stage_parameters(stage.section)},
         "inputs": {item: input_hashes[item] for item in stage.inputs},
         "environment": environment_hash(stage.name),
     }
+    if not data_file:
+        return parts
     if stage.name == "data" and not params.data.source.startswith("sklearn:"):
         parts["data_file"] = _atomic.sha256_file(params.data.source)
     parts["digest"] = _hash_json(parts)
     return parts
+
+
+def surely_runs(stage: Stage, params: RunParams, known: dict[str, str], *, use_cache: bool = True) -> bool:
+    """True when ``stage`` will be executed whatever the data file's hash: no cache, or no
+    earlier succeeded stage agrees with it on everything else (notebook, parameters, inputs,
+    environment). Then its kernel can start before the data file is hashed (see
+    ``runner.run_pipeline``); False means only the full :func:`plan` can tell."""
+    if not use_cache or not stage.reusable or any(item not in known for item in stage.inputs):
+        return True
+    parts = fingerprint(stage, params, known, data_file=False)
+    for record in ledger.list_runs():
+        info = record.get("stages", {}).get(stage.name, {})
+        earlier = info.get("fingerprint") or {}
+        if info.get("status") in REUSABLE and all(earlier.get(key) == parts[key] for key in _CHEAP_PARTS):
+            return False
+    return True
 
 
 @dataclass

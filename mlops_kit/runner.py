@@ -119,7 +119,7 @@ class KernelPool:
     TABLE_CHECKS = ("mlops_kit.data:",)
 
     def __init__(self, stages: list[Stage], cwd: Path):
-        self._stages = stages
+        self._stages = list(stages)
         self._cwd = cwd
         self._managers: dict[str, Any] = {}
         self._zygote = None
@@ -133,7 +133,7 @@ class KernelPool:
         takes seconds; the zygote must not keep what it read); the others are queued in the
         zygote right after the first kernel: they need scikit-learn, which the first stage
         imports anyway."""
-        from ._kernels import MODE_ENV, CallProcess, KernelZygote, private_connection_dir
+        from ._kernels import MODE_ENV, CallProcess, private_connection_dir, take_zygote
 
         self._checks = list(checks)
         self._connection_dir = private_connection_dir()
@@ -142,7 +142,7 @@ class KernelPool:
             return
         reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS)]
         self._reader = CallProcess(reading) if reading else None
-        self._zygote = KernelZygote()
+        self._zygote = take_zygote()  # the CLI's, started before the run was planned, or a new one
         self._tickets: list[int | None] = [None] * len(self._checks)
         for position, stage in enumerate(self._stages):
             self._fork(stage)
@@ -191,6 +191,11 @@ class KernelPool:
                     from .errors import DataError
                     raise DataError(error["message"])
                 raise MlopsKitError(f"{error['type']}: {error['message']}")
+
+    @property
+    def stages(self) -> list[Stage]:
+        """The stages this pool has kernels for, in order."""
+        return list(self._stages)
 
     def take(self, stage: Stage):
         return self._managers.get(stage.name)
@@ -254,14 +259,6 @@ def skip_iri_grammar() -> None:
         sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
 
 
-def warm_html_exporter() -> None:
-    """Load nbconvert and compile its templates (half a second), done by the report thread
-    while the first stage runs, so the first report costs no more than the others."""
-    import nbformat
-
-    _html_exporter().from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]))
-
-
 def export_html(notebook: Path, report: Path) -> Path:
     import nbformat
 
@@ -292,8 +289,17 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
                    if item not in needed and (source_run.artifacts / item).is_file()]
     known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
     checks = preflight(loaded, selected)
-    plans = cache.plan(params, selected, known, use_cache=use_cache)
-    kernels = _start_kernels(plans, checks)  # parameter mistakes surface here, before any run exists
+    # when the first stage runs whatever the data file's hash, its kernel and the checks start
+    # now, and the file (seconds of sha256 for a large table) is hashed while they import
+    early = _start_pool(selected, checks) if selected and cache.surely_runs(selected[0], params, known,
+                                                                             use_cache=use_cache) else None
+    try:
+        plans = cache.plan(params, selected, known, use_cache=use_cache)
+    except BaseException:
+        if early is not None:
+            early.stop_all()
+        raise
+    kernels = _start_kernels(plans, checks, started=early)  # parameter mistakes surface here, before any run exists
     try:
         run = ledger.create_run({
             "params": params.model_dump(mode="json"),
@@ -377,16 +383,28 @@ def _check_notebooks(selected: list[Stage]) -> None:
                                 f"{notebooks_dir / stage.notebook}.", path=notebooks_dir / stage.notebook)
 
 
-def _start_kernels(plans: list[cache.StagePlan], checks: list) -> "KernelPool | None":
-    """Kernels for the stages from the first one that must run; None when all are reused."""
-    first = next((i for i, p in enumerate(plans) if p.action == "run"), None)
-    if first is None:
-        return None
-    to_run = [p.stage for p in plans[first:]]
+def _start_pool(to_run: list[Stage], checks: list) -> "KernelPool":
+    """Ask for the kernels of ``to_run`` and for the checks of those stages (returns at once)."""
     kernels = KernelPool(to_run, cwd=_paths.notebooks_dir())
     names = {s.name for s in to_run}
     # a check belongs to the stage its module is named after (mlops_kit.data -> data)
     kernels.start([c for c in checks if c[0].split(":")[0].rsplit(".", 1)[-1] in names])
+    return kernels
+
+
+def _start_kernels(plans: list[cache.StagePlan], checks: list,
+                   started: "KernelPool | None" = None) -> "KernelPool | None":
+    """Kernels for the stages from the first one that must run, their checks answered; None
+    when all are reused. ``started``: a pool asked for before the plan was made, taken when
+    it is for exactly these stages (else stopped)."""
+    first = next((i for i, p in enumerate(plans) if p.action == "run"), None)
+    to_run = [p.stage for p in plans[first:]] if first is not None else []
+    if started is not None and started.stages != to_run:
+        started.stop_all()
+        started = None
+    if first is None:
+        return None
+    kernels = started if started is not None else _start_pool(to_run, checks)
     try:
         import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
         kernels.check()
@@ -402,10 +420,12 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
     emit = on_event or (lambda event: None)
     emit(RunEvent(EventKind.RUN_STARTED, run.id, data={"run_dir": str(run.path),
                                                "stages": [p.stage.name for p in plans]}))
+    # nbconvert is loaded by the first export, after the first stage: while the data stage
+    # parses the table on every core, a second of template compiling only slows it down
     exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-kit-report")
-    exporter.submit(warm_html_exporter)  # while the first stage runs, not before it starts
     reports: list[tuple[str, Future]] = []
     current: Stage | None = None
+    made: dict[str, str] = {}  # sha256 of the outputs of this run's stages, as recorded
     try:
         for plan in plans:
             current = plan.stage
@@ -413,12 +433,15 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
                 raise RunCancelled(run.id, current.name)
             parts, hit = plan.fingerprint, plan.cached_from
             if parts is None:  # its inputs were made in this run: decide now
-                known = {item: _atomic.sha256_file(run.artifacts / item) for item in current.inputs}
+                known = {item: made[item] if item in made else _atomic.sha256_file(run.artifacts / item)
+                         for item in current.inputs}
                 parts = cache.fingerprint(current, params, known)
                 if use_cache and current.reusable:
                     hit, _ = cache.find_cached(current, parts["digest"], exclude=run.id)
             if hit is not None:
-                run.update_stage(current.name, **cache.reuse_stage(run, current, hit, parts))
+                reused = cache.reuse_stage(run, current, hit, parts)
+                made.update(reused["outputs"])
+                run.update_stage(current.name, **reused)
                 emit(RunEvent(EventKind.STAGE_CACHED, run.id, current.name,
                               message=f"unchanged: reused from run {hit.run_id}",
                               data={"source_run": hit.run_id}))
@@ -427,7 +450,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
                 emit(RunEvent(EventKind.LOG, run.id, current.name, message="; ".join(plan.rejected) + ": re-executing"))
             if kernels is None:  # planned as reused, but its source changed meanwhile
                 kernels = _start_kernels([cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], [])
-            _run_stage(run, current, params, kernels, emit, exporter, reports, parts)
+            made.update(_run_stage(run, current, params, kernels, emit, exporter, reports, parts))
         for name, future in reports:
             future.result()
         record = run.update(status="succeeded", finished=ledger.now(), metrics=_headline_metrics(run))
@@ -459,7 +482,8 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
 
 
 def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: KernelPool,
-               emit: EventHandler, exporter: ThreadPoolExecutor, reports: list, parts: dict) -> None:
+               emit: EventHandler, exporter: ThreadPoolExecutor, reports: list, parts: dict) -> dict[str, str]:
+    """Execute the stage's notebook; returns the sha256 of each of its outputs (recorded)."""
     import papermill
     from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
@@ -515,10 +539,11 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
         emit(RunEvent(EventKind.STAGE_FAILED, run.id, stage.name, message=str(failure)))
         raise failure
     reports.append((stage.name, exporter.submit(export_html, output, report)))
+    outputs = {item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs}
     run.update_stage(stage.name, status="succeeded", seconds=seconds, fingerprint=parts,
-                     report=str(report.relative_to(run.path)),
-                     outputs={item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs})
+                     report=str(report.relative_to(run.path)), outputs=outputs)
     emit(RunEvent(EventKind.STAGE_FINISHED, run.id, stage.name, message="succeeded", data={"seconds": seconds}))
+    return outputs
 
 
 def _running_cell(notebook: Path) -> int | None:

@@ -2,7 +2,9 @@
 these check that each saving changes nothing the user sees): the test rows preprocessed
 once in 03_evaluate, ordinal codes capped only where a column has more levels, the
 summary's distinct counts taken from planning, the pre-flight checks that read the table
-answered by a process of their own, jsonschema's IRI grammar left out of the CLI."""
+answered by a process of their own, jsonschema's IRI grammar left out of the CLI; text columns
+dictionary-encoded in one pass, the two splits written at once, yes/no categories mapped by their codes,
+the kernels started before the data file is hashed, each output of a run hashed once."""
 
 from __future__ import annotations
 
@@ -173,3 +175,188 @@ print(sys.modules.get("rfc3987_syntax", "absent"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("None", "absent")
     assert "skip_iri_grammar()" in (REPO / "mlops_kit" / "cli" / "run.py").read_text()
+
+
+# --- reading, writing, hashing (benchmarks/scale.py: the data stage and the time outside the stages)
+
+def _messy_csv(path, rows: int = 60_000):
+    """More than one CSV block (1 MB): a column whose type changes after the first block, text
+    with few and with many levels, missing values, a date."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({
+        "late": rng.integers(0, 9, rows).astype(object), "x": rng.normal(size=rows),
+        "few": rng.choice(["a", "b", None], rows), "many": [f"w{v}" for v in range(rows)],
+        "day": pd.date_range("2020-01-01", periods=rows, freq="h").strftime("%Y-%m-%d"),
+        "label": rng.integers(0, 2, rows)})
+    frame.loc[rows - 1, "late"] = "text at the end"
+    frame.to_csv(path, index=False)
+    assert path.stat().st_size > 2 << 20
+    return path
+
+
+def test_text_columns_encoded_in_one_pass_are_those_counted_then_encoded(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import csv
+
+    path = _messy_csv(tmp_path / "messy.csv")
+    monkeypatch.setattr(data, "MAX_DICTIONARY_LEVELS", 1_000)  # "many" stays text
+    table = data.read_table(path)
+    expected = csv.read_csv(path, convert_options=csv.ConvertOptions(strings_can_be_null=True,
+                                                                     quoted_strings_can_be_null=True))
+    for index, column in enumerate(expected.columns):  # the levels counted first, as before
+        if pa.types.is_string(column.type) and pc.count_distinct(column).as_py() <= 1_000:
+            expected = expected.set_column(index, expected.field(index).name, pc.dictionary_encode(column))
+    assert table.schema == expected.schema
+    assert table.schema.field("late").type.value_type == pa.string()  # typed by every block, not the first
+    assert pa.types.is_dictionary(table.schema.field("few").type) and table.schema.field("many").type == pa.string()
+    assert table.equals(expected)
+    frame = data._read_file(path)
+    assert sorted(frame["few"].cat.categories) == ["a", "b"]
+    assert not isinstance(frame["many"].dtype, pd.CategoricalDtype)
+
+
+def test_the_splits_written_at_once_are_those_written_one_by_one(tmp_path):
+    checked = data.validate_dataset(data.Dataset(_table(), "table.csv", "label"))
+    schema = data.infer_schema(checked, "label")
+    train_rows, test_rows = data.split_dataset(checked, "label", test_size=0.25, seed=0)
+    paths = data.save_splits(train_rows, test_rows, schema, tmp_path)
+    pd.testing.assert_frame_equal(pd.read_parquet(paths["train"]), train_rows)
+    pd.testing.assert_frame_equal(pd.read_parquet(paths["test"]), test_rows)
+    _, _, loaded = data.load_splits(tmp_path)
+    assert loaded["fingerprint"] == data.fingerprint_frame(train_rows, test_rows)
+    assert sorted(p.name for p in paths["train"].parent.iterdir()) == ["schema.json", "test.parquet", "train.parquet"]
+
+
+def test_a_split_that_cannot_be_written_fails_the_save_and_leaves_no_schema(tmp_path):
+    checked = data.validate_dataset(data.Dataset(_table(), "table.csv", "label"))
+    schema = data.infer_schema(checked, "label")
+    train_rows, test_rows = data.split_dataset(checked, "label", test_size=0.25, seed=0)
+    test_rows = test_rows.assign(bad=[object()] * len(test_rows))  # parquet cannot store it
+    with pytest.raises(Exception):
+        data.save_splits(train_rows, test_rows, schema, tmp_path)
+    names = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert "schema.json" not in names and "test.parquet" not in names
+    assert not [n for n in names if n.endswith(".tmp.parquet")]  # no half-written file left
+
+
+def test_yes_no_categories_become_the_same_booleans_by_their_codes():
+    values = ["yes", "no", None, "Yes", "no", "N"]
+    as_category = pd.Series(values, dtype="category", name="m", index=range(10, 16))
+    expected = pd.Series([1.0, 0.0, np.nan, 1.0, 0.0, 0.0], name="m", index=range(10, 16))
+    pd.testing.assert_series_equal(data._as_boolean(as_category), expected)
+    pd.testing.assert_series_equal(data._as_boolean(pd.Series(values, name="m", index=range(10, 16))), expected)
+
+
+def test_the_first_stage_surely_runs_until_an_earlier_run_agrees_on_all_but_the_data_file(tmp_path):
+    from mlops_kit import cache, ledger, stages
+    from mlops_kit.params import load_params
+
+    path = tmp_path / "table.csv"
+    _table().to_csv(path, index=False)
+    params = load_params(None, [f"data.source={path}", "data.target=label"]).params
+    stage = stages.BY_NAME["data"]
+    assert cache.surely_runs(stage, params, {})  # no earlier run
+    run = ledger.create_run({"params": {}, "stages": {}})
+    run.update_stage("data", status="succeeded", fingerprint=cache.fingerprint(stage, params, {}))
+    run.update(status="succeeded")
+    run.release()
+    assert not cache.surely_runs(stage, params, {})  # only the file's hash can tell
+    assert cache.surely_runs(stage, params, {}, use_cache=False)
+    changed = load_params(None, [f"data.source={path}", "data.target=label", "data.test_size=0.3"]).params
+    assert cache.surely_runs(stage, changed, {})  # runs whatever the file holds
+
+
+def test_the_kernels_start_before_the_data_file_is_hashed(tmp_path, monkeypatch):
+    """A large table takes seconds to hash; the zygote and the table's check start first."""
+    from mlops_kit import _atomic, cache, runner
+    from mlops_kit.params import load_params
+
+    path = tmp_path / "table.csv"
+    _table().to_csv(path, index=False)
+    events = []
+
+    class Pool:  # stands in for the processes; its check finds a mistake, so no run is made
+        def __init__(self, stages, cwd):
+            self.stages = list(stages)
+
+        def start(self, checks):
+            events.append(("start", [s.name for s in self.stages], sorted(c[0] for c in checks)))
+
+        def check(self):
+            raise ParameterError([])
+
+        def stop_all(self):
+            events.append(("stop",))
+
+    hash_file = _atomic.sha256_file
+    monkeypatch.setattr(runner, "KernelPool", Pool)
+    monkeypatch.setattr(cache._atomic, "sha256_file",
+                        lambda p: events.append(("hash", str(p))) or hash_file(p))
+    with pytest.raises(ParameterError):
+        runner.run_pipeline(load_params(None, [f"data.source={path}", "data.target=label"]))
+    assert events == [("start", ["data", "train", "evaluate"],
+                       ["mlops_kit.data:check_before_run", "mlops_kit.train:check_train_params"]),
+                      ("hash", str(path)), ("stop",)]
+    assert not list(runner._paths.runs_dir().glob("*/run.json"))  # the mistake came before any run
+
+
+def test_each_output_of_a_run_is_hashed_once(monkeypatch):
+    """The next stage's fingerprint takes the hashes recorded for the outputs it reads."""
+    from collections import Counter
+
+    from mlops_kit import _atomic, runner
+    from mlops_kit.params import load_params
+
+    counted, hash_file = Counter(), _atomic.sha256_file
+    monkeypatch.setattr(_atomic, "sha256_file", lambda p: counted.update([str(p)]) or hash_file(p))
+    record = runner.run_pipeline(load_params(), use_cache=False)
+    folder = runner._paths.runs_dir() / record["id"] / "artifacts"
+    assert record["status"] == "succeeded"
+    assert {name: counted[str(folder / name)] for name in ("train.parquet", "test.parquet", "schema.json",
+                                                             "model.skops")} == dict.fromkeys(
+        ("train.parquet", "test.parquet", "schema.json", "model.skops"), 1)
+    # and the fingerprints name the same hashes as the outputs
+    stages = record["stages"]
+    assert stages["evaluate"]["fingerprint"]["inputs"]["train.parquet"] == stages["data"]["outputs"]["train.parquet"]
+    assert stages["evaluate"]["fingerprint"]["inputs"]["model.skops"] == stages["train"]["outputs"]["model.skops"]
+
+
+def test_the_zygote_started_before_planning_is_the_one_the_run_takes_or_is_stopped():
+    from mlops_kit import _kernels, runner, stages
+
+    _kernels.prestart_zygote()
+    prestarted = _kernels._PRESTARTED
+    assert prestarted is not None and prestarted.alive
+    pool = runner.KernelPool([stages.BY_NAME["data"]], cwd=REPO / "notebooks")
+    pool.start([])
+    try:
+        assert pool._zygote is prestarted and _kernels._PRESTARTED is None  # taken, not a second one
+    finally:
+        pool.stop_all()
+    assert not prestarted.alive
+    _kernels.prestart_zygote()  # a run where no stage runs: the CLI stops it
+    prestarted = _kernels._PRESTARTED
+    _kernels.discard_prestarted()
+    assert not prestarted.alive and _kernels._PRESTARTED is None
+    _kernels.discard_prestarted()  # nothing left to stop: a no-op
+
+
+def test_a_run_that_fails_its_checks_leaves_no_zygote_behind():
+    """The CLI starts the zygote before it reads the parameters; a mistake stops it."""
+    code = """
+import sys
+from mlops_kit import _kernels
+from mlops_kit.cli import run_cli
+started = []
+prestart = _kernels.prestart_zygote
+_kernels.prestart_zygote = lambda: (prestart(), started.append(_kernels._PRESTARTED))
+sys.argv = ["mlops-kit", "run", "--set", "data.target=nope"]
+try:
+    run_cli()
+except SystemExit as exc:
+    print("exit", exc.code, [z.alive for z in started], _kernels._PRESTARTED)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "exit 2 [False] None" in result.stdout, result.stdout + result.stderr
+    assert "data.target" in result.stderr and "Traceback" not in result.stderr

@@ -48,15 +48,23 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
         loaded = load_params(params_file, overrides)
         _print_plan(runner.explain(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache))
         return
+    from .._kernels import discard_prestarted, prestart_zygote
+
+    # the kernels' parent imports pandas and scikit-learn while this process loads the
+    # parameters, checks them and plans the run (stopped below if no stage runs)
+    prestart_zygote()
     # SIGTERM (a service manager, `kill`) ends the run like Ctrl-C: recorded as interrupted
     signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     printer = _ProgressPrinter(quiet=as_json)
-    if resume:
-        record = runner.resume_run(resume, use_cache=not no_cache, on_event=printer)
-    else:
-        loaded = load_params(params_file, overrides)
-        record = runner.run_pipeline(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache,
-                                     on_event=printer)
+    try:
+        if resume:
+            record = runner.resume_run(resume, use_cache=not no_cache, on_event=printer)
+        else:
+            loaded = load_params(params_file, overrides)
+            record = runner.run_pipeline(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache,
+                                         on_event=printer)
+    finally:
+        discard_prestarted()
     if as_json:
         from ._output import print_json
         print_json(record)
