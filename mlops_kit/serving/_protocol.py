@@ -29,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from ._validation import InvalidRequest
+from .app import ServingApp, header
 
 _JSON_HEADERS = b"content-type: application/json\r\ncontent-length: "
 
@@ -49,8 +50,6 @@ class ServingHttpProtocol(NoDelayHttpProtocol):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        from .app import ServingApp
-
         self._serving = self.app if isinstance(self.app, ServingApp) else None
         self._limit = self._serving.service.settings.max_body_bytes if self._serving else 0
         self._in_headers = False  # on_headers_complete is deciding how the request goes
@@ -83,12 +82,8 @@ class ServingHttpProtocol(NoDelayHttpProtocol):
     def _begin(self, cycle: RequestResponseCycle, route) -> None:
         self._direct, self._route, self._started = cycle, route, time.perf_counter()
         self._chunks, self._size = [], 0
-        length = None
-        for name, value in cycle.scope["headers"]:
-            if name == b"content-length":
-                length = value
         try:
-            self._serving.check_request(route, length)
+            self._serving.check_request(route, header(cycle.scope, b"content-length"))
         except InvalidRequest as exc:
             self._respond(*self._serving.refuse(exc))
 

@@ -290,7 +290,7 @@ class ServingApp:
             content = orjson.dumps({"error": _wrong_method(scope["method"]), "detail": None})
         else:
             try:
-                self.check_request(route, _header(scope, b"content-length"))
+                self.check_request(route, header(scope, b"content-length"))
                 body = await self._body(receive)
             except InvalidRequest as exc:
                 status, content = self.refuse(exc)
@@ -320,7 +320,8 @@ class ServingApp:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _header(scope, name: bytes) -> bytes | None:
+def header(scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in an ASGI scope, or None."""
     for key, value in scope["headers"]:
         if key == name:
             return value
