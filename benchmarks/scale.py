@@ -2,10 +2,13 @@
 plain pandas + scikit-learn script doing the same work (read, split, fit, score).
 
     python benchmarks/scale.py [--rows 100000 300000 1000000] [--models logistic_regression hist_gradient_boosting]
+                               [--repeat 3]
 
 The table is tests/_datagen.py's (30 feature columns: numbers, categories one of which has
 5,000 levels, a date, an ID, yes/no text, 5 % missing, a 1:20 imbalance), written as CSV.
-For each size and model both run as fresh processes, one after the other; measured: wall
+For each size and model both run as fresh processes, one after the other (``--repeat N``: N
+pairs, kit first and plain first in turn, medians printed; one pair's ratio swings by 0.2 or
+more on a shared machine); measured: wall
 time and the peak resident memory of the whole process tree (the CLI, the kernels' parent,
 the kernels), sampled every 50 ms from /proc (PSS, which costs the kernel a walk of every page
 table of the tree, every 0.5 s: sampled every 50 ms it slowed the kit's run by a quarter, the
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,13 +128,23 @@ def table_bytes(path: Path) -> tuple[int, int]:
     return kit, int(pd.read_csv(path, engine="pyarrow").memory_usage(deep=True).sum())
 
 
+def _medians(results: list[tuple[float, int, int]]) -> tuple[float, int, int]:
+    """Each figure's median over the repetitions."""
+    return tuple(statistics.median(figures) for figures in zip(*results))  # type: ignore[return-value]
+
+
 def main() -> None:
     from _datagen import write_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--models", nargs="+", default=["logistic_regression", "hist_gradient_boosting"])
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="kit/plain pairs per size and model, in alternating order; medians are printed "
+                             "(one pair's ratio swings by +-0.2 or more on a shared machine: use 3 or 5)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1. Got {args.repeat} instead.")
     work = Path(tempfile.mkdtemp(prefix="mlops-kit-scale-"))
     env = {**os.environ, "MLOPS_KIT_RUNS_DIR": str(work / "runs"), "MLOPS_KIT_PROJECT_DIR": str(REPO),
            "PYTHONPATH": str(REPO)}
@@ -139,14 +153,29 @@ def main() -> None:
         path = write_table(rows, work / f"table-{rows}.csv", seed=0)
         in_memory, as_pandas_reads = table_bytes(path)
         for model in args.models:
-            kit = measure([sys.executable, "-m", "mlops_kit.cli", "run", "--no-cache",
-                           "--set", f"data.source={path}", "--set", "data.target=label",
-                           "--set", f"train.model={model}", "--set", "train.cv_folds=0"], env)
-            plain = measure([sys.executable, str(REPO / "benchmarks" / "_plain_scale.py"), str(path), model], env)
-            stages = stage_seconds(work / "runs")
+            kit_command = [sys.executable, "-m", "mlops_kit.cli", "run", "--no-cache", "--set", f"data.source={path}",
+                           "--set", "data.target=label", "--set", f"train.model={model}", "--set", "train.cv_folds=0"]
+            plain_command = [sys.executable, str(REPO / "benchmarks" / "_plain_scale.py"), str(path), model]
+            kits, plains, stage_runs = [], [], []
+            for index in range(args.repeat):  # kit first, then plain first, ...: drift weighs on both
+                if index % 2 == 0:
+                    kits.append(measure(kit_command, env))
+                    stage_runs.append(stage_seconds(work / "runs"))
+                    plains.append(measure(plain_command, env))
+                else:
+                    plains.append(measure(plain_command, env))
+                    kits.append(measure(kit_command, env))
+                    stage_runs.append(stage_seconds(work / "runs"))
+            if args.repeat > 1:
+                print(f"{rows:>9,} rows {model:<24} time ratio of each pair: "
+                      + ", ".join(f"x{k[0] / p[0]:.2f} ({k[0]:.1f} s / {p[0]:.1f} s)" for k, p in zip(kits, plains)),
+                      flush=True)
+            kit, plain = _medians(kits), _medians(plains)
+            stages = {name: statistics.median(run[name] for run in stage_runs) for name in stage_runs[0]}
             rows_out.append((rows, model, kit, plain, in_memory, path.stat().st_size))
-            print(f"{rows:>9,} rows {model:<24} kit {kit[0]:7.1f} s {kit[1] / 2**20:7.0f} MiB | plain {plain[0]:7.1f} s "
-                  f"{plain[1] / 2**20:7.0f} MiB | time x{kit[0] / plain[0]:.2f} memory (RSS) x{kit[1] / plain[1]:.2f} "
+            ratio = statistics.median(k[0] / p[0] for k, p in zip(kits, plains))
+            print(f"{rows:>9,} rows {model:<24} {'medians: ' if args.repeat > 1 else ''}kit {kit[0]:7.1f} s {kit[1] / 2**20:7.0f} MiB | plain {plain[0]:7.1f} s "
+                  f"{plain[1] / 2**20:7.0f} MiB | time x{ratio:.2f} memory (RSS) x{kit[1] / plain[1]:.2f} "
                   f"(PSS: kit {kit[2] / 2**20:.0f} MiB, plain {plain[2] / 2**20:.0f} MiB, x{kit[2] / plain[2]:.2f}) | "
                   f"table {in_memory / 2**20:.0f} MiB in memory (pandas' read_csv: {as_pandas_reads / 2**20:.0f} MiB; "
                   f"CSV {path.stat().st_size / 2**20:.0f} MiB), "
