@@ -47,10 +47,11 @@ def connect(server) -> socket.socket:
 
 
 def request(path: str, body: bytes = b"", *, method: str = "POST", version: str = "1.1",
-            headers: dict[str, str] | None = None) -> bytes:
+            headers: dict[str, str] | None = None, length: int | None = None) -> bytes:
+    """The request's bytes; ``length``: the Content-Length to announce (default: the body's)."""
     lines = [f"{method} {path} HTTP/{version}", "host: test"]
     if method == "POST" and not any(k.lower() == "transfer-encoding" for k in (headers or {})):
-        lines.append(f"content-length: {len(body)}")
+        lines.append(f"content-length: {len(body) if length is None else length}")
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -102,8 +103,7 @@ def through_asgi(server, path: str, body: bytes) -> tuple[int, dict[str, str], b
     """The same request, sent with ``Expect: 100-continue``: uvicorn's ASGI path answers it
     (its interim ``100 Continue`` comes when the app reads the body)."""
     with connect(server) as sock:
-        sock.sendall(request(path, b"", headers={"expect": "100-continue"}).replace(
-            b"content-length: 0", f"content-length: {len(body)}".encode()))
+        sock.sendall(request(path, headers={"expect": "100-continue"}, length=len(body)))
         reader = Reader(sock)
         first = reader.answer()
         if first[0] != 100:  # refused before the body was asked for (a wrong model name, a length)
@@ -199,8 +199,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(server):
 
 def test_content_length_over_the_limit_is_refused_before_the_body(strict):
     with connect(strict) as sock:
-        sock.sendall(request("/predict", b"")[:-4].replace(b"content-length: 0", b"content-length: 4096")
-                     + b"\r\n\r\n")
+        sock.sendall(request("/predict", length=4096))
         status, _, answer = Reader(sock).answer()  # no body sent at all
     assert status == 413 and "at most 2048 bytes. Got 4096 bytes instead" in json.loads(answer)["error"]
 
@@ -219,8 +218,7 @@ def test_a_body_over_the_limit_without_its_length_is_refused_and_the_connection_
 
 def test_wrong_model_name_is_refused_before_the_body(server):
     with connect(server) as sock:
-        sock.sendall(request("/v2/models/nope/infer", b"")[:-4].replace(b"content-length: 0", b"content-length: 99")
-                     + b"\r\n\r\n")
+        sock.sendall(request("/v2/models/nope/infer", length=99))
         status, _, answer = Reader(sock).answer()
     assert status == 404 and "'nope'" in json.loads(answer)["error"]
 
