@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, Optional, TypeVar, Union
 
@@ -308,6 +308,9 @@ class Artifact:
     name: str
     producer: str
     description: str
+    #: False for what a stage may write beside its outputs (a plot): the run does not fail
+    #: without it, and a reused stage brings it along when the earlier run has it
+    required: bool = field(default=True, kw_only=True)
 
     def path(self, folder: str | os.PathLike) -> Path:
         return artifacts_dir(folder) / self.name
@@ -368,7 +371,7 @@ TRAIN_SPLIT = Artifact(N.TRAIN_SPLIT, "data", "the training split (parquet)")
 TEST_SPLIT = Artifact(N.TEST_SPLIT, "data", "the held-out test split (parquet)")
 SCHEMA: DocumentArtifact[DataSchema] = DocumentArtifact(N.SCHEMA, "data", "features, target and classes",
                                                         DataSchema)
-TARGET_PLOT = Artifact(N.TARGET_PLOT, "data", "the target's distribution")
+TARGET_PLOT = Artifact(N.TARGET_PLOT, "data", "the target's distribution", required=False)
 MODEL = Artifact(N.MODEL, "train", "the fitted pipeline (skops, never pickle)")
 MODEL_CARD: DocumentArtifact[ModelCard] = DocumentArtifact(N.MODEL_CARD, "train",
                                                            "the model's hash, parameters and versions", ModelCard)
@@ -377,10 +380,11 @@ EXAMPLES: DocumentArtifact[Examples] = DocumentArtifact(N.EXAMPLES, "train",
                                                         Examples)
 METRICS: DocumentArtifact[Metrics] = DocumentArtifact(N.METRICS, "evaluate", "scores and the gate",
                                                       Metrics)
-EVALUATION_PLOT = Artifact(N.EVALUATION_PLOT, "evaluate", "confusion matrix / ROC, or residuals")
-ONNX_MODEL = Artifact(N.ONNX_MODEL, "package", "the pipeline compiled to ONNX (data, not code)")
+EVALUATION_PLOT = Artifact(N.EVALUATION_PLOT, "evaluate", "confusion matrix / ROC, or residuals", required=False)
+ONNX_MODEL = Artifact(N.ONNX_MODEL, "package", "the pipeline compiled to ONNX (data, not code)", required=False)
 ONNX_REPORT: DocumentArtifact[OnnxReport] = DocumentArtifact(
-    N.ONNX_REPORT, "package", "the ONNX model's sha256 and its verification on the test split", OnnxReport)
+    N.ONNX_REPORT, "package", "the ONNX model's sha256 and its verification on the test split", OnnxReport,
+    required=False)
 IMAGE: DocumentArtifact[ImageRecord] = DocumentArtifact(N.IMAGE, "package", "the image built and where it went",
                                                         ImageRecord)
 RELEASE: DocumentArtifact[Release] = DocumentArtifact(N.RELEASE, "deploy", "what serves the model now",
@@ -393,10 +397,31 @@ RELEASE_HISTORY_KEY = N.RELEASE_HISTORY_KEY
 CATALOG: tuple[Artifact, ...] = (TRAIN_SPLIT, TEST_SPLIT, SCHEMA, TARGET_PLOT, MODEL, MODEL_CARD, EXAMPLES,
                                  METRICS, EVALUATION_PLOT, ONNX_MODEL, ONNX_REPORT, IMAGE, RELEASE)
 BY_NAME: dict[str, Artifact] = {artifact.name: artifact for artifact in CATALOG}
+_BUILTIN = CATALOG
 
 
 def produced_by(stage: str) -> tuple[Artifact, ...]:
+    """What a stage writes, as the catalog declares (its outputs, then its extras)."""
     return tuple(a for a in CATALOG if a.producer == stage)
+
+
+def register(artifact: Artifact) -> Artifact:
+    """Add an artifact of a registered stage (:func:`mlops_kit.stages.register`)."""
+    global CATALOG
+    if artifact.name in BY_NAME or artifact.name in (RUN.name, CHAMPION.name):
+        raise ValueError(f"the catalog has an artifact named {artifact.name!r} already")
+    CATALOG = (*CATALOG, artifact)
+    BY_NAME[artifact.name] = artifact
+    return artifact
+
+
+def unregister_producer(stage: str) -> None:
+    """Remove the artifacts a registered stage added."""
+    global CATALOG
+    gone = [a for a in CATALOG if a.producer == stage and a not in _BUILTIN]
+    CATALOG = tuple(a for a in CATALOG if a not in gone)
+    for artifact in gone:
+        BY_NAME.pop(artifact.name, None)
 
 
 def missing(artifact: Artifact, path: Path) -> ArtifactError:

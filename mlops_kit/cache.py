@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _artifact_names as _names
 from . import _atomic, _paths, ledger
 from .params import RunParams
 from .stages import Stage, producer_of
@@ -42,7 +41,7 @@ def notebook_hash(path: Path) -> str:
     return _hash_json(cells)
 
 
-def environment_hash(stage_name: str) -> str:
+def environment_hash(stage: Stage | str) -> str:
     """Versions of the packages the stages use, and the source of the kit modules this stage
     imports (found by following their relative imports), so that editing, say, the
     model server does not invalidate the training stage.
@@ -61,8 +60,8 @@ def environment_hash(stage_name: str) -> str:
         except metadata.PackageNotFoundError:
             versions[name] = None
     digest = hashlib.sha256(_hash_json(versions).encode())
-    roots = [m.split(".", 1)[1] for m in BY_NAME[stage_name].warm_imports if m.startswith("mlops_kit.")]
-    for source in _kit_sources(tuple(roots)):
+    stage = BY_NAME[stage] if isinstance(stage, str) else stage
+    for source in _kit_sources(stage.code_modules):
         digest.update(str(source.relative_to(_paths.PACKAGE_DIR)).encode())
         digest.update(_source_hash(source).encode())
     return digest.hexdigest()
@@ -113,12 +112,13 @@ def fingerprint(stage: Stage, params: RunParams, input_hashes: dict[str, str], *
         "notebook": notebook_hash(_paths.notebooks_dir() / stage.notebook),
         "params": {"seed": params.seed, "task": params.task, **params.stage_parameters(stage.section)},
         "inputs": {item: input_hashes[item] for item in stage.inputs},
-        "environment": environment_hash(stage.name),
+        "environment": environment_hash(stage),
     }
     if not data_file:
         return parts
-    if stage.name == "data" and not params.data.source.startswith("sklearn:"):
-        parts["data_file"] = _atomic.sha256_file(params.data.source)
+    external = stage.external_file(params) if stage.external_file is not None else None
+    if external is not None:
+        parts["data_file"] = _atomic.sha256_file(external)
     parts["digest"] = _hash_json(parts)
     return parts
 
@@ -270,9 +270,8 @@ def reuse_stage(run: ledger.RunFolder, stage: Stage, candidate: Candidate, parts
 
 
 def _extra_outputs(artifacts: Path, stage: Stage) -> list[Path]:
-    """Plots a stage draws beside its declared outputs."""
-    plots = {"data": (_names.TARGET_PLOT,), "evaluate": (_names.EVALUATION_PLOT,)}.get(stage.name, ())
-    return [artifacts / name for name in plots if (artifacts / name).exists()]
+    """What a stage wrote beside its declared outputs (plots), as the catalog says."""
+    return [artifacts / name for name in stage.extras if (artifacts / name).exists()]
 
 
 def link_or_copy(source: Path, target: Path) -> None:

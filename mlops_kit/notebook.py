@@ -41,8 +41,9 @@ class StageRun:
 
     @property
     def section(self) -> Any:
-        """This stage's own parameters (``params.data``, ``params.train`` ...)."""
-        return getattr(self.params, self.stage.section)
+        """This stage's own parameters (``params.data``, ``params.train`` ...); None for a
+        stage without a section."""
+        return getattr(self.params, self.stage.section) if self.stage.section else None
 
     @property
     def interactive(self) -> bool:
@@ -72,6 +73,10 @@ def open_stage(name: str, run_dir: str | Path = "", /, **values: Any) -> StageRu
     artifacts.artifacts_dir(folder).mkdir(parents=True, exist_ok=True)
     params = load_run_params(folder).params
     if values:
+        if stage.section is None:
+            from .errors import ParameterError, ParameterProblem
+            raise ParameterError([ParameterProblem(f"{stage.notebook} (parameters cell)", next(iter(values)),
+                                                   f"no key: stage {name!r} takes only run_dir", "a key")])
         raw = params.model_dump(mode="json")
         raw[stage.section] = {**raw[stage.section], **values}
         params = load_params(recorded=raw, recorded_from=f"{stage.notebook} (parameters cell)").params

@@ -22,6 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from . import _paths
+from .stages import DEFAULT_STAGES, STAGE_NAMES
 from .serving._settings import ServeSettings as _ServeDefaults
 from .errors import ParameterError, ParameterProblem
 
@@ -256,8 +257,8 @@ class RunParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    stages: list[Literal["data", "train", "evaluate", "package", "deploy"]] = Field(
-        default_factory=lambda: ["data", "train", "evaluate"],
+    stages: list[Literal[STAGE_NAMES]] = Field(  # type: ignore[valid-type] - the stage table's names
+        default_factory=lambda: list(DEFAULT_STAGES),
         description="the stages `mlops-kit run` runs, in pipeline order")
     seed: int = Field(42, ge=0, description="random seed for the split and the estimator")
     task: Optional[Literal["classification", "regression"]] = Field(

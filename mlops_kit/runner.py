@@ -23,7 +23,8 @@ from typing import Any, Callable
 from . import _atomic, _paths, cache, ledger
 from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
 from .params import LoadedParams, RunParams
-from .stages import STAGES, Stage, needed_inputs, optional_inputs, producer_of, select_stages
+from . import stages
+from .stages import Stage, needed_inputs, optional_inputs, producer_of, select_stages
 
 #: ``on_event(event)`` receives these as the run goes.
 EventHandler = Callable[["RunEvent"], None]
@@ -57,52 +58,14 @@ class RunEvent:
 
 # --- checks before any stage starts ---------------------------------------------------
 
-def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict]]:
-    """Mistakes that would only show inside a stage, found before any starts: the target
-    column in the file's header, checked here; the data's target (rows, classes, a split
-    that leaves both sides rows) and the chosen model's hyperparameters, returned as checks
-    to run where pandas and scikit-learn are imported (:meth:`KernelPool.check`)."""
-    from .errors import ParameterError, ParameterProblem
-    from .params import SKLEARN_DATASETS
+def preflight(loaded: LoadedParams, stages: list[Stage]) -> dict[str, list[tuple[str, dict]]]:
+    """Mistakes that would only show inside a stage, found before any starts, by each
+    stage's ``preflight`` (:mod:`mlops_kit.stages`): raised here when this process can
+    tell (a target column not in the file's header), else returned as checks to run where
+    the stage's libraries are imported (:meth:`KernelPool.check`), by stage name."""
+    from .stages import preflight_checks
 
-    params = loaded.params
-    names = {s.name for s in stages}
-    source = params.data.source
-    checks = []
-    if "data" in names:
-        if source.startswith("sklearn:"):
-            if params.data.target != "target":
-                raise ParameterError([ParameterProblem(
-                    loaded.source_of("data.target"), "data.target", f"'target' (the label column of {source})",
-                    repr(params.data.target))])
-        else:
-            from ._table_header import read_columns
-            columns = read_columns(source)  # pyarrow alone: this process needs no pandas
-            if params.data.target not in columns:
-                import difflib
-                close = difflib.get_close_matches(params.data.target, columns, n=1)
-                raise ParameterError([ParameterProblem(
-                    loaded.source_of("data.target"), "data.target", f"a column of {source}: {', '.join(columns[:15])}",
-                    repr(params.data.target), close[0] if close else None)])
-            unknown = [name for name in params.data.columns if name not in columns]
-            if unknown:
-                import difflib
-                close = difflib.get_close_matches(unknown[0], columns, n=1)
-                raise ParameterError([ParameterProblem(
-                    loaded.source_of(f"data.columns.{unknown[0]}"), f"data.columns.{unknown[0]}",
-                    f"a column of {source}", "no such column", close[0] if close else None)])
-        checks.append(("mlops_kit.data:check_before_run",
-                       {"source": source, "target": params.data.target, "task": params.task,
-                        "test_size": params.data.test_size, "min_rows": params.data.min_rows,
-                        "origins": {key: loaded.source_of(key) for key in ("data.test_size", "data.min_rows")}}))
-    if "train" in names:
-        task = params.task or (SKLEARN_DATASETS.get(source.split(":", 1)[1]) if source.startswith("sklearn:")
-                               else None)
-        checks.append(("mlops_kit.train:check_train_params",
-                       {"model": params.train.model, "task": task, "params": params.train.params,
-                        "origin": loaded.source_of("train.params"),
-                        "origins": {key: loaded.source_of(f"train.params.{key}") for key in params.train.params}}))
-    return checks
+    return preflight_checks(loaded, stages)
 
 
 # --- kernels ---------------------------------------------------------------------------
@@ -285,7 +248,7 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     needed = needed_inputs(selected, params)
     source_run = _find_source_run(needed, reuse_from) if needed else None
     if source_run is not None:
-        needed += [item for item in optional_inputs(selected)
+        needed += [item for item in optional_inputs(selected, params)
                    if item not in needed and (source_run.artifacts / item).is_file()]
     known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
     checks = preflight(loaded, selected)
@@ -344,7 +307,7 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
         if info.get("status") == "reused":
             done.update(info.get("outputs", {}))
     plans = cache.plan(params, remaining, done, use_cache=use_cache, exclude=run_id)
-    kernels = _start_kernels(plans, [])
+    kernels = _start_kernels(plans, {})
     try:
         run.acquire()
         for stage in remaining:
@@ -383,16 +346,14 @@ def _check_notebooks(selected: list[Stage]) -> None:
                                 f"{notebooks_dir / stage.notebook}.", path=notebooks_dir / stage.notebook)
 
 
-def _start_pool(to_run: list[Stage], checks: list) -> "KernelPool":
+def _start_pool(to_run: list[Stage], checks: dict[str, list]) -> "KernelPool":
     """Ask for the kernels of ``to_run`` and for the checks of those stages (returns at once)."""
     kernels = KernelPool(to_run, cwd=_paths.notebooks_dir())
-    names = {s.name for s in to_run}
-    # a check belongs to the stage its module is named after (mlops_kit.data -> data)
-    kernels.start([c for c in checks if c[0].split(":")[0].rsplit(".", 1)[-1] in names])
+    kernels.start([check for stage in to_run for check in checks.get(stage.name, ())])
     return kernels
 
 
-def _start_kernels(plans: list[cache.StagePlan], checks: list,
+def _start_kernels(plans: list[cache.StagePlan], checks: dict[str, list],
                    started: "KernelPool | None" = None) -> "KernelPool | None":
     """Kernels for the stages from the first one that must run, their checks answered; None
     when all are reused. ``started``: a pool asked for before the plan was made, taken when
@@ -449,7 +410,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
             if plan.rejected:
                 emit(RunEvent(EventKind.LOG, run.id, current.name, message="; ".join(plan.rejected) + ": re-executing"))
             if kernels is None:  # planned as reused, but its source changed meanwhile
-                kernels = _start_kernels([cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], [])
+                kernels = _start_kernels([cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], {})
             made.update(_run_stage(run, current, params, kernels, emit, exporter, reports, parts))
         for name, future in reports:
             future.result()
@@ -585,7 +546,7 @@ def _find_source_run(needed: list[str], reuse_from: str | None) -> ledger.RunFol
     for run in ledger.iter_runs():
         if all((run.artifacts / item).exists() for item in needed):
             return run
-    producers = sorted({producer_of(item).name for item in needed}, key=[s.name for s in STAGES].index)
+    producers = sorted({producer_of(item).name for item in needed}, key=list(stages.STAGE_NAMES).index)
     raise ArtifactError(
         f"The selected stages need {', '.join(needed)}, which no earlier run has.",
         hint=f"include the stage(s) {', '.join(producers)} in --stages.")

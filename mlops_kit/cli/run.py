@@ -7,6 +7,8 @@ import time
 
 import click
 
+from ..stages import STAGE_NAMES
+
 
 def _params_option(func):
     func = click.option("-p", "--params", "params_file", type=click.Path(dir_okay=False),
@@ -18,7 +20,7 @@ def _params_option(func):
 
 @click.command()
 @_params_option
-@click.option("--stages", help="Comma-separated subset of data,train,evaluate,package,deploy "
+@click.option("--stages", help=f"Comma-separated subset of {','.join(STAGE_NAMES)} "
               "(default: the parameter file's `stages`).")
 @click.option("--reuse-from", metavar="RUN_ID", help="Take the inputs of the selected stages from this run "
               "(default: the newest run that has them).")
