@@ -284,7 +284,7 @@ class RunRecord(OpenDocument):
     """``run.json``: the run's record, kept by :mod:`mlops_kit.ledger`."""
 
     id: str
-    created: str
+    created: Optional[str] = None
     status: str
     params: Optional[dict[str, Any]] = None
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -1,5 +1,11 @@
 """The run ledger: one ``run.json`` per run folder, written atomically.
 
+This module is the one place that reads and writes the run records: a run's ``run.json``
+(typed by :class:`mlops_kit.artifacts.RunRecord`) and the runs folder's ``champion.json``
+(:class:`mlops_kit.artifacts.Champion`). Others ask it: :func:`read_record`,
+:func:`recorded_params`, :func:`recorded_outputs`, :func:`champion`. The last two lookups
+need no pydantic (the model server asks the second).
+
 A run that is ``running`` holds an exclusive lock on its folder's ``.lock`` file for as
 long as its process lives. A reader that finds a ``running`` run whose lock is free knows
 the process is gone (killed, crashed) and marks the run ``interrupted``.
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import _atomic, _paths
-from .errors import InvalidRunId, RunNotFound
+from .errors import ArtifactError, InvalidRunId, RunNotFound
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")
 
@@ -74,11 +80,11 @@ class RunFolder:
         return self.path / _paths.REPORTS_SUBDIR
 
     def read(self) -> dict[str, Any]:
-        return json.loads(self.record_path.read_text())
+        return read_record(self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         with writable(self.path, "record the run"):
-            _atomic.write_json(self.record_path, record)
+            write_record(self.path, record)
 
     def update(self, **changes: Any) -> dict[str, Any]:
         record = self.read()
@@ -120,6 +126,85 @@ class RunFolder:
             return False
         finally:
             os.close(fd)
+
+
+# --- the records, read and written here only ------------------------------------------------
+
+#: A record is never larger than this (a crafted run folder must not exhaust memory).
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+def _load_json(path: Path) -> Any:
+    """A record file parsed, bounded in size (no validation: no pydantic needed);
+    ArtifactError naming the file when it is missing, too large or not JSON."""
+    from .errors import ArtifactError
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECORD_BYTES:
+            raise ArtifactError(f"{path} must be at most {MAX_RECORD_BYTES} bytes. Got {size} bytes instead.",
+                                path=path)
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} must exist. Got no file there instead.", path=path) from None
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{path} must be a JSON document. Got unreadable text instead ({exc}).",
+                            path=path) from None
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """A run folder's ``run.json``, validated (:class:`~mlops_kit.artifacts.RunRecord`: the
+    field that is wrong is named in the ArtifactError), as a dict."""
+    from . import artifacts
+
+    path = artifacts.RUN.path(folder)
+    data = _load_json(path)
+    artifacts.validate_document(data, artifacts.RunRecord, source=str(path))
+    return data
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    """Validate and write a run's record atomically."""
+    from . import artifacts
+
+    artifacts.validate_document(record, artifacts.RunRecord, source=str(artifacts.RUN.path(folder)))
+    _atomic.write_json(Path(folder) / _paths.RUN_RECORD, record)
+
+
+def _record_part(folder: Path, key: str) -> Any:
+    """One key of a folder's record (None without a record); ArtifactError when unreadable."""
+    path = Path(folder) / _paths.RUN_RECORD
+    if not path.is_file():
+        return None
+    record = _load_json(path)
+    return record.get(key) if isinstance(record, dict) else None
+
+
+def recorded_params(folder: Path) -> dict[str, Any] | None:
+    """The parameters a run was started with (``params`` of its record); None when the folder
+    has no record (the scratch run, a folder made by hand) or the record none. ArtifactError
+    when the record cannot be read."""
+    params = _record_part(folder, "params")
+    if params is not None and not isinstance(params, dict):
+        from .errors import ArtifactError
+
+        path = Path(folder) / _paths.RUN_RECORD
+        raise ArtifactError(f"{path}: params must be a mapping. Got {type(params).__name__} instead.", path=path)
+    return params
+
+
+def recorded_outputs(folder: Path, stage: str) -> dict[str, str]:
+    """The sha256 of each output a stage recorded in the run's record; empty when there is no
+    record, no such stage or the record cannot be read (needs no pydantic)."""
+    from .errors import ArtifactError
+
+    try:
+        stages = _record_part(folder, "stages")
+    except (ArtifactError, OSError):
+        return {}
+    info = stages.get(stage) if isinstance(stages, dict) else None
+    outputs = info.get("outputs") if isinstance(info, dict) else None
+    return {k: v for k, v in outputs.items() if isinstance(v, str)} if isinstance(outputs, dict) else {}
 
 
 #: A run id is a plain folder name: the kit makes ``YYYYmmdd-HHMMSS-xxxx``; letters, digits,
@@ -232,8 +317,8 @@ def list_runs() -> list[dict[str, Any]]:
     for run in iter_runs():
         try:
             record = _settle(run)
-        except (json.JSONDecodeError, OSError):
-            continue  # a folder being created right now
+        except (ArtifactError, OSError):
+            continue  # a folder being created right now (or a record that is not one)
         record["champion"] = record["id"] == current
         records.append(record)
     return records
@@ -295,12 +380,17 @@ def _champion_path(root: Path | None = None) -> Path:
 
 
 def champion(root: Path | None = None) -> dict[str, Any] | None:
-    """The promoted run: ``{"run": id, "who", "when", "why", "history": [...]}``, or None."""
+    """The promoted run: ``{"run": id, "who", "when", "why", "history": [...]}``, or None
+    (also when ``champion.json`` is unreadable or not a :class:`~mlops_kit.artifacts.Champion`)."""
+    from . import artifacts
+
     path = _champion_path(root)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = _load_json(path)
+        artifacts.validate_document(data, artifacts.Champion, source=str(path))
+    except (OSError, ArtifactError):
         return None
+    return data
 
 
 def champion_id(root: Path | None = None) -> str | None:
@@ -338,7 +428,9 @@ def promote(run_id: str, *, who: str | None = None, why: str = "") -> dict[str, 
     entry = {"run": run_id, "who": who or _whoami(), "when": now(), "why": why}
     history = ([*previous.get("history", []), {k: previous[k] for k in ("run", "who", "when", "why")}]
                if previous else [])
-    _atomic.write_json(_champion_path(), {**entry, "history": history})
+    from . import artifacts
+
+    artifacts.CHAMPION.save(_champion_path().parent, {**entry, "history": history})
     return {**entry, "history": history}
 
 

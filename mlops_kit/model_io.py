@@ -188,15 +188,11 @@ def trained_sha256(folder: Path) -> str | None:
     """The sha256 of ``model.skops`` recorded in ``run.json`` when the train stage finished,
     when ``folder`` is a run's ``artifacts/`` (None elsewhere: a model folder of its own, an
     image, the scratch run)."""
-    record = folder / ".." / _names.RUN
-    if folder.name != "artifacts" or not record.is_file():
+    if folder.name != "artifacts":
         return None
-    try:
-        train = json.loads(record.read_text()).get("stages", {}).get("train", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    value = (train.get("outputs") or {}).get(MODEL_FILE) if isinstance(train, dict) else None
-    return value if isinstance(value, str) else None
+    from .ledger import recorded_outputs  # the record's one reader (no pydantic needed)
+
+    return recorded_outputs(folder.parent, "train").get(MODEL_FILE)
 
 
 def untrusted_types(data: bytes) -> list[str]:

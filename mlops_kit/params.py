@@ -354,14 +354,13 @@ def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tu
 def load_run_params(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> LoadedParams:
     """A run's own parameters (``run.json`` key ``params``) with ``overrides`` on top; the
     embedded default when the folder has no record (the scratch run)."""
-    import json
+    from .errors import ArtifactError
+    from .ledger import recorded_params
 
     record = Path(run_dir) / _paths.RUN_RECORD
-    if not record.is_file():
-        return load_params(None, overrides)
     try:
-        recorded = json.loads(record.read_text(encoding="utf-8")).get("params")
-    except ValueError:
+        recorded = recorded_params(Path(run_dir))
+    except ArtifactError:
         raise ParameterError([ParameterProblem(str(record), "(top level)", "JSON", "unreadable text")]) from None
     if recorded is None:
         return load_params(None, overrides)

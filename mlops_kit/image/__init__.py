@@ -229,9 +229,11 @@ def _server_of(params: Any, run_dir: Path):
     package section only); None when no ``server.host`` is set."""
     server = getattr(params, "server", None)
     if server is None:
+        from ..ledger import recorded_params
+
         try:
-            recorded = json.loads((run_dir / _paths.RUN_RECORD).read_text(encoding="utf-8")).get("params") or {}
-        except (OSError, ValueError):
+            recorded = recorded_params(run_dir) or {}
+        except (OSError, ArtifactError):
             recorded = {}
         if (recorded.get("server") or {}).get("host"):
             from ..params import ServerParams

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ... import _paths
 from ...params import DeployParams, RunParams
 
 
@@ -19,12 +17,12 @@ def stage_run_dir(run_dir: str | Path = "") -> Path:
 
 def run_params(run_dir: Path) -> dict | None:
     """The validated parameters recorded in ``run.json`` (None when the run has no record)."""
-    record = Path(run_dir) / _paths.RUN_RECORD
-    if not record.is_file():
-        return None
+    from ...errors import ArtifactError
+    from ...ledger import recorded_params
+
     try:
-        return json.loads(record.read_text(encoding="utf-8")).get("params")
-    except ValueError:
+        return recorded_params(Path(run_dir))
+    except ArtifactError:
         return None
 
 
