@@ -1,11 +1,10 @@
-"""Run stages with papermill into a run folder.
+"""Run the pipeline's stages into a run folder.
 
-Each stage executes in a fresh kernel, and its executed notebook is the record. What
-makes a run slow under plain papermill is the kernels: each starts and imports pandas,
-scikit-learn and matplotlib again (about 3 s a stage). So the stages' kernels are forked
-from one parent that did those imports once (:mod:`mlops_kit._kernels`), while this
-process imports papermill; HTML reports are exported by a background thread while the
-next stage runs.
+The runner plans (which stages run, which are reused from earlier runs: :mod:`.cache`),
+keeps the record (:mod:`.ledger`) and emits the events; an executor
+(:mod:`mlops_kit.execution`; by default forked kernels on this machine) executes each
+stage's notebook, and its executed notebook is the record. HTML reports are exported by a
+background thread while the next stage runs.
 """
 
 from __future__ import annotations
@@ -14,22 +13,19 @@ import enum
 import os
 import sys
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _atomic, _paths, cache, ledger
+from . import _atomic, _paths, cache, ledger, stages
 from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
+from .execution import ExecutionPlan, Executor, default_executor
 from .params import LoadedParams, RunParams
-from . import stages
 from .stages import Stage, needed_inputs, optional_inputs, producer_of, select_stages
 
 #: ``on_event(event)`` receives these as the run goes.
 EventHandler = Callable[["RunEvent"], None]
-
-KERNEL_NAME = "python3"
 
 
 class EventKind(str, enum.Enum):
@@ -62,135 +58,10 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> dict[str, list[tuple
     """Mistakes that would only show inside a stage, found before any starts, by each
     stage's ``preflight`` (:mod:`mlops_kit.stages`): raised here when this process can
     tell (a target column not in the file's header), else returned as checks to run where
-    the stage's libraries are imported (:meth:`KernelPool.check`), by stage name."""
+    the stage's libraries are imported (:meth:`Executor.ready`), by stage name."""
     from .stages import preflight_checks
 
     return preflight_checks(loaded, stages)
-
-
-# --- kernels ---------------------------------------------------------------------------
-
-class KernelPool:
-    """One fresh kernel per stage, all asked for when the run starts.
-
-    By default they are forked from a zygote that imported the stages' modules once
-    (:mod:`mlops_kit._kernels`); with ``MLOPS_KIT_KERNELS=spawn`` each kernel is its own
-    process that imports its stage's modules as it boots.
-    """
-
-    #: checks that read the data table: answered by a process of their own (see start)
-    TABLE_CHECKS = ("mlops_kit.data:",)
-
-    def __init__(self, stages: list[Stage], cwd: Path):
-        self._stages = list(stages)
-        self._cwd = cwd
-        self._managers: dict[str, Any] = {}
-        self._zygote = None
-        self._reader = None
-        self._connection_dir: str | None = None
-
-    def start(self, checks: list[tuple[str, dict]] = ()) -> None:
-        """Ask for every stage's kernel, and for ``checks`` (``("module:function", kwargs)``
-        calls, answered by :meth:`check`). Those that read the table start at once in a
-        process of their own, beside the zygote's imports (reading a column of a large CSV
-        takes seconds; the zygote must not keep what it read); the others are queued in the
-        zygote right after the first kernel: they need scikit-learn, which the first stage
-        imports anyway."""
-        from ._kernels import MODE_ENV, CallProcess, private_connection_dir, take_zygote
-
-        self._checks = list(checks)
-        self._connection_dir = private_connection_dir()
-        if os.environ.get(MODE_ENV, "fork") == "spawn":
-            self._start_spawned()
-            return
-        reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS)]
-        self._reader = CallProcess(reading) if reading else None
-        self._zygote = take_zygote()  # the CLI's, started before the run was planned, or a new one
-        self._tickets: list[int | None] = [None] * len(self._checks)
-        for position, stage in enumerate(self._stages):
-            self._fork(stage)
-            if position == 0:
-                self._tickets = [None if c in reading else self._zygote.send({"op": "call", "function": c[0],
-                                                                               "kwargs": c[1]})
-                                 for c in self._checks]
-
-    def _fork(self, stage: Stage) -> None:
-        from ._kernels import ForkedKernelManager
-
-        km = ForkedKernelManager(kernel_name=KERNEL_NAME)
-        km.start_forked(self._zygote, str(self._cwd), modules=stage.warm_imports, folder=self._connection_dir)
-        self._managers[stage.name] = km
-
-    def _start_spawned(self) -> None:
-        from jupyter_client.manager import AsyncKernelManager
-        from jupyter_core.utils import run_sync
-
-        for stage in self._stages:
-            km = AsyncKernelManager(kernel_name=KERNEL_NAME,
-                                    connection_file=os.path.join(self._connection_dir, f"kernel-{stage.name}.json"))
-            code = "; ".join(f"import {module}" for module in stage.warm_imports) or "pass"
-            run_sync(km.start_kernel)(extra_arguments=[f"--IPKernelApp.exec_lines={code}",
-                                                       "--IPKernelApp.log_level=ERROR"], cwd=str(self._cwd))
-            self._managers[stage.name] = km
-
-    def check(self) -> None:
-        """Wait for the queued checks; raise the first problem they found."""
-        from .errors import ParameterError, ParameterProblem
-
-        if self._zygote is None:
-            import importlib
-            for function, kwargs in self._checks:
-                module, _, name = function.partition(":")
-                getattr(importlib.import_module(module), name)(**kwargs)
-            return
-        read = iter(self._reader.replies() if self._reader is not None else [])
-        for ticket in self._tickets:
-            answer = next(read) if ticket is None else self._zygote.reply(ticket)
-            if "error" in answer:
-                error = answer["error"]
-                if error["problems"]:
-                    raise ParameterError([ParameterProblem(**p) for p in error["problems"]])
-                if error["type"] == "DataError":
-                    from .errors import DataError
-                    raise DataError(error["message"])
-                raise MlopsKitError(f"{error['type']}: {error['message']}")
-
-    @property
-    def stages(self) -> list[Stage]:
-        """The stages this pool has kernels for, in order."""
-        return list(self._stages)
-
-    def take(self, stage: Stage):
-        return self._managers.get(stage.name)
-
-    def stop(self, stage: Stage) -> None:
-        km = self._managers.pop(stage.name, None)
-        if km is not None:
-            _shutdown(km)
-
-    def stop_all(self) -> None:
-        for name in list(self._managers):
-            _shutdown(self._managers.pop(name))
-        if self._zygote is not None:
-            self._zygote.close()
-            self._zygote = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        if self._connection_dir is not None:
-            import shutil
-
-            shutil.rmtree(self._connection_dir, ignore_errors=True)  # the kernels' HMAC keys
-            self._connection_dir = None
-
-
-def _shutdown(km) -> None:
-    from jupyter_core.utils import run_sync
-
-    try:
-        run_sync(km.shutdown_kernel)(now=True)
-    except Exception:  # noqa: BLE001 - a kernel that is already gone
-        pass
 
 
 # --- reports ---------------------------------------------------------------------------
@@ -233,15 +104,17 @@ def export_html(notebook: Path, report: Path) -> Path:
 
 def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from: str | None = None,
                  use_cache: bool = True, on_event: EventHandler | None = None,
-                 cancel: threading.Event | None = None) -> dict:
+                 cancel: threading.Event | None = None, executor: Executor | None = None) -> dict:
     """Run the selected stages (default: ``params.stages``) into a new run folder.
 
     A stage whose fingerprint matches a succeeded stage of an earlier run is reused, not
     executed (``use_cache=False`` executes everything). Stages not selected whose outputs
     a selected stage needs are taken from ``reuse_from`` (default: the newest run that has
     them). Returns the final record; raises :class:`StageFailed` (the record says which
-    stage and cell) when a stage fails.
+    stage and cell) when a stage fails. ``executor`` executes the stages (default: forked
+    kernels on this machine, :class:`mlops_kit.execution.local.LocalExecutor`).
     """
+    executor = executor if executor is not None else default_executor()
     params = loaded.params
     selected = select_stages(stages, params.stages)
     _check_notebooks(selected)
@@ -252,17 +125,17 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
                    if item not in needed and (source_run.artifacts / item).is_file()]
     known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
     checks = preflight(loaded, selected)
-    # when the first stage runs whatever the data file's hash, its kernel and the checks start
-    # now, and the file (seconds of sha256 for a large table) is hashed while they import
-    early = _start_pool(selected, checks) if selected and cache.surely_runs(selected[0], params, known,
-                                                                             use_cache=use_cache) else None
+    # when the first stage runs whatever the data file's hash, the executor and the checks
+    # start now, and the file (seconds of sha256 for a large table) is hashed while they import
+    early = bool(selected) and cache.surely_runs(selected[0], params, known, use_cache=use_cache)
+    if early:
+        _start_executor(executor, selected, checks)
     try:
         plans = cache.plan(params, selected, known, use_cache=use_cache)
     except BaseException:
-        if early is not None:
-            early.stop_all()
+        executor.stop()
         raise
-    kernels = _start_kernels(plans, checks, started=early)  # parameter mistakes surface here, before any run exists
+    started = _prepare(executor, plans, checks, started=early)  # parameter mistakes surface here, before any run exists
     try:
         run = ledger.create_run({
             "params": params.model_dump(mode="json"),
@@ -272,20 +145,20 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
             "stages": {s.name: {"status": "pending"} for s in selected},
         })
     except BaseException:
-        if kernels is not None:
-            kernels.stop_all()
+        executor.stop()
         raise
     if source_run is not None:
         _reuse_inputs(run, source_run, needed)
-    return _execute(run, params, plans, kernels, use_cache, on_event, cancel)
+    return _execute(run, params, plans, executor, started, use_cache, on_event, cancel)
 
 
 def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | None = None,
-               cancel: threading.Event | None = None) -> dict:
+               cancel: threading.Event | None = None, executor: Executor | None = None) -> dict:
     """Continue a failed or interrupted run, in its own folder, from its first stage that
     did not succeed (with the parameters it was started with)."""
     from .errors import RunNotResumable
 
+    executor = executor if executor is not None else default_executor()
     record = ledger.read_run(run_id, champion=False)
     run = ledger.open_run(run_id)
     if record["status"] == "running":
@@ -307,7 +180,7 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
         if info.get("status") == "reused":
             done.update(info.get("outputs", {}))
     plans = cache.plan(params, remaining, done, use_cache=use_cache, exclude=run_id)
-    kernels = _start_kernels(plans, {})
+    started = _prepare(executor, plans, {})
     try:
         run.acquire()
         for stage in remaining:
@@ -315,15 +188,13 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
         run.update(status="running", pid=os.getpid(), error=None, finished=None,
                    resumed=[*record.get("resumed", []), ledger.now()])
     except BlockingIOError:
-        if kernels is not None:
-            kernels.stop_all()
+        executor.stop()
         raise RunNotResumable(run_id, "another process holds the run's lock") from None
     except BaseException:
-        if kernels is not None:
-            kernels.stop_all()
+        executor.stop()
         run.release()
         raise
-    return _execute(run, params, plans, kernels, use_cache, on_event, cancel)
+    return _execute(run, params, plans, executor, started, use_cache, on_event, cancel)
 
 
 def explain(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from: str | None = None,
@@ -346,37 +217,36 @@ def _check_notebooks(selected: list[Stage]) -> None:
                                 f"{notebooks_dir / stage.notebook}.", path=notebooks_dir / stage.notebook)
 
 
-def _start_pool(to_run: list[Stage], checks: dict[str, list]) -> "KernelPool":
-    """Ask for the kernels of ``to_run`` and for the checks of those stages (returns at once)."""
-    kernels = KernelPool(to_run, cwd=_paths.notebooks_dir())
-    kernels.start([check for stage in to_run for check in checks.get(stage.name, ())])
-    return kernels
+def _start_executor(executor: Executor, to_run: list[Stage], checks: dict[str, list]) -> None:
+    """Start the executor for ``to_run`` and the checks of those stages (returns at once)."""
+    executor.start(ExecutionPlan(list(to_run), [check for stage in to_run for check in checks.get(stage.name, ())],
+                                 _paths.notebooks_dir()))
 
 
-def _start_kernels(plans: list[cache.StagePlan], checks: dict[str, list],
-                   started: "KernelPool | None" = None) -> "KernelPool | None":
-    """Kernels for the stages from the first one that must run, their checks answered; None
-    when all are reused. ``started``: a pool asked for before the plan was made, taken when
-    it is for exactly these stages (else stopped)."""
+def _prepare(executor: Executor, plans: list[cache.StagePlan], checks: dict[str, list],
+             started: bool = False) -> bool:
+    """The executor started for the stages from the first one that must run, its checks
+    answered; False (and stopped) when all are reused. ``started``: it was started before
+    the plan was made, kept when for exactly these stages (else restarted)."""
     first = next((i for i, p in enumerate(plans) if p.action == "run"), None)
     to_run = [p.stage for p in plans[first:]] if first is not None else []
-    if started is not None and started.stages != to_run:
-        started.stop_all()
-        started = None
+    if started and executor.stages != to_run:
+        executor.stop()
+        started = False
     if first is None:
-        return None
-    kernels = started if started is not None else _start_pool(to_run, checks)
+        return False
+    if not started:
+        _start_executor(executor, to_run, checks)
     try:
-        import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
-        kernels.check()
+        executor.ready()
     except BaseException:
-        kernels.stop_all()
+        executor.stop()
         raise
-    return kernels
+    return True
 
 
 def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePlan],
-             kernels: "KernelPool | None", use_cache: bool, on_event: EventHandler | None,
+             executor: Executor, started: bool, use_cache: bool, on_event: EventHandler | None,
              cancel: threading.Event | None) -> dict:
     emit = on_event or (lambda event: None)
     emit(RunEvent(EventKind.RUN_STARTED, run.id, data={"run_dir": str(run.path),
@@ -409,9 +279,9 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
                 continue
             if plan.rejected:
                 emit(RunEvent(EventKind.LOG, run.id, current.name, message="; ".join(plan.rejected) + ": re-executing"))
-            if kernels is None:  # planned as reused, but its source changed meanwhile
-                kernels = _start_kernels([cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], {})
-            made.update(_run_stage(run, current, params, kernels, emit, exporter, reports, parts))
+            if not started:  # planned as reused, but its source changed meanwhile
+                started = _prepare(executor, [cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], {})
+            made.update(_run_stage(run, current, params, executor, emit, exporter, reports, parts))
         for name, future in reports:
             future.result()
         record = run.update(status="succeeded", finished=ledger.now(), metrics=_headline_metrics(run))
@@ -436,60 +306,35 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
         emit(RunEvent(EventKind.RUN_FINISHED, run.id, stage=stage_name, message="interrupted"))
         raise
     finally:
-        if kernels is not None:
-            kernels.stop_all()
+        executor.stop()
         exporter.shutdown(wait=True)
         run.release()
 
 
-def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: KernelPool,
+def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, executor: Executor,
                emit: EventHandler, exporter: ThreadPoolExecutor, reports: list, parts: dict) -> dict[str, str]:
     """Execute the stage's notebook; returns the sha256 of each of its outputs (recorded)."""
-    import papermill
-    from nbclient.exceptions import DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
-
-    source = _paths.notebooks_dir() / stage.notebook
     output = run.notebooks / stage.notebook
     report = run.reports / (Path(stage.notebook).stem + ".html")
     parameters = {**params.stage_parameters(stage.section), "run_dir": str(run.path)}
-    started = time.perf_counter()
     run.update_stage(stage.name, status="running", started=ledger.now(),
                      notebook=str(output.relative_to(run.path)))
     emit(RunEvent(EventKind.STAGE_STARTED, run.id, stage.name))
-    try:
-        papermill.execute_notebook(
-            str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
-            km=kernels.take(stage), progress_bar=False, log_output=False,
-            cwd=str(source.parent))
-    except PapermillExecutionError as exc:
-        seconds = round(time.perf_counter() - started, 3)
-        detail = _error_text(exc.evalue)
-        cell_index = _failing_cell(output, default=exc.cell_index)
-        reports.append((stage.name, exporter.submit(export_html, output, report)))
-        run.update_stage(stage.name, status="failed", seconds=seconds,
-                         report=str(report.relative_to(run.path)),
-                         error={"cell_index": cell_index, "exception": exc.ename, "message": detail})
-        failure = StageFailed(stage.name, notebook=output, cell_index=cell_index,
-                              exception=exc.ename, detail=detail)
+    outcome = executor.execute(stage, run.path, parameters)
+    seconds = outcome.seconds
+    if outcome.status == "failed":
+        error = {"cell_index": outcome.cell_index, "exception": outcome.exception, "message": outcome.detail}
+        if outcome.report:
+            reports.append((stage.name, exporter.submit(export_html, output, report)))
+            run.update_stage(stage.name, status="failed", seconds=seconds,
+                             report=str(report.relative_to(run.path)), error=error)
+        else:
+            run.update_stage(stage.name, status="failed", seconds=seconds, error=error)
+        failure = StageFailed(stage.name, notebook=output, cell_index=outcome.cell_index,
+                              exception=outcome.exception, detail=outcome.detail)
         emit(RunEvent(EventKind.STAGE_FAILED, run.id, stage.name, message=str(failure),
-                      data={"cell_index": cell_index, "exception": exc.ename, "seconds": seconds}))
+                      data={"cell_index": outcome.cell_index, "exception": outcome.exception, "seconds": seconds}))
         raise failure from None
-    except DeadKernelError:
-        seconds = round(time.perf_counter() - started, 3)
-        cell_index = _running_cell(output)
-        detail = ("the kernel died (killed, or out of memory) while the stage ran"
-                  + (f" cell {cell_index}" if cell_index is not None else ""))
-        run.update_stage(stage.name, status="failed", seconds=seconds,
-                         error={"cell_index": cell_index, "exception": "DeadKernelError", "message": detail})
-        failure = StageFailed(stage.name, notebook=output, cell_index=cell_index, exception="DeadKernelError",
-                              detail=detail)
-        emit(RunEvent("stage_failed", run.id, stage.name, message=str(failure),
-                      data={"cell_index": cell_index, "exception": "DeadKernelError", "seconds": seconds}))
-        raise failure from None
-    finally:
-        kernels.stop(stage)
-    seconds = round(time.perf_counter() - started, 3)
     missing = [item for item in stage.outputs if not (run.artifacts / item).exists()]
     if missing:
         run.update_stage(stage.name, status="failed", seconds=seconds,
@@ -505,34 +350,6 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, kernels: 
                      report=str(report.relative_to(run.path)), outputs=outputs)
     emit(RunEvent(EventKind.STAGE_FINISHED, run.id, stage.name, message="succeeded", data={"seconds": seconds}))
     return outputs
-
-
-def _running_cell(notebook: Path) -> int | None:
-    """The index of the cell papermill last marked as running in the saved notebook."""
-    import nbformat
-
-    try:
-        executed = nbformat.read(notebook, as_version=4)
-    except Exception:  # noqa: BLE001 - the notebook may not have been saved yet
-        return None
-    running = [index for index, cell in enumerate(executed.cells)
-               if cell.get("metadata", {}).get("papermill", {}).get("status") == "running"]
-    return running[-1] if running else None
-
-
-def _failing_cell(notebook: Path, default: int | None) -> int | None:
-    """The index, in the executed notebook as saved (papermill puts an error banner first),
-    of the cell whose output is the error."""
-    import nbformat
-
-    try:
-        executed = nbformat.read(notebook, as_version=4)
-    except Exception:  # noqa: BLE001 - the record still has papermill's own index
-        return default
-    for index, cell in enumerate(executed.cells):
-        if any(output.get("output_type") == "error" for output in cell.get("outputs", [])):
-            return index
-    return default
 
 
 def _find_source_run(needed: list[str], reuse_from: str | None) -> ledger.RunFolder:
@@ -579,12 +396,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def _error_text(text: str, limit: int = 2000) -> str:
-    """The exception's message (all of it: a kit error's hint is on its second line)."""
-    text = (text or "").strip()
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _wait_quietly(reports: list[tuple[str, Future]]) -> None:

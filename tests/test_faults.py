@@ -79,7 +79,7 @@ def test_resume_in_a_read_only_run_folder_is_named(_isolated_runs, private_tmp, 
 
 
 def test_connection_folders_of_killed_runs_are_removed_by_the_next_run(private_tmp, monkeypatch):
-    from mlops_kit import _kernels
+    from mlops_kit.execution import _kernels
 
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -118,7 +118,7 @@ def test_the_summary_counts_distinct_values_as_the_columns_hold_them():
 
 
 def test_a_table_check_runs_in_its_own_process_and_answers_in_order(tmp_path):
-    from mlops_kit._kernels import CallProcess
+    from mlops_kit.execution._kernels import CallProcess
 
     path = tmp_path / "one_class.csv"
     _table().assign(label="stay").to_csv(path, index=False)
@@ -137,7 +137,8 @@ def test_a_table_check_runs_in_its_own_process_and_answers_in_order(tmp_path):
 
 def test_the_first_problem_of_the_checks_is_raised_whichever_process_answered(tmp_path, monkeypatch):
     """The table's check (its own process) comes before the hyperparameters' (the zygote)."""
-    from mlops_kit import runner, stages
+    from mlops_kit import stages
+    from mlops_kit.execution.local import KernelPool
 
     path = tmp_path / "one_class.csv"
     _table().assign(label="stay").to_csv(path, index=False)
@@ -145,14 +146,14 @@ def test_the_first_problem_of_the_checks_is_raised_whichever_process_answered(tm
                                                    "test_size": 0.2, "min_rows": 20}),
               ("mlops_kit.train:check_train_params", {"model": "logistic_regression", "task": None,
                                                       "params": {"C": -1.0}})]
-    pool = runner.KernelPool([stages.BY_NAME["data"]], cwd=REPO / "notebooks")
+    pool = KernelPool([stages.BY_NAME["data"]], cwd=REPO / "notebooks")
     pool.start(checks)
     try:
         with pytest.raises(DataError, match="single class"):
             pool.check()
     finally:
         pool.stop_all()
-    pool = runner.KernelPool([stages.BY_NAME["data"]], cwd=REPO / "notebooks")
+    pool = KernelPool([stages.BY_NAME["data"]], cwd=REPO / "notebooks")
     pool.start(checks[1:])
     try:
         with pytest.raises(ParameterError, match="train.params"):
@@ -276,25 +277,24 @@ def test_the_kernels_start_before_the_data_file_is_hashed(tmp_path, monkeypatch)
     _table().to_csv(path, index=False)
     events = []
 
-    class Pool:  # stands in for the processes; its check finds a mistake, so no run is made
-        def __init__(self, stages, cwd):
-            self.stages = list(stages)
+    class Executor:  # stands in for the kernels; its checks find a mistake, so no run is made
+        stages = []
 
-        def start(self, checks):
-            events.append(("start", [s.name for s in self.stages], sorted(c[0] for c in checks)))
+        def start(self, plan):
+            self.stages = list(plan.stages)
+            events.append(("start", [s.name for s in plan.stages], sorted(c[0] for c in plan.checks)))
 
-        def check(self):
+        def ready(self):
             raise ParameterError([])
 
-        def stop_all(self):
+        def stop(self):
             events.append(("stop",))
 
     hash_file = _atomic.sha256_file
-    monkeypatch.setattr(runner, "KernelPool", Pool)
     monkeypatch.setattr(cache._atomic, "sha256_file",
                         lambda p: events.append(("hash", str(p))) or hash_file(p))
     with pytest.raises(ParameterError):
-        runner.run_pipeline(load_params(None, [f"data.source={path}", "data.target=label"]))
+        runner.run_pipeline(load_params(None, [f"data.source={path}", "data.target=label"]), executor=Executor())
     assert events == [("start", ["data", "train", "evaluate"],
                        ["mlops_kit.data:check_before_run", "mlops_kit.train:check_train_params"]),
                       ("hash", str(path)), ("stop",)]
@@ -323,12 +323,14 @@ def test_each_output_of_a_run_is_hashed_once(monkeypatch):
 
 
 def test_the_zygote_started_before_planning_is_the_one_the_run_takes_or_is_stopped():
-    from mlops_kit import _kernels, runner, stages
+    from mlops_kit import stages
+    from mlops_kit.execution import _kernels
+    from mlops_kit.execution.local import KernelPool
 
     _kernels.prestart_zygote()
     prestarted = _kernels._PRESTARTED
     assert prestarted is not None and prestarted.alive
-    pool = runner.KernelPool([stages.BY_NAME["data"]], cwd=REPO / "notebooks")
+    pool = KernelPool([stages.BY_NAME["data"]], cwd=REPO / "notebooks")
     pool.start([])
     try:
         assert pool._zygote is prestarted and _kernels._PRESTARTED is None  # taken, not a second one
@@ -346,7 +348,7 @@ def test_a_run_that_fails_its_checks_leaves_no_zygote_behind():
     """The CLI starts the zygote before it reads the parameters; a mistake stops it."""
     code = """
 import sys
-from mlops_kit import _kernels
+from mlops_kit.execution import _kernels
 from mlops_kit.cli import run_cli
 started = []
 prestart = _kernels.prestart_zygote

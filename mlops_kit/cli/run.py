@@ -50,11 +50,11 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
         loaded = load_params(params_file, overrides)
         _print_plan(runner.explain(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache))
         return
-    from .._kernels import discard_prestarted, prestart_zygote
+    from ..execution.local import discard_prestarted, prestart
 
     # the kernels' parent imports pandas and scikit-learn while this process loads the
     # parameters, checks them and plans the run (stopped below if no stage runs)
-    prestart_zygote()
+    prestart()
     # SIGTERM (a service manager, `kill`) ends the run like Ctrl-C: recorded as interrupted
     signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     printer = _ProgressPrinter(quiet=as_json)

@@ -28,7 +28,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import DottedObjectName, Type
 
-from .errors import ZygoteError
+from ..errors import ZygoteError
 
 #: Set to "spawn" to start each kernel as its own process (plain Jupyter behaviour).
 MODE_ENV = "MLOPS_KIT_KERNELS"
@@ -72,7 +72,7 @@ class KernelZygote:
 
     def __init__(self):
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_kit._kernels"],
+            [sys.executable, "-m", "mlops_kit.execution._kernels"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             start_new_session=True)  # the terminal's Ctrl-C reaches the run, not the kernels
         self._sent = self._received = 0
@@ -156,7 +156,7 @@ class CallProcess:
 
     def __init__(self, calls: list[tuple[str, dict]]):
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_kit._kernels", "--calls"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "mlops_kit.execution._kernels", "--calls"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:
             self._process.stdin.write(json.dumps([{"function": f, "kwargs": kw} for f, kw in calls]))
@@ -227,8 +227,8 @@ class ForkedKernelManager(AsyncKernelManager):
     """A kernel manager for a kernel forked by :class:`KernelZygote` (nbclient/papermill
     use it like any other: ``has_kernel``, ``client()``, ``is_alive()``)."""
 
-    client_class = DottedObjectName("mlops_kit._kernels.ReadyKernelClient")
-    client_factory = Type(klass="mlops_kit._kernels.ReadyKernelClient")
+    client_class = DottedObjectName("mlops_kit.execution._kernels.ReadyKernelClient")
+    client_factory = Type(klass="mlops_kit.execution._kernels.ReadyKernelClient")
 
     _pid: int | None = None
     _zygote: KernelZygote | None = None

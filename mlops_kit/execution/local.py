@@ -1,0 +1,250 @@
+"""The local executor: each stage in a fresh kernel on this machine.
+
+What makes a run slow under plain papermill is the kernels: each starts and imports pandas,
+scikit-learn and matplotlib again (about 3 s a stage). So the stages' kernels are forked
+from one parent, the *zygote*, that did those imports once (:mod:`._kernels`); all of them
+are asked for when the run starts, the zygote answers the checks that need scikit-learn,
+and this process imports papermill meanwhile (:meth:`LocalExecutor.ready`). With
+``MLOPS_KIT_KERNELS=spawn`` each kernel is its own process instead.
+
+``mlops-kit run`` starts the zygote before it reads the parameters (:func:`prestart`): the
+pool takes it (:func:`._kernels.take_zygote`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import MlopsKitError
+from ..stages import Stage
+from . import ExecutionPlan, Outcome, executed_notebook
+from . import _kernels
+
+KERNEL_NAME = "python3"
+
+
+def prestart() -> None:
+    """``mlops-kit run`` starts the zygote before it plans (its imports overlap the
+    planning); the run's pool takes it."""
+    _kernels.prestart_zygote()
+
+
+def discard_prestarted() -> None:
+    """Stop the zygote started by :func:`prestart` when no run took it (no stage ran)."""
+    _kernels.discard_prestarted()
+
+
+__all__ = ["KERNEL_NAME", "KernelPool", "LocalExecutor", "discard_prestarted", "prestart"]
+
+
+class KernelPool:
+    """One fresh kernel per stage, all asked for when the run starts.
+
+    By default they are forked from a zygote that imported the stages' modules once
+    (:mod:`mlops_kit.execution._kernels`); with ``MLOPS_KIT_KERNELS=spawn`` each kernel is its own
+    process that imports its stage's modules as it boots.
+    """
+
+    #: checks that read the data table: answered by a process of their own (see start)
+    TABLE_CHECKS = ("mlops_kit.data:",)
+
+    def __init__(self, stages: list[Stage], cwd: Path):
+        self._stages = list(stages)
+        self._cwd = cwd
+        self._managers: dict[str, Any] = {}
+        self._zygote = None
+        self._reader = None
+        self._connection_dir: str | None = None
+
+    def start(self, checks: list[tuple[str, dict]] = ()) -> None:
+        """Ask for every stage's kernel, and for ``checks`` (``("module:function", kwargs)``
+        calls, answered by :meth:`check`). Those that read the table start at once in a
+        process of their own, beside the zygote's imports (reading a column of a large CSV
+        takes seconds; the zygote must not keep what it read); the others are queued in the
+        zygote right after the first kernel: they need scikit-learn, which the first stage
+        imports anyway."""
+        from ._kernels import MODE_ENV, CallProcess, private_connection_dir, take_zygote
+
+        self._checks = list(checks)
+        self._connection_dir = private_connection_dir()
+        if os.environ.get(MODE_ENV, "fork") == "spawn":
+            self._start_spawned()
+            return
+        reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS)]
+        self._reader = CallProcess(reading) if reading else None
+        self._zygote = take_zygote()  # the CLI's, started before the run was planned, or a new one
+        self._tickets: list[int | None] = [None] * len(self._checks)
+        for position, stage in enumerate(self._stages):
+            self._fork(stage)
+            if position == 0:
+                self._tickets = [None if c in reading else self._zygote.send({"op": "call", "function": c[0],
+                                                                               "kwargs": c[1]})
+                                 for c in self._checks]
+
+    def _fork(self, stage: Stage) -> None:
+        from ._kernels import ForkedKernelManager
+
+        km = ForkedKernelManager(kernel_name=KERNEL_NAME)
+        km.start_forked(self._zygote, str(self._cwd), modules=stage.warm_imports, folder=self._connection_dir)
+        self._managers[stage.name] = km
+
+    def _start_spawned(self) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        for stage in self._stages:
+            km = AsyncKernelManager(kernel_name=KERNEL_NAME,
+                                    connection_file=os.path.join(self._connection_dir, f"kernel-{stage.name}.json"))
+            code = "; ".join(f"import {module}" for module in stage.warm_imports) or "pass"
+            run_sync(km.start_kernel)(extra_arguments=[f"--IPKernelApp.exec_lines={code}",
+                                                       "--IPKernelApp.log_level=ERROR"], cwd=str(self._cwd))
+            self._managers[stage.name] = km
+
+    def check(self) -> None:
+        """Wait for the queued checks; raise the first problem they found."""
+        from ..errors import ParameterError, ParameterProblem
+
+        if self._zygote is None:
+            import importlib
+            for function, kwargs in self._checks:
+                module, _, name = function.partition(":")
+                getattr(importlib.import_module(module), name)(**kwargs)
+            return
+        read = iter(self._reader.replies() if self._reader is not None else [])
+        for ticket in self._tickets:
+            answer = next(read) if ticket is None else self._zygote.reply(ticket)
+            if "error" in answer:
+                error = answer["error"]
+                if error["problems"]:
+                    raise ParameterError([ParameterProblem(**p) for p in error["problems"]])
+                if error["type"] == "DataError":
+                    from ..errors import DataError
+                    raise DataError(error["message"])
+                raise MlopsKitError(f"{error['type']}: {error['message']}")
+
+    @property
+    def stages(self) -> list[Stage]:
+        """The stages this pool has kernels for, in order."""
+        return list(self._stages)
+
+    def take(self, stage: Stage):
+        return self._managers.get(stage.name)
+
+    def stop(self, stage: Stage) -> None:
+        km = self._managers.pop(stage.name, None)
+        if km is not None:
+            _shutdown(km)
+
+    def stop_all(self) -> None:
+        for name in list(self._managers):
+            _shutdown(self._managers.pop(name))
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._connection_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._connection_dir, ignore_errors=True)  # the kernels' HMAC keys
+            self._connection_dir = None
+
+
+def _shutdown(km) -> None:
+    from jupyter_core.utils import run_sync
+
+    try:
+        run_sync(km.shutdown_kernel)(now=True)
+    except Exception:  # noqa: BLE001 - a kernel that is already gone
+        pass
+
+
+class LocalExecutor:
+    """The :class:`~mlops_kit.execution.Executor` of forked (or spawned) kernels on this machine."""
+
+    def __init__(self) -> None:
+        self._pool: KernelPool | None = None
+
+    @property
+    def stages(self) -> list[Stage]:
+        return self._pool.stages if self._pool is not None else []
+
+    def start(self, plan: ExecutionPlan) -> None:
+        self.stop()
+        self._pool = KernelPool(plan.stages, cwd=plan.notebooks)
+        self._pool.start(plan.checks)
+
+    def ready(self) -> None:
+        import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
+
+        self._pool.check()
+
+    def execute(self, stage: Stage, run_dir: Path, parameters: dict[str, Any]) -> Outcome:
+        import papermill
+        from nbclient.exceptions import DeadKernelError
+        from papermill.exceptions import PapermillExecutionError
+
+        source = Path(self._pool._cwd) / stage.notebook
+        output = executed_notebook(run_dir, stage)
+        started = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
+                km=self._pool.take(stage), progress_bar=False, log_output=False, cwd=str(source.parent))
+        except PapermillExecutionError as exc:
+            return Outcome("failed", round(time.perf_counter() - started, 3),
+                           cell_index=_failing_cell(output, default=exc.cell_index), exception=exc.ename,
+                           detail=_error_text(exc.evalue))
+        except DeadKernelError:
+            cell_index = _running_cell(output)
+            return Outcome("failed", round(time.perf_counter() - started, 3), cell_index=cell_index,
+                           exception="DeadKernelError",
+                           detail=("the kernel died (killed, or out of memory) while the stage ran"
+                                   + (f" cell {cell_index}" if cell_index is not None else "")),
+                           report=False)
+        finally:
+            self._pool.stop(stage)
+        return Outcome("succeeded", round(time.perf_counter() - started, 3))
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.stop_all()
+            self._pool = None
+
+
+def _running_cell(notebook: Path) -> int | None:
+    """The index of the cell papermill last marked as running in the saved notebook."""
+    import nbformat
+
+    try:
+        executed = nbformat.read(notebook, as_version=4)
+    except Exception:  # noqa: BLE001 - the notebook may not have been saved yet
+        return None
+    running = [index for index, cell in enumerate(executed.cells)
+               if cell.get("metadata", {}).get("papermill", {}).get("status") == "running"]
+    return running[-1] if running else None
+
+
+def _failing_cell(notebook: Path, default: int | None) -> int | None:
+    """The index, in the executed notebook as saved (papermill puts an error banner first),
+    of the cell whose output is the error."""
+    import nbformat
+
+    try:
+        executed = nbformat.read(notebook, as_version=4)
+    except Exception:  # noqa: BLE001 - the record still has papermill's own index
+        return default
+    for index, cell in enumerate(executed.cells):
+        if any(output.get("output_type") == "error" for output in cell.get("outputs", [])):
+            return index
+    return default
+
+
+def _error_text(text: str, limit: int = 2000) -> str:
+    """The exception's message (all of it: a kit error's hint is on its second line)."""
+    text = (text or "").strip()
+    return text if len(text) <= limit else text[:limit] + " ..."
