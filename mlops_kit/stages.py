@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from . import _artifact_names as N
 from .errors import ParameterError, ParameterProblem
 
-if TYPE_CHECKING:
-    from .artifacts import Artifact
-    from .params import LoadedParams, RunParams
+if TYPE_CHECKING:  # (the parameter schema's types are named, not imported: the model
+    from .artifacts import Artifact  # server's image holds this module, not the schema)
 
 #: A check run before any stage starts, where its stage's libraries are imported:
 #: ``("module:function", kwargs)``; it raises the kit's error when the parameters are wrong.
@@ -50,8 +49,10 @@ class Stage:
     #: when it opens (``params`` may be None); raises the kit's error
     guard: Callable[[Any, "RunParams | None"], None] | None = None
     #: ``preflight(loaded)``: mistakes found before any stage starts (raised here), and
-    #: checks to run where the stage's libraries are imported (returned)
-    preflight: Callable[["LoadedParams"], list[Check]] | None = None
+    #: checks to run where the stage's libraries are imported (returned); a function, or
+    #: ``"module:function"`` (imported when a run starts: the model server's image, which
+    #: holds this module, needs none of what a preflight imports)
+    preflight: Callable[["LoadedParams"], list[Check]] | str | None = None
     #: ``borrows(selected names, params) -> (needed, optional)``: artifacts beyond
     #: ``inputs`` taken from an earlier run when the stages that make them are not selected
     borrows: Callable[[set[str], "RunParams"], tuple[list[str], list[str]]] | None = None
@@ -83,55 +84,9 @@ class Stage:
 
 # --- the built-in stages' hooks ---------------------------------------------------------------
 
-def _data_preflight(loaded: "LoadedParams") -> list[Check]:
-    """The target column in the file's header (checked here, pyarrow alone); the data's
-    target (rows, classes, a split that leaves both sides rows), returned as a check."""
-    params = loaded.params
-    source = params.data.source
-    if source.startswith("sklearn:"):
-        if params.data.target != "target":
-            raise ParameterError([ParameterProblem(
-                loaded.source_of("data.target"), "data.target", f"'target' (the label column of {source})",
-                repr(params.data.target))])
-    else:
-        import difflib
-
-        from ._table_header import read_columns
-        columns = read_columns(source)  # pyarrow alone: this process needs no pandas
-        if params.data.target not in columns:
-            close = difflib.get_close_matches(params.data.target, columns, n=1)
-            raise ParameterError([ParameterProblem(
-                loaded.source_of("data.target"), "data.target", f"a column of {source}: {', '.join(columns[:15])}",
-                repr(params.data.target), close[0] if close else None)])
-        unknown = [name for name in params.data.columns if name not in columns]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], columns, n=1)
-            raise ParameterError([ParameterProblem(
-                loaded.source_of(f"data.columns.{unknown[0]}"), f"data.columns.{unknown[0]}",
-                f"a column of {source}", "no such column", close[0] if close else None)])
-    return [("mlops_kit.data:check_before_run",
-             {"source": source, "target": params.data.target, "task": params.task,
-              "test_size": params.data.test_size, "min_rows": params.data.min_rows,
-              "origins": {key: loaded.source_of(key) for key in ("data.test_size", "data.min_rows")}})]
-
-
 def _data_file(params: "RunParams") -> str | None:
     source = params.data.source
     return None if source.startswith("sklearn:") else source
-
-
-def _train_preflight(loaded: "LoadedParams") -> list[Check]:
-    """The chosen model's hyperparameters, returned as a check (needs scikit-learn)."""
-    from .params import SKLEARN_DATASETS
-
-    params = loaded.params
-    source = params.data.source
-    task = params.task or (SKLEARN_DATASETS.get(source.split(":", 1)[1]) if source.startswith("sklearn:")
-                           else None)
-    return [("mlops_kit.train:check_train_params",
-             {"model": params.train.model, "task": task, "params": params.train.params,
-              "origin": loaded.source_of("train.params"),
-              "origins": {key: loaded.source_of(f"train.params.{key}") for key in params.train.params}})]
 
 
 def _package_guard(folder, params) -> None:
@@ -166,12 +121,12 @@ _COMMON = ("pandas", "numpy", "matplotlib.pyplot", "mlops_kit.notebook")
 _BUILTIN: tuple[Stage, ...] = (
     Stage("data", "01_data.ipynb", "data", (),
           (*_COMMON, "pyarrow.parquet", "sklearn.model_selection", "mlops_kit.data", "mlops_kit.evaluate"),
-          default=True, preflight=_data_preflight, external_file=_data_file),
+          default=True, preflight="mlops_kit._preflight:data", external_file=_data_file),
     Stage("train", "02_train.ipynb", "train", (N.TRAIN_SPLIT, N.TEST_SPLIT, N.SCHEMA),
           (*_COMMON, "pyarrow.parquet", "sklearn.pipeline", "sklearn.compose", "sklearn.impute",
            "sklearn.preprocessing", "sklearn.linear_model", "sklearn.ensemble", "sklearn.model_selection",
            "skops.io", "mlops_kit.data", "mlops_kit.train"),
-          default=True, preflight=_train_preflight),
+          default=True, preflight="mlops_kit._preflight:train"),
     Stage("evaluate", "03_evaluate.ipynb", "evaluate",
           (N.TRAIN_SPLIT, N.TEST_SPLIT, N.SCHEMA, N.MODEL, N.MODEL_CARD),
           (*_COMMON, "pyarrow.parquet", "sklearn.metrics", "skops.io", "mlops_kit.data", "mlops_kit.train",
@@ -279,7 +234,17 @@ def producer_of(artifact: str) -> Stage:
 def preflight_checks(loaded: "LoadedParams", selected: list[Stage]) -> dict[str, list[Check]]:
     """Each selected stage's preflight: raises the mistakes found here, returns the checks to
     run where the stage's libraries are imported, by stage name."""
-    return {stage.name: stage.preflight(loaded) for stage in selected if stage.preflight is not None}
+    import importlib
+
+    checks = {}
+    for stage in selected:
+        hook = stage.preflight
+        if isinstance(hook, str):
+            module, _, name = hook.partition(":")
+            hook = getattr(importlib.import_module(module), name)
+        if hook is not None:
+            checks[stage.name] = hook(loaded)
+    return checks
 
 
 def check_inputs(stage: Stage | str, folder, params=None) -> None:

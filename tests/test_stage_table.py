@@ -121,3 +121,12 @@ def test_the_fingerprint_takes_the_declared_code_and_external_file(tmp_path):
     bare = stages.Stage("bare", "01_data.ipynb", "data")
     assert "data_file" not in cache.fingerprint(bare, params, {})
     assert stages.BY_NAME["train"].code_modules == ("notebook", "data", "train")
+
+
+def test_the_model_servers_image_takes_no_parameter_schema_from_the_stage_table():
+    """The server's modules are found by following imports; stages.py is among them (the
+    catalog names a missing artifact's stage), its preflights are not."""
+    from mlops_kit.image._context import serving_modules
+
+    modules = serving_modules()
+    assert "stages.py" in modules and not {"params.py", "_preflight.py", "_table_header.py"} & set(modules)

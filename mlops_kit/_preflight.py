@@ -1,0 +1,56 @@
+"""The built-in stages' preflights (:attr:`mlops_kit.stages.Stage.preflight`): what would
+fail inside the data and train stages, found before any stage starts. Imported by name when
+a run starts (pyarrow and the parameter schema; never pandas or scikit-learn: those checks
+are returned, to run where a stage's libraries are imported)."""
+
+from __future__ import annotations
+
+from .errors import ParameterError, ParameterProblem
+from .params import LoadedParams
+from .stages import Check
+
+
+def data(loaded: LoadedParams) -> list[Check]:
+    """The target column in the file's header (checked here, pyarrow alone); the data's
+    target (rows, classes, a split that leaves both sides rows), returned as a check."""
+    params = loaded.params
+    source = params.data.source
+    if source.startswith("sklearn:"):
+        if params.data.target != "target":
+            raise ParameterError([ParameterProblem(
+                loaded.source_of("data.target"), "data.target", f"'target' (the label column of {source})",
+                repr(params.data.target))])
+    else:
+        import difflib
+
+        from ._table_header import read_columns
+        columns = read_columns(source)  # pyarrow alone: this process needs no pandas
+        if params.data.target not in columns:
+            close = difflib.get_close_matches(params.data.target, columns, n=1)
+            raise ParameterError([ParameterProblem(
+                loaded.source_of("data.target"), "data.target", f"a column of {source}: {', '.join(columns[:15])}",
+                repr(params.data.target), close[0] if close else None)])
+        unknown = [name for name in params.data.columns if name not in columns]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], columns, n=1)
+            raise ParameterError([ParameterProblem(
+                loaded.source_of(f"data.columns.{unknown[0]}"), f"data.columns.{unknown[0]}",
+                f"a column of {source}", "no such column", close[0] if close else None)])
+    return [("mlops_kit.data:check_before_run",
+             {"source": source, "target": params.data.target, "task": params.task,
+              "test_size": params.data.test_size, "min_rows": params.data.min_rows,
+              "origins": {key: loaded.source_of(key) for key in ("data.test_size", "data.min_rows")}})]
+
+
+def train(loaded: LoadedParams) -> list[Check]:
+    """The chosen model's hyperparameters, returned as a check (needs scikit-learn)."""
+    from .params import SKLEARN_DATASETS
+
+    params = loaded.params
+    source = params.data.source
+    task = params.task or (SKLEARN_DATASETS.get(source.split(":", 1)[1]) if source.startswith("sklearn:")
+                           else None)
+    return [("mlops_kit.train:check_train_params",
+             {"model": params.train.model, "task": task, "params": params.train.params,
+              "origin": loaded.source_of("train.params"),
+              "origins": {key: loaded.source_of(f"train.params.{key}") for key in params.train.params}})]
