@@ -11,7 +11,6 @@ reports as its types is never trusted.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -144,7 +143,7 @@ def read_verified(path: Path, sha256: str | None, *, record: str, changed: str) 
         raise ArtifactError(f"{path} must be at most {MAX_FILE_BYTES} bytes. Got {size} instead; "
                             "it is not loaded.", path=path)
     data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
+    actual = _atomic.sha256_file(data)
     if actual != sha256:
         raise ArtifactError(
             f"{path} does not match its record: sha256 must be {sha256} ({record}). Got {actual} instead. "
@@ -165,7 +164,7 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
     if expected_sha256 is None:
         expected_sha256 = read_card(folder).get("sha256")
     data = read_verified(path, expected_sha256, record=CARD_FILE, changed="after training")
-    actual = hashlib.sha256(data).hexdigest()
+    actual = expected_sha256  # read_verified checked the bytes against it
     trained = trained_sha256(folder)
     if trained is not None and trained != actual:
         raise ArtifactError(
