@@ -28,7 +28,12 @@ ENVIRONMENT = {
     "model_name": "MLOPS_KIT_MODEL_NAME",
     "runtime": "MLOPS_KIT_RUNTIME",
     "loop": "MLOPS_KIT_LOOP",
+    "max_connections": "MLOPS_KIT_MAX_CONNECTIONS",
+    "header_timeout": "MLOPS_KIT_HEADER_TIMEOUT",
 }
+#: The request line and headers of one request, in bytes at most (431 beyond; nginx allows
+#: 32 KiB, Node.js 16 KiB). Not a setting: no client of a prediction API needs more.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,22 @@ class ServeSettings:
     model_name: str | None = None
     runtime: str = "auto"
     loop: str = "asyncio"
+    #: open connections at most per worker; one more is answered 503 and closed
+    max_connections: int = 1000
+    #: seconds a client has to send a request's line and headers, from its connection or the
+    #: request's first byte (408 and closed after; a keep-alive connection idles 5 s at most)
+    header_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         problems = []
-        for name, minimum in (("max_rows", 1), ("max_body_bytes", 1024)):
+        for name, minimum in (("max_rows", 1), ("max_body_bytes", 1024), ("max_connections", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 problems.append(ParameterProblem("serve settings", name, f"an integer >= {minimum}", repr(value)))
+        timeout = self.header_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            problems.append(ParameterProblem("serve settings", "header_timeout", "seconds, more than 0 and at most 3600",
+                                             repr(timeout)))
         if self.unknown_categories not in UNKNOWN_CATEGORY_POLICIES:
             problems.append(ParameterProblem("serve settings", "unknown_categories",
                                              " or ".join(UNKNOWN_CATEGORY_POLICIES), repr(self.unknown_categories)))
@@ -76,11 +90,16 @@ class ServeSettings:
             raw = environ.get(variable)
             if raw is None or raw == "":
                 continue
-            if field.name in ("max_rows", "max_body_bytes"):
+            if field.name in ("max_rows", "max_body_bytes", "max_connections"):
                 try:
                     values[field.name] = int(raw.replace("_", ""))
                 except ValueError:
                     problems.append(ParameterProblem("environment", variable, "an integer", repr(raw)))
+            elif field.name == "header_timeout":
+                try:
+                    values[field.name] = float(raw)
+                except ValueError:
+                    problems.append(ParameterProblem("environment", variable, "a number of seconds", repr(raw)))
             else:
                 values[field.name] = raw
         if problems:

@@ -191,6 +191,11 @@ _SERVER_ERROR = orjson.dumps({"error": "Internal server error: the request could
 _INFER_PREFIX, _INFER_SUFFIX = "/v2/models/", "/infer"
 
 
+def error_body(message: str) -> bytes:
+    """The JSON of an error answer that has no field to name."""
+    return orjson.dumps({"error": message, "detail": None})
+
+
 def _wrong_method(method: str) -> str:
     return f"The method must be one this endpoint takes. Got {method} instead."
 
