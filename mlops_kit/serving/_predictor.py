@@ -201,7 +201,7 @@ def warm_up(predictor: Any, *, atol: float = 0.0, rtol: float = 0.0) -> None:
         raise ArtifactError(f"The examples in {path} must fit the schema. Got: {exc}", path=path) from None
     try:
         for _ in range(3):  # the first calls pay for imports and caches
-            predictions, _ = predictor.predict(batch)
+            predictions, probabilities = predictor.predict(batch)
     except Exception as exc:
         raise ArtifactError(f"The warm-up prediction of {path} must succeed. Got {type(exc).__name__}: "
                             f"{exc} instead; the model is not served.", path=path) from None
@@ -213,6 +213,36 @@ def warm_up(predictor: Any, *, atol: float = 0.0, rtol: float = 0.0) -> None:
             raise ArtifactError(
                 f"The warm-up prediction for example {row} must be {want!r} (recorded at training). "
                 f"Got {have!r} instead; the model is not served.", path=path)
+    recorded = examples.get("probabilities")
+    if recorded is not None and probabilities is not None:
+        _compare_probabilities(recorded, probabilities, path, atol=max(atol, PROBABILITY_ATOL),
+                               rtol=max(rtol, PROBABILITY_RTOL))
+
+
+#: The least tolerance of the warm-up's probabilities (the skops model's numpy path computes
+#: what the pipeline computed at training, up to the last bits of a BLAS sum)
+PROBABILITY_ATOL, PROBABILITY_RTOL = 1e-9, 1e-7
+
+
+def _compare_probabilities(recorded: Any, probabilities: Any, path: Path, *, atol: float, rtol: float) -> None:
+    """ArtifactError unless the warm-up's probabilities are the recorded ones (within
+    ``atol + rtol * |recorded|``): a model that answers the labels but not their
+    probabilities is not the model that was trained."""
+    try:
+        want = np.asarray(recorded, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{path}: probabilities must be one row of numbers per record, all as long. Got "
+                            f"{str(recorded)[:80]} instead.", path=path) from None
+    have = np.asarray(probabilities, dtype=np.float64)
+    if have.shape != want.shape:
+        raise ArtifactError(f"The warm-up probabilities must have the shape recorded at training {list(want.shape)}. "
+                            f"Got {list(have.shape)} instead; the model is not served.", path=path)
+    close = np.abs(have - want) <= atol + rtol * np.abs(want)   # NaN is never close
+    if not close.all():
+        row = int(np.argwhere(~close)[0][0])
+        raise ArtifactError(
+            f"The warm-up probabilities for example {row} must be {want[row].tolist()} (recorded at training). "
+            f"Got {have[row].tolist()} instead; the model is not served.", path=path)
 
 
 def _forget_feature_names(transformer: Any) -> None:
