@@ -341,3 +341,61 @@ def test_the_skops_model_warm_up_compares_probabilities_too(mixed_model_dir, tmp
         path.write_text(json.dumps({**examples, "probabilities": change(examples["probabilities"])}))
         with pytest.raises(ArtifactError, match=message):
             create_app(folder, runtime="skops")
+
+
+def _run_of(tmp_path, source, run_id="r-onnx"):
+    """A run folder (run.json with the train stage's record) whose artifacts/ is ``source``, compiled."""
+    run = tmp_path / run_id
+    shutil.copytree(source, run / "artifacts")
+    card = json.loads((run / "artifacts" / "model_card.json").read_text())
+    (run / "run.json").write_text(json.dumps({"id": run_id, "status": "succeeded", "stages": {
+        "train": {"status": "succeeded", "outputs": {"model.skops": card["sha256"]}}}}))
+    assert compile_model(run / "artifacts").passed
+    return run
+
+
+@pytest.mark.security
+def test_a_swapped_onnx_model_is_not_served_from_its_run(mixed_model_dir, tmp_path):
+    """onnx.json and the card sit beside the model: whoever swaps model.onnx edits them too.
+    The run's record (run.json, written at package time) holds the sha256 the file must have,
+    as it holds model.skops's: a swapped model with its onnx.json edited, and model.skops
+    overwritten so that nothing falls back to it, is refused."""
+    import onnx
+
+    from mlops_kit.serving import create_app
+
+    run = _run_of(tmp_path, mixed_model_dir)
+    folder = run / "artifacts"
+    record = json.loads((run / "run.json").read_text())
+    onnx_file = folder / artifacts.ONNX_MODEL.name
+    assert record["stages"]["package"]["onnx"] == {"file": "model.onnx",
+                                                   "sha256": artifacts._atomic.sha256_file(onnx_file)}
+    assert create_app(folder).state.service.predictor.path == "onnx"
+    # the swap: a model that answers the examples alike (a trigger would hide elsewhere)
+    swapped = onnx.load_from_string(onnx_file.read_bytes())
+    swapped.doc_string = "not the model the run compiled"
+    onnx_file.write_bytes(swapped.SerializeToString())
+    report = json.loads((folder / "onnx.json").read_text())
+    report["sha256"] = artifacts._atomic.sha256_file(onnx_file)
+    (folder / "onnx.json").write_text(json.dumps(report))
+    (folder / "model.skops").write_bytes(b"junk")
+    for runtime in ("auto", "onnx"):
+        with pytest.raises(ArtifactError, match=r"not the model its run compiled: sha256 must be .*run\.json"):
+            create_app(folder, runtime=runtime)
+    # outside a run (an image's /app/model) onnx.json is the record
+    plain = tmp_path / "plain"
+    shutil.copytree(folder, plain)
+    assert create_app(plain, runtime="onnx").state.service.predictor.path == "onnx"
+
+
+@pytest.mark.security
+def test_a_run_that_records_no_onnx_model_serves_skops_or_refuses_onnx(mixed_model_dir, tmp_path):
+    from mlops_kit.serving import create_app
+
+    run = _run_of(tmp_path, mixed_model_dir)
+    record = json.loads((run / "run.json").read_text())
+    del record["stages"]["package"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert create_app(run / "artifacts").state.service.predictor.path == "numpy"
+    with pytest.raises(ArtifactError, match="run.json records no compiled model"):
+        create_app(run / "artifacts", runtime="onnx")

@@ -174,6 +174,8 @@ def open_predictor(model_dir: str | Path, *, max_rows: int, unknown_categories: 
             if report.model_sha256 != card_sha:
                 why = (f"{_names.ONNX_REPORT} was compiled from model {report.model_sha256[:12]}, "
                        f"not from this model ({str(card_sha)[:12]}): package the run again")
+            elif model_io.run_stage(model_dir, "package") is not None:
+                why = _onnx_of_the_run(model_dir, report.sha256)
         if why is None:
             from ._onnx import OnnxPredictor
             return OnnxPredictor(model_dir, report, max_rows=max_rows, unknown_categories=unknown_categories)
@@ -182,6 +184,22 @@ def open_predictor(model_dir: str | Path, *, max_rows: int, unknown_categories: 
                                 f"Got {why} instead.", path=model_dir)
         logger.info("serving the skops model: %s", why)
     return Predictor(model_dir, max_rows=max_rows, unknown_categories=unknown_categories)
+
+
+def _onnx_of_the_run(model_dir: Path, sha256: str | None) -> str | None:
+    """Served from a run's ``artifacts/``: None when ``run.json`` records the ONNX model
+    ``onnx.json`` names (the file itself is checked against ``onnx.json`` when read); why not,
+    when it records none. ArtifactError when it records another one."""
+    recorded = model_io.recorded_onnx_sha256(model_dir)
+    if recorded is None:
+        return f"{_names.RUN} records no compiled model for this run (package it again)"
+    if recorded != sha256:
+        path = model_dir / _names.ONNX_MODEL
+        raise ArtifactError(
+            f"{path} is not the model its run compiled: sha256 must be {recorded} ({_names.RUN}, stage package). "
+            f"Got {sha256} ({_names.ONNX_REPORT}) instead. The files were changed after packaging; "
+            "nothing is served.", path=path)
+    return None
 
 
 def warm_up(predictor: Any, *, atol: float = 0.0, rtol: float = 0.0) -> None:

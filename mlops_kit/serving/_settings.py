@@ -31,6 +31,11 @@ ENVIRONMENT = {
     "max_connections": "MLOPS_KIT_MAX_CONNECTIONS",
     "header_timeout": "MLOPS_KIT_HEADER_TIMEOUT",
 }
+#: Environment variable a deployer sets to a fresh random value (letters and digits); the
+#: server names it in the INSTANCE_HEADER of /v2/health/ready, so that the deployer knows the
+#: server that answers is the one it just started, not another process on the port.
+INSTANCE_ENV = "MLOPS_KIT_INSTANCE"
+INSTANCE_HEADER = "x-mlops-kit-instance"
 #: The request line and headers of one request, in bytes at most (431 beyond; nginx allows
 #: 32 KiB, Node.js 16 KiB). Not a setting: no client of a prediction API needs more.
 MAX_HEAD_BYTES = 64 * 1024

@@ -35,7 +35,7 @@ from starlette.routing import Route
 from ._metrics import MetricsMiddleware, ServingMetrics
 from ._openapi import docs_page, openapi_document
 from ._predictor import Predictor, open_predictor
-from ._settings import ServeSettings
+from ._settings import INSTANCE_ENV, INSTANCE_HEADER, ServeSettings
 from ._validation import InvalidRequest, show
 
 logger = logging.getLogger("mlops_kit.serving")
@@ -64,6 +64,8 @@ class ModelService:
         self.name = settings.model_name or str(predictor.card.get("model") or "model")
         self.version = predictor.version
         self.ready = False
+        instance = os.environ.get(INSTANCE_ENV)
+        self.ready_headers = {INSTANCE_HEADER: instance} if instance and instance.isalnum() else None
         self.metrics = ServingMetrics({
             "name": self.name, "version": predictor.version, "estimator": predictor.estimator_name,
             "task": predictor.task, "sha256": str(predictor.card.get("sha256", "")),
@@ -145,7 +147,10 @@ class ModelService:
         return _json({"live": True})
 
     async def ready_endpoint(self, request: Request) -> Response:
-        return _json({"ready": self.ready}, 200 if self.ready else 503)
+        response = _json({"ready": self.ready}, 200 if self.ready else 503)
+        if self.ready_headers:
+            response.headers.update(self.ready_headers)
+        return response
 
     async def model_ready(self, request: Request) -> Response:
         self._check_name(request)
