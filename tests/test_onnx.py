@@ -5,7 +5,9 @@ of the skops path; refused when tampered with; importable without scikit-learn."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -399,3 +401,41 @@ def test_a_run_that_records_no_onnx_model_serves_skops_or_refuses_onnx(mixed_mod
     assert create_app(run / "artifacts").state.service.predictor.path == "numpy"
     with pytest.raises(ArtifactError, match="run.json records no compiled model"):
         create_app(run / "artifacts", runtime="onnx")
+
+
+@pytest.mark.security
+def test_a_model_that_takes_too_much_memory_at_warm_up_is_refused(compiled, tmp_path):
+    """A ConstantOfShape of 2 x 10^8 doubles (1.6 GB) added, as a zero, to the probabilities:
+    with max_model_memory 1 GiB the server refuses the model at its warm-up, in one line."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = tmp_path / "model"
+    shutil.copytree(compiled["mixed"], folder)
+    path = folder / artifacts.ONNX_MODEL.name
+    model = onnx.load_from_string(path.read_bytes())
+    output = model.graph.output[1].name
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name == output:
+                node.output[i] = output + "_raw"
+    model.graph.initializer.append(helper.make_tensor("big_shape", TensorProto.INT64, [1], [2 * 10 ** 8]))
+    model.graph.node.extend([
+        helper.make_node("ConstantOfShape", ["big_shape"], ["big"],
+                         value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0])),
+        helper.make_node("ReduceMax", ["big"], ["big_zero"], keepdims=0),
+        helper.make_node("Add", [output + "_raw", "big_zero"], [output])])
+    path.write_bytes(model.SerializeToString())
+    report = json.loads((folder / artifacts.ONNX_REPORT.name).read_text())
+    report["sha256"] = artifacts._atomic.sha256_file(path)
+    (folder / artifacts.ONNX_REPORT.name).write_text(json.dumps(report))
+    with socket.socket() as taken:   # a port the server could not open: it must stop before
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = [sys.executable, "-m", "mlops_kit.serving", "--model-dir", str(folder), "--runtime", "onnx",
+                   "--port", str(taken.getsockname()[1])]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "MLOPS_KIT_MAX_MODEL_MEMORY": str(1024 ** 3)})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "must take at most 1073741824 bytes of memory (max_model_memory)" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -171,6 +171,8 @@ def test_the_limits_are_settings_with_clear_errors():
     for env, text in (({"MLOPS_KIT_HEADER_TIMEOUT": "soon"}, "MLOPS_KIT_HEADER_TIMEOUT"),
                       ({"MLOPS_KIT_HEADER_TIMEOUT": "nan"}, "header_timeout"),
                       ({"MLOPS_KIT_HEADER_TIMEOUT": "0"}, "header_timeout"),
-                      ({"MLOPS_KIT_MAX_CONNECTIONS": "0"}, "max_connections")):
+                      ({"MLOPS_KIT_MAX_CONNECTIONS": "0"}, "max_connections"),
+                      ({"MLOPS_KIT_MAX_MODEL_MEMORY": "1000"}, "max_model_memory"),
+                      ({"MLOPS_KIT_MAX_MODEL_MEMORY": "lots"}, "MLOPS_KIT_MAX_MODEL_MEMORY")):
         with pytest.raises(ParameterError, match=text):
             ServeSettings.from_env(env)

@@ -30,6 +30,7 @@ ENVIRONMENT = {
     "loop": "MLOPS_KIT_LOOP",
     "max_connections": "MLOPS_KIT_MAX_CONNECTIONS",
     "header_timeout": "MLOPS_KIT_HEADER_TIMEOUT",
+    "max_model_memory": "MLOPS_KIT_MAX_MODEL_MEMORY",
 }
 #: Environment variable a deployer sets to a fresh random value (letters and digits); the
 #: server names it in the INSTANCE_HEADER of /v2/health/ready, so that the deployer knows the
@@ -57,10 +58,15 @@ class ServeSettings:
     #: seconds a client has to send a request's line and headers, from its connection or the
     #: request's first byte (408 and closed after; a keep-alive connection idles 5 s at most)
     header_timeout: float = 10.0
+    #: bytes of memory the model may take, beyond what the process held before, while it is
+    #: loaded and warmed up (RLIMIT_DATA for that time): a model that needs more is refused
+    #: instead of taking the machine's memory (an ONNX ConstantOfShape of 10^9 doubles: 8 GB)
+    max_model_memory: int = 6 * 1024 ** 3
 
     def __post_init__(self) -> None:
         problems = []
-        for name, minimum in (("max_rows", 1), ("max_body_bytes", 1024), ("max_connections", 1)):
+        for name, minimum in (("max_rows", 1), ("max_body_bytes", 1024), ("max_connections", 1),
+                              ("max_model_memory", 64 * 1024 ** 2)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 problems.append(ParameterProblem("serve settings", name, f"an integer >= {minimum}", repr(value)))
@@ -95,7 +101,7 @@ class ServeSettings:
             raw = environ.get(variable)
             if raw is None or raw == "":
                 continue
-            if field.name in ("max_rows", "max_body_bytes", "max_connections"):
+            if field.name in ("max_rows", "max_body_bytes", "max_connections", "max_model_memory"):
                 try:
                     values[field.name] = int(raw.replace("_", ""))
                 except ValueError:
