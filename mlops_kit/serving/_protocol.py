@@ -113,8 +113,8 @@ class ServingHttpProtocol(NoDelayHttpProtocol):
             if len(data) > room:
                 # feed what the limit allows: the head must end within it
                 super().data_received(data[:room])
-                if self.transport.is_closing():
-                    return
+                if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                    return  # refused (400), or upgraded: the rest is not this protocol's
                 if self._reading_head:
                     self._refuse(431, f"The request line and headers must be at most {MAX_HEAD_BYTES} bytes. "
                                       f"Got more instead.")
