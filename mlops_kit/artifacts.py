@@ -146,6 +146,9 @@ class Examples(Document):
 
     records: list[dict[str, Scalar]]
     predictions: list[Scalar]
+    #: a classifier's probabilities for the records (one row each, in ``classes_`` order):
+    #: the warm-up compares them too, not the labels only
+    probabilities: Optional[list[list[float]]] = None
 
 
 class GateCheck(Document):
