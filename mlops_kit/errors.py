@@ -297,3 +297,16 @@ class ServerError(MlopsKitError):
         self.fix = fix
         self.output = output
         super().__init__(message, hint=fix)
+
+
+class UnsafeKubeconfig(K8sDeployError):
+    """A kubeconfig from another machine (``microk8s config``, here or on the team's server) asks
+    for more than a certificate or a token: a credential plugin (``exec``, ``auth-provider``, run
+    on THIS machine by the Kubernetes client), a file of this machine, a proxy, more than one
+    cluster. Refused before any client is built. ``field`` is the path of the refused field
+    (``users[0].user.exec``), ``source`` where the kubeconfig came from."""
+
+    def __init__(self, message: str, *, field: str, source: str, hint: str | None = None):
+        self.field = field
+        self.source = source
+        super().__init__(message, reason="NoKubeconfig", hint=hint)
