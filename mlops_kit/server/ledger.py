@@ -27,7 +27,7 @@ MAX_OUTPUT_BYTES = 16 << 20
 
 def _git_config(key: str, cwd: Path | None = None) -> str | None:
     proc = subprocess.run(["git", "config", "--get", f"mlops-kit.{key}"], cwd=cwd, capture_output=True, text=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    return proc.stdout.removesuffix("\n") or None if proc.returncode == 0 else None   # as stored: checked below
 
 
 def server_from_git(cwd: Path | None = None) -> tuple[SSH, str]:

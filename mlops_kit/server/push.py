@@ -167,7 +167,7 @@ def read_secrets(path: str | os.PathLike = SECRETS_FILE) -> dict[str, str]:
             raise refuse("a regular file", "a symbolic link (never followed)", f"replace the link by the file itself: "
                          f"{shlex.quote(str(file))}") from None
         raise refuse("a readable regular file", f"{exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
@@ -185,7 +185,9 @@ def read_secrets(path: str | os.PathLike = SECRETS_FILE) -> dict[str, str]:
             raise refuse("in a folder only its owner may change",
                          f"folder {file.parent} with mode {folder.st_mode & 0o7777:04o}, owner uid {folder.st_uid}",
                          f"chmod go-w {shlex.quote(str(file.parent))}")
-        data = fh.read(MAX_SECRETS_BYTES + 1)
+        data = os.read(fd, MAX_SECRETS_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_SECRETS_BYTES:
         raise refuse(f"at most {MAX_SECRETS_BYTES} bytes", "a larger file")
     values: dict[str, str] = {}
