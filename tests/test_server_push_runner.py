@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import subprocess
 import sys
@@ -227,3 +228,60 @@ def _hook_killed(hook, pipeline, home, repo, state, monkeypatch):
     _wait_for(lambda: not _alive(pipeline), "the pipeline ended")
     assert _lock_is_free(home)                  # a dead pipeline holds nothing
     assert not (state / "DEPLOYED").exists()    # the refused push never deployed
+
+
+def _processes_with(variable: str, value: str) -> list[int]:
+    """The live processes whose environment has ``variable=value`` (a run's kernels inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if f"{variable}={value}".encode() in (entry / "environ").read_bytes().split(b"\0") \
+                        and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.security
+@pytest.mark.slow
+def test_kill_9_of_the_hook_during_a_real_run_interrupts_it_and_its_kernels(home, tmp_path):
+    """The real `mlops-kit server receive` and `mlops-kit run` (data, train, evaluate): the hook is
+    killed while train runs; the run ends as interrupted, its kernels with it, the lock is free."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(REPO / "notebooks", repo / "notebooks")
+    shutil.copytree(REPO / "parameters", repo / "parameters")
+    (repo / "parameters" / "server.yaml").write_text("extends: default.yaml\nstages: [data, train, evaluate]\n"
+                                                     "train:\n  model: random_forest\n  cv_folds: 10\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "x")
+    runs = home / "mlops-kit" / "proj" / "runs"
+    hook = subprocess.Popen([sys.executable, "-m", "mlops_kit.cli", "server", "receive", "--project", "proj"],
+                            cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)})
+    hook.stdin.write(f"{'0' * 40} {git(repo, 'rev-parse', 'HEAD')} refs/heads/main\n")
+    hook.stdin.close()
+    seen = []
+    for line in hook.stdout:                     # the progress the pusher sees, until train runs
+        seen.append(line)
+        if "train     running" in line:
+            break
+    assert any("train     running" in line for line in seen), "".join(seen)
+    assert _processes_with("MLOPS_KIT_RUNS_DIR", str(runs))       # the pipeline and its kernels
+    hook.kill()
+    hook.wait()
+    hook.stdout.close()
+
+    _wait_for(lambda: not _processes_with("MLOPS_KIT_RUNS_DIR", str(runs)), "the run and its kernels ended", 300)
+    (record,) = [json.loads(p.read_text()) for p in runs.glob("*/run.json")]
+    assert record["status"] == "interrupted", record["status"]
+    train = record["stages"]["train"]
+    # stopped while it ran (SIGTERM at the hook's death), not at its next progress line (a broken pipe)
+    assert train["status"] == "interrupted" and "seconds" not in train and "fingerprint" not in train, train
+    assert record["stages"]["evaluate"]["status"] == "pending"
+    assert _lock_is_free(home)
