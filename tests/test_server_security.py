@@ -222,6 +222,26 @@ def test_the_receiver_confines_its_pipeline(tmp_path, monkeypatch):
     assert "  1 relayed" in out.getvalue() and "\x1b" not in out.getvalue()
 
 
+@pytest.mark.parametrize("link", ["/etc/passwd", "../../../../etc/passwd"])
+def test_a_pushed_link_out_of_the_checkout_is_refused(tmp_path, monkeypatch, link):
+    import io
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "table.csv").symlink_to(link)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e",
+           "PATH": "/usr/bin:/bin"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, env=env)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    out = io.StringIO()
+    assert push.receive([f"{'0' * 40} {head} refs/heads/main"], project="proj", out=out,
+                        kit=[sys.executable, "-c", "raise SystemExit('must not run')"]) == 1
+    assert f"REFUSED: The commit {head[:12]} must check out as a plain tree. Got " in out.getvalue()
+
+
 # --- a real sshd ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -246,8 +246,11 @@ class PipelineLock:
         return self._fh.fileno()
 
     def release(self) -> None:
-        """Close this process's hold (no LOCK_UN: that would free a pipeline's hold as well)."""
+        """Clear the holder's details and close this process's hold (no LOCK_UN: that would free a
+        pipeline's hold as well; the hook calls this once its pipeline has ended)."""
         if self._fh is not None:
+            self._fh.seek(0)
+            self._fh.truncate()
             self._fh.close()
             self._fh = None
 
@@ -262,8 +265,14 @@ def checkout(commit: str, into: Path) -> None:
         shutil.rmtree(into)
     into.mkdir(parents=True)
     proc = subprocess.Popen(["git", "archive", "--format=tar", commit], stdout=subprocess.PIPE)
-    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-        tar.extractall(into, filter="data")
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError) as exc:      # an empty tree, a link out of the checkout, ...
+        proc.kill()
+        proc.wait()
+        raise ServerError(f"The commit {commit[:12]} must check out as a plain tree. Got {exc} instead.",
+                          check="git") from None
     if proc.wait() != 0:
         raise ServerError(f"git archive {commit} failed on the server.", check="git")
 
@@ -309,8 +318,8 @@ def _run_push(commit: str, *, project: str, params_file: str, say: Callable[[str
         runs = home / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         say(f"mlops-kit: commit {commit[:12]}: `mlops-kit run -p {params_file}` on the server")
-        checkout(commit, work)
         try:
+            checkout(commit, work)
             secrets = read_secrets()
         except ServerError as exc:
             say(f"mlops-kit: REFUSED: {exc}")
@@ -354,11 +363,12 @@ def start_pipeline(argv: list[str], *, cwd: Path, env: dict[str, str], lock: Pip
     when the hook ends however it ends (``PR_SET_PDEATHSIG``: a ``kill -9`` of the hook too; git
     then refuses the push, so the pipeline must not go on to deploy), and the pipeline lock's fd
     inherited (held by the pipeline as long as it runs, by nobody once it has ended)."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)     # Linux (a MicroK8s server)
     hook = os.getpid()
 
     def tie_to_hook() -> None:                  # in the child, before exec
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != hook:               # the hook died before prctl: never start
             os._exit(1)
 
