@@ -205,7 +205,8 @@ def test_servers_kubeconfig_with_an_exec_plugin_never_runs_on_the_laptop(_isolat
         env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO))
         for command in (["status", "-p", "parameters/microk8s.yaml"], ["deploy", "run-1", "--target", "microk8s"]):
             proc = subprocess.run([sys.executable, "-m", "mlops_kit.cli", *command,
-                                   "--set", f"server.host={sshd.url()}", "--set", f"server.identity_file={sshd.user_key}",
+                                   "--set", f"server.host={sshd.url()}",
+                                   "--set", f"server.identity_file={sshd.user_key}",
                                    "--set", f"server.known_hosts={sshd.known_hosts}"],
                                   capture_output=True, text=True, env=env, timeout=180)
             assert not marker.exists(), f"{command}: the server's exec plugin ran on the laptop"

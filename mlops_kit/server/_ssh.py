@@ -154,7 +154,8 @@ class SSH:
 
     # --- running ---------------------------------------------------------------------------
     def run(self, command: str | Sequence[str], *, input: bytes | str | None = None, timeout: float = 120,
-            check: bool = True, step: str | None = None, max_bytes: int = MAX_OUTPUT_BYTES) -> subprocess.CompletedProcess:
+            check: bool = True, step: str | None = None,
+            max_bytes: int = MAX_OUTPUT_BYTES) -> subprocess.CompletedProcess:
         """Run ``command`` on the server; output as text (at most ``max_bytes``: the server may be
         hostile). SSH failures (exit 255) always raise; the command's own failure raises when ``check``."""
         data = input.encode() if isinstance(input, str) else input

@@ -20,8 +20,9 @@ from ._stage import release_table, run_stage, stage_params, stage_run_dir
 from ._validate import meaning_problems, schema_problems, validate
 
 __all__ = [
-    "FIELD_MANAGER", "Cluster", "ForeignKubeconfig", "apply_objects", "connect", "deploy", "diff_objects", "image_reference",
-    "load_api_client", "load_manifests", "manifests_dir", "meaning_problems", "parse_foreign_kubeconfig", "prepare", "read_history",
+    "FIELD_MANAGER", "Cluster", "ForeignKubeconfig", "apply_objects", "connect", "deploy", "diff_objects",
+    "image_reference", "load_api_client", "load_manifests", "manifests_dir", "meaning_problems",
+    "parse_foreign_kubeconfig", "prepare", "read_history",
     "release_table", "render", "rollback", "rollout_state", "run_stage", "schema_problems", "secret_object",
     "secret_values", "smoke_test", "stage_params", "stage_run_dir", "status", "undeploy", "validate",
     "wait_for_rollout",

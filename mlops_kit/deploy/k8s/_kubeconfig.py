@@ -137,7 +137,8 @@ def parse_foreign_kubeconfig(text: str, *, source: str) -> ForeignKubeconfig:
             raise refuse(field, f"{type(value).__name__} where a mapping belongs")
         for key in value:
             if key not in allowed:
-                why = _REFUSED.get(str(key), "a field the kit does not accept here (accepted: " + ", ".join(allowed) + ")")
+                why = _REFUSED.get(str(key), "a field the kit does not accept here (accepted: "
+                                   + ", ".join(allowed) + ")")
                 raise refuse(f"{field}.{key}" if field else str(key), why)
         return value
 
