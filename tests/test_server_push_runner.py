@@ -272,16 +272,27 @@ def test_kill_9_of_the_hook_during_a_real_run_interrupts_it_and_its_kernels(home
         if "train     running" in line:
             break
     assert any("train     running" in line for line in seen), "".join(seen)
-    assert _processes_with("MLOPS_KIT_RUNS_DIR", str(runs))       # the pipeline and its kernels
+    started = _processes_with("MLOPS_KIT_RUNS_DIR", str(runs))    # the pipeline and its kernels
+    assert started
     hook.kill()
     hook.wait()
     hook.stdout.close()
 
-    _wait_for(lambda: not _processes_with("MLOPS_KIT_RUNS_DIR", str(runs)), "the run and its kernels ended", 300)
+    deadline = time.monotonic() + 300           # a bound against hanging, not a timing check
+    # (an exiting process loses its environment before its files: wait for the pids themselves too)
+    while left := _processes_with("MLOPS_KIT_RUNS_DIR", str(runs)) + [pid for pid in started if _alive(pid)]:
+        if time.monotonic() > deadline:
+            lines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                     for pid in left if Path(f"/proc/{pid}").exists()]
+            for pid in left:                    # started by this test: nothing is left behind
+                subprocess.run(["kill", "-9", str(pid)], check=False)
+            pytest.fail("the run outlived its hook: " + " | ".join(lines))
+        time.sleep(0.05)
     (record,) = [json.loads(p.read_text()) for p in runs.glob("*/run.json")]
     assert record["status"] == "interrupted", record["status"]
     train = record["stages"]["train"]
     # stopped while it ran (SIGTERM at the hook's death), not at its next progress line (a broken pipe)
     assert train["status"] == "interrupted" and "seconds" not in train and "fingerprint" not in train, train
     assert record["stages"]["evaluate"]["status"] == "pending"
-    assert _lock_is_free(home)
+    # free once the last thread of the last process has closed it (a process may show as a zombie first)
+    _wait_for(lambda: _lock_is_free(home), "the lock is free", 60)
