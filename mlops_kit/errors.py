@@ -285,3 +285,16 @@ class ServerError(MlopsKitError):
 
     def __init__(self, message: str, **fields: Any):
         super().__init__(message, hint=fields.get("fix"), **fields)
+
+
+class UnsafeKubeconfig(K8sDeployError):
+    """A kubeconfig from another machine (``microk8s config``, here or on the team's server) asks
+    for more than a certificate or a token: a credential plugin (``exec``, ``auth-provider``, run
+    on THIS machine by the Kubernetes client), a file of this machine, a proxy, more than one
+    cluster. Refused before any client is built. ``field`` is the path of the refused field
+    (``users[0].user.exec``), ``source`` where the kubeconfig came from."""
+
+    fields = K8sDeployError.fields + ("field", "source")
+
+    def __init__(self, message: str, *, hint: str | None = None, **fields: Any):
+        super().__init__(message, reason="NoKubeconfig", hint=hint, **fields)

@@ -116,6 +116,11 @@ class DataParams(_Section):
         resolved = path if path.is_absolute() else Path.cwd() / path
         if (info.context or {}).get("recorded"):
             return str(resolved)  # a finished run's record: the file may be gone, nothing reads it
+        roots = _paths.data_roots()
+        if roots is not None and not any(resolved.resolve().is_relative_to(root) for root in roots):
+            # on the team's server: a pushed file names data of the push, never the server's files
+            raise ValueError("a data file inside the pushed repository or the runs folder (on the team's server); "
+                             f"found {value!r}, outside them")
         if not resolved.is_file():
             raise ValueError(f"an existing data file; found no file at {str(resolved)!r}")
         return str(resolved.resolve())
