@@ -18,6 +18,10 @@ RUNS_DIR_ENV = "MLOPS_KIT_RUNS_DIR"
 #: Environment variable that names the project folder explicitly.
 PROJECT_DIR_ENV = "MLOPS_KIT_PROJECT_DIR"
 
+#: Set (to 1) by the push receiver on the team's server: ``data.source`` must then be a file
+#: inside the project (the pushed checkout) or the runs folder (:func:`data_roots`).
+CONFINE_DATA_ENV = "MLOPS_KIT_CONFINE_DATA"
+
 DEFAULT_PARAMETERS_FILE = "default.yaml"
 
 # Files and folders inside one run folder.
@@ -56,6 +60,13 @@ def runs_dir() -> Path:
     return project_dir() / "runs"
 
 
+def data_roots() -> tuple[Path, ...] | None:
+    """The folders ``data.source`` must lie in (after resolving links), or None: anywhere."""
+    if os.environ.get(CONFINE_DATA_ENV) != "1":
+        return None
+    return project_dir(), runs_dir()
+
+
 def parameters_dir() -> Path:
     return project_dir() / "parameters"
 
@@ -91,3 +102,5 @@ def image_builds_dir() -> Path:
 
 #: The local deploy target's state (which container or process serves which run).
 LOCAL_DEPLOY_STATE = ".local-deploy.json"
+#: Held by a local deploy or undeploy from start to end: one at a time per runs folder.
+LOCAL_DEPLOY_LOCK = ".local-deploy.lock"

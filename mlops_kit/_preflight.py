@@ -39,7 +39,9 @@ def data(loaded: LoadedParams) -> list[Check]:
     return [("mlops_kit.data:check_before_run",
              {"source": source, "target": params.data.target, "task": params.task,
               "test_size": params.data.test_size, "min_rows": params.data.min_rows,
-              "origins": {key: loaded.source_of(key) for key in ("data.test_size", "data.min_rows")}})]
+              "origins": {key: loaded.source_of(key) for key in ("data.test_size", "data.min_rows")},
+              **params.data.model_dump(include={"drop_missing_target", "columns", "dates", "high_cardinality",
+                                                "max_categories"})})]
 
 
 def train(loaded: LoadedParams) -> list[Check]:

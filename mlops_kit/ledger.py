@@ -193,9 +193,9 @@ def recorded_params(folder: Path) -> dict[str, Any] | None:
     return params
 
 
-def recorded_outputs(folder: Path, stage: str) -> dict[str, str]:
-    """The sha256 of each output a stage recorded in the run's record; empty when there is no
-    record, no such stage or the record cannot be read (needs no pydantic)."""
+def recorded_stage(folder: Path, stage: str) -> dict[str, Any]:
+    """A stage's entry in the run's record; empty when there is no record, no such stage or
+    the record cannot be read (needs no pydantic)."""
     from .errors import ArtifactError
 
     try:
@@ -203,7 +203,13 @@ def recorded_outputs(folder: Path, stage: str) -> dict[str, str]:
     except (ArtifactError, OSError):
         return {}
     info = stages.get(stage) if isinstance(stages, dict) else None
-    outputs = info.get("outputs") if isinstance(info, dict) else None
+    return info if isinstance(info, dict) else {}
+
+
+def recorded_outputs(folder: Path, stage: str) -> dict[str, str]:
+    """The sha256 of each output a stage recorded in the run's record; empty when there is no
+    record, no such stage or the record cannot be read (needs no pydantic)."""
+    outputs = recorded_stage(folder, stage).get("outputs")
     return {k: v for k, v in outputs.items() if isinstance(v, str)} if isinstance(outputs, dict) else {}
 
 

@@ -87,6 +87,8 @@ class DataParams(_Section):
     target: str = Field("target", description="the label column")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction of rows held out for evaluation")
     min_rows: int = Field(20, ge=2, description="fewer rows than this is an error")
+    drop_missing_target: bool = Field(False, description="drop the rows whose target is missing (counted in "
+                                      "01_data's summary); false: such rows are an error")
     columns: dict[str, Literal[COLUMN_KINDS]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="force a column's kind: " + ", ".join(COLUMN_KINDS)
         + " (text: hashed words; drop: left out)")
@@ -115,6 +117,11 @@ class DataParams(_Section):
         resolved = path if path.is_absolute() else Path.cwd() / path
         if (info.context or {}).get("recorded"):
             return str(resolved)  # a finished run's record: the file may be gone, nothing reads it
+        roots = _paths.data_roots()
+        if roots is not None and not any(resolved.resolve().is_relative_to(root) for root in roots):
+            # on the team's server: a pushed file names data of the push, never the server's files
+            raise ValueError("a data file inside the pushed repository or the runs folder (on the team's server); "
+                             f"found {value!r}, outside them")
         if not resolved.is_file():
             raise ValueError(f"an existing data file; found no file at {str(resolved)!r}")
         return str(resolved.resolve())

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -185,3 +186,73 @@ def test_push_while_a_run_is_in_progress_is_refused(server, project):
     assert pushed.returncode != 0
     assert "Only one pipeline may run on this server at a time" in pushed.stderr
     assert "commit abcdef123456" in pushed.stderr and "this push is refused" in pushed.stderr
+
+
+def _server_processes(home: Path, *, cmdline: bytes = b"", env: bytes = b"") -> list[int]:
+    """Live processes of the test server's sessions (HOME=home) whose command line holds
+    ``cmdline`` and whose environment has the entry ``env``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0") if entry.name.isdigit() else []
+            if (f"HOME={home}".encode() in environ and (not env or env in environ)
+                    and cmdline in (entry / "cmdline").read_bytes()
+                    and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.security
+def test_kill_9_of_the_hook_stops_the_pipeline_before_it_deploys(server, project):
+    """Item 6 of issue #20 over a real `git push`: the server's hook is killed (-9) while train
+    runs; git refuses the push, the pipeline stops there (never packages nor deploys), the lock
+    is free again and the previous release keeps serving."""
+    sshd, home, socket = server
+    endpoint = DEPLOYED.get("endpoint")
+    if endpoint is None:
+        pytest.skip("needs the deployment of test_push_runs_the_pipeline_and_serves")
+    before = remote_head(project)
+    runs = home / "mlops-kit" / "project" / "runs"
+    known = {p.parent.name for p in runs.glob("*/run.json")}
+    commit_params(project, SERVER_YAML + "train:\n  model: random_forest\n  cv_folds: 10\n", "slow train")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    pushing = subprocess.Popen(["git", "push", "server", "main"], cwd=project, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        seen = []
+        for line in pushing.stdout:
+            seen.append(line)
+            if re.search(r"remote: +train +running", line):
+                break
+        hooks = _server_processes(home, cmdline=b"server\0receive")
+        assert len(hooks) == 1, "".join(seen)
+        os.kill(hooks[0], 9)
+        rest = pushing.stdout.read()
+        assert pushing.wait(timeout=300) != 0, "".join(seen) + rest
+    finally:
+        if pushing.poll() is None:
+            pushing.kill()
+        sh("git", "reset", "-q", "--hard", "HEAD~1", cwd=project)
+    deadline = time.monotonic() + 300           # a bound against hanging, not a timing check
+    while _server_processes(home, env=b"MLOPS_KIT_CONFINE_DATA=1"):      # the pipeline and its kernels
+        assert time.monotonic() < deadline, "the pipeline outlived its hook"
+        time.sleep(0.2)
+    assert remote_head(project) == before
+    (new,) = {p.parent.name for p in runs.glob("*/run.json")} - known
+    record = json.loads((runs / new / "run.json").read_text())
+    train = record["stages"]["train"]
+    # stopped while train ran (SIGTERM at the hook's death), not at its next progress line (a broken pipe)
+    assert record["status"] == "interrupted" and train["status"] == "interrupted" and "seconds" not in train, train
+    assert record["stages"]["package"]["status"] == record["stages"]["deploy"]["status"] == "pending"
+    with open(home / "mlops-kit" / "pipeline.lock", "a+") as fh:     # free: the next push may run
+        while True:             # once the last thread of the last process closed it (bounded above)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the lock outlived the pipeline"
+                time.sleep(0.05)
+    with urllib.request.urlopen(endpoint + "/v2/health/ready", timeout=10) as resp:
+        assert resp.status == 200

@@ -4,14 +4,21 @@ over a real sshd is tests/test_server_push.py.)"""
 
 from __future__ import annotations
 
+import fcntl
 import io
+import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from mlops_kit.errors import ServerError
 from mlops_kit.server import push
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -123,3 +130,169 @@ def test_init_refuses_hostile_names_before_connecting(tmp_path, option, value):
     ssh = push.SSH("ssh://alice@127.0.0.1:1")          # never reached: the names are checked first
     with pytest.raises(ServerError, match="must be"):
         push.init(ssh, repo_dir=tmp_path, **{option: value}, log=lambda line: None)
+
+
+# --- the pipeline's life is the hook's (issue #20, item 6) -------------------------------------
+
+FAKE_PIPELINE = """import os, signal, sys, time
+from pathlib import Path
+state = Path(sys.argv[1])
+def wind_down(signum, frame):            # what `mlops-kit run` does on SIGTERM: stop, record, exit
+    (state / "TERM").write_text(str(os.getpid()))
+    while not (state / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(143)
+deadline = time.monotonic() + 300        # never left behind by a failed test
+signal.signal(signal.SIGTERM, wind_down)
+(state / "pid").write_text(str(os.getpid()))
+print("  data      running", file=sys.stderr, flush=True)
+while not (state / "go").exists():      # the test never says go: the stages run on
+    time.sleep(0.05)
+    if time.monotonic() > deadline:
+        sys.exit(1)
+(state / "DEPLOYED").write_text("deployed")
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(condition, what: str, limit: float = 120):
+    deadline = time.monotonic() + limit      # a bound against hanging, not a timing check
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def _lock_is_free(home) -> bool:
+    with open(home / "mlops-kit" / "pipeline.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
+
+
+@pytest.mark.security
+def test_kill_9_of_the_hook_stops_its_pipeline_which_holds_the_lock_until_it_ends(home, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "f").write_text("x")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "x")
+    state = tmp_path / "state"
+    state.mkdir()
+    fake = tmp_path / "pipeline.py"
+    fake.write_text(FAKE_PIPELINE)
+    # the hook: `mlops-kit server receive` as git starts it, with the pipeline command replaced
+    hook_code = ("import sys; from mlops_kit.server import push; "
+                 f"sys.exit(push.receive(sys.stdin.read().splitlines(), project='proj', "
+                 f"kit=[sys.executable, {str(fake)!r}, {str(state)!r}]))")
+    hook = subprocess.Popen([sys.executable, "-c", hook_code], cwd=repo, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)})
+    hook.stdin.write(f"{'0' * 40} {git(repo, 'rev-parse', 'HEAD')} refs/heads/main\n".encode())
+    hook.stdin.close()
+    _wait_for(lambda: (state / "pid").exists(), "the pipeline started")
+    pipeline = int((state / "pid").read_text())
+    try:
+        _hook_killed(hook, pipeline, home, repo, state, monkeypatch)
+    finally:
+        if _alive(pipeline):                    # a failed test leaves nothing running
+            os.kill(pipeline, 9)
+
+
+def _hook_killed(hook, pipeline, home, repo, state, monkeypatch):
+    assert not _lock_is_free(home)
+
+    hook.kill()                                 # kill -9: git refuses the push
+    hook.wait()
+    hook.stdout.close()
+    _wait_for(lambda: (state / "TERM").exists(), "the pipeline got SIGTERM when its hook died")
+    # winding down, it still holds the lock: a second push is refused, its checkout never runs
+    assert _alive(pipeline) and not _lock_is_free(home)
+    monkeypatch.chdir(repo)
+    out = io.StringIO()
+    assert push.receive([f"{'0' * 40} {git(repo, 'rev-parse', 'HEAD')} refs/heads/main"], project="proj",
+                        out=out, kit=[sys.executable, "-c", "raise SystemExit('must not run')"]) == 1
+    assert "Only one pipeline may run on this server at a time" in out.getvalue()
+
+    (state / "release").write_text("")
+    _wait_for(lambda: not _alive(pipeline), "the pipeline ended")
+    assert _lock_is_free(home)                  # a dead pipeline holds nothing
+    assert not (state / "DEPLOYED").exists()    # the refused push never deployed
+
+
+def _processes_with(variable: str, value: str) -> list[int]:
+    """The live processes whose environment has ``variable=value`` (a run's kernels inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if f"{variable}={value}".encode() in (entry / "environ").read_bytes().split(b"\0") \
+                        and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.security
+@pytest.mark.slow
+def test_kill_9_of_the_hook_during_a_real_run_interrupts_it_and_its_kernels(home, tmp_path):
+    """The real `mlops-kit server receive` and `mlops-kit run` (data, train, evaluate): the hook is
+    killed while train runs; the run ends as interrupted, its kernels with it, the lock is free."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(REPO / "notebooks", repo / "notebooks")
+    shutil.copytree(REPO / "parameters", repo / "parameters")
+    (repo / "parameters" / "server.yaml").write_text("extends: default.yaml\nstages: [data, train, evaluate]\n"
+                                                     "train:\n  model: random_forest\n  cv_folds: 10\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "x")
+    runs = home / "mlops-kit" / "proj" / "runs"
+    hook = subprocess.Popen([sys.executable, "-m", "mlops_kit.cli", "server", "receive", "--project", "proj"],
+                            cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)})
+    hook.stdin.write(f"{'0' * 40} {git(repo, 'rev-parse', 'HEAD')} refs/heads/main\n")
+    hook.stdin.close()
+    seen = []
+    for line in hook.stdout:                     # the progress the pusher sees, until train runs
+        seen.append(line)
+        if "train     running" in line:
+            break
+    assert any("train     running" in line for line in seen), "".join(seen)
+    started = _processes_with("MLOPS_KIT_RUNS_DIR", str(runs))    # the pipeline and its kernels
+    assert started
+    hook.kill()
+    hook.wait()
+    hook.stdout.close()
+
+    deadline = time.monotonic() + 300           # a bound against hanging, not a timing check
+    # (an exiting process loses its environment before its files: wait for the pids themselves too)
+    while left := _processes_with("MLOPS_KIT_RUNS_DIR", str(runs)) + [pid for pid in started if _alive(pid)]:
+        if time.monotonic() > deadline:
+            lines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                     for pid in left if Path(f"/proc/{pid}").exists()]
+            for pid in left:                    # started by this test: nothing is left behind
+                subprocess.run(["kill", "-9", str(pid)], check=False)
+            pytest.fail("the run outlived its hook: " + " | ".join(lines))
+        time.sleep(0.05)
+    (record,) = [json.loads(p.read_text()) for p in runs.glob("*/run.json")]
+    assert record["status"] == "interrupted", record["status"]
+    train = record["stages"]["train"]
+    # stopped while it ran (SIGTERM at the hook's death), not at its next progress line (a broken pipe)
+    assert train["status"] == "interrupted" and "seconds" not in train and "fingerprint" not in train, train
+    assert record["stages"]["evaluate"]["status"] == "pending"
+    # free once the last thread of the last process has closed it (a process may show as a zombie first)
+    _wait_for(lambda: _lock_is_free(home), "the lock is free", 60)

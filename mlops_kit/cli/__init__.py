@@ -50,6 +50,7 @@ def main():
 
 def run_cli() -> None:
     """Entry point: user mistakes (MlopsKitError) print their message, never a traceback."""
+    from .._terminal import printable
     from ..errors import MlopsKitError
 
     try:
@@ -63,7 +64,7 @@ def run_cli() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except MlopsKitError as exc:
-        click.secho(f"Error: {exc}", fg="red", err=True)
+        click.secho(f"Error: {printable(str(exc))}", fg="red", err=True)   # may quote a server's output
         sys.exit(2 if type(exc).__name__ == "ParameterError" else 1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

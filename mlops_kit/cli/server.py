@@ -27,12 +27,13 @@ def server():
 def check(host, identity_file, known_hosts, min_free_gb, as_json):
     """Check SSH (key auth, verified host key), MicroK8s, its group, containerd, disk and Python on
     the server; say how to fix each failure. Exit 0 only when all pass."""
+    from .._terminal import printable
     from ..server import SSH
     from ..server.check import MIN_FREE_GB, run_checks
 
     ssh = SSH(host, identity_file=identity_file, known_hosts=known_hosts)
     checks = run_checks(ssh, min_free_gb=MIN_FREE_GB if min_free_gb is None else min_free_gb,
-                        log=None if as_json else click.echo)
+                        log=None if as_json else lambda line: click.echo(printable(line)))
     if as_json:
         click.echo(json.dumps({"host": ssh.target.url, "checks": checks}, indent=2))
     sys.exit(0 if all(c["ok"] for c in checks) else 1)   # SystemExit: click would swallow Exit

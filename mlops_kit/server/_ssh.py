@@ -11,19 +11,24 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import selectors
 import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._terminal import printable
 from ..errors import ServerError
 
 _HOST_RE = re.compile(r"^ssh://(?P<user>[A-Za-z_][A-Za-z0-9_.-]{0,31})@(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
-                      r"(?::(?P<port>[0-9]{1,5}))?/?$")
+                      r"(?::(?P<port>[0-9]{1,5}))?/?\Z")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+MAX_OUTPUT_BYTES = 16 << 20     # what SSH.run reads of a command's output (stdout and stderr together)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,13 @@ def parse_target(text: str) -> Target:
     return Target(match["user"], match["host"], port)
 
 
+def ssh_option_path(path: str) -> str:
+    """A file path as the value of an ssh ``-o`` option: ssh splits such values at spaces (several
+    known_hosts files) and expands ``%`` tokens, so the path is quoted and escaped for ssh."""
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"' if escaped != path or any(c.isspace() for c in path) else path
+
+
 def validate_target(text: str) -> str:
     """For the parameter validator: the text when it parses, else ValueError (expected; found)."""
     try:
@@ -80,7 +92,7 @@ class SSH:
         if self.identity_file and not Path(self.identity_file).is_file():
             raise ServerError(f"server.identity_file must be an existing private key. Got no file at "
                               f"{self.identity_file} instead.", host=self.target.url, check="auth",
-                              fix=f"ssh-keygen -t ed25519 -f {self.identity_file}")
+                              fix=f"ssh-keygen -t ed25519 -f {shlex.quote(self.identity_file)}")
 
     @classmethod
     def from_params(cls, server) -> SSH:
@@ -94,7 +106,7 @@ class SSH:
         """The client options; inside :meth:`multiplexed` (and ``mux``) they reuse its connection."""
         opts = ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_path}"] if mux and self.control_path else []
         opts += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", f"UserKnownHostsFile={ssh_option_path(self.known_hosts)}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
                 "-o", f"ConnectTimeout={self.connect_timeout}", "-o", "LogLevel=ERROR",
                 "-o", "ServerAliveInterval=15", "-p", str(self.target.port)]
@@ -142,23 +154,28 @@ class SSH:
 
     # --- running ---------------------------------------------------------------------------
     def run(self, command: str | Sequence[str], *, input: bytes | str | None = None, timeout: float = 120,
-            check: bool = True, step: str | None = None) -> subprocess.CompletedProcess:
-        """Run ``command`` on the server; output as text. SSH failures (exit 255) always raise;
-        the command's own failure raises when ``check``."""
+            check: bool = True, step: str | None = None,
+            max_bytes: int = MAX_OUTPUT_BYTES) -> subprocess.CompletedProcess:
+        """Run ``command`` on the server; output as text (at most ``max_bytes``: the server may be
+        hostile). SSH failures (exit 255) always raise; the command's own failure raises when ``check``."""
         data = input.encode() if isinstance(input, str) else input
+        what = step or "The command"
         try:
-            proc = subprocess.run(self.argv(command), input=data, capture_output=True, timeout=timeout)
+            proc = _bounded_run(self.argv(command), data, timeout=timeout, max_bytes=max_bytes)
         except subprocess.TimeoutExpired:
-            raise ServerError(f"{step or 'The command'} on {self.target} must finish within {timeout:.0f} s. Got "
+            raise ServerError(f"{what} on {self.target} must finish within {timeout:.0f} s. Got "
                               "no answer instead.", host=self.target.url, check="ssh",
                               fix="is the server overloaded or the network down?") from None
+        except _TooMuchOutput:
+            raise ServerError(f"{what} on {self.target} must print at most {max_bytes} bytes. Got more instead; "
+                              "it was stopped.", host=self.target.url, check="command") from None
         out = proc.stdout.decode(errors="replace")
         err = proc.stderr.decode(errors="replace")
         result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         if proc.returncode == 255:
             raise self.explain(err)
         if check and proc.returncode != 0:
-            text = (err.strip() or out.strip())[-1500:]
+            text = printable((err.strip() or out.strip())[-1500:])
             what = step or (command if isinstance(command, str) else shlex.join(command))
             raise ServerError(f"{what} failed on {self.target} (exit {proc.returncode}): {text}",
                               host=self.target.url, check="command", output=text)
@@ -171,6 +188,7 @@ class SSH:
     def explain(self, stderr: str) -> ServerError:
         """The ServerError for an ssh failure (exit 255) with ``stderr``."""
         t = self.target
+        stderr = printable(stderr)
         low = stderr.lower()
         where = f"{t.host}:{t.port}"
         if "remote host identification has changed" in low or (
@@ -181,7 +199,8 @@ class SSH:
                 f"(now {fingerprint}). Someone may be intercepting the connection, or the server was reinstalled.",
                 host=t.url, check="host-key",
                 fix=f"confirm {fingerprint} with the server's admin (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` "
-                    f"on the server), then: ssh-keygen -R '{t.known_hosts_name}' -f {self.known_hosts} && "
+                    f"on the server), then: ssh-keygen -R {shlex.quote(t.known_hosts_name)} "
+                    f"-f {shlex.quote(self.known_hosts)} && "
                     f"{self.trust_command()}")
         if "host key verification failed" in low or "no matching host key" in low:
             fingerprint = self.fingerprint()
@@ -195,7 +214,7 @@ class SSH:
                                "(`sudo systemctl status ssh` on the server)")
         if "permission denied" in low:
             key = self.identity_file or "your default key (~/.ssh/id_ed25519)"
-            pub = f"{self.identity_file}.pub" if self.identity_file else "~/.ssh/id_ed25519.pub"
+            pub = shlex.quote(f"{self.identity_file}.pub") if self.identity_file else "~/.ssh/id_ed25519.pub"
             return ServerError(f"The server {where} must accept the key {key} for user {t.user}. Got 'permission "
                                "denied' instead (key authentication only; passwords are never tried).",
                                host=t.url, check="auth",
@@ -237,7 +256,58 @@ class SSH:
 
     def trust_command(self) -> str:
         t = self.target
-        return f"ssh-keyscan -p {t.port} -t ed25519 {t.host.strip('[]')} >> {self.known_hosts}"
+        return (f"ssh-keyscan -p {t.port} -t ed25519 {shlex.quote(t.host.strip('[]'))} "
+                f">> {shlex.quote(self.known_hosts)}")
 
     def __repr__(self) -> str:
         return f"SSH({self.target.url})"
+
+
+class _TooMuchOutput(Exception):
+    pass
+
+
+def _bounded_run(argv: list[str], data: bytes | None, *, timeout: float, max_bytes: int) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv, input=data, capture_output=True, timeout=timeout)`` that stops the
+    process (and raises :class:`_TooMuchOutput`) once it printed more than ``max_bytes``."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def feed() -> None:
+        with contextlib.suppress(OSError):
+            proc.stdin.write(data)
+            proc.stdin.close()
+
+    if data is not None:
+        threading.Thread(target=feed, daemon=True).start()
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    total = 0
+    deadline = time.monotonic() + timeout
+    try:
+        with selectors.DefaultSelector() as sel:
+            for fd in chunks:
+                sel.register(fd, selectors.EVENT_READ)
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                for key, _ in sel.select(left):
+                    block = os.read(key.fd, 65536)
+                    if not block:
+                        sel.unregister(key.fd)
+                        continue
+                    total += len(block)
+                    if total > max_bytes:
+                        raise _TooMuchOutput()
+                    chunks[key.fd].append(block)
+        code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    return subprocess.CompletedProcess(argv, code, b"".join(chunks[out_fd]), b"".join(chunks[err_fd]))
+

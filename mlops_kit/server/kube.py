@@ -13,29 +13,26 @@ import contextlib
 import urllib.parse
 from collections.abc import Callable, Iterator
 
-import yaml
-
 from ..errors import K8sDeployError, ServerError
+from .._terminal import printable
 from ._ssh import SSH
 from ._tunnel import Tunnel
 
 
-def read_kubeconfig(ssh: SSH) -> dict:
+def read_kubeconfig(ssh: SSH):
+    """The kubeconfig ``microk8s config`` prints on the server, checked field by field
+    (:func:`mlops_kit.deploy.k8s.parse_foreign_kubeconfig`: inline certificates or a token for
+    one cluster; a credential plugin, a file, a proxy is refused before any client exists)."""
+    from ..deploy.k8s import parse_foreign_kubeconfig
+
     proc = ssh.run("microk8s config", check=False, step="microk8s config")
     if proc.returncode != 0:
-        text = (proc.stderr.strip() or proc.stdout.strip())[-300:]
+        text = printable((proc.stderr.strip() or proc.stdout.strip())[-300:])
         fix = (f"on the server: sudo usermod -a -G microk8s {ssh.target.user}, then log in again"
                if "permission" in text.lower() else "is MicroK8s installed and running? (`mlops-kit server check`)")
         raise ServerError(f"`microk8s config` must print the kubeconfig on {ssh.target}. Got exit {proc.returncode} "
                           f"instead: {text}", host=ssh.target.url, check="microk8s", fix=fix)
-    try:
-        config = yaml.safe_load(proc.stdout)
-        cluster = config["clusters"][0]["cluster"]
-        _ = urllib.parse.urlsplit(cluster["server"]).port   # a bad port raises ValueError
-    except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
-        raise ServerError(f"`microk8s config` on {ssh.target} must print a kubeconfig with a cluster server URL. "
-                          "Got something else instead.", host=ssh.target.url, check="microk8s") from None
-    return config
+    return parse_foreign_kubeconfig(proc.stdout, source=f"`microk8s config` on {ssh.target}")
 
 
 @contextlib.contextmanager
@@ -46,26 +43,21 @@ def server_api_client(server, *, log: Callable[[str], None] | None = None) -> It
 
     ssh = SSH.from_params(server)
     config = read_kubeconfig(ssh)
-    context_name = config.get("current-context")
-    contexts = {c.get("name"): c.get("context", {}) for c in config.get("contexts") or []}
-    cluster_name = contexts.get(context_name, {}).get("cluster")
-    clusters = {c.get("name"): c for c in config["clusters"]}
-    cluster = (clusters.get(cluster_name) or config["clusters"][0])["cluster"]
-    url = urllib.parse.urlsplit(cluster["server"])
+    url = urllib.parse.urlsplit(config.server)
     remote_host = url.hostname or "127.0.0.1"
     remote_port = url.port or (443 if url.scheme == "https" else 80)
     # the API server listens on the server itself: reach it as the server does
     if remote_host not in ("127.0.0.1", "localhost", "::1"):
         remote_host = "127.0.0.1"
     with Tunnel(ssh, remote_port, remote_host=remote_host) as port:
-        cluster["server"] = urllib.parse.urlunsplit((url.scheme, f"127.0.0.1:{port}", url.path, "", ""))
+        local = urllib.parse.urlunsplit((url.scheme, f"127.0.0.1:{port}", url.path, "", ""))
         try:
-            client = kconfig.new_client_from_config_dict(config)
+            client = kconfig.new_client_from_config_dict(config.with_server(local).to_dict())
         except ConfigException as exc:
             raise K8sDeployError(f"The kubeconfig from `microk8s config` on {ssh.target} cannot be used: {exc}",
                                  reason="NoKubeconfig") from None
         finally:
-            config = {}           # drop our reference to the credentials
+            config = None         # drop our reference to the credentials
         if log:
             log(f"cluster: the API of {ssh.target} ({remote_host}:{remote_port} there) through an SSH tunnel "
                 f"at 127.0.0.1:{port}, kubeconfig from `microk8s config` (in memory)")

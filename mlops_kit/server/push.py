@@ -18,12 +18,17 @@ previous release keeps serving (the run deploys only after its gate passed).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import fcntl
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -32,15 +37,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from .. import _paths
 from ..errors import ServerError
-from ._ssh import SSH
+from .._terminal import printable
+from ._ssh import SSH, ssh_option_path
 
 ZERO = "0" * 40
 SECRETS_FILE = "~/.config/mlops-kit/secrets.env"
 DEFAULT_PARAMS = "parameters/server.yaml"
 HOOK = "pre-receive"
-_PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+_PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")       # fullmatch: `$` would take "main\n"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
+
+
+def check_project_name(project: str, *, where: str = "The project name") -> str:
+    """``project`` when it is a plain name (it becomes a folder and a shell word on the server)."""
+    if not isinstance(project, str) or not _PROJECT_RE.fullmatch(project):
+        raise ServerError(f"{where} must be letters, digits, '.', '_' or '-' (at most 64). Got {project!r} instead.",
+                          check="git", fix="run `mlops-kit server init` again in this repository")
+    return project
 
 
 # --- on the laptop: server init ---------------------------------------------------------------
@@ -67,12 +82,9 @@ def init(ssh: SSH, *, repo_dir: Path, params_file: str = DEFAULT_PARAMS, branch:
         raise ServerError(f"`server init` must run inside a git repository. Got {repo_dir} instead, which is not one.",
                           check="git", fix="git init && git add -A && git commit -m 'first commit'")
     top_dir = Path(top.stdout.strip())
-    project = project or project_name(top_dir)
-    if not _PROJECT_RE.match(project):
-        raise ServerError(f"The project name must be letters, digits, '.', '_' or '-'. Got {project!r} instead.",
-                          check="git")
+    project = check_project_name(project or project_name(top_dir))
     for what, value in (("--branch", branch), ("--remote", remote)):
-        if not _NAME_RE.match(value) or ".." in value or value.endswith((".lock", "/")):
+        if not _NAME_RE.fullmatch(value) or ".." in value or value.endswith((".lock", "/")):
             raise ServerError(f"{what} must be a plain git name (letters, digits, '.', '_', '-', '/'). Got {value!r} "
                               "instead.", check="git")
     if Path(params_file).is_absolute() or ".." in Path(params_file).parts:
@@ -105,13 +117,23 @@ def init(ssh: SSH, *, repo_dir: Path, params_file: str = DEFAULT_PARAMS, branch:
     url = f"ssh://{t.user}@{t.host}:{t.port}{remote_path}"
     _git(top_dir, "remote", "remove", remote, check=False)
     _git(top_dir, "remote", "add", remote, url)
-    ssh_command = shlex.join(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                              "-o", f"UserKnownHostsFile={ssh.known_hosts} ~/.ssh/known_hosts"]
-                             + (["-i", ssh.identity_file] if ssh.identity_file else []))
-    _git(top_dir, "config", "core.sshCommand", ssh_command)
+    _git(top_dir, "config", "core.sshCommand", git_ssh_command(ssh))
     log(f"server: {url} (hook {HOOK}: `mlops-kit run -p {params_file}` on each push of {branch})")
     log(f"git remote {remote!r} added; deploy with: git push {remote} {branch}")
     return {"remote": remote, "url": url, "project": project, "params": params_file, "branch": branch}
+
+
+def git_ssh_command(ssh: SSH) -> str:
+    """``core.sshCommand`` for the remote: the one known_hosts file (no global one) and, when
+    given, the one key (IdentitiesOnly: no agent key offered first). ssh splits
+    UserKnownHostsFile at spaces, so a path with one is quoted for ssh as well as for the shell."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={ssh_option_path(ssh.known_hosts)}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "PasswordAuthentication=no",
+            "-o", "KbdInteractiveAuthentication=no"]
+    if ssh.identity_file:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", ssh.identity_file]
+    return shlex.join(argv)
 
 
 def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -123,17 +145,53 @@ def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 # --- on the server: the receiver -----------------------------------------------------------
 
+MAX_SECRETS_BYTES = 1 << 20
+
+
 def read_secrets(path: str | os.PathLike = SECRETS_FILE) -> dict[str, str]:
-    """``KEY=VALUE`` lines of the server's secrets file; refused unless only its owner may read it."""
+    """``KEY=VALUE`` lines of the server's secrets file; refused unless it is a regular file (not a
+    link, a FIFO, a folder) of this user, readable by its owner only, in a folder only its owner
+    may change. Opened without following a link and without blocking (a FIFO would hold the lock)."""
     file = Path(path).expanduser()
-    if not file.exists():
+
+    def refuse(expected: str, found: str, fix: str | None = None) -> ServerError:
+        return ServerError(f"{file} must be {expected}. Got {found} instead; its secrets were not used.",
+                           check="secrets", fix=fix)
+
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
         return {}
-    mode = file.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ServerError(f"{file} must be readable by its owner only (mode 0600). Got mode {mode:04o} instead; "
-                          "its secrets were not used.", check="secrets", fix=f"chmod 600 {file}")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise refuse("a regular file", "a symbolic link (never followed)", f"replace the link by the file itself: "
+                         f"{shlex.quote(str(file))}") from None
+        raise refuse("a readable regular file", f"{exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                    else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device or other special file")
+            raise refuse("a regular file", kind)
+        if info.st_uid != os.getuid():
+            raise refuse(f"owned by the user who receives pushes (uid {os.getuid()})",
+                         f"a file owned by uid {info.st_uid}")
+        mode = info.st_mode & 0o777
+        if mode & 0o077:
+            raise refuse("readable by its owner only (mode 0600)", f"mode {mode:04o}",
+                         f"chmod 600 {shlex.quote(str(file))}")
+        folder = os.stat(file.parent)
+        if folder.st_mode & 0o022 or folder.st_uid not in (os.getuid(), 0):
+            raise refuse("in a folder only its owner may change",
+                         f"folder {file.parent} with mode {folder.st_mode & 0o7777:04o}, owner uid {folder.st_uid}",
+                         f"chmod go-w {shlex.quote(str(file.parent))}")
+        data = os.read(fd, MAX_SECRETS_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRETS_BYTES:
+        raise refuse(f"at most {MAX_SECRETS_BYTES} bytes", "a larger file")
     values: dict[str, str] = {}
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -150,7 +208,12 @@ def read_secrets(path: str | os.PathLike = SECRETS_FILE) -> dict[str, str]:
 
 
 class PipelineLock:
-    """One pipeline at a time per server: an flock on ``~/mlops-kit/pipeline.lock``."""
+    """One pipeline at a time per server: an flock on ``~/mlops-kit/pipeline.lock``.
+
+    The hook takes it and hands the locked file to the pipeline it starts (an inherited fd: the
+    same open file, the same lock). The lock is never unlocked explicitly: it goes when the last
+    process holding the file ends, so a pipeline that outlives its hook keeps it while it runs,
+    and a dead one holds nothing."""
 
     def __init__(self, path: str | os.PathLike = "~/mlops-kit/pipeline.lock"):
         self.path = Path(path).expanduser()
@@ -178,11 +241,16 @@ class PipelineLock:
         fh.flush()
         self._fh = fh
 
+    def fileno(self) -> int:
+        assert self._fh is not None, "acquire() first"
+        return self._fh.fileno()
+
     def release(self) -> None:
+        """Clear the holder's details and close this process's hold (no LOCK_UN: that would free a
+        pipeline's hold as well; the hook calls this once its pipeline has ended)."""
         if self._fh is not None:
             self._fh.seek(0)
             self._fh.truncate()
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
 
@@ -197,8 +265,14 @@ def checkout(commit: str, into: Path) -> None:
         shutil.rmtree(into)
     into.mkdir(parents=True)
     proc = subprocess.Popen(["git", "archive", "--format=tar", commit], stdout=subprocess.PIPE)
-    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-        tar.extractall(into, filter="data")
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError) as exc:      # an empty tree, a link out of the checkout, ...
+        proc.kill()
+        proc.wait()
+        raise ServerError(f"The commit {commit[:12]} must check out as a plain tree. Got {exc} instead.",
+                          check="git") from None
     if proc.wait() != 0:
         raise ServerError(f"git archive {commit} failed on the server.", check="git")
 
@@ -209,8 +283,8 @@ def receive(lines: list[str], *, project: str, params_file: str = DEFAULT_PARAMS
     out = out or sys.stdout
     kit = kit or [sys.executable, "-m", "mlops_kit.cli"]
 
-    def say(text: str) -> None:
-        out.write(text + "\n")
+    def say(text: str) -> None:     # the pusher's terminal shows it (git's `remote:` lines)
+        out.write(printable(text) + "\n")
         out.flush()
 
     wanted = f"refs/heads/{branch}"
@@ -244,27 +318,30 @@ def _run_push(commit: str, *, project: str, params_file: str, say: Callable[[str
         runs = home / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         say(f"mlops-kit: commit {commit[:12]}: `mlops-kit run -p {params_file}` on the server")
-        checkout(commit, work)
         try:
+            checkout(commit, work)
             secrets = read_secrets()
         except ServerError as exc:
             say(f"mlops-kit: REFUSED: {exc}")
             return 1
-        env = {**os.environ, **secrets, "MLOPS_KIT_PROJECT_DIR": str(work), "MLOPS_KIT_RUNS_DIR": str(runs)}
+        env = {**os.environ, **secrets, _paths.PROJECT_DIR_ENV: str(work), _paths.RUNS_DIR_ENV: str(runs),
+               _paths.CONFINE_DATA_ENV: "1"}
         for name in ("GIT_DIR", "GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
                      "GIT_PUSH_OPTION_COUNT"):
             env.pop(name, None)
-        proc = subprocess.Popen([*kit, "run", "-p", params_file, "--json"], cwd=work, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        proc = start_pipeline([*kit, "run", "-p", params_file, "--json"], cwd=work, env=env, lock=lock)
         assert proc.stderr is not None and proc.stdout is not None
         errors: list[str] = []
-        for raw in proc.stderr:                 # progress, one line per stage event, as it happens
-            line = raw.rstrip("\n")
-            if line.startswith("Error: ") or errors:
-                errors.append(line)
-            say(f"  {line}")
-        record_text = proc.stdout.read()
-        code = proc.wait()
+        try:
+            for raw in proc.stderr:                 # progress, one line per stage event, as it happens
+                line = raw.rstrip("\n")
+                if line.startswith("Error: ") or errors:
+                    errors.append(line)
+                say(f"  {line}")
+            record_text = proc.stdout.read()
+            code = proc.wait()
+        finally:
+            stop_pipeline(proc)                 # on any way out of the hook, the pipeline ends first
         if code != 0:
             reason = " ".join(e.removeprefix("Error: ") for e in errors).strip() or f"exit {code}"
             say(f"mlops-kit: REFUSED: the pipeline failed: {reason}")
@@ -274,6 +351,45 @@ def _run_push(commit: str, *, project: str, params_file: str, say: Callable[[str
         return 0
     finally:
         lock.release()
+
+
+#: how long a pipeline may take to wind down (kernels stopped, run recorded) after SIGTERM
+STOP_GRACE_SECONDS = 60
+_PR_SET_PDEATHSIG = 1
+
+
+def start_pipeline(argv: list[str], *, cwd: Path, env: dict[str, str], lock: PipelineLock) -> subprocess.Popen:
+    """The pipeline, tied to the hook that starts it: its own process group (session), SIGTERM
+    when the hook ends however it ends (``PR_SET_PDEATHSIG``: a ``kill -9`` of the hook too; git
+    then refuses the push, so the pipeline must not go on to deploy), and the pipeline lock's fd
+    inherited (held by the pipeline as long as it runs, by nobody once it has ended)."""
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)     # Linux (a MicroK8s server)
+    hook = os.getpid()
+
+    def tie_to_hook() -> None:                  # in the child, before exec
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != hook:               # the hook died before prctl: never start
+            os._exit(1)
+
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock.fileno(),),
+                            preexec_fn=tie_to_hook)
+
+
+def stop_pipeline(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+    """End the pipeline's process group: SIGTERM (the run winds down, recorded as interrupted),
+    SIGKILL after ``grace`` seconds. Nothing when it has ended already."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _summary(record_text: str, runs: Path) -> str:
