@@ -193,11 +193,14 @@ def recorded_params(folder: Path) -> dict[str, Any] | None:
     return params
 
 
-def recorded_stage(folder: Path, stage: str) -> dict[str, Any]:
-    """A stage's entry in the run's record; empty when there is no record, no such stage or
-    the record cannot be read (needs no pydantic)."""
+def recorded_stage(folder: Path, stage: str) -> dict[str, Any] | None:
+    """A stage's entry in the run's record: None when the folder has no record (a model folder,
+    an image, the scratch run); empty when the record has no such stage or cannot be read
+    (needs no pydantic)."""
     from .errors import ArtifactError
 
+    if not (Path(folder) / _paths.RUN_RECORD).is_file():
+        return None
     try:
         stages = _record_part(folder, "stages")
     except (ArtifactError, OSError):
@@ -209,7 +212,7 @@ def recorded_stage(folder: Path, stage: str) -> dict[str, Any]:
 def recorded_outputs(folder: Path, stage: str) -> dict[str, str]:
     """The sha256 of each output a stage recorded in the run's record; empty when there is no
     record, no such stage or the record cannot be read (needs no pydantic)."""
-    outputs = recorded_stage(folder, stage).get("outputs")
+    outputs = (recorded_stage(folder, stage) or {}).get("outputs")
     return {k: v for k, v in outputs.items() if isinstance(v, str)} if isinstance(outputs, dict) else {}
 
 

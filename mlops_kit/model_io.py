@@ -198,7 +198,7 @@ def run_stage(folder: Path, stage: str) -> dict[str, Any] | None:
     """``stages.<stage>`` of ``run.json`` when ``folder`` is a run's ``artifacts/`` ({} when the
     run has no such record); None when ``folder`` is no run's (a model folder, an image)."""
     folder = Path(folder)
-    if folder.name != "artifacts" or not (folder.parent / _names.RUN).is_file():
+    if folder.name != "artifacts":
         return None
     from .ledger import recorded_stage  # the record's one reader (no pydantic needed)
 
