@@ -41,6 +41,7 @@ the traffic moves that bin).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -119,8 +120,10 @@ def draws_needed(alpha: float, tests: int) -> int:
 
 # --- what a window can detect -----------------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
 def noncentrality_for_power(df: int, level: float, power: float = POWER) -> float:
-    """The non-centrality at which a chi-squared test (``df``, ``level``) has the given power."""
+    """The non-centrality at which a chi-squared test (``df``, ``level``) has the given power
+    (cached: a verdict asks it for a few distinct ``df`` only)."""
     critical = stats.chi2.isf(level, df)
     return float(optimize.brentq(lambda lam: stats.ncx2.sf(critical, df, lam) - power, 1e-9, 1e6))
 
