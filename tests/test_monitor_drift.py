@@ -285,3 +285,54 @@ def test_unreadable_and_oversized_profiles_are_refused(tmp_path):
         fh.truncate(MAX_DOCUMENT_BYTES + 1)
     with pytest.raises(ArtifactError, match="at most"):
         monitor.load_profile(path)
+
+
+# --- a small reference, a window 100 times larger; degenerate columns ---------------------------
+
+def _numpy_frame(n: int, seed: int) -> pd.DataFrame:
+    """20 numeric features (normal, exponential, integer), 3 categorical (Zipf, 4 to 200 levels),
+    a boolean; 5 % missing everywhere."""
+    rng = np.random.default_rng(seed)
+    columns: dict[str, object] = {}
+    for j in range(20):
+        values = [rng.normal(size=n), rng.exponential(size=n), rng.integers(0, 8, n).astype(float)][j % 3]
+        columns[f"x{j}"] = np.where(rng.random(n) < 0.05, np.nan, values)
+    for i, levels in enumerate((4, 30, 200)):
+        names = np.array([f"c{i}_{k}" for k in range(levels)], dtype=object)
+        columns[f"c{i}"] = np.where(rng.random(n) < 0.05, None, names[(rng.zipf(1.6, n) - 1) % levels])
+    columns["member"] = np.where(rng.random(n) < 0.3, "yes", "no").astype(object)
+    return pd.DataFrame(columns)
+
+
+def test_a_window_far_larger_than_the_reference_rarely_alarms():
+    """500 reference rows, windows of 50 and 50,000: the tests are two-sample ones (the reference's
+    own noise counted), so the big window does not turn the reference's noise into drift.
+    Binomial(40, 0.05): P(> 6) < 1 %."""
+    train = _numpy_frame(500, 0)
+    kinds = {n: "numeric" if n.startswith("x") else "boolean" if n == "member" else "categorical" for n in train}
+    schema = {"version": 2, "task": "classification", "target": "y", "target_dtype": "int64", "rows": 500,
+              "features": [{"name": n, "kind": k, "dtype": "object", "nullable": True} for n, k in kinds.items()]}
+    profile = monitor.build_profile(train, schema)
+    alarms = []
+    for n in (50, 50_000):
+        for seed in range(20):
+            verdict = monitor.check_window(profile, _numpy_frame(n, 100 + seed), seed=seed)
+            if verdict.verdict != "healthy":
+                alarms.append((n, verdict.drifted, verdict.quality_issues))
+    assert len(alarms) <= 6, alarms
+
+
+def test_degenerate_columns_and_windows_give_a_verdict():
+    """A constant feature, a categorical without any value, an empty window, an all-missing one."""
+    train = pd.DataFrame({"k": [3.0] * 40, "c": [None] * 40, "x": np.arange(40.0)})
+    schema = {"version": 2, "task": "regression", "target": "y", "target_dtype": "float64", "rows": 40,
+              "features": [{"name": "k", "kind": "numeric", "dtype": "float64", "nullable": False},
+                           {"name": "c", "kind": "categorical", "dtype": "object", "nullable": True},
+                           {"name": "x", "kind": "numeric", "dtype": "float64", "nullable": False}]}
+    profile = monitor.build_profile(train, schema, predictions=np.arange(40.0))
+    assert profile.feature("k").numeric.edges == [] and profile.feature("c").categorical.levels == []
+    for window in (train.iloc[:0], pd.DataFrame({"k": [np.nan] * 5, "c": [None] * 5, "x": [np.nan] * 5}),
+                   pd.DataFrame({"k": [3.0] * 5, "c": ["new"] * 5, "x": [100.0] * 5})):
+        verdict = monitor.check_window(profile, window, predictions=np.zeros(len(window)))
+        assert verdict.exit_code in (monitor.EXIT_HEALTHY, monitor.EXIT_DRIFT, monitor.EXIT_QUALITY)
+    assert set(verdict.quality_issues) >= {"x"}  # 100 is outside [0, 39]

@@ -149,6 +149,8 @@ def min_detectable_mean_shift(reference: np.ndarray, edges: list[float], low: fl
     if w2 is None or std <= 0 or high <= low:
         return None
     p = reference / reference.sum()
+    if edges and high <= edges[-1]:  # the last bin holds the maximum alone: spread it over a bin's width
+        high = edges[-1] + (edges[-1] - (edges[-2] if len(edges) > 1 else low))
     knots = np.array([low, *edges, high], dtype=np.float64)
     cdf = np.concatenate([[0.0], np.cumsum(p)])
     cuts = np.array(edges, dtype=np.float64)
@@ -160,8 +162,10 @@ def min_detectable_mean_shift(reference: np.ndarray, edges: list[float], low: fl
         return float(np.sum((q[keep] - p[keep]) ** 2 / p[keep]))
 
     top = (high - low) / std
-    if divergence(top) < w2:
+    if divergence(top) < w2:  # not even a shift across the whole range would be seen
         return None
+    if divergence(0.0) >= w2:
+        return 0.0
     return float(optimize.brentq(lambda d: divergence(d) - w2, 0.0, top, xtol=1e-4))
 
 

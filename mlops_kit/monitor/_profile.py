@@ -9,7 +9,8 @@ Bins of a feature (the same layout for the reference and for a window):
 
 - numeric: quantile bins of the training values (``edges`` are the interior edges,
   deduplicated; the ends are open), then ``missing``;
-- categorical and boolean: the ``levels`` counted one by one (the most frequent ones),
+- categorical and boolean: the ``levels`` counted one by one (the most frequent ones, with at
+  least ``MIN_LEVEL_ROWS`` training rows),
   ``other`` (levels seen in training but pooled), ``unseen`` (levels never seen in training;
   0 in the reference), then ``missing``.
 """
@@ -34,6 +35,8 @@ PROFILE_VERSION = 1
 DEFAULT_BINS = 10
 #: categorical features: the most frequent levels counted one by one by default
 DEFAULT_LEVELS = 50
+#: a categorical level is counted on its own only with this many training rows (else: ``other``)
+MIN_LEVEL_ROWS = 20
 #: bounds a profile file must respect (a crafted file must not exhaust memory or time)
 MAX_EDGES = 99
 MAX_LEVELS = 1_000
@@ -243,7 +246,12 @@ def _categorical_profile(name: str, series: pd.Series, kind: str, max_levels: in
     if kind == "boolean":  # values that are no boolean are left out (counted as missing)
         counts = counts[counts.index != ""].reindex(["false", "true"], fill_value=0)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    kept, pooled = ranked[:max_levels], ranked[max_levels:]
+    # a boolean's two levels are fixed in advance; a categorical's are chosen by their counts, and
+    # a level chosen for being seen a few times is seen more often in training than it occurs
+    # (the winner's curse: a big window would call that drift), so rare levels are pooled
+    floor = 0 if kind == "boolean" else MIN_LEVEL_ROWS
+    kept = [(level, count) for level, count in ranked[:max_levels] if count >= floor]
+    pooled = ranked[len(kept):]
     other_levels = sorted(level for level, _ in pooled)
     levels = CategoricalLevels(levels=[level for level, _ in kept], other_levels=other_levels[:MAX_KNOWN_LEVELS],
                                complete=len(other_levels) <= MAX_KNOWN_LEVELS,
