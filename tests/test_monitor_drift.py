@@ -336,3 +336,17 @@ def test_degenerate_columns_and_windows_give_a_verdict():
         verdict = monitor.check_window(profile, window, predictions=np.zeros(len(window)))
         assert verdict.exit_code in (monitor.EXIT_HEALTHY, monitor.EXIT_DRIFT, monitor.EXIT_QUALITY)
     assert set(verdict.quality_issues) >= {"x"}  # 100 is outside [0, 39]
+
+
+@pytest.mark.security
+def test_an_extreme_but_valid_profile_gives_a_verdict_not_a_crash():
+    """Edges near the float limits, a subnormal spread: valid JSON, so the verdict must still come."""
+    from mlops_kit.monitor import Profile
+
+    profile = Profile.model_validate({"rows": 10, "features": [
+        {"name": "x", "kind": "numeric", "counts": [2, 3, 3, 2, 0],
+         "numeric": {"edges": [-1e300, 0, 1e300], "min": -1.7e308, "max": 1.7e308, "mean": 0, "std": 1.7e308}},
+        {"name": "y", "kind": "numeric", "counts": [2, 3, 3, 2, 0],
+         "numeric": {"edges": [1e-300, 2e-300, 3e-300], "min": 0, "max": 4e-300, "mean": 0, "std": 5e-324}}]})
+    verdict = monitor.check_window(profile, pd.DataFrame({"x": [1.0, 2, -5, 1e308], "y": [0, 1e-300, 5, np.nan]}))
+    assert verdict.verdict in ("healthy", "drift", "quality")

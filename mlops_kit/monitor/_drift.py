@@ -4,7 +4,9 @@
 bins without ``missing`` (missing values are a data-quality matter, tested apart); for a
 categorical feature ``other`` and ``unseen`` are one bin (a held-out sample meets rare levels
 the training split never had: that alone is no drift, while a new level taking a real share of
-the traffic moves that bin).
+the traffic moves that bin). Levels with fewer than ``MIN_LEVEL_ROWS`` training rows are in
+``other`` too: a level kept *because* it was seen a few times is over-represented in training
+(the winner's curse), which a window far larger than the reference would call drift.
 
 - *score*: the population stability index, ``PSI = sum (q - p) ln(q / p)`` over the bins, with
   half a row added to every bin of both sides (so an empty bin gives a finite value).
