@@ -11,7 +11,7 @@ The server counts windows with :func:`bin_window` (counts merge by addition) and
 with :func:`assess`. The statistics are described in :mod:`mlops_kit.monitor._drift`.
 """
 
-from ._bins import Counts, WindowCounts, bin_window
+from ._bins import Counts, WindowCounts, bin_values, bin_window
 from ._drift import DEFAULT_ALPHA
 from ._profile import (DEFAULT_BINS, DEFAULT_LEVELS, FeatureProfile, Profile, build_profile, load_profile,
                        profile_column)
@@ -19,7 +19,7 @@ from ._verdict import (EXIT_CODES, EXIT_DRIFT, EXIT_HEALTHY, EXIT_PERFORMANCE, E
                        FeatureQuality, Verdict, assess, check_window)
 
 __all__ = [
-    "Counts", "WindowCounts", "bin_window", "DEFAULT_ALPHA", "DEFAULT_BINS", "DEFAULT_LEVELS", "FeatureProfile",
+    "Counts", "WindowCounts", "bin_values", "bin_window", "DEFAULT_ALPHA", "DEFAULT_BINS", "DEFAULT_LEVELS", "FeatureProfile",
     "Profile", "build_profile", "load_profile", "profile_column", "EXIT_CODES", "EXIT_DRIFT", "EXIT_HEALTHY",
     "EXIT_PERFORMANCE", "EXIT_QUALITY", "FeatureDrift", "FeatureQuality", "Verdict", "assess", "check_window",
 ]

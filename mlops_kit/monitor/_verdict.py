@@ -7,6 +7,10 @@ Exit codes (documented constants; 1 and 2 are the CLI's error and parameter-erro
 - ``EXIT_QUALITY`` 4: missing values, unseen levels or values outside the training range rose
   (takes precedence over drift: broken inputs explain drift, not the other way round);
 - ``EXIT_PERFORMANCE`` 5: reserved for the live metrics below the quality gate (late labels).
+
+Drift (the features and the predictions) and data quality are two families of tests, each
+held at ``alpha`` by Bonferroni: on unchanged data a drift verdict comes in at most ``alpha`` of
+windows, and a verdict other than healthy in at most ``2 alpha``.
 """
 
 from __future__ import annotations
