@@ -64,6 +64,22 @@ def spans(source: str, names: list[str]) -> list[tuple[int, int]]:
     return [found[n] for n in names]
 
 
+def annotations(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the type annotations are: with ``from __future__ import annotations`` they are never
+    evaluated, so a mutant in one (``float | None`` into ``float * None``) changes nothing."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        notes = []
+        if isinstance(node, ast.arg):
+            notes = [node.annotation]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            notes = [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            notes = [node.annotation]
+        found += [((n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset)) for n in notes if n is not None]
+    return found
+
+
 def copy_checkout(into: Path) -> None:
     """The tracked and untracked (not ignored) files of the checkout, as they are now."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -84,7 +100,8 @@ def run_target(name: str, target: dict, work: Path, *, list_only: bool) -> dict:
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     module = target["module"]
-    ranges = spans((work / module).read_text(), target["functions"])
+    source = (work / module).read_text()
+    ranges, notes = spans(source, target["functions"]), annotations(source)
     tests = " ".join(target["tests"])
     command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"
     session = RESULTS / f"{name}.sqlite"
@@ -108,7 +125,8 @@ def run_target(name: str, target: dict, work: Path, *, list_only: bool) -> dict:
     with use_db(str(session), WorkDB.Mode.open) as db:
         outside = [item.job_id for item in db.pending_work_items
                    if not all(any(a <= m.start_pos[0] <= b for a, b in ranges) for m in item.mutations)
-                   or any(p.search(m.operator_name) for m in item.mutations for p in excluded)]
+                   or any(p.search(m.operator_name) for m in item.mutations for p in excluded)
+                   or any(a <= tuple(m.start_pos) < b for m in item.mutations for a, b in notes)]
         if outside:
             db.set_multiple_results(outside, WorkResult(output="outside the guard",
                                                         worker_outcome=WorkerOutcome.SKIPPED))
