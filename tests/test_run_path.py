@@ -70,6 +70,15 @@ def test_champion_names_the_promoted_run_only_where_asked_and_its_record_is_chec
     assert not isinstance(info.value, InvalidRunId)
     (root / ledger.CHAMPION_FILE).write_text(json.dumps({"run": "20260101-000000-good"}))
     assert ledger.run_path("champion", champion=True, root=root) == root / "20260101-000000-good"
+    for other in ("a-run", "zz-run", "champion2", "Champion"):                 # only the word itself
+        assert ledger.run_path(other, champion=True, root=root) == root / other
     (root / ledger.CHAMPION_FILE).write_text(json.dumps({"run": "../victim"}))   # a tampered record
     with pytest.raises(InvalidRunId):
         ledger.run_path("champion", champion=True, root=root)
+
+
+def test_champion_and_scratch_are_keywords_only(root):
+    with pytest.raises(TypeError):
+        ledger.run_path("champion", True)
+    with pytest.raises(TypeError):
+        ledger.run_path("scratch", False, True)

@@ -52,6 +52,7 @@ def test_float_predictions_are_compared_within_the_tolerance(want, have, same):
 
 @pytest.mark.parametrize("want, have, same", [
     (1000000, 1000001, False),          # math.isclose(1000000, 1000001, rel_tol=1e-6) is True
+    (1000001, 1000000, False),
     (2 ** 53, 2 ** 53 + 1, False),
     (10 ** 12, 10 ** 12, True),
     (-7, -7, True),
@@ -60,8 +61,11 @@ def test_float_predictions_are_compared_within_the_tolerance(want, have, same):
     (False, 1e-10, False),
     (True, True, True),
     (False, True, False),
+    (True, False, False),
     ("yes", "yes", True),
     ("yes", "no", False),
+    ("no", "yes", False),
+    (5, "6", False),
     (5, "5", True),                     # the label as text (JSON has no int64)
     ("5", 5, True),
     (None, None, True),
@@ -94,10 +98,12 @@ def test_an_answer_of_the_wrong_shape_fails(answer):
         smoke_test(Server(answer), examples(1, 2), log=lambda _: None)
 
 
-def test_examples_with_more_records_than_predictions_fail_before_any_request():
-    broken = artifacts.Examples(records=RECORDS, predictions=[1])
+@pytest.mark.parametrize("records, predictions", [(2, 1), (1, 2)])
+def test_examples_with_more_records_or_predictions_fail_before_any_request(records, predictions):
+    broken = artifacts.Examples(records=RECORDS[:records], predictions=[1] * predictions)
     server = Server()
-    with pytest.raises(SmokeTestFailed, match="as many predictions as records. Got 2 records and 1 predictions"):
+    with pytest.raises(SmokeTestFailed, match=f"as many predictions as records. Got {records} records and "
+                                              f"{predictions} predictions"):
         smoke_test(server, broken, log=lambda _: None)
     assert server.calls == []
 
