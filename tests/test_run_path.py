@@ -82,3 +82,13 @@ def test_champion_and_scratch_are_keywords_only(root):
         ledger.run_path("champion", True)
     with pytest.raises(TypeError):
         ledger.run_path("scratch", False, True)
+
+
+def test_the_words_are_compared_by_value_as_argv_gives_them():
+    """A command line's words are new strings, never the interned constants."""
+    runs = ledger._paths.runs_dir()
+    word = "".join(["cham", "pion"])
+    (runs / ledger.CHAMPION_FILE).write_text(json.dumps({"run": "20260101-000000-good"}))
+    assert ledger.run_path(word, champion=True) == runs / "20260101-000000-good"
+    with pytest.raises(InvalidRunId, match="the scratch folder"):
+        ledger.run_path("".join(["scr", "atch"]))

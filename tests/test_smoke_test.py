@@ -91,6 +91,13 @@ def test_a_wrong_prediction_fails_and_names_it(answer, index):
     assert "not the trained one" in info.value.hint
 
 
+def test_a_long_wrong_answer_is_quoted_to_300_characters():
+    answer = {"predictions": "x" * 1000}
+    with pytest.raises(SmokeTestFailed) as info:
+        smoke_test(Server(answer), examples(1, 2), log=lambda _: None)
+    assert info.value.message.endswith(f"Got {str(answer)[:300]} instead.")
+
+
 @pytest.mark.parametrize("answer", [{"predictions": [1]}, {"predictions": [1, 2, 3]}, {"predictions": "1,2"},
                                     [1, 2], None, {"outputs": [1, 2]}])
 def test_an_answer_of_the_wrong_shape_fails(answer):
