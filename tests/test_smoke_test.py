@@ -54,7 +54,7 @@ def test_float_predictions_are_compared_within_the_tolerance(want, have, same):
     (1000000, 1000001, False),          # math.isclose(1000000, 1000001, rel_tol=1e-6) is True
     (1000001, 1000000, False),
     (2 ** 53, 2 ** 53 + 1, False),
-    (10 ** 12, 10 ** 12, True),
+    (10 ** 12, int("1000000000000"), True),   # equal, not the same object
     (-7, -7, True),
     (1, 2, False),
     (True, 1.0000001, False),           # booleans exactly, never within a tolerance
@@ -138,3 +138,8 @@ def test_a_client_error_or_no_answer_fails_at_once(status):
     with pytest.raises(SmokeTestFailed) as info:
         smoke_test(server, examples(1, 2), log=lambda _: None, sleep=sleeps.append)
     assert len(server.calls) == 1 and sleeps == [] and info.value.status == status
+
+
+def test_log_sleep_and_attempts_are_keywords_only():
+    with pytest.raises(TypeError):
+        smoke_test(Server({"predictions": [1]}), examples(1), print)
