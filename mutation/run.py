@@ -19,6 +19,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -102,13 +103,13 @@ def run_target(name: str, target: dict, work: Path, *, list_only: bool) -> dict:
     module = target["module"]
     source = (work / module).read_text()
     ranges, notes = spans(source, target["functions"]), annotations(source)
-    tests = " ".join(target["tests"])
+    tests = " ".join(target["tests"]) + (f" -k {shlex.quote(target['select'])}" if "select" in target else "")
     command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"
     session = RESULTS / f"{name}.sqlite"
     session.unlink(missing_ok=True)
     started = time.perf_counter()
     if not list_only:  # the tests must pass unmutated; their time sets the timeout
-        baseline = subprocess.run(command.split(), cwd=work, capture_output=True, text=True)
+        baseline = subprocess.run(shlex.split(command), cwd=work, capture_output=True, text=True)
         if baseline.returncode != 0:
             raise SystemExit(f"{name}: the tests fail without a mutant:\n{baseline.stdout[-3000:]}")
     timeout = max(60.0, 4 * (time.perf_counter() - started))
