@@ -112,3 +112,8 @@ def test_enforce_gate_raises_with_the_failed_reasons_only():
     with pytest.raises(GateFailed) as info:
         enforce_gate(result)
     assert info.value.failures == ["accuracy 0.5000 misses >= 0.75"]
+
+
+def test_the_baseline_options_are_keywords_only():
+    with pytest.raises(TypeError):
+        check_gate({"balanced_accuracy": 0.5}, {}, "classification", {"balanced_accuracy": 0.9})
