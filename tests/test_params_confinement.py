@@ -4,6 +4,9 @@ the bases that the suffix check already refuses)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from mlops_kit.errors import ParameterError
@@ -41,6 +44,9 @@ def refused(path) -> ParameterError:
         load_params(path)
     message = str(info.value)
     assert "extends: expected a .yaml file in" in message and CANARY not in message
+    (problem,) = info.value.problems
+    folder, project = path.parent.resolve(), Path(os.environ["MLOPS_KIT_PROJECT_DIR"]).resolve()
+    assert problem.expected == f"a .yaml file in {folder} or in the project {project}"
     return info.value
 
 

@@ -54,3 +54,20 @@ def test_a_cycle_is_named_by_the_files_it_goes_through_from_a_relative_path(tmp_
     (got,) = info.value.problems
     a, b = tmp_path.resolve() / "a.yaml", tmp_path.resolve() / "b.yaml"
     assert (got.file, got.key, got.found) == (str(a), "extends", f"{a} -> {b} -> {a}")
+
+
+def test_pyyaml_words_are_cut_at_80_characters(tmp_path):
+    """The words quote the file (a tag handle): 80 characters of them at most."""
+    got = problem(tmp_path, "seed: !" + "a" * 100 + "!x 1\n")
+    assert got.found == ("found undefined tag handle '!" + "a" * 100)[:80] + "..."
+
+
+def test_a_file_of_exactly_the_size_limit_is_read_and_one_byte_more_is_not(tmp_path):
+    from mlops_kit.params import MAX_PARAMETER_FILE_BYTES
+
+    text = "seed: 3\n#" + "x" * (MAX_PARAMETER_FILE_BYTES - 10) + "\n"
+    (tmp_path / "limit.yaml").write_text(text)
+    assert (tmp_path / "limit.yaml").stat().st_size == MAX_PARAMETER_FILE_BYTES == 1024 * 1024
+    assert load_params(tmp_path / "limit.yaml").params.seed == 3
+    got = problem(tmp_path, text + "\n")
+    assert got.found == f"{MAX_PARAMETER_FILE_BYTES + 1} bytes"
