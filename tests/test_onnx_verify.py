@@ -68,6 +68,7 @@ def toward_the_label(eps):
 def test_the_unaltered_model_verifies(compiled, name):
     check = verify(compiled[name])
     assert check.predictions_equal and check.mismatched_predictions == 0
+    assert check.rows == len(pd.read_parquet(compiled[name] / artifacts.TEST_SPLIT.name)) and check.edge_rows > 0
     assert check.max_abs_diff <= ATOL + RTOL * 1e3                 # regression values are about 100
     assert check.compared == ("predictions" if name == "regression" else "probabilities")
 
@@ -142,3 +143,5 @@ def test_close_is_the_documented_tolerance(got, want, close):
 def test_close_refuses_a_different_shape():
     assert compiling._close(np.zeros((3, 2)), np.zeros((3, 3))) == (False, float("inf"))
     assert compiling._close(np.zeros(3), np.zeros((3, 1))) == (False, float("inf"))
+    assert compiling._close(np.zeros((3, 3)), np.zeros((3, 2))) == (False, float("inf"))
+    assert compiling._close(np.zeros((3, 1)), np.zeros(3)) == (False, float("inf"))
