@@ -90,8 +90,9 @@ def test_a_label_of_another_type_or_value_is_a_mismatch(compiled):
     rows = len(pd.read_parquet(compiled["int"] / artifacts.TEST_SPLIT.name))
     check = verify(compiled["int"], predict=lambda labels: labels.astype(np.float64))   # 1.0 == 1, but not an int
     assert check.predictions_equal is False and check.mismatched_predictions == rows + check.edge_rows
-    check = verify(compiled["text"], predict=lambda labels: np.where(np.arange(len(labels)) == 3, "maybe", labels))
-    assert check.predictions_equal is False and check.mismatched_predictions == 1
+    for other in ("maybe", "zzz"):                                    # before and after "no" and "yes"
+        check = verify(compiled["text"], predict=lambda labels: np.where(np.arange(len(labels)) == 3, other, labels))
+        assert check.predictions_equal is False and check.mismatched_predictions == 1
 
 
 def test_a_missing_prediction_is_a_mismatch(compiled):
