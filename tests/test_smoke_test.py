@@ -143,3 +143,10 @@ def test_a_client_error_or_no_answer_fails_at_once(status):
 def test_log_sleep_and_attempts_are_keywords_only():
     with pytest.raises(TypeError):
         smoke_test(Server({"predictions": [1]}), examples(1), print)
+
+
+def test_many_examples_are_counted_by_value():
+    """300 of them: lengths past CPython's cached small integers are equal, not identical."""
+    many = artifacts.Examples(records=[{"age": i} for i in range(300)], predictions=list(range(300)))
+    server = Server({"predictions": list(range(300))})
+    assert smoke_test(server, many, log=lambda _: None) == {"records": 300, "passed": True}
