@@ -8,6 +8,8 @@ ARGS   ?=
 PYTEST_ARGS ?=
 # JupyterLab rooted at the project (runs/, parameters/, reports in its file browser), opening the control panel
 LAB_ARGS ?= --ServerApp.root_dir='$(CURDIR)' '$(CURDIR)/notebooks/00_control_panel.ipynb'
+# as root (servers, containers) JupyterLab refuses to start unless told --allow-root
+LAB_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: setup git-filters run test test-fast lab bench mutate screenshots clean-runs
 
@@ -43,7 +45,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not containerd and not browser and not slow" $(PYTEST_ARGS)
 
 lab: setup
-	$(BIN)/jupyter lab $(LAB_ARGS)
+	$(if $(LAB_ROOT),@echo "make lab: you are root (uid 0): JupyterLab starts with --allow-root")
+	$(BIN)/jupyter lab $(LAB_ROOT) $(LAB_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline.py

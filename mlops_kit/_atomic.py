@@ -69,9 +69,13 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
     return Path(path)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(source: str | os.PathLike | bytes) -> str:
+    """The hex sha256 of a file, or of a file's ``bytes`` already read (a verified load hashes
+    exactly the bytes it then parses). The kit's one way to hash an artifact."""
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(source, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

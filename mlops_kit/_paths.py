@@ -91,3 +91,5 @@ def image_builds_dir() -> Path:
 
 #: The local deploy target's state (which container or process serves which run).
 LOCAL_DEPLOY_STATE = ".local-deploy.json"
+#: Held by a local deploy or undeploy from start to end: one at a time per runs folder.
+LOCAL_DEPLOY_LOCK = ".local-deploy.lock"

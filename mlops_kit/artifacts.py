@@ -99,6 +99,8 @@ class DataSchema(Document):
     features: list[Feature]
     dropped: list[DroppedColumn] = Field(default_factory=list)
     rows: int
+    #: rows of the table left out for a missing label (data.drop_missing_target)
+    unlabeled_rows_dropped: int = 0
     classes: Optional[list[Scalar]] = None
     fingerprint: Optional[str] = None
     #: one note per column of the table, in its order
@@ -144,6 +146,9 @@ class Examples(Document):
 
     records: list[dict[str, Scalar]]
     predictions: list[Scalar]
+    #: a classifier's probabilities for the records (one row each, in ``classes_`` order):
+    #: the warm-up compares them too, not the labels only
+    probabilities: Optional[list[list[float]]] = None
 
 
 class GateCheck(Document):

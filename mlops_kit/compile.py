@@ -393,10 +393,12 @@ def compile_model(folder: str | Path) -> artifacts.OnnxReport:
     except ConversionRefused as refused:
         report.update(passed=False, reason=str(refused))
         target.unlink(missing_ok=True)
+        model_io.record_onnx(folder, None)
     else:
         _atomic.write_bytes(target, data)
         report.update(passed=True, file=artifacts.ONNX_MODEL.name, sha256=_atomic.sha256_file(target),
                       bytes=len(data))
+        model_io.record_onnx(folder, {"file": artifacts.ONNX_MODEL.name, "sha256": report["sha256"]})
     report["seconds"] = round(time.perf_counter() - started, 3)
     typed = artifacts.OnnxReport(**report)
     artifacts.write_document(folder / artifacts.ONNX_REPORT.name, artifacts.OnnxReport, typed)

@@ -46,6 +46,8 @@ class Dataset:
     frame: pd.DataFrame
     source: str
     target: str
+    #: columns of the table not read (``data.columns`` marks them drop)
+    unread: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +76,8 @@ class Validation:
     plans: list[ColumnPlan] = field(default_factory=list)
     rows: int = 0
     max_categories: int = 30
+    #: rows left out for a missing label (data.drop_missing_target)
+    unlabeled_rows: int = 0
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -85,15 +89,33 @@ def load_dataset(source: str, target: str, *, columns: dict[str, str] | None = N
     """
     if source.startswith("sklearn:"):
         frame = _load_bundled(source.split(":", 1)[1])
+        _require_columns(columns or {}, list(frame.columns), source)
     else:
         header = read_columns(source)
         _require_target(header, source, target)
+        _require_columns(columns or {}, header, source)
         skip = {name for name, kind in (columns or {}).items() if kind == "drop" and name != target}
         frame = _read_file(Path(source), [c for c in header if c not in skip])
     _require_target(list(frame.columns), source, target)
+    return _dataset(frame, source, target, [str(c) for c in (columns or {}) if str(c) not in frame.columns])
+
+
+def _require_columns(columns: dict[str, str], names: list, source: str) -> None:
+    """Each column ``data.columns`` names is one of ``names``."""
+    names = [str(c) for c in names]
+    unknown = [str(name) for name in columns if str(name) not in names]
+    if unknown:
+        import difflib
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        raise DataError(f"data.columns names {unknown[0]!r}, which is not a column of {source}.",
+                        source=source, column=unknown[0],
+                        hint=f"did you mean {close[0]!r}?" if close else f"columns: {_list(names)}")
+
+
+def _dataset(frame: pd.DataFrame, source: str, target: str, unread: list[str]) -> Dataset:
     if isinstance(frame[target].dtype, pd.CategoricalDtype):
         frame[target] = np.asarray(frame[target].astype(object))  # labels as plain values
-    return Dataset(frame=frame, source=source, target=target)
+    return Dataset(frame=frame, source=source, target=target, unread=unread)
 
 
 def _require_target(columns: list, source: str, target: str) -> None:
@@ -120,7 +142,6 @@ def read_table(path: Path, columns: list[str] | None = None):
     """The file as a pyarrow Table (only ``columns``), text columns with few distinct values
     dictionary-encoded (they become pandas categories)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     path = Path(path)
     if not path.is_file():
@@ -141,6 +162,14 @@ def read_table(path: Path, columns: list[str] | None = None):
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, ValueError) as exc:
         raise DataError(f"data.source {str(path)!r} could not be read as {kind}: {_first_line(exc)}",
                         source=str(path)) from None
+    return _encode_text(table)
+
+
+def _encode_text(table):
+    """Text columns with few distinct values dictionary-encoded (pandas categories)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     for index, column in enumerate(table.columns):
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             # one pass: every chunk of the encoded column holds the whole dictionary (its
@@ -152,11 +181,48 @@ def read_table(path: Path, columns: list[str] | None = None):
 
 
 def _read_file(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    table = read_table(path, columns)
+    return _to_frame(read_table(path, columns))
+
+
+def _to_frame(table) -> pd.DataFrame:
     frame = table.to_pandas(self_destruct=True, split_blocks=True, date_as_object=False)
     del table
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def read_head(path: Path, columns: list[str], rows: int) -> pd.DataFrame:
+    """About the first ``rows`` rows of the file (whole read blocks; fewer when a later block
+    does not fit the types of the first), read and typed as :func:`read_table` reads them."""
+    import pyarrow as pa
+
+    path = Path(path)
+    batches = []
+    try:
+        if path.suffix.lower() == ".csv":
+            from pyarrow import csv
+
+            with csv.open_csv(path, convert_options=csv.ConvertOptions(
+                    include_columns=columns, strings_can_be_null=True, quoted_strings_can_be_null=True)) as reader:
+                while sum(len(b) for b in batches) < rows:
+                    try:
+                        batches.append(reader.read_next_batch())
+                    except StopIteration:
+                        break
+                    except (pa.ArrowInvalid, pa.ArrowTypeError):  # the whole read types it otherwise
+                        break
+        else:
+            import pyarrow.parquet as pq
+
+            with pq.ParquetFile(path) as file:
+                batches = [next(file.iter_batches(batch_size=rows, columns=columns), None)]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, ValueError) as exc:
+        raise DataError(f"data.source {str(path)!r} could not be read: {_first_line(exc)}",
+                        source=str(path)) from None
+    batches = [b for b in batches if b is not None]
+    if not batches:
+        return pd.DataFrame(columns=columns)
+    return _to_frame(_encode_text(pa.Table.from_batches(batches)))
 
 
 def read_columns(source: str) -> list[str]:
@@ -174,36 +240,91 @@ def _first_line(exc: BaseException) -> str:
 
 # --- checks before any stage starts ---------------------------------------------------
 
+#: Rows of a data file the checks before a run plan its feature columns on (the head of the file).
+CHECK_SAMPLE_ROWS = 10_000
+
+
 def check_before_run(source: str, target: str, task: str | None, test_size: float, min_rows: int,
-                     origins: dict[str, str] | None = None) -> str:
-    """The data problems that can be found from the target column alone, before any stage
-    starts: too few rows, missing labels, one class, classes too rare to split, a test size
-    that leaves a split empty. Reads only the target column. Returns the task."""
+                     origins: dict[str, str] | None = None, *, drop_missing_target: bool = False,
+                     columns: dict[str, str] | None = None, dates: str = "calendar",
+                     high_cardinality: str = "group", max_categories: int = 30) -> str:
+    """The problems 01_data would stop at, found before any stage starts (no run recorded).
+
+    From the target column (read whole): too few rows, missing labels, one class, classes too
+    rare to split, a test size that leaves a split empty. From the other columns: the column
+    a stage would refuse (free text, a kind in ``data.columns`` that does not fit, a type
+    that is no feature) and a table left with no feature. Those are planned as 01_data plans
+    them, on the first :data:`CHECK_SAMPLE_ROWS` rows; a column refused there is read whole
+    and planned again, so a refusal here is the one 01_data would make. Returns the task."""
+    options = {"columns": {str(k): v for k, v in (columns or {}).items()}, "dates": dates,
+               "high_cardinality": high_cardinality, "max_categories": max_categories}
     if source.startswith("sklearn:"):
-        labels = _load_bundled(source.split(":", 1)[1])[target]
-    else:
-        header = read_columns(source)
-        _require_target(header, source, target)
-        labels = _read_file(Path(source), [target])[target]
-    check_target(labels, source=source, target=target, task=task, test_size=test_size, min_rows=min_rows,
-                 origins=origins or {})
-    return task or infer_task(labels)
+        frame = _load_bundled(source.split(":", 1)[1])
+        task = check_target(frame[target], source=source, target=target, task=task, test_size=test_size,
+                            min_rows=min_rows, origins=origins or {}, drop_missing_target=drop_missing_target)
+        validate_dataset(_dataset(frame, source, target, []), task=task, min_rows=min_rows, test_size=test_size,
+                         drop_missing_target=drop_missing_target, **options)
+        return task
+    header = read_columns(source)
+    _require_target(header, source, target)
+    labels = _read_file(Path(source), [target])[target]
+    task = check_target(labels, source=source, target=target, task=task, test_size=test_size, min_rows=min_rows,
+                        origins=origins or {}, drop_missing_target=drop_missing_target)
+    read = [c for c in header if options["columns"].get(c) != "drop" or c == target]
+    head = read_head(Path(source), read, CHECK_SAMPLE_ROWS)
+    if len(head) == len(labels):  # the whole table: exactly what 01_data will do
+        unread = [c for c in header if c not in read]
+        validate_dataset(_dataset(head, source, target, unread), task=task, min_rows=min_rows, test_size=test_size,
+                         drop_missing_target=drop_missing_target, **options)
+        return task
+    refused = _refused_columns(head, target, source, **options)
+    if refused:
+        _refused_columns(_read_file(Path(source), [*refused, target]), target, source, raise_first=True,
+                         **options)
+    return task
+
+
+def _refused_columns(frame: pd.DataFrame, target: str, source: str, *, raise_first: bool = False,
+                     columns: dict[str, str], dates: str, high_cardinality: str, max_categories: int) -> list[str]:
+    """The feature columns of ``frame`` that 01_data's planning refuses (rows without a label
+    left out first); with ``raise_first``, the first one's DataError is raised."""
+    frame = frame[frame[target].notna()] if frame[target].isna().any() else frame
+    refused = []
+    for name in frame.columns:
+        if name == target:
+            continue
+        try:
+            _plan_column(name, frame[name], len(frame), source=source, forced=columns.get(name, "auto"),
+                         dates=dates, high_cardinality=high_cardinality, max_categories=max_categories)
+        except DataError:
+            if raise_first:
+                raise
+            refused.append(name)
+    return refused
 
 
 def check_target(labels: pd.Series, *, source: str, target: str, task: str | None, test_size: float,
-                 min_rows: int, origins: dict[str, str] | None = None) -> str:
+                 min_rows: int, origins: dict[str, str] | None = None, drop_missing_target: bool = False) -> str:
     """Raise :class:`DataError` (or :class:`ParameterError` for ``data.*`` values that cannot
-    fit this table) for a target that cannot be learned and split. Returns the task."""
+    fit this table) for a target that cannot be learned and split. Returns the task.
+
+    Missing labels are refused, unless ``drop_missing_target``: then the rows without one
+    are left out (and the other checks hold for the rows that remain)."""
     origins = origins or {}
+    missing = int(labels.isna().sum())
+    if missing and drop_missing_target:
+        labels = labels.dropna()
     rows = len(labels)
     if rows < min_rows:
-        raise DataError(f"{source} has {rows} rows; data.min_rows asks for at least {min_rows}.",
+        left = f" with a label ({missing} without one dropped, data.drop_missing_target)" \
+            if missing and drop_missing_target else ""
+        raise DataError(f"{source} has {rows} rows{left}; data.min_rows asks for at least {min_rows}.",
                         source=source, hint="use more data, or lower data.min_rows.")
-    missing = int(labels.isna().sum())
-    if missing:
+    if missing and not drop_missing_target:
         raise DataError(f"Target column {target!r} of {source} has {missing} missing values; "
                         "every row needs a label.", source=source, column=target,
-                        hint="drop those rows, or choose another data.target.")
+                        hint=f"set data.drop_missing_target: true to drop those {missing} rows, or choose "
+                             "another data.target.")
     task = task or infer_task(labels)
     if task == "regression" and not (pd.api.types.is_numeric_dtype(labels)
                                      and not pd.api.types.is_bool_dtype(labels)):
@@ -255,25 +376,26 @@ def infer_task(target: pd.Series) -> str:
 def validate_dataset(dataset: Dataset, *, task: str | None = None, min_rows: int = 20,
                      test_size: float = 0.2, columns: dict[str, str] | None = None,
                      dates: str = "calendar", high_cardinality: str = "group",
-                     max_categories: int = 30) -> Validation:
+                     max_categories: int = 30, drop_missing_target: bool = False) -> Validation:
     """Check the data is usable for ``task`` and decide each column's kind (see the module's
-    docstring). Raises :class:`DataError` naming the column and what is wrong."""
+    docstring). Raises :class:`DataError` naming the column and what is wrong. Rows without
+    a label are refused, or left out and counted with ``drop_missing_target``."""
     frame, target, source = dataset.frame, dataset.target, dataset.source
     columns = {str(k): v for k, v in (columns or {}).items()}
-    unknown = [name for name in columns if name not in {str(c) for c in frame.columns}]
-    if unknown:
-        import difflib
-        close = difflib.get_close_matches(unknown[0], [str(c) for c in frame.columns], n=1)
-        raise DataError(f"data.columns names {unknown[0]!r}, which is not a column of {source}.",
-                        source=source, column=unknown[0],
-                        hint=f"did you mean {close[0]!r}?" if close else f"columns: {_list(frame.columns)}")
+    unread = [name for name in columns if name in dataset.unread]  # load_dataset checked they are the table's
+    _require_columns({name: kind for name, kind in columns.items() if name not in unread},
+                     [str(c) for c in frame.columns], source)
     task = check_target(frame[target], source=source, target=target, task=task, test_size=test_size,
-                        min_rows=min_rows)
+                        min_rows=min_rows, drop_missing_target=drop_missing_target)
+    unlabeled = int(frame[target].isna().sum())  # 0 unless drop_missing_target (refused above)
+    if unlabeled:
+        frame = frame[frame[target].notna()].reset_index(drop=True)
     frame.columns = [str(c) for c in frame.columns]
     plans, dropped, warnings, keep = [], [], [], [target]
     for name in frame.columns:
         if name == target:
-            plans.append(ColumnPlan(name, "target", f"the label ({task})"))
+            left_out = f"; {unlabeled} rows without one dropped (data.drop_missing_target)" if unlabeled else ""
+            plans.append(ColumnPlan(name, "target", f"the label ({task}){left_out}"))
             continue
         plan, converted = _plan_column(name, frame[name], len(frame), source=source, forced=columns.get(name, "auto"),
                                        dates=dates, high_cardinality=high_cardinality,
@@ -292,11 +414,16 @@ def validate_dataset(dataset: Dataset, *, task: str | None = None, min_rows: int
     if len(keep) == 1:
         raise DataError(f"{source} has no usable feature columns besides the target {target!r}.",
                         source=source, hint="see the reasons each column was dropped in 01_data's summary.")
+    for name in unread:
+        plans.append(ColumnPlan(name, "dropped", "dropped by data.columns (not read)"))
+        dropped.append({"name": name, "reason": plans[-1].action})
     for item in dropped:
         warnings.append(f"{item['name']}: dropped ({item['reason']})")
+    if unlabeled:
+        warnings.append(f"{target}: {unlabeled} rows without a label dropped (data.drop_missing_target)")
     usable = frame[keep] if len(keep) < len(frame.columns) else frame
     return Validation(frame=usable, task=task, dropped=dropped, warnings=warnings, plans=plans,
-                      rows=len(usable), max_categories=max_categories)
+                      rows=len(usable), max_categories=max_categories, unlabeled_rows=unlabeled)
 
 
 def _plan_column(name: str, series: pd.Series, rows: int, *, source: str, forced: str, dates: str,
@@ -536,7 +663,7 @@ def infer_schema(validation: Validation, target: str, *, plot_sample: int = 20_0
     schema: dict[str, Any] = {
         "version": SCHEMA_VERSION, "task": validation.task, "target": target,
         "target_dtype": str(frame[target].dtype), "features": features,
-        "dropped": validation.dropped, "rows": rows,
+        "dropped": validation.dropped, "rows": rows, "unlabeled_rows_dropped": validation.unlabeled_rows,
         "columns": [plan.as_json() for plan in validation.plans] or None,
         "plot_sample": min(rows, plot_sample),
     }

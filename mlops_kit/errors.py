@@ -13,9 +13,22 @@ from typing import Any
 
 
 class MlopsKitError(Exception):
-    """Base class: a problem the user can fix. ``str(err)`` is the whole explanation."""
+    """Base class: a problem the user can fix. ``str(err)`` is the whole explanation.
 
-    def __init__(self, message: str, *, hint: str | None = None):
+    A subclass lists the facts it carries in ``fields``; the constructor takes each as a
+    keyword and keeps it as an attribute (``None`` when not given), so most subclasses need
+    no constructor of their own.
+    """
+
+    #: the keyword facts this kind of error carries, each an attribute of the same name
+    fields: tuple[str, ...] = ()
+
+    def __init__(self, message: str, *, hint: str | None = None, **fields: Any):
+        unknown = sorted(set(fields) - set(self.fields))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes the fields {self.fields}. Got {unknown[0]!r} instead.")
+        for name in self.fields:
+            setattr(self, name, fields.get(name))
         self.message = message
         self.hint = hint
         super().__init__(message if not hint else f"{message}\nHint: {hint}")
@@ -56,19 +69,13 @@ class ParameterProblem:
 class DataError(MlopsKitError):
     """The data set cannot be used: names the source, the column and what is wrong."""
 
-    def __init__(self, message: str, *, source: str | None = None, column: str | None = None,
-                 hint: str | None = None):
-        self.source = source
-        self.column = column
-        super().__init__(message, hint=hint)
+    fields = ("source", "column")
 
 
 class ArtifactError(MlopsKitError):
-    """An artifact is missing, tampered with or of the wrong kind."""
+    """An artifact is missing, tampered with or of the wrong kind (``path`` says which)."""
 
-    def __init__(self, message: str, *, path: Path | str | None = None, hint: str | None = None):
-        self.path = str(path) if path is not None else None
-        super().__init__(message, hint=hint)
+    fields = ("path",)
 
 
 class RunNotFound(MlopsKitError):
@@ -125,12 +132,7 @@ class BuildError(MlopsKitError):
     """The container image could not be built (04_package): names the step, the command and
     the end of its output."""
 
-    def __init__(self, message: str, *, step: str | None = None, command: list[str] | None = None,
-                 output: str | None = None, hint: str | None = None):
-        self.step = step
-        self.command = list(command) if command else None
-        self.output = output
-        super().__init__(message, hint=hint)
+    fields = ("step", "command", "output")
 
 
 class BuilderNotFound(BuildError):
@@ -151,24 +153,19 @@ class VersionMismatch(BuildError):
 class ContainerdError(MlopsKitError):
     """containerd refused or could not be reached (socket, permission, MicroK8s)."""
 
-    def __init__(self, message: str, *, command: list[str] | None = None, output: str | None = None,
-                 hint: str | None = None):
-        self.command = list(command) if command else None
-        self.output = output
-        super().__init__(message, hint=hint)
+    fields = ("command", "output")
 
 
 class DeployError(MlopsKitError):
     """A deployment did not become ready or answered its smoke test wrongly. ``log`` holds the
     end of the new server's log; the previous deployment keeps serving."""
 
-    def __init__(self, message: str, *, log: str | None = None, hint: str | None = None,
-                 status: int | None = None):
-        self.log = log
-        self.status = status
+    fields = ("log", "status")
+
+    def __init__(self, message: str, *, log: str | None = None, hint: str | None = None, **fields: Any):
         if log:
             message = f"{message}\n--- server log (last lines) ---\n{log.rstrip()}"
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, log=log, **fields)
 
 
 class FailureReason(str, enum.Enum):
@@ -216,19 +213,13 @@ class K8sDeployError(DeployError):
     ``logs`` holds a container's last log lines; ``rolled_back_to`` the release restored.
     """
 
-    def __init__(self, message: str, *, reason: str, kind: str | None = None,
-                 namespace: str | None = None, name: str | None = None, status: int | None = None,
-                 logs: str | None = None, rolled_back_to: dict | None = None, hint: str | None = None):
+    fields = DeployError.fields + ("kind", "namespace", "name", "logs", "rolled_back_to")
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None, **fields: Any):
         self.reason = FailureReason.parse(reason)
         self.raw_reason = str(reason)
-        self.kind = kind
-        self.namespace = namespace
-        self.name = name
-        self.status = status
-        self.logs = logs
-        self.rolled_back_to = rolled_back_to
-        super().__init__(message, hint=hint, status=status)
-        self.log = logs
+        super().__init__(message, hint=hint, **fields)  # ``logs`` stays a field, out of the message
+        self.log = self.logs
 
 
 class ManifestError(K8sDeployError):
@@ -290,10 +281,7 @@ class ServerError(MlopsKitError):
     ``fix`` is the command or step that fixes it (also the message's hint).
     """
 
-    def __init__(self, message: str, *, host: str | None = None, check: str | None = None,
-                 fix: str | None = None, output: str | None = None):
-        self.host = host
-        self.check = check
-        self.fix = fix
-        self.output = output
-        super().__init__(message, hint=fix)
+    fields = ("host", "check", "fix", "output")
+
+    def __init__(self, message: str, **fields: Any):
+        super().__init__(message, hint=fields.get("fix"), **fields)

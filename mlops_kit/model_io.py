@@ -11,7 +11,6 @@ reports as its types is never trusted.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -144,7 +143,7 @@ def read_verified(path: Path, sha256: str | None, *, record: str, changed: str) 
         raise ArtifactError(f"{path} must be at most {MAX_FILE_BYTES} bytes. Got {size} instead; "
                             "it is not loaded.", path=path)
     data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
+    actual = _atomic.sha256_file(data)
     if actual != sha256:
         raise ArtifactError(
             f"{path} does not match its record: sha256 must be {sha256} ({record}). Got {actual} instead. "
@@ -165,7 +164,7 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
     if expected_sha256 is None:
         expected_sha256 = read_card(folder).get("sha256")
     data = read_verified(path, expected_sha256, record=CARD_FILE, changed="after training")
-    actual = hashlib.sha256(data).hexdigest()
+    actual = expected_sha256  # read_verified checked the bytes against it
     trained = trained_sha256(folder)
     if trained is not None and trained != actual:
         raise ArtifactError(
@@ -188,14 +187,44 @@ def trained_sha256(folder: Path) -> str | None:
     """The sha256 of ``model.skops`` recorded in ``run.json`` when the train stage finished,
     when ``folder`` is a run's ``artifacts/`` (None elsewhere: a model folder of its own, an
     image, the scratch run)."""
-    record = folder / ".." / _names.RUN
-    if folder.name != "artifacts" or not record.is_file():
+    train = run_stage(folder, "train") or {}
+    value = (train.get("outputs") or {}).get(MODEL_FILE)
+    return value if isinstance(value, str) else None
+
+
+def run_stage(folder: Path, stage: str) -> dict[str, Any] | None:
+    """``stages.<stage>`` of ``run.json`` when ``folder`` is a run's ``artifacts/`` ({} when the
+    run has no such record); None when ``folder`` is no run's (a model folder, an image)."""
+    record = Path(folder) / ".." / _names.RUN
+    if Path(folder).name != "artifacts" or not record.is_file():
         return None
     try:
-        train = json.loads(record.read_text()).get("stages", {}).get("train", {})
+        found = json.loads(record.read_text()).get("stages", {}).get(stage, {})
     except (OSError, ValueError, AttributeError):
-        return None
-    value = (train.get("outputs") or {}).get(MODEL_FILE) if isinstance(train, dict) else None
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+#: where ``run.json`` keeps the compiled model's sha256: ``stages.package.onnx``
+ONNX_RECORD = ("package", "onnx")
+
+
+def record_onnx(folder: Path, entry: dict[str, Any] | None) -> None:
+    """Record the compiled ONNX model (``{"file", "sha256"}``, or None: none passed) in
+    ``run.json`` when ``folder`` is a run's ``artifacts/``: served from the run, the file must
+    have this sha256, as ``model.skops`` must have the train stage's."""
+    if run_stage(folder, ONNX_RECORD[0]) is None:
+        return
+    from .ledger import RunFolder
+
+    RunFolder(Path(folder).parent).update_stage(ONNX_RECORD[0], **{ONNX_RECORD[1]: entry})
+
+
+def recorded_onnx_sha256(folder: Path) -> str | None:
+    """The compiled model's sha256 in ``run.json`` (:func:`record_onnx`); None when the run
+    records none. Only for a run's ``artifacts/`` (see :func:`run_stage`)."""
+    entry = (run_stage(folder, ONNX_RECORD[0]) or {}).get(ONNX_RECORD[1])
+    value = entry.get("sha256") if isinstance(entry, dict) else None
     return value if isinstance(value, str) else None
 
 

@@ -86,6 +86,8 @@ class DataParams(_Section):
     target: str = Field("target", description="the label column")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction of rows held out for evaluation")
     min_rows: int = Field(20, ge=2, description="fewer rows than this is an error")
+    drop_missing_target: bool = Field(False, description="drop the rows whose target is missing (counted in "
+                                      "01_data's summary); false: such rows are an error")
     columns: dict[str, Literal[COLUMN_KINDS]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="force a column's kind: " + ", ".join(COLUMN_KINDS)
         + " (text: hashed words; drop: left out)")

@@ -94,7 +94,9 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> list[tuple[str, dict
         checks.append(("mlops_kit.data:check_before_run",
                        {"source": source, "target": params.data.target, "task": params.task,
                         "test_size": params.data.test_size, "min_rows": params.data.min_rows,
-                        "origins": {key: loaded.source_of(key) for key in ("data.test_size", "data.min_rows")}}))
+                        "origins": {key: loaded.source_of(key) for key in ("data.test_size", "data.min_rows")},
+                        **params.data.model_dump(include={"drop_missing_target", "columns", "dates",
+                                                          "high_cardinality", "max_categories"})}))
     if "train" in names:
         task = params.task or (SKLEARN_DATASETS.get(source.split(":", 1)[1]) if source.startswith("sklearn:")
                                else None)

@@ -293,7 +293,10 @@ def save_trained(result: TrainResult, schema: dict, test: pd.DataFrame, artifact
     records = [{f["name"]: (bool(r[f["name"]]) if f["kind"] == "boolean" and r[f["name"]] is not None
                             else r[f["name"]]) for f in schema["features"]} for r in records]
     predictions = [_plain(v) for v in result.model.predict(examples)]
-    catalog.EXAMPLES.save(artifacts, {"records": records, "predictions": predictions})
+    recorded: dict[str, Any] = {"records": records, "predictions": predictions}
+    if schema["task"] == "classification" and hasattr(result.model, "predict_proba"):
+        recorded["probabilities"] = np.asarray(result.model.predict_proba(examples), dtype=np.float64).tolist()
+    catalog.EXAMPLES.save(artifacts, recorded)
     card = {
         **saved,
         "model": model, "estimator": type(result.model[-1]).__name__,

@@ -108,6 +108,24 @@ def test_target_problems_have_plain_messages(frame, words):
     assert "np." not in message and "int64" not in message
 
 
+def test_rows_without_a_label_are_refused_or_dropped_and_counted():
+    frame = make_mixed_frame().assign(label=lambda f: f["label"].where(f.index % 7 != 0))
+    with pytest.raises(DataError, match="43 missing values") as caught:
+        data.validate_dataset(data.Dataset(frame.copy(), "t.csv", "label"))
+    assert caught.value.hint == ("set data.drop_missing_target: true to drop those 43 rows, or choose another "
+                                 "data.target.")
+    checked = data.validate_dataset(data.Dataset(frame.copy(), "t.csv", "label"), drop_missing_target=True)
+    assert checked.rows == len(checked.frame) == 257 and checked.unlabeled_rows == 43
+    assert checked.frame["label"].notna().all() and checked.frame.index.equals(pd.RangeIndex(257))
+    assert "label: 43 rows without a label dropped (data.drop_missing_target)" in checked.warnings
+    summary = data.summarize(checked, "label")
+    assert "43 rows without one dropped" in summary.loc["label (target)", "what the kit does"]
+    schema = data.infer_schema(checked, "label")
+    assert schema["rows"] == 257 and schema["unlabeled_rows_dropped"] == 43
+    complete = data.validate_dataset(data.Dataset(make_mixed_frame(), "t.csv", "label"), drop_missing_target=True)
+    assert complete.unlabeled_rows == 0 and complete.rows == 300 and not any("label" in w for w in complete.warnings)
+
+
 def test_a_test_size_that_empties_a_split_is_a_parameter_error():
     with pytest.raises(ParameterError, match=r"data.test_size.*0 training rows"):
         data.check_target(make_mixed_frame()["label"], source="t.csv", target="label", task=None,
@@ -175,7 +193,10 @@ def test_regression_csv_runs_with_data_source_and_target_alone(_isolated_runs, m
     (lambda f: f.head(3), ["--set", "data.min_rows=2"], ["single row"], 1),
     (lambda f: f.head(8), [], ["has 8 rows", "data.min_rows"], 1),
     (lambda f: f, ["--set", "data.test_size=0.99999"], ["data.test_size", "0 training rows"], 2),
-    (lambda f: f.assign(label=f["label"].where(f.index % 7 != 0)), [], ["'label'", "missing values"], 1),
+    (lambda f: f.assign(label=f["label"].where(f.index % 7 != 0)), [],
+     ["'label'", "43 missing values", "set data.drop_missing_target: true to drop those 43 rows"], 1),
+    (lambda f: f.assign(label=f["label"].where(f.index < 10)), ["--set", "data.drop_missing_target=true"],
+     ["has 10 rows with a label (290 without one dropped", "data.min_rows"], 1),
     (lambda f: f, ["--set", "data.columns.nowhere=drop"], ["data.columns.nowhere", "no such column"], 2),
     (lambda f: f, ["--set", "train.params={n_estimator: 5}", "--set", "train.model=random_forest"],
      ["train.params.n_estimator", "RandomForestClassifier", "Did you mean 'n_estimators'?"], 2),
@@ -194,19 +215,69 @@ def test_data_and_hyperparameter_problems_stop_the_run_before_any_stage(_isolate
     assert runs_in(_isolated_runs) == []  # nothing started
 
 
-def test_free_text_fails_the_data_stage_naming_the_column(_isolated_runs, tmp_path):
-    frame = make_mixed_frame()
-    rng = np.random.default_rng(0)
-    frame["comment"] = [" ".join(rng.choice(["slow", "fast", "kind", "rude", "late"], 6)) + f" #{i}"
-                        for i in range(len(frame))]
-    path = tmp_path / "table.parquet"
+def comments(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(["slow", "fast", "kind", "rude", "late"], 6)) + f" #{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("suffix, args, words", [
+    (".parquet", [], ["'comment'", "free text", "data.columns.comment=drop"]),
+    (".csv", ["--set", "data.columns.age=boolean"], ["'age'", "cannot be read as boolean",
+                                                       "data.columns.age"]),
+])
+def test_a_column_01_data_refuses_stops_the_run_before_any_run_folder(_isolated_runs, tmp_path, suffix, args,
+                                                                       words):
+    frame = make_mixed_frame().assign(comment=comments(300))
+    path = tmp_path / f"table{suffix}"
+    frame.to_parquet(path) if suffix == ".parquet" else frame.to_csv(path, index=False)
+    result = cli("run", "--set", f"data.source={path}", "--set", "data.target=label", *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert [p.name for p in _isolated_runs.iterdir() if p.is_dir()] == []  # no run folder, no record
+
+
+def test_the_check_before_a_run_plans_a_large_tables_columns_on_its_head(tmp_path):
+    """Past CHECK_SAMPLE_ROWS, the columns are planned on the head of the file; a column
+    refused there is read whole and planned again, so the refusal is 01_data's own."""
+    rows = data.CHECK_SAMPLE_ROWS + 2_000
+    frame = make_mixed_frame(rows, seed=3).assign(comment=comments(rows))
+    path = tmp_path / "large.csv"
+    frame.to_csv(path, index=False)
+    options = dict(source=str(path), target="label", task=None, test_size=0.2, min_rows=20)
+    with pytest.raises(DataError, match=f"'comment' .* looks like free text \\({rows} distinct values"):
+        data.check_before_run(**options)
+    assert data.check_before_run(**options, columns={"comment": "drop"}) == "classification"
+    # free text in the head only: planned on all its levels (most of them one word), the whole
+    # column is a category, which 01_data takes
+    head, tail = data.CHECK_SAMPLE_ROWS, 12_000
+    phrases = [f"p{i % 1_500} quite long" for i in range(head)]
+    frame = make_mixed_frame(head + tail, seed=4).assign(note=phrases + [f"w{i}" for i in range(tail)])
+    path = tmp_path / "head_only.parquet"
     frame.to_parquet(path)
-    result = cli("run", "--set", f"data.source={path}", "--set", "data.target=label")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "'comment'" in result.stderr and "free text" in result.stderr
-    assert "data.columns.comment=drop" in result.stderr
+    options["source"] = str(path)
+    assert data.check_before_run(**options) == "classification"
+    with pytest.raises(DataError, match="'note' .* looks like free text"):  # what the head alone says
+        data.validate_dataset(data.Dataset(frame.head(head), str(path), "label"))
+    checked = data.validate_dataset(data.load_dataset(str(path), "label"))  # what 01_data does
+    assert {p.name: p.kind for p in checked.plans}["note"] == "categorical"
+
+
+def test_rows_without_a_label_dropped_when_asked_and_a_column_left_unread(_isolated_runs, tmp_path):
+    path = tmp_path / "unlabeled.csv"
+    frame = make_mixed_frame().assign(comment=comments(300))
+    frame.assign(label=frame["label"].where(frame.index % 7 != 0)).to_csv(path, index=False)
+    result = cli("run", "--set", f"data.source={path}", "--set", "data.target=label", "--set", "train.cv_folds=0",
+                 "--set", "data.drop_missing_target=true", "--set", "data.columns.comment=drop",
+                 "--set", "stages=[data]")
+    assert result.returncode == 0, result.stderr
     (record,) = runs_in(_isolated_runs)
-    assert record["status"] == "failed" and record["error"]["stage"] == "data"
+    folder = _isolated_runs / record["id"]
+    schema = json.loads((folder / "artifacts" / "schema.json").read_text())
+    assert schema["rows"] == 257 and schema["unlabeled_rows_dropped"] == 43
+    assert {"name": "comment", "reason": "dropped by data.columns (not read)"} in schema["dropped"]
+    report = (folder / "reports" / "01_data.html").read_text()
+    assert "label: 43 rows without a label dropped (data.drop_missing_target)" in report and "257 rows" in report
 
 
 def test_a_messy_csv_runs_and_the_summary_says_what_was_done(_isolated_runs, tmp_path):

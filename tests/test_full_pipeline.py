@@ -28,6 +28,11 @@ def test_five_stages_from_data_to_a_serving_container(_isolated_runs, monkeypatc
         folder = _isolated_runs / record["id"]
         image = json.loads((folder / "artifacts" / "image.json").read_text())
         release = json.loads((folder / "artifacts" / "release.json").read_text())
+        compiled = json.loads((folder / "artifacts" / "onnx.json").read_text())
+        print(f"image runtime {image.get('runtime')}; ONNX passed {compiled['passed']} ({compiled.get('reason')})")
+        # the package step records the compiled model's sha256 in the run (serving from the run checks it)
+        assert record["stages"]["package"]["onnx"] == (
+            {"file": "model.onnx", "sha256": compiled["sha256"]} if compiled["passed"] else None)
         assert image["ref"].endswith(image["ref"].rsplit(":", 1)[1]) and ":latest" not in image["ref"]
         assert record["id"] in image["ref"]
         for name in ("04_package", "05_deploy"):

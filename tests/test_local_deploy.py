@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import threading
 import urllib.request
 
 import pytest
@@ -144,4 +146,106 @@ def test_the_server_process_gets_only_the_environment_it_needs(model_dir, _isola
     assert env["MODEL_TOKEN"] == "named-secret" and env["MLOPS_KIT_MAX_ROWS"] == "77"
     from mlops_kit.serving._settings import ENVIRONMENT as SERVING_SETTINGS
 
-    assert set(env) <= set(local.BASIC_ENV) | {"MODEL_TOKEN", *SERVING_SETTINGS.values()}
+    assert set(env) <= set(local.BASIC_ENV) | {"MODEL_TOKEN", "MLOPS_KIT_INSTANCE", *SERVING_SETTINGS.values()}
+
+
+def _no_container_runtime(monkeypatch):
+    monkeypatch.setattr(_containerd, "SYSTEM_SOCKET", "/nonexistent/containerd.sock")
+    monkeypatch.setattr(_containerd.Runner, "which", lambda self, name: None if name == "microk8s" else shutil.which(name))
+
+
+@contextlib.contextmanager
+def _look_alike(examples: dict):
+    """A server that answers like a kit server: ready, and the examples' predictions."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._answer({"ready": True})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self._answer({"predictions": examples["predictions"]})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.security
+def test_a_look_alike_on_the_port_is_not_taken_for_the_new_server(model_dir, _isolated_runs, monkeypatch):
+    """Another process on deploy.local_port answered the readiness wait and the smoke test,
+    and the deploy reported success while its own server had died of 'address already in
+    use'. A taken port is refused before anything starts; a port taken after that check is
+    told apart by the instance value the new server names."""
+    _no_container_runtime(monkeypatch)
+    run = make_run(_isolated_runs, model_dir, "r-taken")
+    examples = json.loads((run / "artifacts" / "examples.json").read_text())
+    with _look_alike(examples) as port:
+        params = _params(None, local_port=port)
+        lines = []
+        with pytest.raises(DeployError, match=f"deploy.local_port {port} must be free"):
+            local.deploy(run, params, log=lines.append)
+        assert not any("started" in line for line in lines)
+        # the port taken between the check and the new server's start
+        monkeypatch.setattr(local, "check_port_free", lambda port: None)
+        with pytest.raises(DeployError, match="must be the one just started"):
+            local.deploy(run, params, log=lines.append)
+    assert local.read_state() is None and not (run / "artifacts" / "release.json").exists()
+
+
+def test_the_ready_answer_names_the_instance_it_was_started_with(model_dir):
+    from _serving_process import ServerProcess
+
+    server = ServerProcess(model_dir, env={"MLOPS_KIT_INSTANCE": "abc123"}).wait_ready()
+    try:
+        assert local._probe(server.url) == (200, "abc123")
+        assert local._ready(server.url, "abc123") and not local._ready(server.url, "other")
+    finally:
+        server.stop()
+
+
+@pytest.mark.security
+def test_two_local_deploys_at_once_leave_one_server_the_state_names(model_dir, _isolated_runs, monkeypatch):
+    """Both reported success, the state kept one and undeploy left the other running: now the
+    second waits for the first, then replaces it."""
+    _no_container_runtime(monkeypatch)
+    runs = [make_run(_isolated_runs, model_dir, f"r-race-{i}") for i in range(2)]
+    releases, errors = [], []
+
+    def deploy_one(run):
+        try:
+            releases.append(local.deploy(run, _params(None), log=lambda _: None))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deploy_one, args=(run,)) for run in runs]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert not errors and len(releases) == 2
+        state = local.read_state()
+        alive = [r["pid"] for r in releases if local._pid_alive(r["pid"])]
+        assert alive == [state["pid"]]
+        assert releases[1]["previous"]["pid"] == releases[0]["pid"]
+    finally:
+        local.undeploy(_params(None), log=lambda _: None)
+    assert not any(local._pid_alive(r["pid"]) for r in releases)

@@ -5,7 +5,9 @@ of the skops path; refused when tampered with; importable without scikit-learn."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -186,3 +188,254 @@ print(service.predictor.predict(batch)[0].tolist())
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("[")
+
+
+# --- hostile ONNX files ----------------------------------------------------------------------
+
+def _external(name: str, size: int, location: str = ".env", *, entries: bool = True):
+    """A tensor whose ``size`` bytes are read from ``location`` (relative: the process's directory)."""
+    from onnx import TensorProto
+
+    tensor = TensorProto(name=name, data_type=TensorProto.UINT8, dims=[size])
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(size))) if entries else ():
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _reader_model(where: str, size: int = 15) -> bytes:
+    """A model whose output is ``x + w``, with ``w`` read from ``.env`` and kept ``where``."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [size])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [size])
+    add = helper.make_node("Add", ["x", "w"], ["y"])
+    nodes, initializers, sparse, functions = [add], [], [], []
+    if where in ("initializer", "flag only"):
+        initializers.append(_external("w", size, entries=where == "initializer"))
+    elif where == "constant attribute":
+        nodes.insert(0, helper.make_node("Constant", [], ["w"], value=_external("w", size)))
+    elif where == "sparse initializer":
+        values = _external("w", size)
+        indices = helper.make_tensor("w_indices", TensorProto.INT64, [size], list(range(size)))
+        sparse.append(helper.make_sparse_tensor(values, indices, [size]))
+    elif where == "subgraph":
+        branch = helper.make_graph([helper.make_node("Identity", ["inner"], ["w_branch"])], "then", [],
+                                   [helper.make_tensor_value_info("w_branch", TensorProto.UINT8, [size])],
+                                   [_external("inner", size)])
+        cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+        plain = helper.make_graph([helper.make_node("Identity", ["zeros"], ["w_branch"])], "else", [],
+                                  [helper.make_tensor_value_info("w_branch", TensorProto.UINT8, [size])],
+                                  [helper.make_tensor("zeros", TensorProto.UINT8, [size], [0] * size)])
+        nodes.insert(0, helper.make_node("If", ["cond"], ["w"], then_branch=branch, else_branch=plain))
+        initializers.append(cond)
+    elif where == "function":
+        body = helper.make_node("Constant", [], ["out"], value=_external("w", size))
+        functions.append(helper.make_function("evil", "reader", [], ["out"], [body],
+                                              [helper.make_opsetid("", 19)]))
+        nodes.insert(0, helper.make_node("reader", [], ["w"], domain="evil"))
+    graph = helper.make_graph(nodes, "g", [x], [y], initializers, sparse_initializer=sparse)
+    opsets = [helper.make_opsetid("", 19)] + ([helper.make_opsetid("evil", 1)] if functions else [])
+    return helper.make_model(graph, opset_imports=opsets, functions=functions).SerializeToString()
+
+
+PLACES = ["initializer", "flag only", "constant attribute", "sparse initializer", "subgraph", "function"]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("where", PLACES)
+def test_a_model_with_a_tensor_in_another_file_is_refused_before_onnxruntime_reads_it(tmp_path, monkeypatch,
+                                                                                       where):
+    """onnxruntime resolves external data against the process's directory when the session is
+    made from bytes: a model beside a ``.env`` (the server's working directory) served the
+    file as its answer. Any tensor outside the file, wherever it sits, is refused first."""
+    from mlops_kit.serving._onnx import open_session
+    from mlops_kit.serving._onnx_graph import external_tensors
+
+    (tmp_path / ".env").write_text("SECRET=hunter2\n")
+    monkeypatch.chdir(tmp_path)
+    model = _reader_model(where)
+    (tmp_path / "model.onnx").write_bytes(model)
+    assert len(external_tensors(model)) == 1
+    with pytest.raises(ArtifactError, match="must hold every tensor itself.*another file"):
+        open_session(model, source=tmp_path / "model.onnx")
+
+
+@pytest.mark.security
+def test_the_kit_models_have_no_external_data_and_junk_is_no_model(compiled):
+    from mlops_kit.serving._onnx import open_session
+    from mlops_kit.serving._onnx_graph import external_tensors
+
+    for folder in compiled.values():
+        assert external_tensors((folder / artifacts.ONNX_MODEL.name).read_bytes()) == []
+    with pytest.raises(ArtifactError, match="must be an ONNX model"):
+        open_session(b"\xff" * 64)
+
+
+def _with_probabilities_changed(folder, tensor) -> None:
+    """Rewrite the folder's model.onnx so its probabilities output is ``probabilities + tensor``
+    (the labels are computed before), and onnx.json's sha256 to match: a crafted model."""
+    import onnx
+    from onnx import helper
+
+    path = folder / artifacts.ONNX_MODEL.name
+    model = onnx.load_from_string(path.read_bytes())
+    output = model.graph.output[1].name
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name == output:
+                node.output[i] = output + "_raw"
+    model.graph.initializer.append(tensor)
+    model.graph.node.append(helper.make_node("Add", [output + "_raw", tensor.name], [output]))
+    path.write_bytes(model.SerializeToString())
+    report_path = folder / artifacts.ONNX_REPORT.name
+    report = json.loads(report_path.read_text())
+    report["sha256"] = artifacts._atomic.sha256_file(path)
+    report_path.write_text(json.dumps(report))
+
+
+@pytest.mark.security
+def test_a_served_model_that_reads_a_file_into_its_probabilities_is_refused(compiled, tmp_path, monkeypatch):
+    from onnx import TensorProto
+
+    from mlops_kit.serving import create_app
+
+    folder = tmp_path / "model"
+    shutil.copytree(compiled["mixed"], folder)
+    (folder / ".env").write_bytes(b"SECRET=hunter2\n\0")   # two float64s
+    monkeypatch.chdir(folder)
+    tensor = _external("stolen", 2, location=".env")
+    tensor.data_type, tensor.external_data[2].value = TensorProto.DOUBLE, "16"
+    _with_probabilities_changed(folder, tensor)
+    with pytest.raises(ArtifactError, match="another file"):
+        create_app(folder, runtime="onnx")
+
+
+@pytest.mark.security
+def test_probabilities_other_than_recorded_fail_the_warm_up_though_the_labels_match(compiled, tmp_path):
+    from onnx import numpy_helper
+
+    from mlops_kit.serving import create_app
+
+    folder = tmp_path / "model"
+    shutil.copytree(compiled["mixed"], folder)
+    assert json.loads((folder / "examples.json").read_text())["probabilities"]
+    _with_probabilities_changed(folder, numpy_helper.from_array(np.array([0.01, -0.01]), "shift"))
+    with pytest.raises(ArtifactError, match="warm-up probabilities for example 0 must be"):
+        create_app(folder, runtime="onnx")
+
+
+@pytest.mark.security
+def test_the_skops_model_warm_up_compares_probabilities_too(mixed_model_dir, tmp_path):
+    from mlops_kit.serving import create_app
+
+    folder = tmp_path / "model"
+    shutil.copytree(mixed_model_dir, folder)
+    path = folder / "examples.json"
+    examples = json.loads(path.read_text())
+    examples["probabilities"][2][0] += 1e-3
+    path.write_text(json.dumps(examples))
+    with pytest.raises(ArtifactError, match="warm-up probabilities for example 2 must be"):
+        create_app(folder, runtime="skops")
+    for change, message in ((lambda rows: rows[:-1], "must have the shape recorded at training"),
+                            (lambda rows: [rows[0][:1], *rows[1:]], "one row of numbers per record")):
+        path.write_text(json.dumps({**examples, "probabilities": change(examples["probabilities"])}))
+        with pytest.raises(ArtifactError, match=message):
+            create_app(folder, runtime="skops")
+
+
+def _run_of(tmp_path, source, run_id="r-onnx"):
+    """A run folder (run.json with the train stage's record) whose artifacts/ is ``source``, compiled."""
+    run = tmp_path / run_id
+    shutil.copytree(source, run / "artifacts")
+    card = json.loads((run / "artifacts" / "model_card.json").read_text())
+    (run / "run.json").write_text(json.dumps({"id": run_id, "status": "succeeded", "stages": {
+        "train": {"status": "succeeded", "outputs": {"model.skops": card["sha256"]}}}}))
+    assert compile_model(run / "artifacts").passed
+    return run
+
+
+@pytest.mark.security
+def test_a_swapped_onnx_model_is_not_served_from_its_run(mixed_model_dir, tmp_path):
+    """onnx.json and the card sit beside the model: whoever swaps model.onnx edits them too.
+    The run's record (run.json, written at package time) holds the sha256 the file must have,
+    as it holds model.skops's: a swapped model with its onnx.json edited, and model.skops
+    overwritten so that nothing falls back to it, is refused."""
+    import onnx
+
+    from mlops_kit.serving import create_app
+
+    run = _run_of(tmp_path, mixed_model_dir)
+    folder = run / "artifacts"
+    record = json.loads((run / "run.json").read_text())
+    onnx_file = folder / artifacts.ONNX_MODEL.name
+    assert record["stages"]["package"]["onnx"] == {"file": "model.onnx",
+                                                   "sha256": artifacts._atomic.sha256_file(onnx_file)}
+    assert create_app(folder).state.service.predictor.path == "onnx"
+    # the swap: a model that answers the examples alike (a trigger would hide elsewhere)
+    swapped = onnx.load_from_string(onnx_file.read_bytes())
+    swapped.doc_string = "not the model the run compiled"
+    onnx_file.write_bytes(swapped.SerializeToString())
+    report = json.loads((folder / "onnx.json").read_text())
+    report["sha256"] = artifacts._atomic.sha256_file(onnx_file)
+    (folder / "onnx.json").write_text(json.dumps(report))
+    (folder / "model.skops").write_bytes(b"junk")
+    for runtime in ("auto", "onnx"):
+        with pytest.raises(ArtifactError, match=r"not the model its run compiled: sha256 must be .*run\.json"):
+            create_app(folder, runtime=runtime)
+    # outside a run (an image's /app/model) onnx.json is the record
+    plain = tmp_path / "plain"
+    shutil.copytree(folder, plain)
+    assert create_app(plain, runtime="onnx").state.service.predictor.path == "onnx"
+
+
+@pytest.mark.security
+def test_a_run_that_records_no_onnx_model_serves_skops_or_refuses_onnx(mixed_model_dir, tmp_path):
+    from mlops_kit.serving import create_app
+
+    run = _run_of(tmp_path, mixed_model_dir)
+    record = json.loads((run / "run.json").read_text())
+    del record["stages"]["package"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert create_app(run / "artifacts").state.service.predictor.path == "numpy"
+    with pytest.raises(ArtifactError, match="run.json records no compiled model"):
+        create_app(run / "artifacts", runtime="onnx")
+
+
+@pytest.mark.security
+def test_a_model_that_takes_too_much_memory_at_warm_up_is_refused(compiled, tmp_path):
+    """A ConstantOfShape of 2 x 10^8 doubles (1.6 GB) added, as a zero, to the probabilities:
+    with max_model_memory 1 GiB the server refuses the model at its warm-up, in one line."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = tmp_path / "model"
+    shutil.copytree(compiled["mixed"], folder)
+    path = folder / artifacts.ONNX_MODEL.name
+    model = onnx.load_from_string(path.read_bytes())
+    output = model.graph.output[1].name
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name == output:
+                node.output[i] = output + "_raw"
+    model.graph.initializer.append(helper.make_tensor("big_shape", TensorProto.INT64, [1], [2 * 10 ** 8]))
+    model.graph.node.extend([
+        helper.make_node("ConstantOfShape", ["big_shape"], ["big"],
+                         value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0])),
+        helper.make_node("ReduceMax", ["big"], ["big_zero"], keepdims=0),
+        helper.make_node("Add", [output + "_raw", "big_zero"], [output])])
+    path.write_bytes(model.SerializeToString())
+    report = json.loads((folder / artifacts.ONNX_REPORT.name).read_text())
+    report["sha256"] = artifacts._atomic.sha256_file(path)
+    (folder / artifacts.ONNX_REPORT.name).write_text(json.dumps(report))
+    with socket.socket() as taken:   # a port the server could not open: it must stop before
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = [sys.executable, "-m", "mlops_kit.serving", "--model-dir", str(folder), "--runtime", "onnx",
+                   "--port", str(taken.getsockname()[1])]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "MLOPS_KIT_MAX_MODEL_MEMORY": str(1024 ** 3)})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "must take at most 1073741824 bytes of memory (max_model_memory)" in done.stderr
+    assert "Traceback" not in done.stderr

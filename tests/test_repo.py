@@ -37,12 +37,16 @@ def test_stage_notebook_has_one_parameters_cell_of_literals_matching_the_schema(
         names[node.targets[0].id] = ast.literal_eval(node.value)  # literals only
     expected = set(RunParams().stage_parameters(stage.section)) | {"run_dir"}
     assert set(names) == expected, f"{stage.notebook}: parameters {sorted(names)} != {sorted(expected)}"
-    # run by hand, a notebook does what `mlops-kit run` does with the embedded default
-    defaults = load_params(REPO / "parameters" / "default.yaml").params.stage_parameters(stage.section)
+    # run by hand, a notebook does what `mlops-kit run` does with the embedded default: its
+    # values are the schema's own defaults (params.py), which parameters/default.yaml restates
+    schema = RunParams().stage_parameters(stage.section)
+    embedded = load_params(REPO / "parameters" / "default.yaml").params.stage_parameters(stage.section)
     for key, value in names.items():
         if key != "run_dir":
-            assert value == defaults[key], f"{stage.notebook}: {key} = {value!r}, parameters/default.yaml " \
-                                           f"has {defaults[key]!r}"
+            assert value == schema[key], f"{stage.notebook}: {key} = {value!r}, the schema's default " \
+                                         f"(mlops_kit/params.py) is {schema[key]!r}"
+            assert value == embedded[key], f"{stage.notebook}: {key} = {value!r}, parameters/default.yaml " \
+                                           f"has {embedded[key]!r}"
 
 
 def test_stage_notebooks_open_with_an_explanation():
@@ -105,3 +109,16 @@ def test_committed_notebooks_are_what_the_git_filter_writes(path):
     stripped = subprocess.run([nbstripout, *shlex.split(flags), "-t", str(path)], capture_output=True,
                               text=True, check=True).stdout
     assert json.loads(stripped) == json.loads(path.read_text())
+
+
+def test_artifacts_are_hashed_by_one_helper():
+    """model.skops, model.onnx and every recorded output are hashed by _atomic.sha256_file
+    alone: a module that verifies or records an artifact's sha256 has no hashlib of its own."""
+    hashers = [REPO / "mlops_kit" / name for name in ("model_io.py", "compile.py", "runner.py", "ledger.py",
+                                                      "artifacts.py")]
+    hashers += sorted((REPO / "mlops_kit" / "serving").glob("*.py"))
+    assert [p.name for p in hashers if "hashlib" in p.read_text()] == []
+    from mlops_kit import _atomic
+
+    notebook = REPO / "notebooks" / "01_data.ipynb"
+    assert _atomic.sha256_file(notebook.read_bytes()) == _atomic.sha256_file(notebook)

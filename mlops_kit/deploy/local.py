@@ -6,12 +6,20 @@ process (``python -m mlops_kit.serving``). A new deployment must become ready an
 ``examples.json`` exactly as at training before the previous one is stopped: until then the
 old one keeps serving, and a new one that fails is removed with its log shown.
 
+The server that answers must be the one just started: a taken ``deploy.local_port`` is
+refused before anything starts, and the new server gets a random instance value
+(``MLOPS_KIT_INSTANCE``) that its /v2/health/ready names; another process answering on the
+port (the new one then died of "address already in use") fails the deploy. One deploy or
+undeploy at a time per runs folder (a lock file beside the state).
+
 State: ``<runs dir>/.local-deploy.json`` (atomic); each release: the run's
 ``artifacts/release.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -23,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import _atomic, _paths
 from .. import artifacts as _artifacts
@@ -31,6 +39,7 @@ from ..errors import ArtifactError, ContainerdError, DeployError
 from ..image import Containerd
 from ..image._context import MODEL_DIR_IN_IMAGE
 from ..image._runner import DEFAULT_RUNNER, Runner, tail
+from ..serving import INSTANCE_ENV, INSTANCE_HEADER
 
 READY_PATH = "/v2/health/ready"
 HOST = "127.0.0.1"
@@ -99,9 +108,45 @@ def free_port() -> int:
 
 # --- deploy ---------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _one_at_a_time(log: Callable[[str], None]) -> Iterator[None]:
+    """Hold the local deploy lock (two deploys at once both reported success; the state kept
+    one server and undeploy left the other running)."""
+    path = _paths.runs_dir() / _paths.LOCAL_DEPLOY_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another local deploy or undeploy is running ({path}): waiting for it to finish")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def check_port_free(port: int) -> None:
+    """DeployError unless ``port`` can be listened on here (another process holds it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
+        try:
+            s.bind((HOST, port))
+        except OSError as exc:
+            raise DeployError(f"deploy.local_port {port} must be free for the new server. Got it in use by another "
+                              f"process instead ({exc.strerror}); nothing was started.",
+                              hint="stop that process, or choose another deploy.local_port (0: any free port).") from None
+
+
 def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = print,
            runner: Runner = DEFAULT_RUNNER, timeout: float | None = None) -> dict:
     """Deploy run ``run_dir``'s model locally; returns the release record."""
+    with _one_at_a_time(log):
+        return _deploy(run_dir, params, log=log, runner=runner, timeout=timeout)
+
+
+def _deploy(run_dir: Path, params: Any, *, log: Callable[[str], None], runner: Runner,
+            timeout: float | None) -> dict:
     package, dep = _sections(params)
     run_dir = Path(run_dir)
     artifacts = run_dir / _paths.ARTIFACTS_SUBDIR
@@ -115,6 +160,8 @@ def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = pr
     staged = bool(dep.local_port and previous_alive and previous.get("port") == dep.local_port)
     if staged:            # the old one holds the port: check the new one beside it first
         port = free_port()
+    elif dep.local_port:
+        check_port_free(port)
     started = time.monotonic()
     env = server_env(params)
     current = _start(mode, run_dir, artifacts, image, containerd, port, dep.name, runner, log, env)
@@ -133,6 +180,7 @@ def deploy(run_dir: Path, params: Any = None, *, log: Callable[[str], None] = pr
     if staged:
         checked = current
         try:
+            check_port_free(dep.local_port)
             current = _start(mode, run_dir, artifacts, image, containerd, dep.local_port, dep.name, runner, log,
                              env)
             _wait_ready(current, containerd, runner, timeout)
@@ -189,21 +237,23 @@ def _start(mode, run_dir, artifacts, image, containerd, port, name, runner, log,
     ident = f"mlops-kit-{name}-{secrets.token_hex(3)}"
     log_file = logs / f"{ident}.log"
     url = f"http://{HOST}:{port}"
+    instance = secrets.token_hex(16)   # named by the new server's readiness answer, and by no other
     if mode == "container":
         argv = ["python3", "-m", "mlops_kit.serving", "--model-dir", MODEL_DIR_IN_IMAGE, "--host", HOST]
-        containerd.run(image["ref"], ident, env={"PORT": str(port)}, log_file=log_file, command=argv)
+        containerd.run(image["ref"], ident, env={"PORT": str(port), INSTANCE_ENV: instance}, log_file=log_file,
+                       command=argv)
         log(f"started container {ident} ({image['ref']}) on port {port}, log {log_file}")
-        return {"mode": mode, "name": ident, "port": port, "url": url, "log": str(log_file),
+        return {"mode": mode, "name": ident, "port": port, "url": url, "log": str(log_file), "instance": instance,
                 "containerd": {"socket": containerd.socket, "namespace": containerd.namespace, "via": containerd.via}}
     out = open(log_file, "ab")
     proc = runner.popen([sys.executable, "-m", "mlops_kit.serving", "--model-dir", str(artifacts.resolve()),
                          "--host", HOST, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL, start_new_session=True,
-                        env=env if env is not None else server_env())
+                        env={**(env if env is not None else server_env()), INSTANCE_ENV: instance})
     out.close()
     _CHILDREN[proc.pid] = proc
     log(f"started process {proc.pid} on port {port}, log {log_file}")
-    return {"mode": mode, "pid": proc.pid, "port": port, "url": url, "log": str(log_file)}
+    return {"mode": mode, "pid": proc.pid, "port": port, "url": url, "log": str(log_file), "instance": instance}
 
 
 def _log_tail(entry: dict, lines: int = 25) -> str:
@@ -214,26 +264,46 @@ def _log_tail(entry: dict, lines: int = 25) -> str:
 
 
 def _wait_ready(entry: dict, containerd: Containerd | None, runner: Runner, timeout: float) -> None:
+    """Until the new server answers ready, naming its instance; DeployError when it exits, when
+    another process answers on its port instead, or after ``timeout``."""
     deadline = time.monotonic() + timeout
+    who = entry.get("name") or entry.get("pid")
     while True:
-        if _ready(entry["url"]):
-            return
         if not _alive(entry, runner, containerd):
             time.sleep(0.2)  # let the log be flushed
-            raise DeployError(f"The new server ({entry.get('name') or entry.get('pid')}) exited before it was ready; "
+            raise DeployError(f"The new server ({who}) exited before it was ready; "
                               "the previous deployment keeps serving.", log=_log_tail(entry))
+        answer = _probe(entry["url"])
+        if answer is not None:
+            status, instance = answer
+            if instance != entry.get("instance"):
+                raise DeployError(f"The server answering at {entry['url']} must be the one just started ({who}). "
+                                  f"Got another process's answer instead (HTTP {status}, instance {instance!r}); "
+                                  "the previous deployment keeps serving.", log=_log_tail(entry),
+                                  hint=f"stop whatever else listens on port {entry['port']}.")
+            if status == 200:
+                return
         if time.monotonic() > deadline:
             raise DeployError(f"The new server must answer {READY_PATH} within {timeout:.0f} s. Got no ready answer "
                               "instead; the previous deployment keeps serving.", log=_log_tail(entry))
         time.sleep(0.05)
 
 
-def _ready(url: str) -> bool:
+def _probe(url: str) -> tuple[int, str | None] | None:
+    """The status of ``url``'s readiness answer and the instance it names; None: no HTTP answer."""
     try:
         with urllib.request.urlopen(url + READY_PATH, timeout=2) as resp:
-            return resp.status == 200
+            return resp.status, resp.headers.get(INSTANCE_HEADER)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get(INSTANCE_HEADER)
     except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return None
+
+
+def _ready(url: str, instance: str | None = None) -> bool:
+    """``url`` answers ready (and names ``instance``, when the state recorded one)."""
+    answer = _probe(url)
+    return answer is not None and answer[0] == 200 and (instance is None or answer[1] == instance)
 
 
 def _smoke(url: str, examples: _artifacts.Examples, log: Callable[[str], None]) -> dict:
@@ -314,7 +384,8 @@ def status(params: Any = None, *, runner: Runner = DEFAULT_RUNNER) -> dict:
     if state is None:
         return {"target": "local", "deployed": False}
     alive = _alive(state, runner)
-    return {"target": "local", "deployed": True, "running": alive, "ready": alive and _ready(state["url"]),
+    return {"target": "local", "deployed": True, "running": alive,
+            "ready": alive and _ready(state["url"], state.get("instance")),
             **{k: state.get(k) for k in ("run_id", "mode", "url", "port", "name", "pid", "image", "digest",
                                          "log")},
             "deployed_at": state.get("deployed")}
@@ -341,6 +412,11 @@ def rollback(params: Any = None, *, log: Callable[[str], None] = print, to_revis
 
 def undeploy(params: Any = None, *, runner: Runner = DEFAULT_RUNNER, log: Callable[[str], None] = print) -> dict:
     """Stop the local deployment and forget it."""
+    with _one_at_a_time(log):
+        return _undeploy(runner, log)
+
+
+def _undeploy(runner: Runner, log: Callable[[str], None]) -> dict:
     state = read_state()
     if state is None:
         return {"target": "local", "undeployed": None}

@@ -1,7 +1,9 @@
 """``python -m mlops_kit.serving --model-dir DIR [--host H] [--port P]``: the image's entry point.
 
 Flags win over the environment: ``MLOPS_KIT_MODEL_DIR``, ``PORT``, ``MLOPS_KIT_MAX_ROWS``,
-``MLOPS_KIT_MAX_BODY_BYTES``, ``MLOPS_KIT_UNKNOWN_CATEGORIES``, ``MLOPS_KIT_MODEL_NAME``, ``MLOPS_KIT_RUNTIME``.
+``MLOPS_KIT_MAX_BODY_BYTES``, ``MLOPS_KIT_UNKNOWN_CATEGORIES``, ``MLOPS_KIT_MODEL_NAME``, ``MLOPS_KIT_RUNTIME``,
+``MLOPS_KIT_LOOP``; environment only: ``MLOPS_KIT_MAX_CONNECTIONS``, ``MLOPS_KIT_HEADER_TIMEOUT``,
+``MLOPS_KIT_MAX_MODEL_MEMORY`` (docs/security.md, "The ONNX path and the HTTP limits").
 A bad artifact or setting prints one line and exits 1 (2 for settings), no traceback.
 """
 

@@ -3,7 +3,9 @@
 This path imports numpy and onnxruntime only: no scikit-learn, scipy or pandas (the lean
 image has none of them). An ONNX file is data, not code: nothing in it is executed beyond
 the standard operators, so no type allow-list is needed; its sha256 is still checked
-against ``onnx.json`` before it is parsed, and a file that differs is refused.
+against ``onnx.json`` (and, in a run folder, ``run.json``) before it is parsed, and a file
+that differs is refused. A tensor whose data lives in another file is refused before the
+session exists (:mod:`._onnx_graph`): onnxruntime would read that file.
 
 The graph takes the numeric features as one ``[N, k]`` float64 matrix (``numeric_input``;
 missing: NaN) and every other feature as an input of its own (``[N, 1]``; categorical ones
@@ -40,8 +42,21 @@ def read_verified(path: Path, sha256: str | None) -> bytes:
 
 def open_session(model: bytes, *, source: Path | str = artifacts.ONNX_MODEL.name) -> Any:
     """An onnxruntime session on one thread (one request at a time per worker; thread pools
-    would only compete with the event loop), every graph optimisation on."""
+    would only compete with the event loop), every graph optimisation on; for an ONNX model
+    (not onnxruntime's own format) that holds every tensor itself."""
     import onnxruntime as ort
+
+    from ._onnx_graph import external_tensors
+
+    try:
+        outside = external_tensors(model)
+    except ValueError as exc:
+        raise ArtifactError(f"{source} must be an ONNX model. Got {exc} instead.", path=source) from None
+    if outside:
+        raise ArtifactError(
+            f"{source} must hold every tensor itself (the kit's models do). Got {len(outside)} tensor(s) whose data "
+            f"is in another file instead ({', '.join(outside[:3])}): onnxruntime would read that file; "
+            "it is not loaded.", path=source)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -50,6 +65,7 @@ def open_session(model: bytes, *, source: Path | str = artifacts.ONNX_MODEL.name
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    options.add_session_config_entry("session.load_model_format", "ONNX")
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types

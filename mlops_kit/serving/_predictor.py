@@ -174,6 +174,8 @@ def open_predictor(model_dir: str | Path, *, max_rows: int, unknown_categories: 
             if report.model_sha256 != card_sha:
                 why = (f"{_names.ONNX_REPORT} was compiled from model {report.model_sha256[:12]}, "
                        f"not from this model ({str(card_sha)[:12]}): package the run again")
+            elif model_io.run_stage(model_dir, "package") is not None:
+                why = _onnx_of_the_run(model_dir, report.sha256)
         if why is None:
             from ._onnx import OnnxPredictor
             return OnnxPredictor(model_dir, report, max_rows=max_rows, unknown_categories=unknown_categories)
@@ -182,6 +184,22 @@ def open_predictor(model_dir: str | Path, *, max_rows: int, unknown_categories: 
                                 f"Got {why} instead.", path=model_dir)
         logger.info("serving the skops model: %s", why)
     return Predictor(model_dir, max_rows=max_rows, unknown_categories=unknown_categories)
+
+
+def _onnx_of_the_run(model_dir: Path, sha256: str | None) -> str | None:
+    """Served from a run's ``artifacts/``: None when ``run.json`` records the ONNX model
+    ``onnx.json`` names (the file itself is checked against ``onnx.json`` when read); why not,
+    when it records none. ArtifactError when it records another one."""
+    recorded = model_io.recorded_onnx_sha256(model_dir)
+    if recorded is None:
+        return f"{_names.RUN} records no compiled model for this run (package it again)"
+    if recorded != sha256:
+        path = model_dir / _names.ONNX_MODEL
+        raise ArtifactError(
+            f"{path} is not the model its run compiled: sha256 must be {recorded} ({_names.RUN}, stage package). "
+            f"Got {sha256} ({_names.ONNX_REPORT}) instead. The files were changed after packaging; "
+            "nothing is served.", path=path)
+    return None
 
 
 def warm_up(predictor: Any, *, atol: float = 0.0, rtol: float = 0.0) -> None:
@@ -201,7 +219,7 @@ def warm_up(predictor: Any, *, atol: float = 0.0, rtol: float = 0.0) -> None:
         raise ArtifactError(f"The examples in {path} must fit the schema. Got: {exc}", path=path) from None
     try:
         for _ in range(3):  # the first calls pay for imports and caches
-            predictions, _ = predictor.predict(batch)
+            predictions, probabilities = predictor.predict(batch)
     except Exception as exc:
         raise ArtifactError(f"The warm-up prediction of {path} must succeed. Got {type(exc).__name__}: "
                             f"{exc} instead; the model is not served.", path=path) from None
@@ -213,6 +231,36 @@ def warm_up(predictor: Any, *, atol: float = 0.0, rtol: float = 0.0) -> None:
             raise ArtifactError(
                 f"The warm-up prediction for example {row} must be {want!r} (recorded at training). "
                 f"Got {have!r} instead; the model is not served.", path=path)
+    recorded = examples.get("probabilities")
+    if recorded is not None and probabilities is not None:
+        _compare_probabilities(recorded, probabilities, path, atol=max(atol, PROBABILITY_ATOL),
+                               rtol=max(rtol, PROBABILITY_RTOL))
+
+
+#: The least tolerance of the warm-up's probabilities (the skops model's numpy path computes
+#: what the pipeline computed at training, up to the last bits of a BLAS sum)
+PROBABILITY_ATOL, PROBABILITY_RTOL = 1e-9, 1e-7
+
+
+def _compare_probabilities(recorded: Any, probabilities: Any, path: Path, *, atol: float, rtol: float) -> None:
+    """ArtifactError unless the warm-up's probabilities are the recorded ones (within
+    ``atol + rtol * |recorded|``): a model that answers the labels but not their
+    probabilities is not the model that was trained."""
+    try:
+        want = np.asarray(recorded, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{path}: probabilities must be one row of numbers per record, all as long. Got "
+                            f"{str(recorded)[:80]} instead.", path=path) from None
+    have = np.asarray(probabilities, dtype=np.float64)
+    if have.shape != want.shape:
+        raise ArtifactError(f"The warm-up probabilities must have the shape recorded at training {list(want.shape)}. "
+                            f"Got {list(have.shape)} instead; the model is not served.", path=path)
+    close = np.abs(have - want) <= atol + rtol * np.abs(want)   # NaN is never close
+    if not close.all():
+        row = int(np.argwhere(~close)[0][0])
+        raise ArtifactError(
+            f"The warm-up probabilities for example {row} must be {want[row].tolist()} (recorded at training). "
+            f"Got {have[row].tolist()} instead; the model is not served.", path=path)
 
 
 def _forget_feature_names(transformer: Any) -> None:

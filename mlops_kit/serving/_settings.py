@@ -28,7 +28,18 @@ ENVIRONMENT = {
     "model_name": "MLOPS_KIT_MODEL_NAME",
     "runtime": "MLOPS_KIT_RUNTIME",
     "loop": "MLOPS_KIT_LOOP",
+    "max_connections": "MLOPS_KIT_MAX_CONNECTIONS",
+    "header_timeout": "MLOPS_KIT_HEADER_TIMEOUT",
+    "max_model_memory": "MLOPS_KIT_MAX_MODEL_MEMORY",
 }
+#: Environment variable a deployer sets to a fresh random value (letters and digits); the
+#: server names it in the INSTANCE_HEADER of /v2/health/ready, so that the deployer knows the
+#: server that answers is the one it just started, not another process on the port.
+INSTANCE_ENV = "MLOPS_KIT_INSTANCE"
+INSTANCE_HEADER = "x-mlops-kit-instance"
+#: The request line and headers of one request, in bytes at most (431 beyond; nginx allows
+#: 32 KiB, Node.js 16 KiB). Not a setting: no client of a prediction API needs more.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,13 +53,27 @@ class ServeSettings:
     model_name: str | None = None
     runtime: str = "auto"
     loop: str = "asyncio"
+    #: open connections at most per worker; one more is answered 503 and closed
+    max_connections: int = 1000
+    #: seconds a client has to send a request's line and headers, from its connection or the
+    #: request's first byte (408 and closed after; a keep-alive connection idles 5 s at most)
+    header_timeout: float = 10.0
+    #: bytes of memory the model may take, beyond what the process held before, while it is
+    #: loaded and warmed up (RLIMIT_DATA for that time): a model that needs more is refused
+    #: instead of taking the machine's memory (an ONNX ConstantOfShape of 10^9 doubles: 8 GB)
+    max_model_memory: int = 6 * 1024 ** 3
 
     def __post_init__(self) -> None:
         problems = []
-        for name, minimum in (("max_rows", 1), ("max_body_bytes", 1024)):
+        for name, minimum in (("max_rows", 1), ("max_body_bytes", 1024), ("max_connections", 1),
+                              ("max_model_memory", 64 * 1024 ** 2)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 problems.append(ParameterProblem("serve settings", name, f"an integer >= {minimum}", repr(value)))
+        timeout = self.header_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            problems.append(ParameterProblem("serve settings", "header_timeout", "seconds, more than 0 and at most 3600",
+                                             repr(timeout)))
         if self.unknown_categories not in UNKNOWN_CATEGORY_POLICIES:
             problems.append(ParameterProblem("serve settings", "unknown_categories",
                                              " or ".join(UNKNOWN_CATEGORY_POLICIES), repr(self.unknown_categories)))
@@ -76,11 +101,16 @@ class ServeSettings:
             raw = environ.get(variable)
             if raw is None or raw == "":
                 continue
-            if field.name in ("max_rows", "max_body_bytes"):
+            if field.name in ("max_rows", "max_body_bytes", "max_connections", "max_model_memory"):
                 try:
                     values[field.name] = int(raw.replace("_", ""))
                 except ValueError:
                     problems.append(ParameterProblem("environment", variable, "an integer", repr(raw)))
+            elif field.name == "header_timeout":
+                try:
+                    values[field.name] = float(raw)
+                except ValueError:
+                    problems.append(ParameterProblem("environment", variable, "a number of seconds", repr(raw)))
             else:
                 values[field.name] = raw
         if problems:

@@ -20,7 +20,7 @@ import gc
 import logging
 import os
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -35,7 +35,7 @@ from starlette.routing import Route
 from ._metrics import MetricsMiddleware, ServingMetrics
 from ._openapi import docs_page, openapi_document
 from ._predictor import Predictor, open_predictor
-from ._settings import ServeSettings
+from ._settings import INSTANCE_ENV, INSTANCE_HEADER, ServeSettings
 from ._validation import InvalidRequest, show
 
 logger = logging.getLogger("mlops_kit.serving")
@@ -64,6 +64,8 @@ class ModelService:
         self.name = settings.model_name or str(predictor.card.get("model") or "model")
         self.version = predictor.version
         self.ready = False
+        instance = os.environ.get(INSTANCE_ENV)
+        self.ready_headers = {INSTANCE_HEADER: instance} if instance and instance.isalnum() else None
         self.metrics = ServingMetrics({
             "name": self.name, "version": predictor.version, "estimator": predictor.estimator_name,
             "task": predictor.task, "sha256": str(predictor.card.get("sha256", "")),
@@ -145,7 +147,10 @@ class ModelService:
         return _json({"live": True})
 
     async def ready_endpoint(self, request: Request) -> Response:
-        return _json({"ready": self.ready}, 200 if self.ready else 503)
+        response = _json({"ready": self.ready}, 200 if self.ready else 503)
+        if self.ready_headers:
+            response.headers.update(self.ready_headers)
+        return response
 
     async def model_ready(self, request: Request) -> Response:
         self._check_name(request)
@@ -189,6 +194,11 @@ class ModelService:
 _SERVER_ERROR = orjson.dumps({"error": "Internal server error: the request could not be answered; see the server log.",
                               "detail": None})
 _INFER_PREFIX, _INFER_SUFFIX = "/v2/models/", "/infer"
+
+
+def error_body(message: str) -> bytes:
+    """The JSON of an error answer that has no field to name."""
+    return orjson.dumps({"error": message, "detail": None})
 
 
 def _wrong_method(method: str) -> str:
@@ -350,6 +360,47 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return Response(_SERVER_ERROR, status_code=500, media_type=_JSON)
 
 
+def _data_bytes() -> int | None:
+    """The process's private writable memory (what RLIMIT_DATA bounds), or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@contextmanager
+def memory_cap(budget: int):
+    """At most ``budget`` more bytes of memory inside the block (RLIMIT_DATA, restored after);
+    an allocation beyond fails, and the failure becomes an ArtifactError that says so."""
+    import resource
+
+    from ..errors import ArtifactError
+
+    used = _data_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = None if used is None else used + budget
+    if cap is not None and hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if cap is not None and (soft == resource.RLIM_INFINITY or cap < soft):
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    refusal = (f"Loading and warming up the model must take at most {budget} bytes of memory (max_model_memory). "
+               "Got more instead")
+    try:
+        yield
+    except MemoryError:
+        raise ArtifactError(f"{refusal}; the model is not served.") from None
+    except ArtifactError as exc:
+        if cap is not None and any(sign in exc.message for sign in ("allocate memory", "MemoryError", "bad_alloc")):
+            raise ArtifactError(f"{refusal} ({exc.message[:300]}); the model is not served.",
+                                path=getattr(exc, "path", None)) from None
+        raise
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
 def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **overrides: Any) -> ServingApp:
     """The app serving the model in ``model_dir`` (a run's ``artifacts/``).
 
@@ -358,9 +409,10 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
     ``MLOPS_KIT_*`` environment plus ``overrides``.
     """
     settings = settings or ServeSettings.from_env(**overrides)
-    predictor = open_predictor(model_dir, max_rows=settings.max_rows, unknown_categories=settings.unknown_categories,
-                               runtime=settings.runtime)
-    predictor.warm_up()
+    with memory_cap(settings.max_model_memory):
+        predictor = open_predictor(model_dir, max_rows=settings.max_rows,
+                                   unknown_categories=settings.unknown_categories, runtime=settings.runtime)
+        predictor.warm_up()
     service = ModelService(predictor, settings)
 
     @asynccontextmanager

@@ -16,13 +16,11 @@ from ._kubeconfig import load_api_client
 from ._releases import read_history
 from ._render import image_reference, load_manifests, manifests_dir, render, secret_object, secret_values
 from ._rollout import rollout_state, wait_for_rollout
-from ._stage import release_table, run_stage, stage_params, stage_run_dir
 from ._validate import meaning_problems, schema_problems, validate
 
 __all__ = [
     "FIELD_MANAGER", "Cluster", "apply_objects", "connect", "deploy", "diff_objects", "image_reference",
     "load_api_client", "load_manifests", "manifests_dir", "meaning_problems", "prepare", "read_history",
-    "release_table", "render", "rollback", "rollout_state", "run_stage", "schema_problems", "secret_object",
-    "secret_values", "smoke_test", "stage_params", "stage_run_dir", "status", "undeploy", "validate",
-    "wait_for_rollout",
+    "render", "rollback", "rollout_state", "schema_problems", "secret_object", "secret_values", "smoke_test",
+    "status", "undeploy", "validate", "wait_for_rollout",
 ]
