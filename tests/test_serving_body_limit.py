@@ -56,3 +56,19 @@ def test_the_limit_without_a_content_length(strict, size, status):
     assert answer[0] == status, answer
     if status == 413:
         assert f"Got at least {size} bytes instead" in json.loads(answer[2])["error"]
+
+
+def test_a_body_in_two_writes_is_gathered_on_the_asgi_path(strict):
+    """Expect: 100-continue sends the request through ASGI; the body arrives in two messages."""
+    import time
+
+    body = body_of(LIMIT)
+    with connect(strict) as sock:
+        sock.sendall(request("/predict", headers={"expect": "100-continue"}, length=len(body)))
+        reader = Reader(sock)
+        assert reader.answer()[0] == 100
+        sock.sendall(body[:1000])
+        time.sleep(0.3)
+        sock.sendall(body[1000:])
+        status, _, answer = reader.answer()
+    assert status == 200 and len(json.loads(answer)["predictions"]) == 1, answer
