@@ -72,3 +72,25 @@ def test_a_body_in_two_writes_is_gathered_on_the_asgi_path(strict):
         sock.sendall(body[1000:])
         status, _, answer = reader.answer()
     assert status == 200 and len(json.loads(answer)["predictions"]) == 1, answer
+
+
+def test_a_client_that_leaves_in_the_middle_of_its_body_is_not_answered_nor_counted(strict):
+    """The ASGI path: the body half sent, then the connection closed. Nothing is predicted or
+    counted for it (an answer to nobody would count a 400 for a body never completed)."""
+    import time
+
+    def counted() -> str:
+        metrics = exchange(strict, request("/metrics", method="GET"))[2].decode()
+        return "\n".join(line for line in metrics.splitlines()
+                         if line.startswith("mlops_kit_requests_total") and "predict" in line)
+
+    before = counted()
+    body = body_of(LIMIT)
+    with connect(strict) as sock:
+        sock.sendall(request("/predict", headers={"expect": "100-continue"}, length=len(body)))
+        assert Reader(sock).answer()[0] == 100
+        sock.sendall(body[:1000])
+        time.sleep(0.3)
+    time.sleep(0.5)
+    assert counted() == before
+    assert exchange(strict, request("/predict", body))[0] == 200      # and the server goes on
