@@ -94,3 +94,16 @@ def test_a_client_that_leaves_in_the_middle_of_its_body_is_not_answered_nor_coun
     time.sleep(0.5)
     assert counted() == before
     assert exchange(strict, request("/predict", body))[0] == 200      # and the server goes on
+
+
+@pytest.mark.parametrize("size, status", [(LIMIT, 200), (LIMIT + 1, 413)])
+def test_the_limit_without_a_content_length_on_the_asgi_path(strict, size, status):
+    with connect(strict) as sock:
+        sock.sendall(request("/predict", headers={"expect": "100-continue", "transfer-encoding": "chunked"}))
+        reader = Reader(sock)
+        assert reader.answer()[0] == 100
+        sock.sendall(chunked(body_of(size)))
+        answer = reader.answer()
+    assert answer[0] == status, answer
+    if status == 413:
+        assert "Got at least" in json.loads(answer[2])["error"]
