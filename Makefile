@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+MUTATE_STAMP := $(VENV)/.mutate-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
 # JupyterLab rooted at the project (runs/, parameters/, reports in its file browser), opening the control panel
@@ -10,7 +11,7 @@ LAB_ARGS ?= --ServerApp.root_dir='$(CURDIR)' '$(CURDIR)/notebooks/00_control_pan
 # as root (servers, containers) JupyterLab refuses to start unless told --allow-root
 LAB_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup git-filters run test test-fast lab bench screenshots clean-runs
+.PHONY: setup git-filters run test test-fast lab bench mutate screenshots clean-runs
 
 setup: $(STAMP)
 
@@ -52,6 +53,15 @@ bench: setup
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/image.py
 	$(BIN)/python benchmarks/remote.py
+
+## mutation testing of the guards with cosmic-ray (docs/mutation.md): hours for every target on
+## two cores, so not in CI; TARGETS="gate run-path" for some, `.venv/bin/python mutation/run.py --list`
+mutate: $(MUTATE_STAMP)
+	$(BIN)/python mutation/run.py $(TARGETS)
+
+$(MUTATE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,mutate]'
+	touch $(MUTATE_STAMP)
 
 ## regenerate the README's panel screenshots (docs/screenshots/) in headless Chromium
 screenshots: setup

@@ -70,6 +70,16 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     assert _requirement_names(conda) == _requirement_names(project["dependencies"])
 
 
+def test_environment_yml_installs_the_kit_with_every_extra():
+    """The extras (test, mutate) come from pyproject.toml by pip: every one of them."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    environment = yaml.safe_load((REPO / "environment.yml").read_text())
+    (pip,) = [d["pip"] for d in environment["dependencies"] if isinstance(d, dict)]
+    assert pip == [f"-e .[{','.join(extras)}]"]
+
+
 def test_required_packages_are_dependencies():
     import tomllib
 

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from conftest import REPO
@@ -234,7 +235,7 @@ def test_a_split_that_cannot_be_written_fails_the_save_and_leaves_no_schema(tmp_
     schema = data.infer_schema(checked, "label")
     train_rows, test_rows = data.split_dataset(checked, "label", test_size=0.25, seed=0)
     test_rows = test_rows.assign(bad=[object()] * len(test_rows))  # parquet cannot store it
-    with pytest.raises(Exception):
+    with pytest.raises(pa.ArrowInvalid, match="Conversion failed for column bad"):
         data.save_splits(train_rows, test_rows, schema, tmp_path)
     names = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert "schema.json" not in names and "test.parquet" not in names

@@ -26,8 +26,9 @@ Log = Callable[[str], None]
 #: server answered with an error).
 Post = Callable[[str, Any], Any]
 PREDICT_PATH = "/predict"
-#: Predictions are compared with this tolerance: floats (regression) relatively and absolutely;
-#: class labels exactly (as their text when the types differ: JSON has no int64).
+#: Float predictions (regression) are compared with this tolerance, relatively and absolutely;
+#: class labels exactly: integers of any size, text (as their text when the types differ:
+#: JSON has no int64), booleans.
 REL_TOL, ABS_TOL = 1e-6, 1e-9
 
 
@@ -86,7 +87,9 @@ def smoke_test(post: Post, examples: artifacts.Examples, *, log: Log = print, at
 
 
 def same_prediction(want: Any, have: Any) -> bool:
-    if isinstance(want, bool) or isinstance(have, bool):
+    """``have`` (served) is ``want`` (recorded): within the tolerance when either is a float;
+    exactly otherwise (``math.isclose(1000000, 1000001, rel_tol=1e-6)`` is true)."""
+    if isinstance(want, bool) or isinstance(have, bool) or (isinstance(want, int) and isinstance(have, int)):
         return want == have
     if isinstance(want, (int, float)) and isinstance(have, (int, float)):
         return math.isclose(want, have, rel_tol=REL_TOL, abs_tol=ABS_TOL)
