@@ -50,7 +50,7 @@ def record(run_id="r1", **extra):
 @pytest.mark.parametrize("text, many, found", [
     ("not json", True, "text that is not JSON"),
     (json.dumps({"id": "r1"}), True, "a JSON dict"),
-    (json.dumps([{"id": "r1"}]), True, "record 0: created: Field required"),
+    (json.dumps([{"id": "r1"}]), True, "record 0: status: Field required"),
     (json.dumps([record(), record(status=["x"])]), True, "record 1: status: Input should be a valid string"),
     (json.dumps([record("../../etc")]), True, "record 0: id '../../etc', not a run id"),
     (json.dumps(record(f"{OSC_TITLE}x")), False, "not a run id"),
@@ -266,7 +266,7 @@ sys.stdout.write("x" * (17 << 20)) if open("{mode}").read() == "HUGE" else None'
      p.stdout == "r1 succeeded\n"),
     (json.dumps([{"id": "r1", "created": "c", "status": f"ok{OSC_TITLE}"}]), ["--json"], lambda p: p.returncode == 0
      and json.loads(p.stdout)[0]["status"] == f"ok{OSC_TITLE}" and "\x1b" not in p.stdout),
-    ('[{"id": "r1"}]', ["--json"], lambda p: p.returncode == 1 and "record 0: created: Field required" in p.stderr),
+    ('[{"id": "r1"}]', ["--json"], lambda p: p.returncode == 1 and "record 0: status: Field required" in p.stderr),
     ("HUGE", [], lambda p: p.returncode == 1 and f"must print at most {16 << 20} bytes" in p.stderr),
 ])
 def test_runs_list_server_output_is_bounded_checked_and_printable(sshd, tmp_path, answer, args, check):
