@@ -20,15 +20,17 @@ from typing import Iterator
 
 
 def process_started() -> float | None:
-    """This process's start (``time.time()`` scale), from ``/proc``; None where unknown."""
+    """This process's start (``time.time()`` scale), from ``/proc``; None where unknown.
+
+    ``/proc/self/stat`` gives it in clock ticks (10 ms) since boot: compared with the clock
+    since boot, not with ``/proc/stat``'s boot time, whole seconds only (up to 1 s off)."""
     try:
         with open("/proc/self/stat") as stat:
             ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as stat:
-            boot = next(int(line.split()[1]) for line in stat if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
+    return time.time() - max(0.0, age)
 
 
 class Phases:

@@ -102,3 +102,13 @@ def test_a_failed_run_records_it_too(_isolated_runs):
     record = json.loads(path.read_text())
     assert record["status"] == "failed"
     assert_adds_up(record)
+
+
+def test_a_process_start_is_placed_by_the_clock_since_boot():
+    """Not by /proc/stat's boot time, whole seconds: that put the start up to 1 s early."""
+    before = __import__("time").time()
+    child = subprocess.run([sys.executable, "-c", "from mlops_kit import _timing; print(_timing.process_started())"],
+                           capture_output=True, text=True, cwd=REPO, check=True)
+    after = __import__("time").time()
+    started = float(child.stdout)
+    assert before - 0.05 <= started <= after  # 0.05: /proc counts in ticks of 10 ms
