@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _overhead import breakdown_line, newest_overhead
+
 REPO = Path(__file__).resolve().parent.parent
 MLOPS_KIT = [sys.executable, "-m", "mlops_kit.cli"]
 
@@ -46,10 +48,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mlops-kit-bench-"))
     env = {**os.environ, "MLOPS_KIT_RUNS_DIR": str(work / "runs"), "MLOPS_KIT_PROJECT_DIR": str(REPO)}
 
-    pipeline, plain = [], []
+    pipeline, plain, overheads = [], [], []
     timed([sys.executable, str(REPO / "benchmarks" / "_plain_pipeline.py"), str(work / "warmup")], env)
     for index in range(args.repeat):
         pipeline.append(timed([*MLOPS_KIT, "run", "--no-cache"] if _has_cache_flag() else [*MLOPS_KIT, "run"], env))
+        overheads.append(newest_overhead(work / "runs"))
         plain.append(timed([sys.executable, str(REPO / "benchmarks" / "_plain_pipeline.py"),
                             str(work / f"plain-{index}")], env))
     median_pipeline, median_plain = statistics.median(pipeline), statistics.median(plain)
@@ -58,17 +61,22 @@ def main() -> None:
     print(f"plain process, same work:                                   median {median_plain:.2f} s "
           f"({', '.join(f'{t:.2f}' for t in plain)})")
     print(f"ratio pipeline / plain: {median_pipeline / median_plain:.2f}x   (goal: <= 1.5x)")
+    print("  full run " + breakdown_line(overheads, pipeline))
 
     if _has_cache_flag():
-        unchanged, changed = [], []
+        unchanged, changed, unchanged_overheads, changed_overheads = [], [], [], []
         for _ in range(args.repeat):
             unchanged.append(timed([*MLOPS_KIT, "run"], env))
             reused = stages_of_last_run(work / "runs")
+            unchanged_overheads.append(newest_overhead(work / "runs"))
             changed.append(timed([*MLOPS_KIT, "run", "--set", f"train.params.C={0.5 + len(changed) / 10}"], env))
             partial = stages_of_last_run(work / "runs")
+            changed_overheads.append(newest_overhead(work / "runs"))
         print(f"rerun, nothing changed: median {statistics.median(unchanged):.2f} s  stages: {reused}  "
               "(goal: <= 0.5 s)")
+        print("  " + breakdown_line(unchanged_overheads, unchanged))
         print(f"rerun, train.params changed: median {statistics.median(changed):.2f} s  stages: {partial}")
+        print("  " + breakdown_line(changed_overheads, changed))
 
 
 def _has_cache_flag() -> bool:

@@ -110,8 +110,8 @@ def stage_seconds(runs: Path) -> dict[str, float]:
     """The newest run's seconds per stage (run.json), for where the kit's time goes."""
     import json
 
-    newest = max(runs.iterdir(), key=lambda p: p.name)
-    record = json.loads((newest / "run.json").read_text())
+    newest = max(runs.glob("*/run.json"), key=lambda p: p.parent.name)
+    record = json.loads(newest.read_text())
     return {name: info.get("seconds") or 0.0 for name, info in record["stages"].items()}
 
 
@@ -135,6 +135,7 @@ def _medians(results: list[tuple[float, int, int]]) -> tuple[float, int, int]:
 
 def main() -> None:
     from _datagen import write_table
+    from _overhead import breakdown_line, newest_overhead
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
@@ -156,16 +157,18 @@ def main() -> None:
             kit_command = [sys.executable, "-m", "mlops_kit.cli", "run", "--no-cache", "--set", f"data.source={path}",
                            "--set", "data.target=label", "--set", f"train.model={model}", "--set", "train.cv_folds=0"]
             plain_command = [sys.executable, str(REPO / "benchmarks" / "_plain_scale.py"), str(path), model]
-            kits, plains, stage_runs = [], [], []
+            kits, plains, stage_runs, overheads = [], [], [], []
             for index in range(args.repeat):  # kit first, then plain first, ...: drift weighs on both
                 if index % 2 == 0:
                     kits.append(measure(kit_command, env))
                     stage_runs.append(stage_seconds(work / "runs"))
+                    overheads.append(newest_overhead(work / "runs"))
                     plains.append(measure(plain_command, env))
                 else:
                     plains.append(measure(plain_command, env))
                     kits.append(measure(kit_command, env))
                     stage_runs.append(stage_seconds(work / "runs"))
+                    overheads.append(newest_overhead(work / "runs"))
             if args.repeat > 1:
                 print(f"{rows:>9,} rows {model:<24} time ratio of each pair: "
                       + ", ".join(f"x{k[0] / p[0]:.2f} ({k[0]:.1f} s / {p[0]:.1f} s)" for k, p in zip(kits, plains)),
@@ -181,7 +184,8 @@ def main() -> None:
                   f"CSV {path.stat().st_size / 2**20:.0f} MiB), "
                   f"kit PSS/table x{kit[2] / in_memory:.2f}\n    kit stages: "
                   + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
-                  + f"; outside the stages (start, checks, kernels, reports) {kit[0] - sum(stages.values()):.1f} s",
+                  + f"; outside the stages (start, checks, kernels, reports) {kit[0] - sum(stages.values()):.1f} s"
+                  + "\n    " + breakdown_line(overheads, [k[0] for k in kits]),
                   flush=True)
         path.unlink()
     print("\nseconds per 100k rows (kit): " + ", ".join(

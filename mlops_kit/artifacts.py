@@ -285,6 +285,19 @@ class Champion(OpenDocument):
     history: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class Overhead(Document):
+    """A run's seconds outside its stages (:mod:`mlops_kit._timing`), written when it ends:
+    ``wall`` from the process's start (or the runner's) to the final record, ``stages`` the
+    executed stages' seconds, ``seconds`` the rest, split into ``phases`` (start-up,
+    parameters, preflight, planning, hashing, kernel start, cache reuse, report export,
+    record) and ``other``, what no phase names: ``stages + sum(phases) == wall``."""
+
+    seconds: float
+    wall: float
+    stages: float
+    phases: dict[str, float]
+
+
 class RunRecord(OpenDocument):
     """``run.json``: the run's record, kept by :mod:`mlops_kit.ledger`."""
 
@@ -293,6 +306,7 @@ class RunRecord(OpenDocument):
     status: str
     params: Optional[dict[str, Any]] = None
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    overhead: Optional[Overhead] = None
 
 
 D = TypeVar("D", bound=Document)

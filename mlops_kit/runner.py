@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _atomic, _paths, cache, ledger, stages
+from ._timing import Phases, process_started  # noqa: F401 - public here: the CLI passes its start
 from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
 from .execution import ExecutionPlan, Executor, default_executor
 from .params import LoadedParams, RunParams
@@ -104,7 +105,8 @@ def export_html(notebook: Path, report: Path) -> Path:
 
 def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from: str | None = None,
                  use_cache: bool = True, on_event: EventHandler | None = None,
-                 cancel: threading.Event | None = None, executor: Executor | None = None) -> dict:
+                 cancel: threading.Event | None = None, executor: Executor | None = None,
+                 phases: Phases | None = None) -> dict:
     """Run the selected stages (default: ``params.stages``) into a new run folder.
 
     A stage whose fingerprint matches a succeeded stage of an earlier run is reused, not
@@ -112,52 +114,67 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     a selected stage needs are taken from ``reuse_from`` (default: the newest run that has
     them). Returns the final record; raises :class:`StageFailed` (the record says which
     stage and cell) when a stage fails. ``executor`` executes the stages (default: forked
-    kernels on this machine, :class:`mlops_kit.execution.local.LocalExecutor`).
+    kernels on this machine, :class:`mlops_kit.execution.local.LocalExecutor`). ``phases``:
+    the time already spent (the CLI's start-up and parameters), else measured from here; the
+    record's ``overhead`` says where the seconds outside the stages went (:mod:`._timing`).
     """
+    phases = phases if phases is not None else Phases()
     executor = executor if executor is not None else default_executor()
     params = loaded.params
-    selected = select_stages(stages, params.stages)
-    _check_notebooks(selected)
-    needed = needed_inputs(selected, params)
-    source_run = _find_source_run(needed, reuse_from) if needed else None
-    if source_run is not None:
-        needed += [item for item in optional_inputs(selected, params)
-                   if item not in needed and (source_run.artifacts / item).is_file()]
-    known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
-    checks = preflight(loaded, selected)
+    with phases.measure("planning"):
+        selected = select_stages(stages, params.stages)
+        _check_notebooks(selected)
+        needed = needed_inputs(selected, params)
+        source_run = _find_source_run(needed, reuse_from) if needed else None
+        if source_run is not None:
+            needed += [item for item in optional_inputs(selected, params)
+                       if item not in needed and (source_run.artifacts / item).is_file()]
+        with phases.measure("hashing"):
+            known = {item: _atomic.sha256_file(source_run.artifacts / item) for item in needed}
+    with phases.measure("preflight"):
+        checks = preflight(loaded, selected)
     # when the first stage runs whatever the data file's hash, the executor and the checks
     # start now, and the file (seconds of sha256 for a large table) is hashed while they import
-    early = bool(selected) and cache.surely_runs(selected[0], params, known, use_cache=use_cache)
+    with phases.measure("planning"):
+        early = bool(selected) and cache.surely_runs(selected[0], params, known, use_cache=use_cache)
     if early:
-        _start_executor(executor, selected, checks)
+        with phases.measure("kernel start"):
+            _start_executor(executor, selected, checks)
     try:
-        plans = cache.plan(params, selected, known, use_cache=use_cache)
+        with phases.measure("planning"):
+            plans = cache.plan(params, selected, known, use_cache=use_cache)
     except BaseException:
         executor.stop()
         raise
-    started = _prepare(executor, plans, checks, started=early)  # parameter mistakes surface here, before any run exists
+    with phases.measure("kernel start"):
+        started = _prepare(executor, plans, checks, started=early)  # parameter mistakes surface here, before any run exists
     try:
-        run = ledger.create_run({
-            "params": params.model_dump(mode="json"),
-            "parameter_files": [str(f) for f in loaded.files], "overrides": loaded.overrides,
-            "stages_requested": [s.name for s in selected],
-            "git": ledger.git_state(), "versions": _versions(),
-            "stages": {s.name: {"status": "pending"} for s in selected},
-        })
+        with phases.measure("record"):
+            run = ledger.create_run({
+                "params": params.model_dump(mode="json"),
+                "parameter_files": [str(f) for f in loaded.files], "overrides": loaded.overrides,
+                "stages_requested": [s.name for s in selected],
+                "git": ledger.git_state(), "versions": _versions(),
+                "stages": {s.name: {"status": "pending"} for s in selected},
+            })
     except BaseException:
         executor.stop()
         raise
     if source_run is not None:
-        _reuse_inputs(run, source_run, needed)
-    return _execute(run, params, plans, executor, started, use_cache, on_event, cancel)
+        with phases.measure("cache reuse"):
+            _reuse_inputs(run, source_run, needed)
+    return _execute(run, params, plans, executor, started, use_cache, on_event, cancel, phases)
 
 
 def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | None = None,
-               cancel: threading.Event | None = None, executor: Executor | None = None) -> dict:
+               cancel: threading.Event | None = None, executor: Executor | None = None,
+               phases: Phases | None = None) -> dict:
     """Continue a failed or interrupted run, in its own folder, from its first stage that
-    did not succeed (with the parameters it was started with)."""
+    did not succeed (with the parameters it was started with). The record's ``overhead`` is
+    this attempt's."""
     from .errors import RunNotResumable
 
+    phases = phases if phases is not None else Phases()
     executor = executor if executor is not None else default_executor()
     record = ledger.read_run(run_id, champion=False)
     run = ledger.open_run(run_id)
@@ -179,14 +196,17 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     for info in record["stages"].values():  # inputs taken from another run at the start
         if info.get("status") == "reused":
             done.update(info.get("outputs", {}))
-    plans = cache.plan(params, remaining, done, use_cache=use_cache, exclude=run_id)
-    started = _prepare(executor, plans, {})
+    with phases.measure("planning"):
+        plans = cache.plan(params, remaining, done, use_cache=use_cache, exclude=run_id)
+    with phases.measure("kernel start"):
+        started = _prepare(executor, plans, {})
     try:
         run.acquire()
-        for stage in remaining:
-            run.update_stage(stage.name, status="pending", error=None)
-        run.update(status="running", pid=os.getpid(), error=None, finished=None,
-                   resumed=[*record.get("resumed", []), ledger.now()])
+        with phases.measure("record"):
+            for stage in remaining:
+                run.update_stage(stage.name, status="pending", error=None)
+            run.update(status="running", pid=os.getpid(), error=None, finished=None,
+                       resumed=[*record.get("resumed", []), ledger.now()])
     except BlockingIOError:
         executor.stop()
         raise RunNotResumable(run_id, "another process holds the run's lock") from None
@@ -194,7 +214,7 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
         executor.stop()
         run.release()
         raise
-    return _execute(run, params, plans, executor, started, use_cache, on_event, cancel)
+    return _execute(run, params, plans, executor, started, use_cache, on_event, cancel, phases)
 
 
 def explain(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from: str | None = None,
@@ -247,7 +267,7 @@ def _prepare(executor: Executor, plans: list[cache.StagePlan], checks: dict[str,
 
 def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePlan],
              executor: Executor, started: bool, use_cache: bool, on_event: EventHandler | None,
-             cancel: threading.Event | None) -> dict:
+             cancel: threading.Event | None, phases: Phases) -> dict:
     emit = on_event or (lambda event: None)
     emit(RunEvent(EventKind.RUN_STARTED, run.id, data={"run_dir": str(run.path),
                                                "stages": [p.stage.name for p in plans]}))
@@ -264,15 +284,18 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
                 raise RunCancelled(run.id, current.name)
             parts, hit = plan.fingerprint, plan.cached_from
             if parts is None:  # its inputs were made in this run: decide now
-                known = {item: made[item] if item in made else _atomic.sha256_file(run.artifacts / item)
-                         for item in current.inputs}
-                parts = cache.fingerprint(current, params, known)
-                if use_cache and current.reusable:
-                    hit, _ = cache.find_cached(current, parts["digest"], exclude=run.id)
+                with phases.measure("planning"):
+                    with phases.measure("hashing"):
+                        known = {item: made[item] if item in made else _atomic.sha256_file(run.artifacts / item)
+                                 for item in current.inputs}
+                    parts = cache.fingerprint(current, params, known)
+                    if use_cache and current.reusable:
+                        hit, _ = cache.find_cached(current, parts["digest"], exclude=run.id)
             if hit is not None:
-                reused = cache.reuse_stage(run, current, hit, parts)
-                made.update(reused["outputs"])
-                run.update_stage(current.name, **reused)
+                with phases.measure("cache reuse"):
+                    reused = cache.reuse_stage(run, current, hit, parts)
+                    made.update(reused["outputs"])
+                    run.update_stage(current.name, **reused)
                 emit(RunEvent(EventKind.STAGE_CACHED, run.id, current.name,
                               message=f"unchanged: reused from run {hit.run_id}",
                               data={"source_run": hit.run_id}))
@@ -280,27 +303,37 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
             if plan.rejected:
                 emit(RunEvent(EventKind.LOG, run.id, current.name, message="; ".join(plan.rejected) + ": re-executing"))
             if not started:  # planned as reused, but its source changed meanwhile
-                started = _prepare(executor, [cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], {})
-            made.update(_run_stage(run, current, params, executor, emit, exporter, reports, parts))
-        for name, future in reports:
-            future.result()
-        record = run.update(status="succeeded", finished=ledger.now(), metrics=_headline_metrics(run))
+                with phases.measure("kernel start"):
+                    started = _prepare(executor, [cache.StagePlan(p.stage) for p in plans[plans.index(plan):]], {})
+            made.update(_run_stage(run, current, params, executor, emit, exporter, reports, parts, phases))
+        with phases.measure("report export"):  # only the wait: the exports ran beside the stages
+            for name, future in reports:
+                future.result()
+        with phases.measure("record"):
+            metrics = _headline_metrics(run)
+        record = run.update(status="succeeded", finished=ledger.now(), metrics=metrics,
+                            overhead=phases.breakdown())
         emit(RunEvent(EventKind.RUN_FINISHED, run.id, message="succeeded", data={"record": record}))
         return record
     except StageFailed as exc:
-        _wait_quietly(reports)
-        record = run.update(status="failed", finished=ledger.now(), metrics=_headline_metrics(run),
+        with phases.measure("report export"):
+            _wait_quietly(reports)
+        with phases.measure("record"):
+            metrics = _headline_metrics(run)
+        record = run.update(status="failed", finished=ledger.now(), metrics=metrics, overhead=phases.breakdown(),
                             error={"stage": exc.stage, "cell_index": exc.cell_index,
                                    "exception": exc.exception, "message": exc.detail,
                                    "notebook": str(exc.notebook)})
         emit(RunEvent(EventKind.RUN_FINISHED, run.id, stage=exc.stage, message="failed", data={"record": record}))
         raise
     except BaseException as exc:
-        _wait_quietly(reports)
+        with phases.measure("report export"):
+            _wait_quietly(reports)
         stage_name = current.name if current else None
         if stage_name:
-            run.update_stage(stage_name, status="interrupted")
-        run.update(status="interrupted", finished=ledger.now(),
+            with phases.measure("record"):
+                run.update_stage(stage_name, status="interrupted")
+        run.update(status="interrupted", finished=ledger.now(), overhead=phases.breakdown(),
                    error={"stage": stage_name, "cell_index": None, "exception": type(exc).__name__,
                           "message": str(exc)})
         emit(RunEvent(EventKind.RUN_FINISHED, run.id, stage=stage_name, message="interrupted"))
@@ -312,16 +345,19 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
 
 
 def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, executor: Executor,
-               emit: EventHandler, exporter: ThreadPoolExecutor, reports: list, parts: dict) -> dict[str, str]:
+               emit: EventHandler, exporter: ThreadPoolExecutor, reports: list, parts: dict,
+               phases: Phases) -> dict[str, str]:
     """Execute the stage's notebook; returns the sha256 of each of its outputs (recorded)."""
     output = run.notebooks / stage.notebook
     report = run.reports / (Path(stage.notebook).stem + ".html")
     parameters = {**params.stage_parameters(stage.section), "run_dir": str(run.path)}
-    run.update_stage(stage.name, status="running", started=ledger.now(),
-                     notebook=str(output.relative_to(run.path)))
+    with phases.measure("record"):
+        run.update_stage(stage.name, status="running", started=ledger.now(),
+                         notebook=str(output.relative_to(run.path)))
     emit(RunEvent(EventKind.STAGE_STARTED, run.id, stage.name))
     outcome = executor.execute(stage, run.path, parameters)
     seconds = outcome.seconds
+    phases.stages += seconds
     if outcome.status == "failed":
         error = {"cell_index": outcome.cell_index, "exception": outcome.exception, "message": outcome.detail}
         if outcome.report:
@@ -345,9 +381,11 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, executor:
         emit(RunEvent(EventKind.STAGE_FAILED, run.id, stage.name, message=str(failure)))
         raise failure
     reports.append((stage.name, exporter.submit(export_html, output, report)))
-    outputs = {item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs}
-    run.update_stage(stage.name, status="succeeded", seconds=seconds, fingerprint=parts,
-                     report=str(report.relative_to(run.path)), outputs=outputs)
+    with phases.measure("hashing"):
+        outputs = {item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs}
+    with phases.measure("record"):
+        run.update_stage(stage.name, status="succeeded", seconds=seconds, fingerprint=parts,
+                         report=str(report.relative_to(run.path)), outputs=outputs)
     emit(RunEvent(EventKind.STAGE_FINISHED, run.id, stage.name, message="succeeded", data={"seconds": seconds}))
     return outputs
 

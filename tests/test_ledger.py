@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import nbformat
+import pytest
 
 from conftest import REPO, make_mixed_frame
 from test_pipeline import MLOPS_KIT, cli, runs_in
@@ -117,6 +118,10 @@ def test_resume_continues_a_failed_run_in_its_folder(_isolated_runs, project_cop
     assert resumed["stages"]["data"]["started"] == data_started  # not executed again
     assert statuses(resumed) == {"data": "succeeded", "train": "succeeded", "evaluate": "succeeded"}
     assert len(resumed["resumed"]) == 2 and resumed.get("error") is None
+    # the overhead is the last attempt's: its stages are train and evaluate, not data
+    assert resumed["overhead"]["stages"] == pytest.approx(
+        resumed["stages"]["train"]["seconds"] + resumed["stages"]["evaluate"]["seconds"], abs=0.002)
+    assert {"start-up", "planning", "kernel start", "record", "other"} <= set(resumed["overhead"]["phases"])
     refused = cli("run", "--resume", failed["id"])
     assert refused.returncode == 1 and "it succeeded; there is nothing to resume" in refused.stderr
 

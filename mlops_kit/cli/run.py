@@ -41,6 +41,9 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
     from ..params import load_params
 
     runner.skip_iri_grammar()  # before anything imports jsonschema
+    # where the run's time goes outside its stages, from this process's start (run.json's overhead)
+    phases = runner.Phases(origin=runner.process_started())
+    phases.since_origin("start-up")
 
     if resume and (params_file or overrides or stages):
         raise click.UsageError("--resume continues a run with its own parameters and stages: "
@@ -54,17 +57,19 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
 
     # the kernels' parent imports pandas and scikit-learn while this process loads the
     # parameters, checks them and plans the run (stopped below if no stage runs)
-    prestart()
+    with phases.measure("kernel start"):
+        prestart()
     # SIGTERM (a service manager, `kill`) ends the run like Ctrl-C: recorded as interrupted
     signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     printer = _ProgressPrinter(quiet=as_json)
     try:
         if resume:
-            record = runner.resume_run(resume, use_cache=not no_cache, on_event=printer)
+            record = runner.resume_run(resume, use_cache=not no_cache, on_event=printer, phases=phases)
         else:
-            loaded = load_params(params_file, overrides)
+            with phases.measure("parameters"):
+                loaded = load_params(params_file, overrides)
             record = runner.run_pipeline(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache,
-                                         on_event=printer)
+                                         on_event=printer, phases=phases)
     finally:
         discard_prestarted()
     if as_json:

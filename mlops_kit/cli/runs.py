@@ -88,6 +88,8 @@ def show(run_id, as_json, on_server):
                   if error else info.get("source_run", "") and f"from {info['source_run']}")
         stage_rows.append((name, info.get("status"), info.get("seconds", ""), info.get("notebook", ""), detail))
     print_table(["stage", "status", "seconds", "notebook", "detail"], stage_rows, title="Stages")
+    if record.get("overhead"):
+        click.echo(_overhead_line(record["overhead"]))
     metrics = record.get("metrics") or {}
     if metrics:
         print_table(["metric", "value"], [(k, f"{v:.4f}" if isinstance(v, float) else v)
@@ -105,6 +107,13 @@ def show(run_id, as_json, on_server):
         click.secho(f"Failed in stage {error.get('stage')}, cell {error.get('cell_index')}: "
                     f"{error.get('exception')}: {error.get('message')}", fg="red")
     click.echo(f"Folder: {folder}")
+
+
+def _overhead_line(overhead: dict) -> str:
+    """``Outside the stages: 2.9 s of 6.3 s (kernel start 1.1, ...)``, largest phase first."""
+    phases = sorted(overhead.get("phases", {}).items(), key=lambda item: -item[1])
+    return (f"Outside the stages: {overhead['seconds']:.2f} s of {overhead['wall']:.2f} s ("
+            + ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases) + ")")
 
 
 @runs.command()

@@ -1,0 +1,114 @@
+"""Where a run's time goes outside its stages (issue 23, item 1): run.json's ``overhead``,
+phases that add up to the wall time with the stages. No timing thresholds: only sums."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from mlops_kit import _timing
+
+MLOPS_KIT = [sys.executable, "-m", "mlops_kit.cli"]
+NAMED = {"start-up", "parameters", "preflight", "planning", "kernel start", "report export", "record", "other"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MLOPS_KIT, *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(_timing.time, "perf_counter", clock)
+    return clock
+
+
+def test_a_phase_inside_another_is_counted_once(clock):
+    phases = _timing.Phases()
+    with phases.measure("planning"):
+        clock.now += 1
+        with phases.measure("hashing"):
+            clock.now += 4
+        clock.now += 2
+    phases.stages = 10.0
+    clock.now += 10 + 0.5  # a stage, then time no phase names
+    with phases.measure("planning"):  # a phase measured twice adds up
+        clock.now += 3
+    assert phases.breakdown() == {"seconds": 10.5, "wall": 20.5, "stages": 10.0,
+                                  "phases": {"planning": 6.0, "hashing": 4.0, "other": 0.5}}
+
+
+def test_a_phase_that_raises_is_counted_and_the_next_is_not_nested(clock):
+    phases = _timing.Phases()
+    with pytest.raises(ValueError), phases.measure("preflight"):
+        clock.now += 2
+        raise ValueError
+    with phases.measure("record"):
+        clock.now += 1
+    assert phases.breakdown()["phases"] == {"preflight": 2.0, "record": 1.0, "other": 0.0}
+
+
+def test_the_start_up_is_the_time_since_the_origin(clock, monkeypatch):
+    monkeypatch.setattr(_timing.time, "time", lambda: 1000.0)
+    phases = _timing.Phases(origin=997.0)  # the process started 3 s ago
+    phases.since_origin("start-up")
+    assert phases.breakdown()["phases"]["start-up"] == 3.0
+    assert _timing.process_started() is not None  # Linux: read from /proc
+
+
+def assert_adds_up(record: dict) -> dict:
+    overhead = record["overhead"]
+    executed = sum(info["seconds"] for info in record["stages"].values()
+                   if info.get("status") in ("succeeded", "failed"))
+    assert overhead["stages"] == pytest.approx(executed, abs=0.01)
+    phases = overhead["phases"]
+    assert NAMED <= set(phases), phases
+    assert all(seconds >= 0 for seconds in phases.values()), phases
+    # rounding: each figure to 1 ms
+    assert overhead["stages"] + sum(phases.values()) == pytest.approx(overhead["wall"], abs=0.001 * (len(phases) + 2))
+    assert overhead["seconds"] == pytest.approx(overhead["wall"] - overhead["stages"], abs=0.002)
+    return overhead
+
+
+def test_a_run_records_where_its_time_went(_isolated_runs):
+    result = cli("run", "--stages", "data")
+    assert result.returncode == 0, result.stderr
+    (path,) = _isolated_runs.glob("*/run.json")
+    record = json.loads(path.read_text())
+    overhead = assert_adds_up(record)
+    assert overhead["phases"]["start-up"] > 0  # from the process's start, not from the runner's
+    shown = cli("runs", "show", record["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert f"Outside the stages: {overhead['seconds']:.2f} s of {overhead['wall']:.2f} s" in shown.stdout
+    assert "kernel start" in shown.stdout
+
+
+def test_a_failed_run_records_it_too(_isolated_runs):
+    result = cli("run", "--set", "evaluate.gate={accuracy: 0.999}")
+    assert result.returncode != 0
+    (path,) = _isolated_runs.glob("*/run.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "failed"
+    assert_adds_up(record)
+
+
+def test_a_process_start_is_placed_by_the_clock_since_boot():
+    """Not by /proc/stat's boot time, whole seconds: that put the start up to 1 s early."""
+    before = __import__("time").time()
+    child = subprocess.run([sys.executable, "-c", "from mlops_kit import _timing; print(_timing.process_started())"],
+                           capture_output=True, text=True, cwd=REPO, check=True)
+    after = __import__("time").time()
+    started = float(child.stdout)
+    assert before - 0.05 <= started <= after  # 0.05: /proc counts in ticks of 10 ms
