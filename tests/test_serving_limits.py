@@ -101,6 +101,19 @@ def test_a_head_over_the_limit_is_answered_431_and_closed(server, shape):
     assert _predict_with_big_header(server, MAX_HEAD_BYTES - 1024) == 200
 
 
+def test_the_head_limit_holds_for_every_request_of_a_kept_alive_connection(server):
+    """The count starts again after each answer: a second request's head over the limit is 431 too."""
+    with connect(server) as sock:
+        sock.sendall(request("/predict", BODY))
+        assert Reader(sock).answer()[0] == 200
+        try:
+            sock.sendall(request("/predict", BODY, headers={"x-padding": "a" * MAX_HEAD_BYTES}))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, headers, _ = Reader(sock).answer()
+        assert status == 431 and headers["connection"] == "close"
+
+
 def test_a_head_within_the_limit_then_a_large_body_in_one_write_is_served(server):
     """The head's bytes are counted, not the body's that follow it in the same read."""
     records = orjson.dumps([RECORD] * 3000)
@@ -153,6 +166,8 @@ def test_connections_over_the_limit_are_refused_and_the_others_are_served(server
         extra.close()
         held[0].sendall(request("/predict", BODY))     # an open one is still served
         assert Reader(held[0]).answer()[0] == 200
+        held[-1].sendall(request("/predict", BODY))    # the 40th, exactly at the limit, too
+        assert Reader(held[-1]).answer()[0] == 200
     finally:
         for sock in held:
             sock.close()
