@@ -150,12 +150,12 @@ def _carry_out(sweep: ledger.SweepFolder, loaded: LoadedParams, todo, jobs: int,
             except BaseException:
                 cancel.set()  # the running trials stop before their next stage; no new one starts
                 raise
-        if report:
-            _report(sweep, factory)
         trials = sweep.read()["trials"]
         done = [t for t in trials if t["status"] == "succeeded"]
-        status = "succeeded" if len(done) == len(trials) else "partial" if done else "failed"
-        return sweep.update(status=status, finished=ledger.now())
+        sweep.update(status="succeeded" if len(done) == len(trials) else "partial" if done else "failed")
+        if report:
+            _report(sweep, factory)
+        return sweep.update(finished=ledger.now())
     except BaseException as exc:
         failed = isinstance(exc, MlopsKitError) and not isinstance(exc, RunCancelled)
         sweep.update(status="failed" if failed else "interrupted", finished=ledger.now(),
