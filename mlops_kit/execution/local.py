@@ -33,9 +33,10 @@ def prestart() -> None:
 
 
 def shared_zygote():
-    """A zygote for several executors at once (``LocalExecutor(zygote=...)``); None in the
-    spawn mode. The caller closes it (``.close()``)."""
-    return None if os.environ.get(_kernels.MODE_ENV, "fork") == "spawn" else _kernels.KernelZygote()
+    """A zygote for several executors at once (``LocalExecutor(zygote=...)``): the one
+    :func:`prestart` started, else a new one; None in the spawn mode. The caller closes it
+    (``.close()``)."""
+    return None if os.environ.get(_kernels.MODE_ENV, "fork") == "spawn" else _kernels.take_zygote()
 
 
 def discard_prestarted() -> None:
