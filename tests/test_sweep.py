@@ -218,6 +218,19 @@ def test_the_leaderboard_ranks_by_the_metric_in_its_direction(_isolated_runs):
     assert best_trial(board)["run"] == "c"  # b is lower, but failed its gate
 
 
+def test_a_sweep_whose_process_is_gone_reads_as_interrupted(_isolated_runs):
+    from mlops_kit import ledger
+
+    sweep = ledger.create_sweep({"grid": {"train.params.C": [1, 2]}, "params": {}, "jobs": 2,
+                                 "trials": [{"index": 0, "setting": {"train.params.C": 1}, "status": "succeeded"},
+                                            {"index": 1, "setting": {"train.params.C": 2}, "status": "running"}]})
+    assert ledger.read_sweep(sweep.id)["status"] == "running"  # its lock is held: alive
+    sweep.release()  # as when its process is killed
+    record = ledger.read_sweep()
+    assert record["status"] == "interrupted" and [t["status"] for t in record["trials"]] == ["succeeded",
+                                                                                          "interrupted"]
+
+
 # --- hostile input ----------------------------------------------------------------------------
 
 @pytest.mark.security

@@ -34,9 +34,13 @@ def sweep(ctx, params_file, overrides, grid, jobs, resume, no_report, as_json):
     if resume and (params_file or overrides or grid):
         raise click.UsageError("--resume runs a sweep again with its own parameters and grid: "
                                "it takes no -p, --set or --grid.")
+    import signal
+
     from ..execution.local import discard_prestarted, prestart
 
     prestart()  # the kernels' parent imports the libraries while the parameters are checked
+    # SIGTERM ends the sweep like Ctrl-C: no trial starts; running ones stop before their next stage
+    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     printer = _Progress()
     try:
         if resume:
