@@ -81,6 +81,7 @@ def resume_sweep(sweep_id: str, *, jobs: int | None = None, on_event=None, on_tr
     todo = [t["index"] for t in record["trials"] if t["status"] != "succeeded"]
     if not todo and record["data_run"]:
         raise MlopsKitError(f"Sweep {record['id']} cannot be resumed: every trial succeeded.")
+    jobs = _jobs(jobs if jobs is not None else record["jobs"])
     try:
         sweep.acquire()
     except BlockingIOError:
@@ -88,8 +89,7 @@ def resume_sweep(sweep_id: str, *, jobs: int | None = None, on_event=None, on_tr
     loaded = load_params(recorded=record["params"], recorded_from=str(sweep.record_path))
     loaded.sweep = record["grid"]
     sweep.update(status="running", finished=None, error=None, resumed=[*record["resumed"], ledger.now()])
-    return _carry_out(sweep, loaded, todo, _jobs(jobs or record["jobs"]), on_event, on_trial, executor_factory,
-                      report, cancel)
+    return _carry_out(sweep, loaded, todo, jobs, on_event, on_trial, executor_factory, report, cancel)
 
 
 def run_trial(sweep: ledger.SweepFolder, index: int, loaded: LoadedParams, executor: Executor,
