@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from . import _paths, ledger
-from .errors import MlopsKitError, ParameterError, RunCancelled
+from .errors import MlopsKitError, ParameterError, ParameterProblem, RunCancelled
 from .execution import ExecutionPlan, Executor
 from .params import BASELINE_METRICS, METRIC_DIRECTIONS, SKLEARN_DATASETS, LoadedParams, load_params, with_setting
 
@@ -98,8 +98,8 @@ def run_trial(sweep: ledger.SweepFolder, index: int, loaded: LoadedParams, execu
     setting, or the continuation of its failed run; the trial's entry, as recorded."""
     from . import runner
 
-    trial = sweep.read()["trials"][index]
-    data_run = sweep.read()["data_run"]
+    record = sweep.read()
+    trial, data_run = record["trials"][index], record["data_run"]
     started: list[str] = []
 
     def note_run(event) -> None:
@@ -224,19 +224,15 @@ def _jobs(jobs: int | None) -> int:
     import os
 
     if jobs is not None and jobs < 1:
-        raise ParameterError([_problem("--jobs", "jobs", "a number of trials at a time, at least 1", repr(jobs))])
+        raise ParameterError([ParameterProblem("--jobs", "jobs", "a number of trials at a time, at least 1",
+                                               repr(jobs))])
     return jobs or os.cpu_count() or 1
 
 
-def _problem(*args):
-    from .errors import ParameterProblem
-
-    return ParameterProblem(*args)
-
-
-def _in_setting(problem, setting: dict) -> Any:
+def _in_setting(problem: ParameterProblem, setting: dict) -> ParameterProblem:
     shown = ", ".join(f"{k}={v!r}" for k, v in setting.items())
-    return _problem(f"sweep setting {shown}", problem.key, problem.expected, problem.found, problem.suggestion)
+    return ParameterProblem(f"sweep setting {shown}", problem.key, problem.expected, problem.found,
+                            problem.suggestion)
 
 
 def _metric(params, task: str | None = None) -> tuple[str | None, bool]:
