@@ -169,6 +169,20 @@ def test_a_bad_grid_from_the_cli_and_from_a_file_is_refused_before_any_run(_isol
     assert not any(_isolated_runs.iterdir())  # no run, no sweep folder
 
 
+def test_a_setting_the_schema_refuses_stops_the_sweep_before_any_run(_isolated_runs):
+    """run_sweep checks every combination itself (a program may hand it any grid)."""
+    from mlops_kit.errors import ParameterError
+    from mlops_kit.params import load_params
+    from mlops_kit.sweep import run_sweep
+
+    loaded = load_params(None)
+    loaded.sweep = {"train.params.C": [0.1, 1], "train.cv_folds": [5, 1]}
+    with pytest.raises(ParameterError) as caught:
+        run_sweep(loaded)
+    assert "sweep setting train.params.C=0.1, train.cv_folds=1: train.cv_folds" in str(caught.value)
+    assert not any(_isolated_runs.iterdir())
+
+
 def test_a_file_sweep_section_and_grid_options_combine(tmp_path):
     from mlops_kit.params import load_params
     from mlops_kit.sweep import settings
