@@ -12,6 +12,7 @@ values go, at deploy time, only into a Kubernetes Secret.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from pathlib import Path
@@ -409,12 +410,10 @@ def _check_sweep(sweep: Any, grid: list[str] | tuple[str, ...], raw: dict, origi
                 RunParams.model_validate(trial)
             except ValidationError as exc:
                 problems.extend(ParameterProblem(where[key], f"sweep.{key}[{index}]", p.expected, p.found)
-                                for p in _describe_validation(exc, trial, {}, Path(where[key]))[:1])
-    trials = 1
-    for values in sweep.values():
-        trials *= len(values) if isinstance(values, list) else 1
-    if not problems and trials > MAX_SWEEP_TRIALS:
-        problems.append(ParameterProblem(source if not grid else "sweep / --grid", "sweep",
+                                for p in _describe_validation(exc, trial, {}, Path(where[key])))
+    trials = math.prod(len(values) for values in sweep.values()) if not problems else 0
+    if trials > MAX_SWEEP_TRIALS:
+        problems.append(ParameterProblem(" and ".join(sorted(set(where.values()))), "sweep",
                                          f"at most {MAX_SWEEP_TRIALS} trials (the product of the lists' "
                                          "lengths)", f"{trials} trials"))
     if problems:

@@ -129,15 +129,24 @@ def test_a_trial_that_failed_in_a_stage_is_continued_in_its_own_run(project_copy
 # --- bad grids: refused before any run, naming the key --------------------------------------------
 
 @pytest.mark.parametrize("grid, words", [
-    (["train.paramz.C=[1, 2]"], ["sweep.train.paramz.C", "unknown key", "Did you mean 'params'"]),
-    (["data.test_size=[0.1, 0.3]"], ["sweep.data.test_size", "train or evaluate", "data stage runs once"]),
+    (["train.paramz.C=[1, 2]"], ["sweep.train.paramz.C", "a parameter path such as train.model", "unknown key",
+                                 "Did you mean 'params'"]),
+    (["train.modle=[ridge]"], ["sweep.train.modle", "unknown key", "Did you mean 'model'"]),
+    (["train=[1]"], ["sweep.train:", "unknown key"]),
+    (["train.params.C.x=[1]"], ["sweep.train.params.C.x", "unknown key"]),
+    (["data.test_size=[0.1, 0.3]"], ["sweep.data.test_size", "train or evaluate", "data stage runs once",
+                                     "a key of 'data'"]),
     (["train.params.C=0.1"], ["sweep.train.params.C", "non-empty list", "0.1 (float)"]),
+    (["train.params.C=[1, 2"], ["sweep.train.params.C", "non-empty list", "'[1, 2' (str)"]),  # not YAML
     (["train.params.C=[]"], ["sweep.train.params.C", "an empty list"]),
     (["train.params.C=[{a: 1}]"], ["sweep.train.params.C", "a mapping among them"]),
-    (["train.params.C=[1, 1]"], ["sweep.train.params.C", "1 twice"]),
+    (["train.params.C=[1, 2, 1, 2]"], ["sweep.train.params.C", "1 twice"]),
+    (["train.params.C=[0.5, 0.5]"], ["sweep.train.params.C", "0.5 twice"]),
     (["train.params.C=[" + ", ".join(str(i) for i in range(1, 12)) + "]",
       "train.params.max_iter=[" + ", ".join(str(i) for i in range(100, 110)) + "]"],
-     ["at most 100 trials", "110 trials"]),
+     ["--grid train.params.C=[1, 2,", "--grid train.params.max_iter=[100,", "at most 100 trials", "110 trials"]),
+    # every mistake at once, each named
+    (["train.params.C", "data.seed=[1]", "train.params.C=7"], ["no '='", "sweep.data.seed", "found 7 (int)"]),
     (["train.cv_folds=[0, 1]"], ["sweep.train.cv_folds[1]", "at least 2 folds", "found 1"]),
     (["train.model=[ridge, logistic_regresion]"], ["sweep.train.model[1]", "logistic_regresion",
                                                    "did you mean 'logistic_regression'"]),
@@ -153,6 +162,16 @@ def test_a_bad_grid_is_refused_naming_the_key(grid, words, _isolated_runs):
     for word in words:
         assert word in str(caught.value), str(caught.value)
     assert not any(_isolated_runs.iterdir())
+
+
+def test_a_grid_of_one_hundred_trials_and_distinct_values_of_other_types_are_accepted():
+    from mlops_kit.params import load_params
+
+    loaded = load_params(None, grid=["train.params.C=[" + ", ".join(str(i) for i in range(1, 11)) + "]",
+                                     "train.params.max_iter=[" + ", ".join(str(i) for i in range(100, 110)) + "]"])
+    assert [len(values) for values in loaded.sweep.values()] == [10, 10]
+    loaded = load_params(None, grid=["train.params.fit_intercept=[true, 1, 1.0, '1', null]"])
+    assert loaded.sweep["train.params.fit_intercept"] == [True, 1, 1.0, "1", None]
 
 
 def test_a_bad_grid_from_the_cli_and_from_a_file_is_refused_before_any_run(_isolated_runs, tmp_path):
