@@ -20,5 +20,6 @@ IMAGE = "image.json"
 RELEASE = "release.json"
 RUN = "run.json"
 CHAMPION = "champion.json"
+SWEEP = "sweep.json"
 #: the key of the release history inside its ConfigMap (microk8s)
 RELEASE_HISTORY_KEY = "releases.json"
