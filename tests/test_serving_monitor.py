@@ -360,3 +360,47 @@ def test_kill_9_mid_load_leaves_a_readable_log(mixed_model_dir, tmp_path):
     frame = read_request_log(log)
     assert len(frame) > 0 and frame.attrs["torn_lines"] <= 1
     assert set(frame.columns) >= {"request_id", "row", "time", "model_sha256", "age", "city", "prediction"}
+
+
+# --- settings: parameters, local deploys, the MicroK8s manifest --------------------------------
+
+def test_serve_monitor_parameters_reach_local_and_microk8s_servers(_isolated_runs):
+    from mlops_kit.deploy import local
+    from mlops_kit.deploy.k8s import _render
+    from mlops_kit.params import load_params
+
+    params = load_params(overrides=["serve.monitor.sample=0.25", "serve.monitor.window=300",
+                                    "serve.monitor.max_total_bytes=33554432"]).params
+    env = local.server_env(params, {}, run_id="20260101-000000-abcd")
+    folder = _isolated_runs / ".requests" / "20260101-000000-abcd"        # beside the run, never in it
+    assert env["MLOPS_KIT_LOG_REQUESTS"] == str(folder) and env["MLOPS_KIT_LOG_SAMPLE"] == "0.25"
+    assert env["MLOPS_KIT_DRIFT_WINDOW"] == "300" and env["MLOPS_KIT_LOG_MAX_TOTAL_BYTES"] == "33554432"
+    settings, mounts = local._container_settings(env)   # a container: the folder bind-mounted, writable
+    assert settings["MLOPS_KIT_LOG_REQUESTS"] == _render.REQUEST_LOG_DIR_IN_IMAGE
+    assert mounts == [(str(folder.resolve()), _render.REQUEST_LOG_DIR_IN_IMAGE)] and folder.is_dir()
+    assert "MLOPS_KIT_LOG_REQUESTS" not in local.server_env(load_params().params, {}, run_id="r")   # sample 0
+
+    objects = _render.render(params, image="localhost:32000/m:1", model_sha256="a" * 64, run_id="r")
+    config = _render.find(objects, "ConfigMap")["data"]
+    assert config["MLOPS_KIT_LOG_SAMPLE"] == "0.25" and config["MLOPS_KIT_DRIFT_WINDOW"] == "300"
+    assert config["MLOPS_KIT_LOG_REQUESTS"] == _render.REQUEST_LOG_DIR_IN_IMAGE
+    pod = _render.find(objects, "Deployment")["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == _render.REQUESTS_VOLUME]
+    assert mount["mountPath"] == _render.REQUEST_LOG_DIR_IN_IMAGE
+    (volume,) = [v for v in pod["volumes"] if v["name"] == _render.REQUESTS_VOLUME]
+    assert volume["emptyDir"] == {"sizeLimit": "48Mi"}                  # 32 MiB of log + a 16 MiB file
+
+
+def test_bad_monitor_settings_are_refused_naming_the_key():
+    from mlops_kit.errors import ParameterError
+    from mlops_kit.params import load_params
+    from mlops_kit.serving import ServeSettings
+
+    with pytest.raises(ParameterError, match="serve.monitor.sample"):
+        load_params(overrides=["serve.monitor.sample=2"])
+    with pytest.raises(ParameterError, match="max_file_bytes must be at most max_total_bytes"):
+        load_params(overrides=["serve.monitor.max_file_bytes=4096", "serve.monitor.max_total_bytes=2048"])
+    with pytest.raises(ParameterError, match="log_requests: expected a folder for the request log"):
+        ServeSettings(log_sample=0.5)
+    with pytest.raises(ParameterError, match="MLOPS_KIT_DRIFT_WINDOW: expected an integer"):
+        ServeSettings.from_env({"MLOPS_KIT_DRIFT_WINDOW": "many"})
