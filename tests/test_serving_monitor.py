@@ -113,6 +113,50 @@ def test_live_bins_are_the_cores_bins(request, which):
         assert expected.features[category].counts[unseen] >= 1
 
 
+def test_the_onnx_server_counts_the_same_bins_without_scipy_or_pandas(mixed_model_dir, tmp_path):
+    """The lean image (onnxruntime, numpy, pydantic: no scipy, pandas or scikit-learn). The ONNX
+    runtime's live counts equal the skops runtime's on the same requests (numeric, categorical,
+    missing, an unseen level)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from mlops_kit.compile import compile_model
+    from mlops_kit.serving import create_app
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(mixed_model_dir, folder)
+    assert compile_model(folder).passed
+    schema = artifacts.SCHEMA.load(folder)
+    sent = records_of(pd.read_parquet(folder / "test.parquet"), schema)
+    sent[0]["city"] = "a city never seen"
+    (tmp_path / "sent.json").write_text(json.dumps(sent))
+    script = f"""
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {{"scipy", "pandas", "sklearn", "skops"}}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+from mlops_kit.serving import create_app
+service = create_app({str(folder)!r}, runtime="onnx").state.service
+batch = service.schema.parse_records(json.loads(open({str(tmp_path / "sent.json")!r}).read()))
+service.live_monitor.observe(batch, service.predictor.predict(batch)[0])
+judged = service.live_monitor.judge(service.live_monitor.snapshot())
+print(json.dumps({{"platform": service.predictor.platform, "totals": service.live_monitor.totals().tolist(),
+                  "scores": judged.scores}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    onnx = json.loads(done.stdout)
+    service = create_app(folder, runtime="skops").state.service
+    batch = service.schema.parse_records(sent)
+    service.live_monitor.observe(batch, service.predictor.predict(batch)[0])
+    assert onnx["platform"] != service.predictor.platform
+    assert onnx["totals"] == service.live_monitor.totals().tolist()
+    assert onnx["scores"] == pytest.approx(service.live_monitor.judge(service.live_monitor.snapshot()).scores)
+
+
 def test_the_window_slides_and_judges_like_the_core(mixed_model_dir):
     """The window keeps the last ``window`` rows (give or take a chunk); its verdict per
     feature is the core's permutation test at the core's Bonferroni level."""
