@@ -192,7 +192,8 @@ def _profile_document(model_dir) -> dict:
 
 
 CRAFTED_PROFILES = {
-    "edges not increasing": lambda d: d["features"][0]["numeric"].update(edges=[3.0, 2.0, 1.0]),
+    "edges not increasing": lambda d: d["features"][0]["numeric"]["edges"].reverse(),
+    "two edges swapped": lambda d: d["features"][0]["numeric"]["edges"].insert(1, d["features"][0]["numeric"]["edges"].pop(2)),
     "an infinite edge": lambda d: d["features"][0]["numeric"].update(edges=[1e400]),
     "too many edges": lambda d: d["features"][0]["numeric"].update(edges=list(range(200))),
     "counts not adding up": lambda d: d["features"][0]["counts"].__setitem__(0, d["features"][0]["counts"][0] + 1),
