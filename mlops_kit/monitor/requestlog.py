@@ -180,6 +180,7 @@ class RequestLogWriter:
                     continue
                 lines.append(line)
             self._append(lines)
+            time.sleep(0)   # hand the GIL to the event loop between requests: it never waits a switch interval
         if self._file is not None:
             self._file.flush()
 
