@@ -26,7 +26,7 @@ from _serving_process import ServerProcess
 from conftest import train_into
 from mlops_kit import artifacts, monitor
 from mlops_kit.errors import ArtifactError
-from mlops_kit.monitor import _live
+from mlops_kit.monitor import live
 from mlops_kit.monitor.requestlog import log_files, read_request_log
 
 
@@ -104,9 +104,9 @@ def test_live_bins_are_the_cores_bins(request, which):
                                                                                     else np.float64))
     totals = service.live_monitor.totals()
     for name, labels, offset in service.live_monitor.labels():
-        counts = expected.prediction if name == _live.PREDICTION else expected.features[name]
+        counts = expected.prediction if name == live.PREDICTION else expected.features[name]
         assert totals[offset:offset + len(labels)].tolist() == counts.counts.tolist(), name
-        entry = profile.prediction if name == _live.PREDICTION else profile.feature(name)
+        entry = profile.prediction if name == live.PREDICTION else profile.feature(name)
         assert labels == entry.labels
     if category is not None:
         unseen = profile.feature(category).labels.index("unseen")
@@ -163,17 +163,17 @@ def test_the_window_slides_and_judges_like_the_core(mixed_model_dir):
     from mlops_kit.serving import create_app
 
     app = create_app(mixed_model_dir, drift_window=100)
-    live = app.state.service.live_monitor
+    counting = app.state.service.live_monitor
     schema = artifacts.SCHEMA.load(mixed_model_dir)
     train = pd.read_parquet(mixed_model_dir / "train.parquet")
     shifted = train.assign(age=train["age"] + 40)
     for frame in (train.iloc[:150], shifted.iloc[:150]):
         for start in range(0, 150, 10):
             batch = app.state.service.schema.parse_records(records_of(frame.iloc[start:start + 10], schema))
-            live.observe(batch, app.state.service.predictor.predict(batch)[0])
-    seen, rows, _ = snapshot = live.snapshot()
+            counting.observe(batch, app.state.service.predictor.predict(batch)[0])
+    seen, rows, _ = snapshot = counting.snapshot()
     assert seen == 300 and 100 <= rows <= 110
-    judged = live.judge(snapshot)
+    judged = counting.judge(snapshot)
     profile = artifacts.MONITOR_PROFILE.load(mixed_model_dir)
     window = shifted.iloc[150 - rows:150]
     batch = app.state.service.schema.parse_records(records_of(window, schema))
@@ -215,7 +215,7 @@ def test_a_crafted_profile_is_refused_naming_the_field(model_dir, tmp_path, name
     path = tmp_path / "monitor_profile.json"
     path.write_text(json.dumps(document))
     with pytest.raises(ArtifactError, match=r"monitor_profile.json (is not a valid monitoring profile|must be)"):
-        _live.read_profile(path)
+        live.read_profile(path)
 
 
 @pytest.mark.security
@@ -223,10 +223,10 @@ def test_a_huge_or_broken_profile_is_refused(tmp_path):
     path = tmp_path / "monitor_profile.json"
     path.write_bytes(b"[" * 100_000)
     with pytest.raises(ArtifactError, match="must be JSON"):
-        _live.read_profile(path)
-    path.write_bytes(b" " * (_live.MAX_PROFILE_BYTES + 1))
+        live.read_profile(path)
+    path.write_bytes(b" " * (live.MAX_PROFILE_BYTES + 1))
     with pytest.raises(ArtifactError, match="must be at most"):
-        _live.read_profile(path)
+        live.read_profile(path)
 
 
 def test_a_model_without_profile_is_served_without_live_bins(model_dir, tmp_path):

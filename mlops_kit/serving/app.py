@@ -401,14 +401,14 @@ def _open_live(predictor: Any, settings: ServeSettings) -> Any:
     """The live bins of the model's monitoring profile; None (and a warning) for a model
     folder without one (a model trained before profiles, a hand-made folder)."""
     from .. import _artifact_names as _names
-    from ..monitor import _live
+    from ..monitor import live
 
     path = Path(predictor.model_dir) / _names.MONITOR_PROFILE
     if not path.is_file():
         logger.warning("no %s in %s: live drift is not counted (train the model again to have it)",
                        _names.MONITOR_PROFILE, predictor.model_dir)
         return None
-    return _live.LiveMonitor(_live.read_profile(path), list(predictor.request_schema.names),
+    return live.LiveMonitor(live.read_profile(path), list(predictor.request_schema.names),
                              window=settings.drift_window, classes=predictor.classes)
 
 
