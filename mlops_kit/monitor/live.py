@@ -7,12 +7,13 @@ finite numbers, increasing edges, counts adding up), and bins the server's valid
 (:class:`~mlops_kit.serving._validation.Batch`: numbers as float64, booleans as 1.0/0.0, categories
 as text, missing as NaN) in the same bins as :mod:`._bins` does a DataFrame.
 
-On the request path, :meth:`LiveMonitor.observe` does a few numpy operations per request,
-whatever the number of numeric features: their bins by one comparison of the batch's matrix
-with the edges (one plane per edge rank, padded with +inf) summed over the planes; each
-categorical feature's by a dict lookup per value (the levels' bins precomputed). Every value
-becomes a flat bin index (the features and the predictions laid end to end); the indexes of a
-chunk of ``window / 10`` rows are counted by one ``bincount`` when it is full. The sliding
+On the request path, :meth:`LiveMonitor.observe` keeps the request's arrays with the current
+chunk; when the chunk holds ``window / 10`` rows it is binned at once, a few numpy calls
+whatever the number of numeric features or of requests in it: their bins by one comparison of
+the chunk's matrix with the edges (one plane per edge rank, padded with +inf) summed over the
+planes; each categorical feature's by a dict lookup per value (the levels' bins precomputed).
+Every value becomes a flat bin index (the features and the predictions laid end to end),
+counted by one ``bincount``. The sliding
 window is the last chunks holding at least ``window`` rows (at most a chunk more). The drift of the window (PSI, and the
 core's permutation test with its Bonferroni level) is computed by :meth:`LiveMonitor.judge`
 on a snapshot, off the request path.
@@ -260,8 +261,8 @@ class LiveMonitor:
                 for value in classes or ():   # the classes as the model answers them: no str() per row
                     lookup[value] = lookup[str(value)] if str(value) in lookup else p.offset + p.fallback
                 self._prediction = ("categorical", lookup)
-        # the chunk being filled: the bin index arrays of its requests, counted when it closes
-        self._pending: list[np.ndarray] = []
+        # the chunk being filled: its requests' arrays (numeric matrix, columns, answers)
+        self._pending: list[tuple] = []
         self._pending_rows = 0
         self._chunk = max(1, window // 10)
         self._chunks: collections.deque = collections.deque()
@@ -273,38 +274,50 @@ class LiveMonitor:
 
     # -- the request path ----------------------------------------------------------------------
     def observe(self, batch: Any, predictions: Any) -> None:
-        """Count a validated batch and the model's answers for it: the flat bin index of every
-        value is found (a few numpy calls, whatever the features) and kept with the chunk;
-        the chunk is counted (one ``bincount``) when it holds ``window / 10`` rows."""
+        """Count a validated batch and the model's answers for it. The request's arrays are
+        kept with the chunk (no copy: the server makes new ones per request) and the chunk is
+        binned and counted at once when it holds ``window / 10`` rows: a few numpy calls per
+        chunk, whatever the number of features or of requests in it."""
         rows = batch.rows
-        pending = self._pending
-        if self._numeric:
-            pending.append(self._numeric_bins(batch).ravel())
-        columns = batch.columns
-        for column_index, true_bin, false_bin, missing in self._booleans:
-            values = columns[column_index]
-            pending.append(np.where(values == 1.0, true_bin, np.where(values == 0.0, false_bin, missing)))
-        for column_index, lookup in self._categorical:
-            pending.append(np.fromiter(map(lookup.__getitem__, columns[column_index]), np.intp, rows))
-        if self._prediction is not None:
-            kind, how = self._prediction
-            if kind == "numeric":
-                values = np.asarray(predictions, dtype=np.float64)
-                bins = np.searchsorted(how.edges, values, side="right") + how.offset
-                pending.append(np.where(np.isfinite(values), bins, how.offset + how.missing))
-            else:
-                pending.append(np.fromiter(map(how.__getitem__, predictions.tolist()), np.intp, rows))
+        if self._numeric and (batch.numeric is None or len(self._numeric_list) != batch.numeric.shape[1]):
+            block = np.column_stack([batch.columns[i] for i in self._numeric_list])
+        else:
+            block = batch.numeric     # every numeric column of the schema, in order: the batch's own matrix
+        self._pending.append((block, batch.columns, predictions))
         self._pending_rows += rows
         self.rows += rows
         if self._pending_rows >= self._chunk:
             self._close_chunk()
 
-    def _numeric_bins(self, batch: Any) -> np.ndarray:
+    def _bin_indexes(self, pending: list) -> np.ndarray:
+        """The flat bin index of every value of the pending requests."""
+        one = len(pending) == 1
+
+        def stacked(values: list) -> Any:
+            return values[0] if one else np.concatenate(values)
+
+        parts = []
+        if self._numeric:
+            parts.append(self._numeric_bins(stacked([block for block, _, _ in pending])).ravel())
+        for column_index, true_bin, false_bin, missing in self._booleans:
+            values = stacked([columns[column_index] for _, columns, _ in pending])
+            parts.append(np.where(values == 1.0, true_bin, np.where(values == 0.0, false_bin, missing)))
+        for column_index, lookup in self._categorical:
+            values = stacked([columns[column_index] for _, columns, _ in pending])
+            parts.append(np.fromiter(map(lookup.__getitem__, values), np.intp, len(values)))
+        if self._prediction is not None:
+            kind, how = self._prediction
+            values = stacked([np.asarray(answers) for _, _, answers in pending])
+            if kind == "numeric":
+                values = values.astype(np.float64, copy=False)
+                bins = np.searchsorted(how.edges, values, side="right") + how.offset
+                parts.append(np.where(np.isfinite(values), bins, how.offset + how.missing))
+            else:
+                parts.append(np.fromiter(map(how.__getitem__, values.tolist()), np.intp, len(values)))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros(0, np.intp)
+
+    def _numeric_bins(self, block: np.ndarray) -> np.ndarray:
         """The flat bin index of every numeric value (rows x numeric features)."""
-        if batch.numeric is not None and len(self._numeric_list) == batch.numeric.shape[1]:
-            block = batch.numeric     # every numeric column of the schema, in order: the batch's own matrix
-        else:
-            block = np.column_stack([batch.columns[i] for i in self._numeric_list])
         planes = self._planes
         step = max(1, _COMPARISONS // max(1, planes.size))
         # at most 99 edges (MAX_EDGES): the count of those reached fits in a byte
@@ -317,11 +330,9 @@ class LiveMonitor:
         return np.where(missing, self._numeric_missing, reached) if missing.any() else reached
 
     def _count_pending(self) -> np.ndarray:
-        pending = self._pending
-        if not pending:
+        if not self._pending:
             return np.zeros(self.size, dtype=np.int64)
-        return np.bincount(np.concatenate(pending) if len(pending) > 1 else pending[0],
-                           minlength=self.size).astype(np.int64, copy=False)
+        return np.bincount(self._bin_indexes(self._pending), minlength=self.size).astype(np.int64, copy=False)
 
     def _close_chunk(self) -> None:
         counts = self._count_pending()
