@@ -161,20 +161,23 @@ class RequestLogWriter:
     def _write(self, batch: list) -> None:
         import orjson
 
+        dumps = orjson.dumps
         for stamp, request_id, features, predictions, probabilities, rows in batch:
             when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + f".{int(stamp % 1 * 1000):03d}Z"
-            columns = {name: self._values(name, column) for name, column in features.items()}
+            names = list(features)
+            values = zip(*(self._values(name, column) for name, column in features.items())) if names else [()] * rows
             answers = _plain_list(predictions)
-            shares = _plain_list(probabilities) if probabilities is not None else None
+            shares = (_plain_list(probabilities) if probabilities is not None and self.classes is not None
+                      else [None] * rows)
+            classes = self.classes
+            # the keys of every line, made once per request (the request id is validated: no escaping)
+            head = dumps({"v": LOG_VERSION, "time": when, "request_id": request_id})[:-1] + b',"row":'
+            sha = b',"model_sha256":"' + self.model_sha256.encode() + b'","features":'
             lines = []
-            for row in range(rows):
-                record = {"v": LOG_VERSION, "time": when, "request_id": request_id, "row": row,
-                          "model_sha256": self.model_sha256,
-                          "features": {name: values[row] for name, values in columns.items()},
-                          "prediction": answers[row],
-                          "probabilities": (dict(zip(self.classes, shares[row]))
-                                            if shares is not None and self.classes is not None else None)}
-                line = orjson.dumps(record) + b"\n"
+            for row, (row_values, answer, share) in enumerate(zip(values, answers, shares)):
+                line = b"".join((head, str(row).encode(), sha, dumps(dict(zip(names, row_values))), b',"prediction":',
+                                 dumps(answer), b',"probabilities":',
+                                 dumps(None if share is None else dict(zip(classes, share))), b"}\n"))
                 if len(line) > MAX_LINE_BYTES:
                     self.dropped += 1
                     continue
