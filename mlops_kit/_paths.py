@@ -113,3 +113,10 @@ def image_builds_dir() -> Path:
 LOCAL_DEPLOY_STATE = ".local-deploy.json"
 #: Held by a local deploy or undeploy from start to end: one at a time per runs folder.
 LOCAL_DEPLOY_LOCK = ".local-deploy.lock"
+#: Request logs of local deploys (``serve.monitor.sample`` > 0): ``<runs dir>/.requests/<run id>/``
+#: (a run folder is a record: the server writes nothing into it).
+REQUESTS_SUBDIR = ".requests"
+
+
+def request_log_dir(run_id: str) -> Path:
+    return runs_dir() / REQUESTS_SUBDIR / run_id
