@@ -136,8 +136,6 @@ def test_a_server_that_stops_answering_fires_server_down(model_dir, prometheus_f
     assert alert["instance"] == f"127.0.0.1:{server.port}" and alert["severity"] == "critical"
 
 
-@pytest.mark.skip(reason="the server exports no mlops_kit_drift_* metrics yet (issue 21, contract C: "
-                         "serve-monitor's branch); remove this mark when it is merged")
 def test_shifted_traffic_moves_the_drift_gauge_and_fires_the_drift_alert(model_dir, tmp_path, prometheus_for):
     rows = training_rows(model_dir)[:WINDOW]
     log = tmp_path / "requests"
