@@ -95,8 +95,11 @@ def test_the_podmonitor_selects_the_servers_pods_and_scrapes_its_metrics_port():
     port_names = {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
-    # the server's `endpoint` label (the route) must win over the operator's (the port's name)
-    assert endpoint["honorLabels"] is True
+    # the operator's `endpoint` target label (the port's name) is dropped, so the server's own
+    # (the route) keeps its name; the server never sets its job, namespace or pod
+    # (test_prometheus_server.py scrapes through these relabelings)
+    assert {"action": "labeldrop", "regex": "endpoint"} in endpoint["relabelings"]
+    assert not endpoint.get("honorLabels", False)
 
 
 @pytest.mark.parametrize("params", [RunParams(), RunParams(deploy={"name": "churn-api", "namespace": "team-a",

@@ -3,7 +3,8 @@ rules of k8s/monitoring/rules.yml: the drift gauge and the firing alerts are rea
 Prometheus' HTTP API, as an operator's dashboard or Alertmanager would see them.
 
 The rules' hold times (``for: 15m``) are shortened to seconds here; everything else is the
-shipped file. What each rule does at its thresholds is promtool's unit test
+shipped file. The scrape relabels targets as the Prometheus operator does for
+k8s/monitoring/podmonitor.yaml (MicroK8s' observability addon). What each rule does at its thresholds is promtool's unit test
 (test_prometheus_rules.py)."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from _serving_process import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "k8s" / "monitoring" / "rules.yml"
+PODMONITOR = REPO / "k8s" / "monitoring" / "podmonitor.yaml"
 WINDOW = 400            # serve.monitor.window: the training split has 455 rows
 SHIFTED = "mean radius"
 
@@ -32,7 +34,7 @@ class Prometheus:
     """``prometheus`` on a free port of 127.0.0.1, scraping ``targets`` every second, with the
     rules file's alerts held ``hold`` instead of their minutes."""
 
-    def __init__(self, folder: Path, targets: list[str], hold: str = "2s"):
+    def __init__(self, folder: Path, targets: list[str], hold: str = "2s", relabel_configs: list[dict] = ()):
         need_commands("prometheus")
         rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))
         for group in rules["groups"]:
@@ -42,7 +44,8 @@ class Prometheus:
         (folder / "rules.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
         config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
                   "rule_files": ["rules.yml"],
-                  "scrape_configs": [{"job_name": "model-server", "static_configs": [{"targets": targets}]}]}
+                  "scrape_configs": [{"job_name": "model-server", "static_configs": [{"targets": targets}],
+                                      "relabel_configs": list(relabel_configs)}]}
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -97,12 +100,22 @@ class Prometheus:
         self.log.close()
 
 
+def podmonitor_relabelings() -> list[dict]:
+    """The target relabelings the Prometheus operator makes of k8s/monitoring/podmonitor.yaml:
+    its own ``endpoint`` label (the port's name), then the PodMonitor's, in Prometheus' spelling."""
+    monitor = yaml.safe_load(PODMONITOR.read_text(encoding="utf-8"))
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    snake = lambda key: re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()  # noqa: E731
+    return [{"target_label": "endpoint", "replacement": endpoint["port"]},
+            *({snake(k): v for k, v in rule.items()} for rule in endpoint.get("relabelings", []))]
+
+
 @pytest.fixture
 def prometheus_for(tmp_path):
     started: list[Prometheus] = []
 
     def start(server: ServerProcess) -> Prometheus:
-        started.append(Prometheus(tmp_path, [f"127.0.0.1:{server.port}"]))
+        started.append(Prometheus(tmp_path, [f"127.0.0.1:{server.port}"], relabel_configs=podmonitor_relabelings()))
         return started[-1]
 
     yield start
@@ -173,6 +186,9 @@ def test_shifted_traffic_moves_the_drift_gauge_and_fires_the_drift_alert(model_d
         exported = set(prometheus.api("label/__name__/values"))
         assert read <= exported, f"rules.yml reads metrics the server does not export: {sorted(read - exported)}"
         assert prometheus.query('mlops_kit_request_log_rows_total{outcome="written"}')
+        # scraped as the observability addon's PodMonitor scrapes: the route stays `endpoint`,
+        # where the error-rate rule looks for it
+        assert prometheus.query('mlops_kit_requests_total{endpoint="/predict", status="200"}')
         assert prometheus.firing("MlopsKitRequestLogRowsDropped") == []
         assert prometheus.firing("MlopsKitHighErrorRate") == []
     finally:
