@@ -105,9 +105,13 @@ def podmonitor_relabelings() -> list[dict]:
     its own ``endpoint`` label (the port's name), then the PodMonitor's, in Prometheus' spelling."""
     monitor = yaml.safe_load(PODMONITOR.read_text(encoding="utf-8"))
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    snake = lambda key: re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()  # noqa: E731
     return [{"target_label": "endpoint", "replacement": endpoint["port"]},
-            *({snake(k): v for k, v in rule.items()} for rule in endpoint.get("relabelings", []))]
+            *({_snake(k): v for k, v in rule.items()} for rule in endpoint.get("relabelings", []))]
+
+
+def _snake(key: str) -> str:
+    """sourceLabels -> source_labels"""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
 
 
 @pytest.fixture
