@@ -56,3 +56,39 @@ def train(loaded: LoadedParams) -> list[Check]:
              {"model": params.train.model, "task": task, "params": params.train.params,
               "origin": loaded.source_of("train.params"),
               "origins": {key: loaded.source_of(f"train.params.{key}") for key in params.train.params}})]
+
+
+#: the tables a monitor run reads (labels) and writes (the labelled live rows)
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def monitor(loaded: LoadedParams) -> list[Check]:
+    """The files a monitor run reads and writes, named before it starts: the labels file
+    (a CSV or parquet file that exists), the log folder, the export's kind and folder."""
+    from pathlib import Path
+
+    params = loaded.params.monitor
+    problems = []
+
+    def problem(key: str, expected: str, found: str) -> None:
+        problems.append(ParameterProblem(loaded.source_of(f"monitor.{key}"), f"monitor.{key}", expected, found))
+
+    if params.labels is not None:
+        labels = Path(params.labels)
+        if labels.suffix.lower() not in TABLE_SUFFIXES:
+            problem("labels", "a .csv or .parquet file", repr(params.labels))
+        elif not labels.is_file():
+            problem("labels", "an existing file", f"no file at {params.labels!r}")
+    if params.log_dir is not None and not Path(params.log_dir).is_dir():
+        problem("log_dir", "an existing folder (the request log)", f"no folder at {params.log_dir!r}")
+    if params.export_labelled is not None:
+        export = Path(params.export_labelled)
+        if export.suffix.lower() not in TABLE_SUFFIXES:
+            problem("export_labelled", "a path ending in .csv or .parquet", repr(params.export_labelled))
+        elif not export.parent.is_dir():
+            problem("export_labelled", "a path in an existing folder", f"no folder {str(export.parent)!r}")
+        if params.labels is None:
+            problem("export_labelled", "monitor.labels set too (only labelled rows are exported)", "no labels")
+    if problems:
+        raise ParameterError(problems)
+    return []

@@ -408,13 +408,21 @@ IMAGE: DocumentArtifact[ImageRecord] = DocumentArtifact(N.IMAGE, "package", "the
                                                         ImageRecord)
 RELEASE: DocumentArtifact[Release] = DocumentArtifact(N.RELEASE, "deploy", "what serves the model now",
                                                       Release)
+#: the training split's profile (monitor._profile.Profile, read by monitor.load_profile: the catalog
+#: cannot import the monitor package, which imports it)
+MONITOR_PROFILE = Artifact(N.MONITOR_PROFILE, "train", "the training split's bins: what live traffic is compared with",
+                           required=False)
+#: 06_monitor's verdict (monitor.MonitorReport, read by monitor.load_report)
+MONITOR_REPORT = Artifact(N.MONITOR_REPORT, "monitor", "drift, data quality and live metrics of the request log")
+MONITOR_PLOT = Artifact(N.MONITOR_PLOT, "monitor", "training vs live for the top features", required=False)
 RUN: RunFile[RunRecord] = RunFile(N.RUN, "the run's record (mlops_kit.ledger)", RunRecord)
 CHAMPION: RunFile[Champion] = RunFile(N.CHAMPION, "the promoted run (in the runs folder)", Champion)
 #: The release history's key inside its ConfigMap (microk8s) or state file (local).
 RELEASE_HISTORY_KEY = N.RELEASE_HISTORY_KEY
 
 CATALOG: tuple[Artifact, ...] = (TRAIN_SPLIT, TEST_SPLIT, SCHEMA, TARGET_PLOT, MODEL, MODEL_CARD, EXAMPLES,
-                                 METRICS, EVALUATION_PLOT, ONNX_MODEL, ONNX_REPORT, IMAGE, RELEASE)
+                                 METRICS, EVALUATION_PLOT, ONNX_MODEL, ONNX_REPORT, IMAGE, RELEASE, MONITOR_PROFILE,
+                                 MONITOR_REPORT, MONITOR_PLOT)
 BY_NAME: dict[str, Artifact] = {artifact.name: artifact for artifact in CATALOG}
 _BUILTIN = CATALOG
 
