@@ -104,3 +104,13 @@ def image_builds_dir() -> Path:
 LOCAL_DEPLOY_STATE = ".local-deploy.json"
 #: Held by a local deploy or undeploy from start to end: one at a time per runs folder.
 LOCAL_DEPLOY_LOCK = ".local-deploy.lock"
+
+
+#: In the runs folder: the request logs of local deploys, one folder per run (the run folder
+#: is a record and stays untouched).
+REQUEST_LOGS_SUBDIR = ".requests"
+
+
+def request_log_dir(run_id: str) -> Path:
+    """Where a local deploy of run ``run_id`` logs its requests (``serve.monitor.sample`` > 0)."""
+    return runs_dir() / REQUEST_LOGS_SUBDIR / run_id

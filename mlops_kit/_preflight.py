@@ -79,6 +79,20 @@ def monitor(loaded: LoadedParams) -> list[Check]:
             problem("labels", "a .csv or .parquet file", repr(params.labels))
         elif not labels.is_file():
             problem("labels", "an existing file", f"no file at {params.labels!r}")
+        else:
+            from ._table_header import read_columns
+            from .errors import DataError
+
+            try:
+                columns = read_columns(labels)
+            except DataError as exc:
+                columns = None
+                problem("labels", "a readable table", str(exc).split(": ", 1)[-1])
+            target = loaded.params.data.target
+            absent = [c for c in ("request_id", target) if columns is not None and c not in columns]
+            if absent:
+                problem("labels", f"a table with the columns 'request_id' and {target!r} (the target; 'row' "
+                        "optional)", f"the columns {', '.join(columns[:10]) or 'none'} in {params.labels!r}")
     if params.log_dir is not None and not Path(params.log_dir).is_dir():
         problem("log_dir", "an existing folder (the request log)", f"no folder at {params.log_dir!r}")
     if params.export_labelled is not None:

@@ -304,6 +304,9 @@ class RunRecord(OpenDocument):
     id: str
     created: Optional[str] = None
     status: str
+    #: ``pipeline`` (data ... deploy) or ``monitor`` (06_monitor: a deployed model watched);
+    #: records older than the kinds are pipelines (:func:`mlops_kit.ledger.run_kind`)
+    kind: Literal["pipeline", "monitor"] = "pipeline"
     params: Optional[dict[str, Any]] = None
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
     overhead: Optional[Overhead] = None

@@ -223,12 +223,14 @@ def _refuse_duplicates(frame: pd.DataFrame, what: str, source: str) -> None:
 def report(folder: str | Path, live: pd.DataFrame, *, labels: pd.DataFrame | None = None,
            labels_source: str | None = None, alpha: float = 0.05, seed: int = 0, gate: dict | None = None,
            baseline_metric: str | None = None, baseline_margin: float | None = 0.02,
-           model_run: str | None = None, log: str | None = None) -> MonitorReport:
+           model_run: str | None = None, log: str | None = None,
+           export_to: str | Path | None = None) -> MonitorReport:
     """The report on the live rows ``live`` (:func:`read_live`'s frame) of the model whose
     artifacts are in ``folder`` (its profile, schema, card and metrics).
 
     ``labels`` (:func:`read_labels`'s frame): joined on request id and row; the live metrics
-    are checked against the quality gate (``gate``, ``baseline_*``: 03_evaluate's parameters)."""
+    are checked against the quality gate (``gate``, ``baseline_*``: 03_evaluate's parameters),
+    and the labelled rows are written to ``export_to`` when given (:func:`export_labelled`)."""
     profile = model_profile(folder)
     schema = artifacts.SCHEMA.load(folder)
     card = artifacts.MODEL_CARD.load(folder)
@@ -243,6 +245,8 @@ def report(folder: str | Path, live: pd.DataFrame, *, labels: pd.DataFrame | Non
         performance = live_performance(labelled, folder, unmatched=unmatched, rows=len(live),
                                        source=labels_source or "labels", gate=gate or {},
                                        baseline_metric=baseline_metric, baseline_margin=baseline_margin)
+        if export_to is not None:
+            export_labelled(labelled, folder, export_to)
     gate_failures = performance.gate.failures() if performance is not None and performance.passed is False else []
     status = ("quality" if verdict.quality_issues else "performance" if gate_failures
               else "drift" if verdict.drifted else "healthy")
