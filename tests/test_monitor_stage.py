@@ -1,0 +1,243 @@
+"""06_monitor: the report on live rows, late labels joined, the export retrained on, a run of
+kind ``monitor`` in the ledger, and each bad input named (issue 21, item 2).
+
+Ground truth by construction: the model is trained on a generated table; unchanged traffic is
+fresh rows of the same generator, shifted traffic the same rows with known features moved.
+The live rows are shaped as the request log's reader gives them (contract B): ``request_id``,
+``row``, ``time``, ``model_sha256``, the features as received, ``prediction``, ``proba_<class>``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import train_into
+from mlops_kit import artifacts, data, ledger, model_io, monitor, train
+from mlops_kit.errors import DataError, MlopsKitError
+from mlops_kit.params import RunParams
+
+ROWS_PER_REQUEST = 5
+
+
+def make_customers(n: int, *, seed: int) -> pd.DataFrame:
+    """Numeric ``age``, ``income``, ``tenure``; categorical ``city``, ``plan``; a yes/no ``label``."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(45, 12, n)
+    income = rng.normal(50_000, 15_000, n)
+    tenure = rng.exponential(4, n)
+    city = rng.choice(["paris", "lyon", "nantes", "lille"], n, p=[0.4, 0.3, 0.2, 0.1])
+    plan = rng.choice(["basic", "pro"], n, p=[0.6, 0.4])
+    score = 0.04 * (age - 45) + (income - 50_000) / 15_000 + (city == "paris") * 0.8 + rng.normal(0, 0.7, n)
+    frame = pd.DataFrame({"age": age, "income": income, "tenure": tenure, "city": city, "plan": plan})
+    frame.loc[rng.random(n) < 0.03, "tenure"] = np.nan
+    frame["label"] = np.where(score > 0, "yes", "no")
+    return frame
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory):
+    """A succeeded run in the ledger (its runs folder this module's own) whose model watched."""
+    runs = tmp_path_factory.mktemp("monitor-runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_KIT_RUNS_DIR", str(runs))
+        source = tmp_path_factory.mktemp("monitor-data") / "customers.csv"
+        make_customers(3000, seed=0).to_csv(source, index=False)
+        params = RunParams.model_validate({"data": {"source": str(source), "target": "label"}})
+        run = ledger.create_run({"params": params.model_dump(mode="json"), "stages": {}})
+        train_into(run.path, str(source), "label")
+        if not artifacts.MONITOR_PROFILE.exists(run.path):  # written by 02_train once the profile lands
+            train_rows, _, schema = data.load_splits(run.artifacts)
+            X, _ = train.features_and_target(train_rows, schema)
+            profile = monitor.build_profile(train_rows, schema, predictions=model_io.load_model(run.artifacts).predict(X))
+            profile.save(artifacts.MONITOR_PROFILE.path(run.path))
+        run.update(status="succeeded", finished=ledger.now())
+        run.release()
+        yield runs, run.path
+
+
+@pytest.fixture
+def folder(model_run, monkeypatch):
+    runs, path = model_run
+    monkeypatch.setenv("MLOPS_KIT_RUNS_DIR", str(runs))
+    return path / "artifacts"
+
+
+def live_rows(folder, frame: pd.DataFrame, *, prefix: str = "req") -> pd.DataFrame:
+    """``frame``'s features as the request log's reader returns them, with the model's answers."""
+    schema = artifacts.SCHEMA.load(folder)
+    card = artifacts.MODEL_CARD.load(folder)
+    model = model_io.load_model(folder)
+    features = frame[schema.feature_names]
+    X, _ = train.features_and_target(features.assign(**{schema.target: "no"}), schema.model_dump())
+    n = len(frame)
+    live = pd.DataFrame({"request_id": [f"{prefix}-{i // ROWS_PER_REQUEST}" for i in range(n)],
+                         "row": np.arange(n) % ROWS_PER_REQUEST,
+                         "time": pd.date_range("2026-12-01", periods=n, freq="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         "model_sha256": card.sha256})
+    live = pd.concat([live, features.reset_index(drop=True)], axis=1)
+    live["prediction"] = model.predict(X)
+    for i, name in enumerate(model.classes_):
+        live[f"proba_{name}"] = model.predict_proba(X)[:, i]
+    return live
+
+
+def shifted(frame: pd.DataFrame) -> pd.DataFrame:
+    """``age`` and ``income`` moved, within the training range (beyond it is a data-quality matter)."""
+    return frame.assign(age=np.clip(frame["age"] + 8, 20, 70), income=np.clip(frame["income"] * 1.3, 20_000, 80_000))
+
+
+# --- the verdict ---------------------------------------------------------------------------
+
+def test_unchanged_traffic_is_healthy_and_the_table_is_sorted_by_score(folder):
+    result = monitor.report(folder, live_rows(folder, make_customers(1000, seed=1)))
+    assert result.verdict.status == "healthy" and result.verdict.exit_code == monitor.EXIT_HEALTHY
+    summary = result.summary()
+    assert set(summary) == {"window", "features", "prediction", "quality", "performance", "verdict"}
+    assert set(summary["features"]["age"]) == {"method", "score", "p_value", "threshold", "drift", "min_detectable"}
+    assert summary["performance"] is None and summary["window"]["rows"] == 1000
+    assert summary["window"]["requests"] == 200 and summary["window"]["first"] == "2026-12-01T00:00:00Z"
+    scores = result.table()["score (PSI)"].tolist()
+    assert scores == sorted(scores, reverse=True)
+    assert result.bins["age"].reference == monitor.model_profile(folder).feature("age").counts
+
+
+def test_shifted_features_are_exactly_those_flagged(folder):
+    result = monitor.report(folder, live_rows(folder, shifted(make_customers(1000, seed=2))))
+    assert result.verdict.status == "drift" and result.verdict.exit_code == monitor.EXIT_DRIFT
+    assert set(result.verdict.drifted) - {"prediction"} == {"age", "income"}
+    assert {n for n, f in result.features.items() if f.drift} == {"age", "income"}
+    assert set(result.table().drop(index="(prediction)").index[:2]) == {"age", "income"}
+
+
+def test_a_new_category_is_a_data_quality_verdict(folder):
+    frame = make_customers(1000, seed=3)
+    frame.loc[frame.index[:200], "city"] = "marseille"
+    result = monitor.report(folder, live_rows(folder, frame))
+    assert result.verdict.status == "quality" and result.verdict.exit_code == monitor.EXIT_QUALITY
+    assert result.verdict.quality_issues == ["city"] and result.quality["city"].unseen.flagged
+
+
+# --- late labels ---------------------------------------------------------------------------
+
+def _labels(live: pd.DataFrame, frame: pd.DataFrame, share: float = 0.5, *, flip: bool = False) -> pd.DataFrame:
+    keep = np.arange(len(live)) < int(share * len(live))
+    truth = frame["label"].to_numpy()[keep]
+    if flip:
+        truth = np.where(truth == "yes", "no", "yes")
+    return pd.DataFrame({"request_id": live["request_id"][keep], "row": live["row"][keep], "label": truth})
+
+
+def test_labels_give_live_metrics_beside_the_evaluation_and_the_export_retrains(folder, tmp_path):
+    frame = make_customers(600, seed=4)
+    live = live_rows(folder, frame)
+    labels_path = tmp_path / "labels.csv"
+    _labels(live, frame).to_csv(labels_path, index=False)
+    labels = monitor.read_labels(labels_path, "label")
+    export = tmp_path / "live.csv"
+    result = monitor.report(folder, live, labels=labels, labels_source=str(labels_path), export_to=export)
+    perf = result.performance
+    assert perf.labelled_rows == 300 and perf.share_labelled == 0.5 and perf.unmatched_labels == 0
+    assert set(perf.metrics) == set(perf.evaluation) and perf.judged and perf.passed
+    assert abs(perf.metrics["accuracy"] - perf.evaluation["accuracy"]) < 0.1
+    assert result.verdict.status == "healthy"
+    # the export is a table the data stage accepts, its rows those labelled
+    exported = pd.read_csv(export)
+    assert list(exported.columns) == ["age", "income", "tenure", "city", "plan", "label"] and len(exported) == 300
+    validation = data.validate_dataset(data.load_dataset(str(export), "label"))
+    assert data.infer_schema(validation, "label")["task"] == "classification"
+
+
+def test_labels_that_contradict_the_model_are_a_performance_verdict(folder, tmp_path):
+    frame = make_customers(600, seed=5)
+    live = live_rows(folder, frame)
+    result = monitor.report(folder, live, labels=_labels(live, frame, flip=True), gate={"accuracy": 0.7})
+    assert result.performance.passed is False and result.verdict.status == "performance"
+    assert result.verdict.exit_code == monitor.EXIT_PERFORMANCE
+    assert any("accuracy" in reason for reason in result.verdict.gate_failures)
+
+
+def test_few_labels_are_reported_but_not_judged(folder):
+    frame = make_customers(600, seed=6)
+    live = live_rows(folder, frame)
+    labels = _labels(live, frame, share=(monitor.MIN_LABELLED_ROWS - 1) / 600, flip=True)
+    result = monitor.report(folder, live, labels=labels)
+    assert result.performance.labelled_rows == monitor.MIN_LABELLED_ROWS - 1
+    assert not result.performance.judged and result.performance.passed is None
+    assert result.verdict.status == "healthy"
+
+
+def test_numeric_class_labels_join_whatever_their_spelling(tmp_path):
+    """Classes 0/1 (breast cancer): the log's JSON 1, a CSV's 1 or 1.0 (a column with a hole)
+    are one class."""
+    assert {monitor.class_text(v) for v in (1, 1.0, "1", np.int64(1), np.float64(1.0))} == {"1"}
+    assert monitor.class_text(True) == "True" and monitor.class_text(0.5) == "0.5"
+
+
+# --- bad inputs, each named ------------------------------------------------------------------
+
+def test_an_empty_window_is_refused(folder):
+    empty = live_rows(folder, make_customers(10, seed=7)).iloc[:0]
+    with pytest.raises(DataError, match="must hold rows of model .* Got no row instead"):
+        monitor.report(folder, empty)
+
+
+def test_labels_without_the_columns_are_named(tmp_path):
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({"id": ["a"], "label": ["yes"]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"must have the columns 'request_id' and 'label'.*Got the columns \['id', "
+                                        r"'label'\] instead"):
+        monitor.read_labels(path, "label")
+    path.write_text("request_id,row,label\na,x,yes\n")
+    with pytest.raises(DataError, match="'row' must be a row number .* Got 'x' on row 1 instead"):
+        monitor.read_labels(path, "label")
+    (tmp_path / "labels.json").write_text("{}")
+    with pytest.raises(DataError, match="must be a .csv or .parquet file"):
+        monitor.read_labels(tmp_path / "labels.json", "label")
+    with pytest.raises(DataError, match="must exist"):
+        monitor.read_labels(tmp_path / "absent.csv", "label")
+
+
+def test_duplicate_ids_are_refused_in_the_labels_and_in_the_log(folder, tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("request_id,label\n0042,yes\n0042,no\n")  # ids are text: 0042 stays 0042
+    with pytest.raises(DataError, match="must name each request id .* Got '0042' row 0 2 times"):
+        monitor.read_labels(path, "label")
+    frame = make_customers(20, seed=8)
+    live = live_rows(folder, frame)
+    live.loc[1, ["request_id", "row"]] = live.loc[0, ["request_id", "row"]].to_numpy()
+    with pytest.raises(DataError, match="The request log must name each request id"):
+        monitor.report(folder, live, labels=_labels(live, frame))
+
+
+def test_labels_that_join_nothing_are_refused(folder):
+    frame = make_customers(50, seed=9)
+    live = live_rows(folder, frame)
+    labels = _labels(live, frame).assign(request_id=lambda f: "other-" + f["request_id"])
+    with pytest.raises(DataError, match=r"must name requests of the log. Got 25 labels that join nothing instead "
+                                        r"\(e.g. 'other-req-0' row 0; the log has ids such as 'req-0'\)"):
+        monitor.report(folder, live, labels=labels)
+
+
+def test_regression_labels_must_be_numbers(regression_model_dir):
+    """The join reads the labels as the model's task needs them."""
+    schema = artifacts.SCHEMA.load(regression_model_dir)
+    labelled = pd.DataFrame({"prediction": [1.0, 2.0], schema.target: ["3", "four"]})
+    with pytest.raises(DataError, match="must be numbers. Got 'four' instead"):
+        monitor.live_performance(labelled, regression_model_dir, unmatched=0, rows=2, source="l.csv", gate={},
+                                 baseline_metric=None, baseline_margin=None)
+
+
+# --- the ledger ----------------------------------------------------------------------------
+
+def test_a_monitor_run_is_never_compared_nor_promoted(folder):
+    run = ledger.create_run({"kind": "monitor", "stages": {}})
+    artifacts.METRICS.path(run.path).write_bytes(artifacts.METRICS.path(folder).read_bytes())
+    run.update(status="succeeded", metrics={"gate_passed": True})
+    run.release()
+    record = ledger.read_run(run.id)
+    assert ledger.kind_of(record) == "monitor" and ledger.read_metrics(record) is None
+    with pytest.raises(MlopsKitError, match="must be a pipeline run to be promoted. Got a monitor run"):
+        ledger.promote(run.id)
+    assert ledger.kind_of({"id": "old"}) == "pipeline" and ledger.run_kind(["data", "train"]) == "pipeline"
