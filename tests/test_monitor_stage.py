@@ -241,3 +241,61 @@ def test_a_monitor_run_is_never_compared_nor_promoted(folder):
     with pytest.raises(MlopsKitError, match="must be a pipeline run to be promoted. Got a monitor run"):
         ledger.promote(run.id)
     assert ledger.kind_of({"id": "old"}) == "pipeline" and ledger.run_kind(["data", "train"]) == "pipeline"
+
+
+# --- the Monitor panel (its I/O faked here; tests/test_browser.py clicks it for real) -------
+
+def test_monitor_panel_shows_the_verdict_the_table_a_feature_and_retrains(folder, tmp_path):
+    from mlops_kit.panels import MonitorPanel
+
+    frame = shifted(make_customers(600, seed=10))
+    live = live_rows(folder, frame)
+    export = tmp_path / "live.csv"
+    result = monitor.report(folder, live, labels=_labels(live, frame), export_to=export)
+    calls = []
+
+    def watch(run_id, **options):
+        calls.append(("watch", run_id, options))
+        return {"id": "20261207-000000-mmmm"}, result
+
+    def retrain(run_id, source):
+        calls.append(("retrain", run_id, source))
+        return {"id": "20261207-000001-rrrr", "status": "succeeded"}
+
+    runs = [{"id": "20261207-000000-mmmm", "status": "succeeded", "kind": "monitor"},
+            {"id": "20261206-000000-aaaa", "status": "succeeded", "champion": True}]
+    panel = MonitorPanel(list_runs=lambda: runs, watch=watch, retrain=retrain)
+    assert panel.run_picker.dropdown.options == (("20261206-000000-aaaa  ★ champion", "20261206-000000-aaaa"),)
+    assert panel.retrain_button.disabled
+    panel.export_path.value = str(export)
+    panel.check_button.click()
+    panel.worker.join(30)
+    assert calls == [("watch", "20261206-000000-aaaa", {"log_dir": None, "labels": None,
+                                                         "export_labelled": str(export)})]
+    assert "Verdict: drift" in panel.verdict.value and "moved: " in panel.verdict.value
+    rows = panel.table.value.split("<tr")[2:]
+    assert {rows[0].split("<td>")[1].split("<")[0], rows[1].split("<td>")[1].split("<")[0]} <= \
+        {"age", "income", "(prediction)"}
+    assert "300 labelled rows" in panel.performance.value
+    assert panel.feature.value in ("age", "income") and panel.plot.value[:4] == b"\x89PNG"
+    panel.feature.value = "city"
+    assert panel.plot.value[:4] == b"\x89PNG"
+    assert not panel.retrain_button.disabled
+    panel.retrain_button.click()
+    panel.worker.join(30)
+    assert calls[-1] == ("retrain", "20261206-000000-aaaa", str(export))
+    assert "Retraining run 20261207-000001-rrrr succeeded" in panel.status.value
+    assert panel.errors.outputs == ()
+
+
+def test_monitor_panel_shows_a_failure(folder):
+    from mlops_kit.panels import MonitorPanel
+
+    def watch(run_id, **options):
+        raise DataError("The labels must name requests of the log. Got 3 labels that join nothing instead.")
+
+    panel = MonitorPanel(list_runs=lambda: [{"id": "20261206-000000-aaaa", "status": "succeeded"}], watch=watch)
+    panel.check_button.click()
+    panel.worker.join(30)
+    assert "failed: The labels must name requests of the log" in panel.status.value
+    assert panel.retrain_button.disabled and not panel.check_button.disabled
