@@ -350,18 +350,28 @@ class Artifact:
 
 @dataclass(frozen=True)
 class DocumentArtifact(Artifact, Generic[D]):
-    """A JSON artifact with a typed model."""
+    """A JSON artifact with a typed model: a Document class, or ``"module:Class"`` for a model
+    whose module imports more than this one (imported on first use: see :attr:`document_model`)."""
 
-    model: type = Document
+    model: type | str = Document
+
+    @property
+    def document_model(self) -> type[D]:
+        if isinstance(self.model, str):
+            import importlib
+
+            module, _, name = self.model.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return self.model
 
     def load(self, folder: str | os.PathLike) -> D:
-        return read_document(self.require(folder), self.model)
+        return read_document(self.require(folder), self.document_model)
 
     def load_if_present(self, folder: str | os.PathLike) -> D | None:
         return self.load(folder) if self.exists(folder) else None
 
     def save(self, folder: str | os.PathLike, document: D | dict) -> Path:
-        return write_document(self.path(folder), self.model, document)
+        return write_document(self.path(folder), self.document_model, document)
 
 
 @dataclass(frozen=True)
@@ -411,12 +421,15 @@ IMAGE: DocumentArtifact[ImageRecord] = DocumentArtifact(N.IMAGE, "package", "the
                                                         ImageRecord)
 RELEASE: DocumentArtifact[Release] = DocumentArtifact(N.RELEASE, "deploy", "what serves the model now",
                                                       Release)
-#: the training split's profile (monitor._profile.Profile, read by monitor.load_profile: the catalog
-#: cannot import the monitor package, which imports it)
-MONITOR_PROFILE = Artifact(N.MONITOR_PROFILE, "train", "the training split's bins: what live traffic is compared with",
-                           required=False)
-#: 06_monitor's verdict (monitor.MonitorReport, read by monitor.load_report)
-MONITOR_REPORT = Artifact(N.MONITOR_REPORT, "monitor", "drift, data quality and live metrics of the request log")
+#: the training split in the bins live traffic is counted in (mlops_kit.monitor; pandas and
+#: scipy are imported when it is loaded, not with the catalog)
+MONITOR_PROFILE: DocumentArtifact[Any] = DocumentArtifact(
+    N.MONITOR_PROFILE, "train", "the training split's bins and counts, the reference of monitoring",
+    "mlops_kit.monitor._profile:Profile")
+#: 06_monitor's report: drift, data quality, live metrics and the verdict (mlops_kit.monitor)
+MONITOR_REPORT: DocumentArtifact[Any] = DocumentArtifact(
+    N.MONITOR_REPORT, "monitor", "drift, data quality and live metrics of the request log, the verdict",
+    "mlops_kit.monitor._report:MonitorReport")
 MONITOR_PLOT = Artifact(N.MONITOR_PLOT, "monitor", "training vs live for the top features", required=False)
 RUN: RunFile[RunRecord] = RunFile(N.RUN, "the run's record (mlops_kit.ledger)", RunRecord)
 CHAMPION: RunFile[Champion] = RunFile(N.CHAMPION, "the promoted run (in the runs folder)", Champion)
@@ -424,7 +437,7 @@ CHAMPION: RunFile[Champion] = RunFile(N.CHAMPION, "the promoted run (in the runs
 RELEASE_HISTORY_KEY = N.RELEASE_HISTORY_KEY
 
 CATALOG: tuple[Artifact, ...] = (TRAIN_SPLIT, TEST_SPLIT, SCHEMA, TARGET_PLOT, MODEL, MODEL_CARD, EXAMPLES,
-                                 METRICS, EVALUATION_PLOT, ONNX_MODEL, ONNX_REPORT, IMAGE, RELEASE, MONITOR_PROFILE,
+                                 MONITOR_PROFILE, METRICS, EVALUATION_PLOT, ONNX_MODEL, ONNX_REPORT, IMAGE, RELEASE,
                                  MONITOR_REPORT, MONITOR_PLOT)
 BY_NAME: dict[str, Artifact] = {artifact.name: artifact for artifact in CATALOG}
 _BUILTIN = CATALOG

@@ -132,9 +132,10 @@ _BUILTIN: tuple[Stage, ...] = (
           (*_COMMON, "pyarrow.parquet", "sklearn.metrics", "skops.io", "mlops_kit.data", "mlops_kit.train",
            "mlops_kit.evaluate"),
           default=True),
-    Stage("package", "04_package.ipynb", "package", (N.MODEL, N.MODEL_CARD, N.SCHEMA, N.EXAMPLES, N.METRICS),
+    Stage("package", "04_package.ipynb", "package",
+          (N.MODEL, N.MODEL_CARD, N.SCHEMA, N.EXAMPLES, N.MONITOR_PROFILE, N.METRICS),
           ("mlops_kit.notebook", "mlops_kit.image"), reusable=False, guard=_package_guard),
-    Stage("deploy", "05_deploy.ipynb", "deploy", (N.MODEL, N.MODEL_CARD, N.SCHEMA, N.EXAMPLES),
+    Stage("deploy", "05_deploy.ipynb", "deploy", (N.MODEL, N.MODEL_CARD, N.SCHEMA, N.EXAMPLES, N.MONITOR_PROFILE),
           ("mlops_kit.notebook", "mlops_kit.deploy"), reusable=False, guard=_deploy_guard,
           borrows=_deploy_borrows),
     # a run of kind ``monitor`` (mlops_kit.ledger): the watched model's inputs are taken from its run

@@ -315,6 +315,26 @@ def save_trained(result: TrainResult, schema: dict, test: pd.DataFrame, artifact
     return card
 
 
+def save_profile(model: Any, train: pd.DataFrame, schema: dict, artifacts: Path) -> Any:
+    """Write ``monitor_profile.json``: the training split in the bins live traffic is counted
+    in (the reference of monitoring), with the model's predictions on it; returns the profile."""
+    from . import artifacts as catalog
+    from .monitor import build_profile
+
+    X, _ = features_and_target(train, schema)
+    profile = build_profile(train, schema, predictions=model.predict(X))
+    catalog.MONITOR_PROFILE.save(artifacts, profile)
+    return profile
+
+
+def profile_table(profile: Any) -> pd.DataFrame:
+    """What the profile holds per feature: kind, bins, missing share (a notebook table)."""
+    entries = [*profile.features, *([profile.prediction] if profile.prediction is not None else [])]
+    return pd.DataFrame([{"feature": e.name, "kind": e.kind, "bins": e.n_bins,
+                          "missing share": round(e.counts[-1] / max(1, e.rows), 4)} for e in entries]
+                        ).set_index("feature")
+
+
 def training_summary(result: TrainResult) -> pd.DataFrame:
     """Fit time and, with cross-validation, the score of each fold."""
     rows = {"fit seconds": round(result.seconds, 3)}

@@ -66,6 +66,7 @@ def train_into(folder: Path, source: str, target: str, *, model: str = "logistic
     _, _, schema = data.load_splits(folder)
     result = train.train_model(train_frame, schema, model=model, params=params or {}, seed=seed)
     train.save_trained(result, schema, test_frame, folder, model=model, params=params or {}, seed=seed)
+    train.save_profile(result.model, train_frame, schema, folder)
     # and the evaluate stage's: metrics.json with the gate (package refuses an unevaluated model)
     from mlops_kit import evaluate
 
@@ -79,7 +80,7 @@ def train_into(folder: Path, source: str, target: str, *, model: str = "logistic
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """The default model (breast cancer, logistic regression) in a folder laid out like a
-    run's artifacts/: model.skops, model_card.json, schema.json, examples.json."""
+    run's artifacts/: model.skops, model_card.json, schema.json, examples.json, monitor_profile.json."""
     return train_into(tmp_path_factory.mktemp("model"), "sklearn:breast_cancer", "target")
 
 

@@ -46,12 +46,7 @@ def model_run(tmp_path_factory):
         make_customers(3000, seed=0).to_csv(source, index=False)
         params = RunParams.model_validate({"data": {"source": str(source), "target": "label"}})
         run = ledger.create_run({"params": params.model_dump(mode="json"), "stages": {}})
-        train_into(run.path, str(source), "label")
-        if not artifacts.MONITOR_PROFILE.exists(run.path):  # written by 02_train once the profile lands
-            train_rows, _, schema = data.load_splits(run.artifacts)
-            X, _ = train.features_and_target(train_rows, schema)
-            profile = monitor.build_profile(train_rows, schema, predictions=model_io.load_model(run.artifacts).predict(X))
-            profile.save(artifacts.MONITOR_PROFILE.path(run.path))
+        train_into(run.path, str(source), "label")  # with its monitor_profile.json, as 02_train writes it
         run.update(status="succeeded", finished=ledger.now())
         run.release()
         yield runs, run.path

@@ -191,3 +191,31 @@ def test_the_limits_are_settings_with_clear_errors():
                       ({"MLOPS_KIT_MAX_MODEL_MEMORY": "lots"}, "MLOPS_KIT_MAX_MODEL_MEMORY")):
         with pytest.raises(ParameterError, match=text):
             ServeSettings.from_env(env)
+
+
+def _padded(total: int) -> bytes:
+    """A prediction request of exactly ``total`` bytes, head and body (padding in a header)."""
+    bare = request("/predict", BODY, headers={"x-padding": ""})
+    raw = request("/predict", BODY, headers={"x-padding": "a" * (total - len(bare))})
+    assert len(raw) == total
+    return raw
+
+
+def test_a_whole_request_exactly_as_long_as_the_head_limit_in_one_write_is_served(server):
+    """Head and body together exactly ``MAX_HEAD_BYTES`` in one read: the request ends within
+    the limit, so it is served (the head check must not fire after the message completed)."""
+    with connect(server) as sock:
+        sock.sendall(_padded(MAX_HEAD_BYTES))
+        status, _, body = Reader(sock).answer()
+    assert status == 200 and len(json.loads(body)["predictions"]) == 1
+
+
+def test_pipelined_requests_whose_heads_together_pass_the_limit_are_each_served(server):
+    """The limit is per request: three requests of 30 KiB sent in one write (90 KiB, more than
+    the limit together, each within it) are all answered 200 on the same connection."""
+    size = 30 * 1024
+    with connect(server) as sock:
+        sock.sendall(_padded(size) * 3)
+        reader = Reader(sock)
+        statuses = [reader.answer()[0] for _ in range(3)]
+    assert statuses == [200, 200, 200]

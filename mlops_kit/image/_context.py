@@ -5,7 +5,7 @@
     Containerfile      readable; `buildah build -t NAME artifacts/context` works by hand
     requirements.txt   the training environment's versions, pinned
     app/mlops_kit/     the serving modules (found by following the server's imports)
-    model/             model.skops model_card.json schema.json examples.json  (the last layer;
+    model/             model.skops model_card.json schema.json examples.json monitor_profile.json (the last layer;
                        an ONNX model: model.onnx onnx.json instead of model.skops, and a lean
                        base without scikit-learn, scipy or pandas)
     context.json       tag, ref, content digest, base
@@ -33,9 +33,12 @@ from . import _base
 
 CONTEXT_DIR = "context"
 CONTEXT_RECORD = "context.json"
-MODEL_FILES = (_names.MODEL, _names.MODEL_CARD, _names.SCHEMA, _names.EXAMPLES)
+#: The model layer: the model, its card, schema and examples, and the monitoring profile (the
+#: server counts live traffic in its bins).
+MODEL_FILES = (_names.MODEL, _names.MODEL_CARD, _names.SCHEMA, _names.EXAMPLES, _names.MONITOR_PROFILE)
 #: The model layer of an ONNX image: no skops file (nothing could load it there).
-ONNX_MODEL_FILES = (_names.ONNX_MODEL, _names.ONNX_REPORT, _names.MODEL_CARD, _names.SCHEMA, _names.EXAMPLES)
+ONNX_MODEL_FILES = (_names.ONNX_MODEL, _names.ONNX_REPORT, _names.MODEL_CARD, _names.SCHEMA, _names.EXAMPLES,
+                    _names.MONITOR_PROFILE)
 APP_DIR_IN_IMAGE = "/app"
 MODEL_DIR_IN_IMAGE = "/app/model"
 PORT = 8080

@@ -15,23 +15,43 @@ request log against the profile and joins late labels:
 
 The server counts windows with :func:`bin_window` (counts merge by addition) and judges them
 with :func:`assess`. The statistics are described in :mod:`mlops_kit.monitor._drift`.
+
+Importing this package is cheap: the names below load their module (pandas, pydantic, scipy)
+on first use, so that the model server, which has none of these in its image, imports the
+pydantic-free modules :mod:`._live` and :mod:`.requestlog` alone.
 """
 
-from ._bins import Counts, WindowCounts, bin_values, bin_window
-from ._drift import DEFAULT_ALPHA
-from ._profile import (DEFAULT_BINS, DEFAULT_LEVELS, FeatureProfile, Profile, build_profile, load_profile,
-                       profile_column)
-from ._verdict import (EXIT_CODES, EXIT_DRIFT, EXIT_HEALTHY, EXIT_PERFORMANCE, EXIT_QUALITY, FeatureDrift,
-                       FeatureQuality, Verdict, assess, check_window)
-from ._report import (MIN_LABELLED_ROWS, MonitorReport, class_text, export_labelled, join_labels, live_performance,
-                      load_report, model_profile, plot_feature, plot_features, read_labels, read_live, report)
-from ._stage import deployed_run, log_folder, run_stage, watch
+from __future__ import annotations
 
-__all__ = [
-    "Counts", "WindowCounts", "bin_values", "bin_window", "DEFAULT_ALPHA", "DEFAULT_BINS", "DEFAULT_LEVELS", "FeatureProfile",
-    "Profile", "build_profile", "load_profile", "profile_column", "EXIT_CODES", "EXIT_DRIFT", "EXIT_HEALTHY",
-    "EXIT_PERFORMANCE", "EXIT_QUALITY", "FeatureDrift", "FeatureQuality", "Verdict", "assess", "check_window",
-    "MIN_LABELLED_ROWS", "MonitorReport", "class_text", "export_labelled", "join_labels", "live_performance",
-    "load_report", "model_profile", "plot_feature", "plot_features", "read_labels", "read_live", "report",
-    "deployed_run", "log_folder", "run_stage", "watch",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "_bins": ("Counts", "WindowCounts", "bin_values", "bin_window"),
+    "_drift": ("DEFAULT_ALPHA",),
+    "_profile": ("DEFAULT_BINS", "DEFAULT_LEVELS", "FeatureProfile", "Profile", "build_profile", "load_profile",
+                 "profile_column"),
+    "_verdict": ("EXIT_CODES", "EXIT_DRIFT", "EXIT_HEALTHY", "EXIT_PERFORMANCE", "EXIT_QUALITY", "FeatureDrift",
+                 "FeatureQuality", "Verdict", "assess", "check_window"),
+    "requestlog": ("RequestLogWriter", "read_request_log"),
+    "_report": ("MIN_LABELLED_ROWS", "MonitorReport", "class_text", "export_labelled", "join_labels",
+                "live_performance", "load_report", "model_profile", "plot_feature", "plot_features", "read_labels",
+                "read_live", "report"),
+    "_stage": ("deployed_run", "log_folder", "run_stage", "watch"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mlops_kit.monitor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -47,7 +47,9 @@ import functools
 import math
 
 import numpy as np
-from scipy import optimize, stats
+
+# scipy is imported where it is used: the model server (no scipy in the ONNX image) takes the
+# scores and the permutation test from here, which need numpy only
 
 #: the family-wise false-alarm rate on unchanged data
 DEFAULT_ALPHA = 0.05
@@ -126,6 +128,8 @@ def draws_needed(alpha: float, tests: int) -> int:
 def noncentrality_for_power(df: int, level: float, power: float = POWER) -> float:
     """The non-centrality at which a chi-squared test (``df``, ``level``) has the given power
     (cached: a verdict asks it for a few distinct ``df`` only)."""
+    from scipy import optimize, stats
+
     critical = stats.chi2.isf(level, df)
     return float(optimize.brentq(lambda lam: stats.ncx2.sf(critical, df, lam) - power, 1e-9, 1e6))
 
@@ -148,6 +152,8 @@ def min_detectable_mean_shift(reference: np.ndarray, edges: list[float], low: fl
     bins: the training minimum and maximum); shifting it by ``d * std`` moves mass between
     bins; the smallest ``d`` with ``sum (q - p)^2 / p >= w2`` is found by bisection.
     """
+    from scipy import optimize
+
     if w2 is None or std <= 0 or high <= low:
         return None
     p = reference / reference.sum()
@@ -175,6 +181,8 @@ def min_detectable_mean_shift(reference: np.ndarray, edges: list[float], low: fl
 
 def missing_p_value(reference_missing: int, reference_rows: int, missing: int, rows: int) -> float:
     """One-sided Fisher's exact test: is the window's missing share higher than the reference's?"""
+    from scipy import stats
+
     if missing == 0 or rows == 0:
         return 1.0
     return float(stats.hypergeom.sf(missing - 1, reference_rows + rows, reference_missing + missing, rows))
@@ -182,6 +190,8 @@ def missing_p_value(reference_missing: int, reference_rows: int, missing: int, r
 
 def out_of_range_p_value(reference_present: int, outside: int, present: int) -> float:
     """Window values outside the training range: beta-binomial with ``Beta(2, N - 1)``."""
+    from scipy import stats
+
     if outside == 0 or reference_present < 2:
         return 1.0
     return float(stats.betabinom.sf(outside - 1, present, 2, reference_present - 1))
@@ -189,6 +199,8 @@ def out_of_range_p_value(reference_present: int, outside: int, present: int) -> 
 
 def unseen_p_value(reference_present: int, singletons: int, unseen: int, present: int) -> float:
     """Values of levels never seen in training: beta-binomial around Good-Turing's estimate."""
+    from scipy import stats
+
     if unseen == 0:
         return 1.0
     return float(stats.betabinom.sf(unseen - 1, present, singletons + 1, reference_present - singletons + 1))

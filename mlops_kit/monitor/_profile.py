@@ -30,22 +30,15 @@ from ..artifacts import DataSchema, Document
 from ..data import BOOLEAN_WORDS
 from ..errors import DataError
 
-PROFILE_VERSION = 1
+from ._layout import (MAX_COUNT, MAX_EDGES, MAX_FEATURES, MAX_KNOWN_LEVELS, MAX_LEVELS, MAX_NAME_CHARS,  # noqa: F401
+                      MONITORED_KINDS, PROFILE_VERSION, categorical_labels, numeric_labels)
+
 #: numeric features: bins from this many quantiles by default
 DEFAULT_BINS = 10
 #: categorical features: the most frequent levels counted one by one by default
 DEFAULT_LEVELS = 50
 #: a categorical level is counted on its own only with this many training rows (else: ``other``)
 MIN_LEVEL_ROWS = 20
-#: bounds a profile file must respect (a crafted file must not exhaust memory or time)
-MAX_EDGES = 99
-MAX_LEVELS = 1_000
-MAX_KNOWN_LEVELS = 10_000
-MAX_FEATURES = 5_000
-MAX_NAME_CHARS = 256
-MAX_COUNT = 10**15
-#: the kinds of the schema that are monitored (dates and free text are not)
-MONITORED_KINDS = ("numeric", "categorical", "boolean")
 
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 Level = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
@@ -126,9 +119,8 @@ class FeatureProfile(Document):
     def labels(self) -> list[str]:
         """A name per bin, in the order of ``counts``."""
         if self.numeric is not None:
-            ends = ["-inf", *(f"{e:.6g}" for e in self.numeric.edges), "inf"]
-            return [f"[{a}, {b})" for a, b in zip(ends, ends[1:])] + ["missing"]
-        return [*self.categorical.levels, "other", "unseen", "missing"]
+            return numeric_labels(self.numeric.edges)
+        return categorical_labels(self.categorical.levels)
 
     @property
     def rows(self) -> int:

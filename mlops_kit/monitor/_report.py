@@ -29,7 +29,7 @@ from .. import _atomic, artifacts
 from ..artifacts import Document, GateResult
 from ..errors import DataError
 from ._bins import bin_values
-from ._profile import Profile, load_profile
+from ._profile import Profile
 from ._verdict import EXIT_CODES, FeatureQuality, MinDetectable, check_window
 
 #: the labels file's key columns (``row`` optional: 0, a request of one row)
@@ -132,12 +132,12 @@ class MonitorReport(Document):
 
 def load_report(folder: str | Path) -> MonitorReport:
     """A monitor run's report, validated."""
-    return artifacts.read_document(artifacts.MONITOR_REPORT.require(folder), MonitorReport)
+    return artifacts.MONITOR_REPORT.load(folder)
 
 
 def model_profile(folder: str | Path) -> Profile:
     """The profile that shipped with a run's model (its ``monitor_profile.json``)."""
-    return load_profile(artifacts.MONITOR_PROFILE.require(folder))
+    return artifacts.MONITOR_PROFILE.load(folder)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def read_live(log_dir: str | Path, folder: str | Path) -> pd.DataFrame:
     from .requestlog import read_request_log
 
     card = artifacts.MODEL_CARD.load(folder)
-    return read_request_log(Path(log_dir), model_sha256=card.sha256)
+    return read_request_log(Path(log_dir), model_sha256=card.sha256, features=card.features)
 
 
 def read_labels(path: str | Path, target: str) -> pd.DataFrame:

@@ -42,7 +42,7 @@ def run_stage(folder: str | Path, params: Any) -> MonitorReport:
                     seed=params.seed, gate=params.evaluate.gate, baseline_metric=params.evaluate.baseline_metric,
                     baseline_margin=params.evaluate.baseline_margin, model_run=section.model_run, log=str(log),
                     export_to=section.export_labelled)
-    artifacts.write_document(artifacts.MONITOR_REPORT.path(folder), MonitorReport, result)
+    artifacts.MONITOR_REPORT.save(folder, result)
     return result
 
 

@@ -83,6 +83,7 @@ class ServingHttpProtocol(NoDelayHttpProtocol):
         self._header_timeout = settings.header_timeout
         self._reading_head = True   # between requests or in a request's line and headers
         self._head_bytes = 0        # bytes fed to the parser since then
+        self._completed = 0         # requests read whole on this connection
         self._head_timer: asyncio.TimerHandle | None = None
 
     # -- the limits: connections, the size and time of a request's head ------------------
@@ -108,21 +109,25 @@ class ServingHttpProtocol(NoDelayHttpProtocol):
         self.pipeline.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self._reading_head:
+        # the parser is fed at most what the head's limit leaves room for, one slice at a time
+        while self._reading_head and len(data) > MAX_HEAD_BYTES - self._head_bytes:
             room = MAX_HEAD_BYTES - self._head_bytes
-            if len(data) > room:
-                # feed what the limit allows: the head must end within it
-                super().data_received(data[:room])
-                if self.transport.is_closing() or self.transport.get_protocol() is not self:
-                    return  # refused (400), or upgraded: the rest is not this protocol's
-                if self._reading_head:
-                    self._refuse(431, f"The request line and headers must be at most {MAX_HEAD_BYTES} bytes. "
-                                      f"Got more instead.")
-                    return
-                data = data[room:]
-            else:
-                self._head_bytes += len(data)
-        super().data_received(data)
+            completed = self._completed
+            super().data_received(data[:room])
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # refused (400), or upgraded: the rest is not this protocol's
+            data = data[room:]
+            if self._reading_head and self._completed == completed:
+                self._refuse(431, f"The request line and headers must be at most {MAX_HEAD_BYTES} bytes. "
+                                  f"Got more instead.")
+                return
+            # the head ended in the slice (its body follows), or whole requests did and the
+            # next one began there: that one's head is counted from the slice's end (so a
+            # pipelined head may reach twice the limit, never more)
+        if self._reading_head:
+            self._head_bytes += len(data)
+        if data:
+            super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -131,6 +136,7 @@ class ServingHttpProtocol(NoDelayHttpProtocol):
 
     def on_message_complete(self) -> None:
         self._reading_head, self._head_bytes = True, 0
+        self._completed += 1
         self._on_message_complete()
 
     def _arm_head_timer(self) -> None:

@@ -1,0 +1,202 @@
+"""The request log (mlops_kit.monitor.requestlog): the writer's sample, rotation and bounds,
+and the reader's refusals. The server writing it for real: tests/test_serving_monitor.py."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mlops_kit.errors import ArtifactError
+from mlops_kit.monitor import requestlog
+from mlops_kit.monitor.requestlog import RequestLogWriter, log_files, read_request_log
+
+SHA = "a" * 64
+OTHER_SHA = "b" * 64
+
+
+def _writer(folder, **overrides) -> RequestLogWriter:
+    options = dict(sample=1.0, model_sha256=SHA, booleans=["flag"], classes=["no", "yes"], seed=0)
+    return RequestLogWriter(folder, **{**options, **overrides})
+
+
+def _request(rows: int, start: float = 0.0) -> dict:
+    """A request as the server holds it: numbers as float64 (NaN missing), booleans as 1.0/0.0,
+    categories as text (NaN missing)."""
+    city = np.empty(rows, dtype=object)
+    city[:] = [("paris", "lyon", np.nan)[i % 3] for i in range(rows)]
+    return {"features": {"x": np.arange(rows, dtype=np.float64) + start, "city": city,
+                         "flag": np.array([1.0, 0.0, np.nan] * rows)[:rows]},
+            "predictions": np.array(["yes", "no"] * rows, dtype=object)[:rows],
+            "probabilities": np.tile([[0.25, 0.75]], (rows, 1))}
+
+
+def _write(folder, requests, **overrides) -> RequestLogWriter:
+    writer = _writer(folder, **overrides)
+    for request_id, rows in requests:
+        writer.offer(request_id, **_request(rows))
+    writer.close()
+    return writer
+
+
+def test_rows_round_trip_one_line_per_row(tmp_path):
+    writer = _write(tmp_path, [("first", 1), ("second-2", 100)])
+    assert (writer.written, writer.dropped, writer.sampled_out) == (101, 0, 0)
+    frame = read_request_log(tmp_path, model_sha256=SHA, features=["flag", "x", "city"])
+    assert list(frame.columns) == ["request_id", "row", "time", "model_sha256", "flag", "x", "city", "prediction",
+                                   "proba_no", "proba_yes"]
+    assert len(frame) == 101 and frame.attrs["torn_lines"] == 0
+    second = frame[frame.request_id == "second-2"]
+    assert second.row.tolist() == list(range(100))
+    assert second.x.tolist() == [float(i) for i in range(100)]
+    assert second.city.tolist()[:3] == ["paris", "lyon", None]          # missing stays missing
+    assert second.flag.tolist()[:3] == [True, False, None]              # booleans as sent
+    assert second.prediction.tolist()[:2] == ["yes", "no"]
+    assert second.proba_yes.eq(0.75).all() and str(frame.time.dt.tz) == "UTC"
+    line = json.loads((tmp_path / frame.attrs["files"][0]).read_text().splitlines()[0])
+    assert set(line) == {"v", "time", "request_id", "row", "model_sha256", "features", "prediction",
+                         "probabilities"} and line["v"] == 1
+
+
+def test_sampling_counts_what_it_leaves_out(tmp_path):
+    writer = _write(tmp_path / "none", [("r", 3)] * 10, sample=0.0)
+    assert (writer.written, writer.sampled_out) == (0, 30)
+    assert not log_files(tmp_path / "none")
+    writer = _write(tmp_path / "half", [(f"r{i}", 2) for i in range(400)], sample=0.5)
+    assert writer.written + writer.sampled_out == 800 and 300 <= writer.written <= 500
+    assert writer.written % 2 == 0  # whole requests are sampled, never a part of one
+
+
+def test_a_full_queue_drops_and_counts_never_blocks(tmp_path):
+    writer = _writer(tmp_path, queue_rows=50)
+    assert writer.offer("big", **_request(51)) is False          # more than the queue holds
+    assert writer.offer("fits", **_request(50)) is True
+    writer.close()
+    assert (writer.written, writer.dropped) == (50, 51)
+    assert writer.offer("late", **_request(1)) is False           # closed: dropped, counted
+    assert writer.dropped == 52
+
+
+def test_files_rotate_by_size_and_the_total_is_bounded(tmp_path):
+    writer = _write(tmp_path, [(f"r{i}", 10) for i in range(300)], max_file_bytes=4096, max_total_bytes=16384)
+    files = log_files(tmp_path)
+    sizes = [p.stat().st_size for p in files]
+    assert len(files) >= 3 and all(size <= 4096 for size in sizes) and sum(sizes) <= 16384
+    assert all(requestlog.FILE_NAME.fullmatch(p.name) and f"-{os.getpid()}-" in p.name for p in files)
+    frame = read_request_log(tmp_path, model_sha256=SHA)
+    assert frame.request_id.iloc[-1] == "r299"                   # the newest kept, the oldest deleted
+    assert "r0" not in set(frame.request_id) and writer.written == 3000
+
+
+def test_a_torn_last_line_is_skipped_and_counted(tmp_path):
+    _write(tmp_path, [("a", 5)])
+    path = log_files(tmp_path)[0]
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.splitlines(keepends=True)[0][:37])   # the writer killed mid-line
+    frame = read_request_log(tmp_path, model_sha256=SHA)
+    assert len(frame) == 5 and frame.attrs["torn_lines"] == 1
+
+
+@pytest.mark.parametrize("where", ["empty folder", "no folder", "torn only"])
+def test_an_empty_log_is_a_clear_error(tmp_path, where):
+    folder = tmp_path / "log"
+    if where != "no folder":
+        folder.mkdir()
+    if where == "torn only":
+        (folder / "requests-20261207T100000-1-1.jsonl").write_bytes(b'{"v": 1, "ti')
+    with pytest.raises(ArtifactError, match="must (hold at least one row|be a folder)"):
+        read_request_log(folder)
+
+
+def test_a_log_of_another_model_is_refused(tmp_path):
+    _write(tmp_path, [("a", 2)])
+    with pytest.raises(ArtifactError, match=f"must be a request to model {OTHER_SHA}.*another model"):
+        read_request_log(tmp_path, model_sha256=OTHER_SHA)
+    _write(tmp_path, [("b", 2)], model_sha256=OTHER_SHA)           # a second model's rows in the same folder
+    with pytest.raises(ArtifactError, match="same model as the lines before"):
+        read_request_log(tmp_path)
+
+
+def _good_line(**changes) -> dict:
+    line = {"v": 1, "time": "2026-12-07T10:00:00.000Z", "request_id": "r1", "row": 0, "model_sha256": SHA,
+            "features": {"x": 1.0, "city": "paris"}, "prediction": "yes", "probabilities": {"yes": 0.5, "no": 0.5}}
+    line.update(changes)
+    return line
+
+
+CRAFTED = {
+    "not JSON": b"{not json",
+    "an array": b"[1, 2]",
+    "NaN constant": json.dumps(_good_line()).replace('"x": 1.0', '"x": NaN').encode(),
+    "an extra key": json.dumps(_good_line(extra=1)).encode(),
+    "a missing key": json.dumps({k: v for k, v in _good_line().items() if k != "row"}).encode(),
+    "another version": json.dumps(_good_line(v=2)).encode(),
+    "a path as request id": json.dumps(_good_line(request_id="../../etc/passwd")).encode(),
+    "a long request id": json.dumps(_good_line(request_id="r" * 129)).encode(),
+    "a negative row": json.dumps(_good_line(row=-1)).encode(),
+    "a boolean row": json.dumps(_good_line(row=True)).encode(),
+    "a short sha": json.dumps(_good_line(model_sha256="abc")).encode(),
+    "a bad time": json.dumps(_good_line(time="yesterday")).encode(),
+    "nested features": json.dumps(_good_line(features={"x": {"deep": [1]}})).encode(),
+    "features as a list": json.dumps(_good_line(features=[1, 2])).encode(),
+    "too many features": json.dumps(_good_line(features={f"f{i}": 1 for i in range(5001)})).encode(),
+    "a null prediction": json.dumps(_good_line(prediction=None)).encode(),
+    "a probability of 2": json.dumps(_good_line(probabilities={"yes": 2})).encode(),
+    "a deep nesting": b"[" * 100_000 + b"]" * 100_000,
+    "a line too long": json.dumps(_good_line(features={"x": "y" * (requestlog.MAX_LINE_BYTES + 1)})).encode(),
+}
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("name", list(CRAFTED))
+def test_crafted_lines_are_refused_naming_file_and_line(tmp_path, name):
+    path = tmp_path / "requests-20261207T100000-1-1.jsonl"
+    path.write_bytes(json.dumps(_good_line()).encode() + b"\n" + CRAFTED[name] + b"\n"
+                     + json.dumps(_good_line(row=1)).encode() + b"\n")
+    with pytest.raises(ArtifactError, match=rf"{path.name}:2 must be"):
+        read_request_log(tmp_path)
+
+
+@pytest.mark.security
+def test_the_folder_is_hostile_input(tmp_path):
+    folder = tmp_path / "log"
+    folder.mkdir()
+    (folder / "requests-20261207T100000-1-1.jsonl").write_text(json.dumps(_good_line()) + "\n")
+    (folder / "notes.txt").write_text("not a log file: ignored\n")
+    assert len(read_request_log(folder)) == 1
+    with pytest.raises(ArtifactError, match="must be at most 10 bytes"):   # the total read is bounded
+        read_request_log(folder, max_bytes=10)
+    (tmp_path / "secret").write_text("{}\n")
+    (folder / "requests-20261207T100001-1-2.jsonl").symlink_to(tmp_path / "secret")
+    with pytest.raises(ArtifactError, match="must be a regular file of the request log. Got a symbolic link"):
+        read_request_log(folder)
+
+
+def test_request_ids():
+    assert requestlog.valid_request_id("order-42:3.b_c") and requestlog.valid_request_id("a" * 128)
+    for bad in ("", "a" * 129, "a b", "é", "a/b", "x\n", 42, None):
+        assert not requestlog.valid_request_id(bad), bad
+    assert requestlog.valid_request_id(requestlog.new_request_id())
+
+
+def test_the_servers_monitor_modules_import_no_pandas_pydantic_or_scipy():
+    """The server's image has no pydantic (and the ONNX image no pandas or scipy)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mlops_kit.monitor.requestlog, mlops_kit.monitor._drift; "
+            "print(sorted(m for m in ('pandas', 'pydantic', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_profile_is_a_catalog_artifact_of_the_train_stage(model_dir):
+    from mlops_kit import artifacts, stages
+    from mlops_kit.image._context import MODEL_FILES, ONNX_MODEL_FILES
+
+    assert "monitor_profile.json" in stages.BY_NAME["train"].outputs
+    assert "monitor_profile.json" in MODEL_FILES and "monitor_profile.json" in ONNX_MODEL_FILES
+    profile = artifacts.MONITOR_PROFILE.load(model_dir)
+    assert profile.task == "classification" and len(profile.features) == 30 and profile.prediction is not None
