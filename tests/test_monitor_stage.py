@@ -294,3 +294,105 @@ def test_monitor_panel_shows_a_failure(folder):
     panel.worker.join(30)
     assert "failed: The labels must name requests of the log" in panel.status.value
     assert panel.retrain_button.disabled and not panel.check_button.disabled
+
+
+# --- the stage end to end: mlops-kit monitor on a log written by the request log's writer ---
+
+def write_log(folder, frame: pd.DataFrame, log_dir, *, prefix: str = "req", sha256: str | None = None):
+    """``frame`` sent as requests of ROWS_PER_REQUEST rows and logged by the server's writer."""
+    from mlops_kit.monitor.requestlog import RequestLogWriter
+
+    live = live_rows(folder, frame, prefix=prefix)
+    card = artifacts.MODEL_CARD.load(folder)
+    writer = RequestLogWriter(log_dir, sample=1.0, model_sha256=sha256 or card.sha256, classes=card.classes)
+    classes = [f"proba_{c}" for c in card.classes]
+    for start in range(0, len(live), ROWS_PER_REQUEST):
+        chunk = live.iloc[start:start + ROWS_PER_REQUEST]
+        features = {name: chunk[name].to_numpy() for name in card.features}
+        assert writer.offer(chunk["request_id"].iloc[0], features, chunk["prediction"].to_numpy(),
+                            chunk[classes].to_numpy())
+    writer.close()
+    return live
+
+
+def mlops_kit(*args: str, runs) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLOPS_KIT_RUNS_DIR": str(runs)}
+    return subprocess.run([sys.executable, "-m", "mlops_kit.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_mlops_kit_monitor_judges_a_log_joins_labels_and_the_export_retrains(model_run, folder, tmp_path):
+    import json
+
+    from mlops_kit import runner
+    from mlops_kit.params import load_params
+
+    runs, model = model_run
+    # unchanged traffic: healthy, exit 0, a run of kind monitor with its notebook, report and plot
+    healthy = tmp_path / "healthy"
+    write_log(folder, make_customers(800, seed=11), healthy)
+    done = mlops_kit("monitor", model.name, "--log", str(healthy), "--json", runs=runs)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert set(summary) == {"window", "features", "prediction", "quality", "performance", "verdict"}
+    assert summary["verdict"]["status"] == "healthy" and summary["window"]["rows"] == 800
+    [record] = [r for r in ledger.list_runs() if ledger.kind_of(r) == "monitor"]
+    assert record["status"] == "succeeded" and record["params"]["monitor"]["model_run"] == model.name
+    assert record["stages"]["train"] == {"status": "reused", "source_run": model.name,
+                                         "outputs": record["stages"]["train"]["outputs"]}
+    monitor_run = runs / record["id"]
+    for path in ("notebooks/06_monitor.ipynb", "reports/06_monitor.html", "artifacts/monitor_report.json",
+                 "artifacts/monitor_drift.png"):
+        assert (monitor_run / path).is_file(), path
+    assert monitor.load_report(monitor_run).summary() == summary
+    # shifted traffic with late labels: exactly the shifted features, the labelled rows exported
+    drifted = tmp_path / "drifted"
+    frame = shifted(make_customers(800, seed=12))
+    live = write_log(folder, frame, drifted)
+    labels, export = tmp_path / "labels.parquet", tmp_path / "live.parquet"
+    _labels(live, frame).to_parquet(labels)
+    done = mlops_kit("monitor", model.name, "--log", str(drifted), "--labels", str(labels),
+                     "--export-labelled", str(export), "--json", runs=runs)
+    assert done.returncode == monitor.EXIT_DRIFT, done.stderr
+    summary = json.loads(done.stdout)
+    assert {n for n, f in summary["features"].items() if f["drift"]} == {"age", "income"}
+    assert summary["performance"]["labelled_rows"] == 400 and summary["performance"]["passed"] is True
+    # the text report says the same
+    done = mlops_kit("monitor", model.name, "--log", str(drifted), runs=runs)
+    assert done.returncode == monitor.EXIT_DRIFT and "Verdict: drift (exit code 3)" in done.stdout
+    assert "moved: age" in done.stdout and "moved: income" in done.stdout
+    # retraining on the export is one run
+    retrained = runner.run_pipeline(load_params(overrides=[f"data.source={export}", "data.target=label"]))
+    assert retrained["status"] == "succeeded" and retrained["kind"] == "pipeline"
+    assert artifacts.SCHEMA.load(runs / retrained["id"]).rows == 400
+
+
+def test_mlops_kit_monitor_names_bad_inputs_before_any_run(model_run, folder, tmp_path):
+    runs, model = model_run
+    done = mlops_kit("monitor", "20990101-000000-none", "--log", str(tmp_path), runs=runs)
+    assert done.returncode == 1 and "No run '20990101-000000-none'" in done.stderr and "Traceback" not in done.stderr
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,outcome\na,yes\n")
+    done = mlops_kit("monitor", model.name, "--log", str(tmp_path), "--labels", str(labels), runs=runs)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "monitor.labels: expected a table with the columns 'request_id' and 'label'" in done.stderr
+    assert "found the columns id, outcome" in done.stderr
+    done = mlops_kit("monitor", model.name, "--log", str(tmp_path / "absent"), runs=runs)
+    assert done.returncode == 2 and "monitor.log_dir: expected an existing folder" in done.stderr
+    assert not [r for r in ledger.list_runs() if ledger.kind_of(r) == "monitor" and r["status"] != "succeeded"]
+
+
+def test_a_log_of_another_model_and_an_empty_log_are_refused(folder, tmp_path):
+    from mlops_kit.errors import ArtifactError
+
+    write_log(folder, make_customers(20, seed=13), tmp_path / "other", sha256="f" * 64)
+    with pytest.raises(ArtifactError, match="model"):
+        monitor.read_live(tmp_path / "other", folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="empty|no row|must hold"):
+        monitor.read_live(tmp_path / "empty", folder)
