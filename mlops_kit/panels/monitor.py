@@ -81,6 +81,7 @@ class MonitorPanel(widgets.VBox):
                                    "mlk-monitor-check")
         self.retrain_button = styled(widgets.Button(description="Retrain on labelled rows", icon="refresh",
                                                     button_style="warning", disabled=True,
+                                                    layout=widgets.Layout(width="auto"),
                                                     tooltip="a pipeline run on the exported labelled live rows"),
                                      "mlk-monitor-retrain")
         self.status = styled(widgets.HTML(""), "mlk-monitor-status")
@@ -173,7 +174,8 @@ class MonitorPanel(widgets.VBox):
                               f"{html.escape(VERDICT_TEXT[verdict.status])} (exit code {verdict.exit_code})</b>"
                               f"{html.escape(moved)}")
         table = result.table()
-        rows = [[name, *row] for name, row in zip(table.index, table.itertuples(index=False))]
+        rows = [[name, *(None if isinstance(v, float) and v != v else v for v in row)]  # NaN: not measured
+                for name, row in zip(table.index, table.itertuples(index=False))]
         drifted = list(table.columns).index("drift") + 1
         self.table.value = html_table(["feature", *table.columns], rows, css_class="mlk-table mlk-monitor-rows",
                                       row_classes=["mlk-failed" if r[drifted] else "" for r in rows])
