@@ -158,6 +158,15 @@ def test_labels_that_contradict_the_model_are_a_performance_verdict(folder, tmp_
     assert any("accuracy" in reason for reason in result.verdict.gate_failures)
 
 
+def test_broken_inputs_come_before_performance_in_the_verdict(folder):
+    frame = make_customers(600, seed=14)
+    frame.loc[frame.index[:150], "city"] = "marseille"
+    live = live_rows(folder, frame)
+    result = monitor.report(folder, live, labels=_labels(live, frame, flip=True), gate={"accuracy": 0.7})
+    assert result.performance.passed is False and result.verdict.gate_failures
+    assert result.verdict.status == "quality" and result.verdict.exit_code == monitor.EXIT_QUALITY
+
+
 def test_few_labels_are_reported_but_not_judged(folder):
     frame = make_customers(600, seed=6)
     live = live_rows(folder, frame)
@@ -192,6 +201,12 @@ def test_labels_without_the_columns_are_named(tmp_path):
     path.write_text("request_id,row,label\na,x,yes\n")
     with pytest.raises(DataError, match="'row' must be a row number .* Got 'x' on row 1 instead"):
         monitor.read_labels(path, "label")
+    path.write_text("request_id,row,label\na,0,yes\na,1.5,no\n")
+    with pytest.raises(DataError, match="'row' must be a row number .* Got 1.5 on row 2 instead"):
+        monitor.read_labels(path, "label")
+    path.write_text("request_id,row,label\na,0,yes\na,1,\nb,0,no\n")  # a label not known yet: left out
+    labels = monitor.read_labels(path, "label")
+    assert labels.to_dict("list") == {"request_id": ["a", "b"], "row": [0, 0], "label": ["yes", "no"]}
     (tmp_path / "labels.json").write_text("{}")
     with pytest.raises(DataError, match="must be a .csv or .parquet file"):
         monitor.read_labels(tmp_path / "labels.json", "label")

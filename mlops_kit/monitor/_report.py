@@ -204,8 +204,10 @@ def _rows(series: pd.Series, source: str) -> np.ndarray:
     bad = ~np.isfinite(values) | (values < 0) | (values != np.floor(values))
     if bad.any():
         at = int(np.argmax(bad))
+        value = series.iloc[at]
+        value = value.item() if hasattr(value, "item") else value  # 1.5, not np.float64(1.5)
         raise DataError(f"The labels file's {ROW!r} must be a row number (an integer >= 0). Got "
-                        f"{series.iloc[at]!r} on row {at + 1} instead.", source=source, column=ROW)
+                        f"{value!r} on row {at + 1} instead.", source=source, column=ROW)
     return values.astype(np.int64)
 
 
