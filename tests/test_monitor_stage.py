@@ -363,6 +363,9 @@ def test_mlops_kit_monitor_judges_a_log_joins_labels_and_the_export_retrains(mod
     assert summary["verdict"]["status"] == "healthy" and summary["window"]["rows"] == 800
     [record] = [r for r in ledger.list_runs() if ledger.kind_of(r) == "monitor"]
     assert record["status"] == "succeeded" and record["params"]["monitor"]["model_run"] == model.name
+    assert record["verdict"] == {"status": "healthy", "exit_code": 0, "model_run": model.name}
+    listed = mlops_kit("runs", "list", runs=runs)
+    assert f"healthy (run {model.name})" in listed.stdout
     assert record["stages"]["train"] == {"status": "reused", "source_run": model.name,
                                          "outputs": record["stages"]["train"]["outputs"]}
     monitor_run = runs / record["id"]

@@ -67,9 +67,13 @@ def watch(run_id: str | None = None, *, log_dir: str | None = None, labels: str 
     raw["monitor"] = {**(raw.get("monitor") or {}), **keys}
     raw["stages"] = [ledger.MONITOR_STAGE]
     loaded = load_params(overrides=overrides, recorded=raw, recorded_from=f"{folder.id}/{_paths.RUN_RECORD}")
-    result = runner.run_pipeline(loaded, stages=[ledger.MONITOR_STAGE], reuse_from=folder.id, use_cache=False,
+    record = runner.run_pipeline(loaded, stages=[ledger.MONITOR_STAGE], reuse_from=folder.id, use_cache=False,
                                  on_event=on_event, executor=executor)
-    return result, load_report(ledger.run_path(result["id"]))
+    result = load_report(ledger.run_path(record["id"]))
+    # the verdict in the record too: `mlops-kit runs list` shows it as the run's headline
+    record = ledger.open_run(record["id"]).update(verdict={
+        "status": result.verdict.status, "exit_code": result.verdict.exit_code, "model_run": folder.id})
+    return record, result
 
 
 def deployed_run() -> str:
