@@ -419,3 +419,22 @@ def test_a_log_of_another_model_and_an_empty_log_are_refused(folder, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match="must hold at least one row. Got no log file instead"):
         monitor.read_live(tmp_path / "empty", folder)
+
+
+@pytest.mark.security
+def test_a_hostile_labels_file_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    from mlops_kit.monitor import _report
+
+    endless = tmp_path / "labels.csv"
+    endless.symlink_to("/dev/zero")  # a device never ends: refused before any read
+    with pytest.raises(DataError, match="must be a regular file. Got a device, pipe or folder instead"):
+        monitor.read_labels(endless, "label")
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"PAR1" + bytes(range(256)) * 4)
+    with pytest.raises(DataError, match="must be a readable parquet table. Got an error instead"):
+        monitor.read_labels(garbage, "label")
+    big = tmp_path / "big.csv"
+    big.write_text("request_id,label\n" + "a,yes\n" * 1000)
+    monkeypatch.setattr(_report, "MAX_LABELS_BYTES", 1000)
+    with pytest.raises(DataError, match="must be at most 1000 bytes. Got 6017 bytes instead"):
+        monitor.read_labels(big, "label")

@@ -19,6 +19,7 @@ codes :data:`EXIT_CODES`.
 from __future__ import annotations
 
 import math
+import stat
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -36,8 +37,8 @@ from ._verdict import EXIT_CODES, FeatureQuality, MinDetectable, check_window
 REQUEST_ID, ROW = "request_id", "row"
 #: the live metrics are held against the gate only with this many labelled rows
 MIN_LABELLED_ROWS = 30
-#: a labels file larger than this is refused (it is input from outside)
-MAX_LABELS_BYTES = 1024 * 1024 * 1024
+#: a labels file larger than this is refused (it is input from outside; ~5 M labels)
+MAX_LABELS_BYTES = 256 * 1024 * 1024
 #: what the request log's reader puts beside the features
 LOG_COLUMNS = (REQUEST_ID, ROW, "time", "model_sha256", "prediction")
 PROBA_PREFIX = "proba_"
@@ -162,9 +163,13 @@ def read_labels(path: str | Path, target: str) -> pd.DataFrame:
     if path.suffix.lower() not in (".csv", ".parquet"):
         raise DataError(f"The labels file must be a .csv or .parquet file. Got {path.name!r} instead.", source=source)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError:
         raise DataError(f"The labels file {source!r} must exist. Got no file there instead.", source=source) from None
+    if not stat.S_ISREG(info.st_mode):  # a device (/dev/zero) or a pipe would never end
+        raise DataError(f"The labels file {source!r} must be a regular file. Got a device, pipe or folder instead.",
+                        source=source)
+    size = info.st_size
     if size > MAX_LABELS_BYTES:
         raise DataError(f"The labels file must be at most {MAX_LABELS_BYTES} bytes. Got {size} bytes instead.",
                         source=source)
