@@ -5,6 +5,8 @@ are returned, to run where a stage's libraries are imported)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import ParameterError, ParameterProblem
 from .params import LoadedParams
 from .stages import Check
@@ -65,7 +67,6 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 def monitor(loaded: LoadedParams) -> list[Check]:
     """The files a monitor run reads and writes, named before it starts: the labels file
     (a CSV or parquet file that exists), the log folder, the export's kind and folder."""
-    from pathlib import Path
 
     params = loaded.params.monitor
     problems = []
@@ -93,8 +94,7 @@ def monitor(loaded: LoadedParams) -> list[Check]:
             if absent:
                 problem("labels", f"a table with the columns 'request_id' and {target!r} (the target; 'row' "
                         "optional)", f"the columns {', '.join(columns[:10]) or 'none'} in {params.labels!r}")
-    if params.log_dir is not None and not Path(params.log_dir).is_dir():
-        problem("log_dir", "an existing folder (the request log)", f"no folder at {params.log_dir!r}")
+    _check_log(loaded, problem)
     if params.export_labelled is not None:
         export = Path(params.export_labelled)
         if export.suffix.lower() not in TABLE_SUFFIXES:
@@ -106,3 +106,25 @@ def monitor(loaded: LoadedParams) -> list[Check]:
     if problems:
         raise ParameterError(problems)
     return []
+
+
+def _check_log(loaded: LoadedParams, problem) -> None:
+    """The request log: ``monitor.log_dir``, else the local deploy's log of ``monitor.model_run``
+    (:func:`mlops_kit.monitor.log_folder`); a folder that holds log files."""
+    from . import _paths
+    from .monitor.requestlog import log_files  # no pandas: the server imports it too
+
+    params = loaded.params.monitor
+    if params.log_dir is None and params.model_run is None:
+        problem("log_dir", "the request log's folder, or monitor.model_run (its local deploy's log)", "neither")
+        return
+    if params.log_dir is None and loaded.params.deploy.target == "microk8s":
+        problem("log_dir", "the request log copied from the pods (kubectl cp POD:/var/lib/mlops-kit/requests DIR; "
+                "collecting it through the Kubernetes API is not supported yet)", "none, and deploy.target microk8s")
+        return
+    log = Path(params.log_dir) if params.log_dir else _paths.request_log_dir(params.model_run)
+    if not log.is_dir():
+        problem("log_dir", "an existing folder (the request log)", f"no folder at {str(log)!r}")
+    elif not log_files(log):
+        problem("log_dir", "a request log (requests-*.jsonl files of a server started with a sample above 0)",
+                f"none in {str(log)!r}")
