@@ -235,6 +235,15 @@ def test_labels_that_join_nothing_are_refused(folder):
         monitor.report(folder, live, labels=labels)
 
 
+def test_labels_must_be_classes_of_the_model(folder):
+    frame = make_customers(100, seed=15)
+    live = live_rows(folder, frame)
+    labels = _labels(live, frame).assign(label=lambda f: np.where(np.arange(len(f)) < 3, "maybe", f["label"]))
+    with pytest.raises(DataError, match=r"The labels of labels.csv must be classes of the model \('no', 'yes'\). "
+                                        "Got 'maybe' on 3 rows instead"):
+        monitor.report(folder, live, labels=labels, labels_source="labels.csv")
+
+
 def test_regression_labels_must_be_numbers(regression_model_dir):
     """The join reads the labels as the model's task needs them."""
     schema = artifacts.SCHEMA.load(regression_model_dir)

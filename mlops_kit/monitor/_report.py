@@ -318,12 +318,13 @@ def live_performance(labelled: pd.DataFrame, folder: str | Path, *, unmatched: i
     task, target = schema.task, schema.target
     if task == "classification":
         classes = [class_text(c) for c in (card.classes or [])]
-        y = labelled[target].map(class_text)
-        predicted = labelled["prediction"].map(class_text).to_numpy(dtype=object)
+        y = _class_codes(labelled[target], classes, f"The labels of {source}", source, target)
+        predicted = _class_codes(labelled["prediction"], classes, "The request log's predictions", source, "prediction")
         columns = [f"{PROBA_PREFIX}{c}" for c in classes]
         proba = (labelled[columns].to_numpy(dtype=np.float64)
                  if classes and all(c in labelled.columns for c in columns) else None)
-        metrics = evaluate.score(y, predicted, proba, classes, task)
+        # scored on the classes' positions: sklearn sorts the labels many times, integers fast
+        metrics = evaluate.score(pd.Series(y), predicted, proba, list(range(len(classes))), task)
     else:
         y = pd.to_numeric(labelled[target], errors="coerce")
         if y.isna().any():
@@ -339,6 +340,16 @@ def live_performance(labelled: pd.DataFrame, folder: str | Path, *, unmatched: i
     return Performance(labels=source, labelled_rows=len(labelled), share_labelled=len(labelled) / max(1, rows),
                        unmatched_labels=unmatched, metrics=metrics, evaluation=evaluation.metrics, gate=result,
                        judged=judged, passed=result.passed if judged else None)
+
+
+def _class_codes(values: pd.Series, classes: list[str], what: str, source: str, column: str) -> np.ndarray:
+    """Each value's position among the model's classes; a DataError for a value that is none."""
+    codes = values.map(class_text).map({c: i for i, c in enumerate(classes)})
+    if codes.isna().any():
+        other = values[codes.isna()]
+        raise DataError(f"{what} must be classes of the model ({', '.join(map(repr, classes[:10]))}). Got "
+                        f"{class_text(other.iloc[0])!r} on {len(other)} rows instead.", source=source, column=column)
+    return codes.to_numpy(dtype=np.int64)
 
 
 def class_text(value: Any) -> str:
