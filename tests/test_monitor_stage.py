@@ -453,3 +453,16 @@ def test_a_hostile_labels_file_is_refused_without_reading_it_whole(tmp_path, mon
     monkeypatch.setattr(_report, "MAX_LABELS_BYTES", 1000)
     with pytest.raises(DataError, match="must be at most 1000 bytes. Got 6017 bytes instead"):
         monitor.read_labels(big, "label")
+
+
+def test_the_default_model_is_the_one_deployed_locally_else_the_champion(_isolated_runs):
+    from mlops_kit import _paths
+
+    with pytest.raises(MlopsKitError, match="RUN_ID must be given when no model is deployed locally and none is "
+                                            "promoted. Got neither instead"):
+        monitor.deployed_run()
+    (_isolated_runs / "champion.json").write_text(
+        '{"run": "20261201-000000-cccc", "who": "me", "when": "2026-12-01T00:00:00Z", "why": "", "history": []}')
+    assert monitor.deployed_run() == "20261201-000000-cccc"
+    (_isolated_runs / _paths.LOCAL_DEPLOY_STATE).write_text('{"run_id": "20261202-000000-dddd"}')
+    assert monitor.deployed_run() == "20261202-000000-dddd"

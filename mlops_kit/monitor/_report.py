@@ -39,8 +39,7 @@ REQUEST_ID, ROW = "request_id", "row"
 MIN_LABELLED_ROWS = 30
 #: a labels file larger than this is refused (it is input from outside; ~5 M labels)
 MAX_LABELS_BYTES = 256 * 1024 * 1024
-#: what the request log's reader puts beside the features
-LOG_COLUMNS = (REQUEST_ID, ROW, "time", "model_sha256", "prediction")
+#: the request log reader's column of each class's probability
 PROBA_PREFIX = "proba_"
 
 
