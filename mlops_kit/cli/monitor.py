@@ -17,7 +17,7 @@ from ._options import set_option
               help="late labels: a CSV or parquet file of request_id (+ row) and the target column")
 @click.option("--export-labelled", metavar="PATH", type=click.Path(dir_okay=False),
               help="write the labelled live rows here (.csv or .parquet): retrain with "
-                   "`mlops-kit run --set data.source=PATH`")
+                   "`mlops-kit run -p FILE --set data.source=PATH`")
 @click.option("--alpha", type=float, default=None, help="false alarms on unchanged traffic, over all features "
               "together (default 0.05)")
 @set_option
