@@ -466,3 +466,12 @@ def test_the_default_model_is_the_one_deployed_locally_else_the_champion(_isolat
     assert monitor.deployed_run() == "20261201-000000-cccc"
     (_isolated_runs / _paths.LOCAL_DEPLOY_STATE).write_text('{"run_id": "20261202-000000-dddd"}')
     assert monitor.deployed_run() == "20261202-000000-dddd"
+
+
+@pytest.mark.slow
+def test_mlops_kit_monitor_refuses_a_log_of_another_model_in_one_message(model_run, folder, tmp_path):
+    runs, model = model_run
+    write_log(folder, make_customers(20, seed=16), tmp_path / "other", sha256="a" * 64)
+    done = mlops_kit("monitor", model.name, "--log", str(tmp_path / "other"), "--json", runs=runs)
+    assert done.returncode == 1 and not done.stdout and "Traceback" not in done.stderr
+    assert "Stage 'monitor' failed" in done.stderr and f"Got a request to model {'a' * 64} instead" in done.stderr
