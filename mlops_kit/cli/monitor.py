@@ -35,8 +35,13 @@ def monitor(run_id, log_dir, labels, export_labelled, alpha, overrides, as_json)
     from ..monitor import watch
 
     runner.skip_iri_grammar()
+
+    def progress(event) -> None:  # on stderr: --json keeps stdout to the report
+        if event.kind == runner.EventKind.RUN_STARTED:
+            click.echo(f"Monitor run {event.run_id}: 06_monitor reads the request log ...", err=True)
+
     record, result = watch(run_id, log_dir=log_dir, labels=labels, export_labelled=export_labelled, alpha=alpha,
-                           overrides=overrides)
+                           overrides=overrides, on_event=progress)
     if as_json:
         from ._output import print_json
 
