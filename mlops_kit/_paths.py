@@ -114,3 +114,11 @@ REQUEST_LOGS_SUBDIR = ".requests"
 def request_log_dir(run_id: str) -> Path:
     """Where a local deploy of run ``run_id`` logs its requests (``serve.monitor.sample`` > 0)."""
     return runs_dir() / REQUEST_LOGS_SUBDIR / run_id
+
+
+def monitored_log_dir(log_dir: str | None, model_run: str | None) -> Path | None:
+    """The request log 06_monitor reads: ``monitor.log_dir``, else the local deploy's log of
+    ``monitor.model_run``; None with neither."""
+    if log_dir:
+        return Path(log_dir)
+    return request_log_dir(model_run) if model_run else None

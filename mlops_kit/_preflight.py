@@ -110,20 +110,18 @@ def monitor(loaded: LoadedParams) -> list[Check]:
 
 def _check_log(loaded: LoadedParams, problem) -> None:
     """The request log: ``monitor.log_dir``, else the local deploy's log of ``monitor.model_run``
-    (:func:`mlops_kit.monitor.log_folder`); a folder that holds log files."""
+    (:func:`mlops_kit._paths.monitored_log_dir`); a folder that holds log files."""
     from . import _paths
     from .monitor.requestlog import log_files  # no pandas: the server imports it too
 
     params = loaded.params.monitor
-    if params.log_dir is None and params.model_run is None:
+    log = _paths.monitored_log_dir(params.log_dir, params.model_run)
+    if log is None:
         problem("log_dir", "the request log's folder, or monitor.model_run (its local deploy's log)", "neither")
-        return
-    if params.log_dir is None and loaded.params.deploy.target == "microk8s":
+    elif params.log_dir is None and loaded.params.deploy.target == "microk8s":
         problem("log_dir", "the request log copied from the pods (kubectl cp POD:/var/lib/mlops-kit/requests DIR; "
                 "collecting it through the Kubernetes API is not supported yet)", "none, and deploy.target microk8s")
-        return
-    log = Path(params.log_dir) if params.log_dir else _paths.request_log_dir(params.model_run)
-    if not log.is_dir():
+    elif not log.is_dir():
         problem("log_dir", "an existing folder (the request log)", f"no folder at {str(log)!r}")
     elif not log_files(log):
         problem("log_dir", "a request log (requests-*.jsonl files of a server started with a sample above 0)",

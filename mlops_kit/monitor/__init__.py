@@ -37,7 +37,7 @@ _WHERE = {
     "_report": ("MIN_LABELLED_ROWS", "MonitorReport", "class_text", "export_labelled", "join_labels",
                 "live_performance", "load_report", "model_profile", "plot_feature", "plot_features", "read_labels",
                 "read_live", "report"),
-    "_stage": ("deployed_run", "log_folder", "run_stage", "watch"),
+    "_stage": ("deployed_run", "run_stage", "watch"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 

@@ -16,26 +16,15 @@ from ..errors import MlopsKitError
 from ._report import MonitorReport, load_report, read_labels, read_live, report
 
 
-def log_folder(log_dir: str | None, model_run: str | None) -> Path:
-    """``monitor.log_dir``, else the local deploy's log folder of the watched run."""
-    if log_dir:
-        return Path(log_dir)
-    if not model_run:
-        raise MlopsKitError("monitor.log_dir must be set when monitor.model_run is not. Got neither instead.",
-                            hint="name the request log's folder (`mlops-kit monitor --log DIR`).")
-    return _paths.request_log_dir(model_run)
-
-
 def run_stage(folder: str | Path, params: Any) -> MonitorReport:
     """The stage's work in a run folder: the report (``monitor_report.json``) and the labelled
     live rows exported when asked (the notebook draws the plot)."""
     section = params.monitor
-    log = log_folder(section.log_dir, section.model_run)
-    if not log.is_dir():
-        raise MlopsKitError(f"The request log must be a folder. Got nothing at {log} instead.",
-                            hint="deploy with serve.monitor.sample > 0 (or `mlops-kit serve --log-requests "
-                                 "DIR`), send traffic, or name the log's folder with --log.")
-    live = read_live(log, folder)
+    log = _paths.monitored_log_dir(section.log_dir, section.model_run)
+    if log is None:
+        raise MlopsKitError("monitor.log_dir or monitor.model_run must be set. Got neither instead.",
+                            hint="name the request log's folder (`mlops-kit monitor --log DIR`).")
+    live = read_live(log, folder)  # a missing folder, no row, another model: named by the reader
     schema = artifacts.SCHEMA.load(folder)
     labels = read_labels(section.labels, schema.target) if section.labels else None
     result = report(folder, live, labels=labels, labels_source=section.labels, alpha=section.alpha,
