@@ -82,5 +82,5 @@ def _print_report(record: dict, result) -> None:
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return "" if value != value else f"{value:.4g}"  # NaN: not measured (no mean shift of a category)
     return "" if value is None else str(value)
