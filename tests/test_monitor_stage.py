@@ -420,6 +420,8 @@ def test_mlops_kit_monitor_names_bad_inputs_before_any_run(model_run, folder, tm
     assert done.returncode == 2 and "monitor.log_dir: expected a request log (requests-*.jsonl files" in done.stderr
     done = mlops_kit("monitor", model.name, runs=runs)  # the local deploy's log: none yet
     assert done.returncode == 2 and f"found no folder at '{runs / '.requests' / model.name}'" in done.stderr
+    done = mlops_kit("monitor", model.name, "--log", str(tmp_path), "--alpha", "1.5", runs=runs)
+    assert done.returncode == 2 and "--set monitor.alpha=1.5: monitor.alpha: expected" in done.stderr, done.stderr
     done = mlops_kit("monitor", model.name, "--set", "deploy.target=microk8s", runs=runs)
     assert done.returncode == 2 and "collecting it through the Kubernetes API is not supported yet" in done.stderr
     assert not [r for r in ledger.list_runs() if ledger.kind_of(r) == "monitor" and r["status"] != "succeeded"]

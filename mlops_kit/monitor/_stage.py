@@ -51,8 +51,8 @@ def watch(run_id: str | None = None, *, log_dir: str | None = None, labels: str 
     raw = dict(record.get("params") or {})
     keys = {"model_run": folder.id, "log_dir": _absolute(log_dir), "labels": _absolute(labels),
             "export_labelled": _absolute(export_labelled)}
-    if alpha is not None:
-        keys["alpha"] = alpha
+    if alpha is not None:  # an override: a wrong value is named as the --set it came from
+        overrides = (*overrides, f"monitor.alpha={alpha}")
     raw["monitor"] = {**(raw.get("monitor") or {}), **keys}
     raw["stages"] = [ledger.MONITOR_STAGE]
     loaded = load_params(overrides=overrides, recorded=raw, recorded_from=f"{folder.id}/{_paths.RUN_RECORD}")
