@@ -477,3 +477,24 @@ def test_mlops_kit_monitor_refuses_a_log_of_another_model_in_one_message(model_r
     done = mlops_kit("monitor", model.name, "--log", str(tmp_path / "other"), "--json", runs=runs)
     assert done.returncode == 1 and not done.stdout and "Traceback" not in done.stderr
     assert "Stage 'monitor' failed" in done.stderr and f"Got a request to model {'a' * 64} instead" in done.stderr
+
+
+def test_a_regression_models_live_metrics_and_gate(regression_model_dir):
+    """Numeric predictions binned like a numeric feature; labels scored as rmse/mae/r2."""
+    from conftest import make_mixed_frame
+
+    folder = regression_model_dir
+    schema = artifacts.SCHEMA.load(folder)
+    card = artifacts.MODEL_CARD.load(folder)
+    frame = make_mixed_frame(400, task="regression", seed=17)
+    X, _ = train.features_and_target(frame, schema.model_dump())
+    live = frame[schema.feature_names].assign(request_id=[f"r{i}" for i in range(len(frame))], row=0,
+                                              time="2026-12-01T00:00:00Z", model_sha256=card.sha256,
+                                              prediction=model_io.load_model(folder).predict(X))
+    labels = pd.DataFrame({"request_id": live["request_id"], "row": 0, "label": frame["label"]})
+    result = monitor.report(folder, live, labels=labels, gate={"rmse": 1e6})
+    perf = result.performance
+    assert set(perf.metrics) == {"rmse", "mae", "r2"} == set(perf.evaluation) and perf.labelled_rows == 400
+    assert perf.passed and result.prediction is not None and result.verdict.status == "healthy"
+    failing = monitor.report(folder, live, labels=labels.assign(label=labels["label"] + 1000), gate={"rmse": 50})
+    assert failing.verdict.status == "performance" and "rmse" in failing.verdict.gate_failures[0]
