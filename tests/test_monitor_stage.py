@@ -9,6 +9,8 @@ The live rows are shaped as the request log's reader gives them (contract B): ``
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -370,7 +372,8 @@ def test_mlops_kit_monitor_judges_a_log_joins_labels_and_the_export_retrains(mod
     summary = json.loads(done.stdout)
     assert set(summary) == {"window", "features", "prediction", "quality", "performance", "verdict"}
     assert summary["verdict"]["status"] == "healthy" and summary["window"]["rows"] == 800
-    [record] = [r for r in ledger.list_runs() if ledger.kind_of(r) == "monitor"]
+    record = ledger.read_run(re.search(r"Monitor run (\S+):", done.stderr).group(1))
+    assert ledger.kind_of(record) == "monitor"
     assert record["status"] == "succeeded" and record["params"]["monitor"]["model_run"] == model.name
     assert record["verdict"] == {"status": "healthy", "exit_code": 0, "model_run": model.name}
     listed = mlops_kit("runs", "list", runs=runs)
