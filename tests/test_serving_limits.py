@@ -219,3 +219,52 @@ def test_pipelined_requests_whose_heads_together_pass_the_limit_are_each_served(
         reader = Reader(sock)
         statuses = [reader.answer()[0] for _ in range(3)]
     assert statuses == [200, 200, 200]
+
+
+def test_a_malformed_head_over_the_limit_gets_one_answer_the_parsers_400(server):
+    """A request line the parser refuses (400, closing), in a read longer than the head's
+    limit: the parser's answer is the only one; nothing is written after the connection closes."""
+    with connect(server) as sock:
+        sock.sendall(b"NOT A REQUEST\x01" + b"x" * (MAX_HEAD_BYTES + 4096) + b"\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 ") and received.count(b"HTTP/1.1 ") == 1, received[:300]
+
+
+def _get_with_head(total: int) -> bytes:
+    """A GET of the health endpoint whose request line and headers are exactly ``total`` bytes."""
+    bare = request("/v2/health/live", method="GET", headers={"x-padding": ""})
+    raw = request("/v2/health/live", method="GET", headers={"x-padding": "a" * (total - len(bare))})
+    assert len(raw) == total
+    return raw
+
+
+@pytest.mark.parametrize("size, expected", [(MAX_HEAD_BYTES, 200), (MAX_HEAD_BYTES + 1, 431)])
+def test_the_head_limit_is_exact_for_a_kept_alive_connections_next_request(server, size, expected):
+    """After an answered request the count starts again at zero: a next head of exactly the
+    limit is served, one byte more is refused (the count must not start at 1 or at -1)."""
+    with connect(server) as sock:
+        reader = Reader(sock)
+        sock.sendall(request("/predict", BODY))
+        assert reader.answer()[0] == 200
+        try:
+            sock.sendall(_get_with_head(size))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert reader.answer()[0] == expected
+
+
+def test_a_refused_connection_is_logged_with_the_number_open(mixed_model_dir):
+    """The operator's line says how many connections were open when one more was refused."""
+    process = ServerProcess(mixed_model_dir, env={"MLOPS_KIT_MAX_CONNECTIONS": "3"}).wait_ready()
+    try:
+        held = [connect(process) for _ in range(3)]
+        time.sleep(0.3)
+        with connect(process) as extra:
+            assert Reader(extra).answer()[0] == 503
+        for sock in held:
+            sock.close()
+    finally:
+        process.stop()
+    assert "Refused a connection: 3 are open (max_connections)." in process.process.stderr.read()
