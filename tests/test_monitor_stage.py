@@ -177,6 +177,8 @@ def test_few_labels_are_reported_but_not_judged(folder):
     assert result.performance.labelled_rows == monitor.MIN_LABELLED_ROWS - 1
     assert not result.performance.judged and result.performance.passed is None
     assert result.verdict.status == "healthy"
+    enough = _labels(live, frame, share=monitor.MIN_LABELLED_ROWS / 600, flip=True)  # exactly the minimum
+    assert monitor.report(folder, live, labels=enough).performance.judged
 
 
 def test_numeric_class_labels_join_whatever_their_spelling(tmp_path):
@@ -206,6 +208,9 @@ def test_labels_without_the_columns_are_named(tmp_path):
     path.write_text("request_id,row,label\na,0,yes\na,1.5,no\n")
     with pytest.raises(DataError, match="'row' must be a row number .* Got 1.5 on row 2 instead"):
         monitor.read_labels(path, "label")
+    path.write_text("request_id,label\na,yes\n,no\n")
+    with pytest.raises(DataError, match="'request_id' must be set on every row. Got an empty one on row 2 instead"):
+        monitor.read_labels(path, "label")
     path.write_text("request_id,row,label\na,0,yes\na,1,\nb,0,no\n")  # a label not known yet: left out
     labels = monitor.read_labels(path, "label")
     assert labels.to_dict("list") == {"request_id": ["a", "b"], "row": [0, 0], "label": ["yes", "no"]}
@@ -232,7 +237,7 @@ def test_labels_that_join_nothing_are_refused(folder):
     frame = make_customers(50, seed=9)
     live = live_rows(folder, frame)
     labels = _labels(live, frame).assign(request_id=lambda f: "other-" + f["request_id"])
-    with pytest.raises(DataError, match=r"must name requests of the log. Got 25 labels that join nothing instead "
+    with pytest.raises(DataError, match=r"^The labels must name requests of the log. Got 25 labels that join nothing instead "
                                         r"\(e.g. 'other-req-0' row 0; the log has ids such as 'req-0'\)"):
         monitor.report(folder, live, labels=labels)
 
@@ -240,7 +245,8 @@ def test_labels_that_join_nothing_are_refused(folder):
 def test_labels_must_be_classes_of_the_model(folder):
     frame = make_customers(100, seed=15)
     live = live_rows(folder, frame)
-    labels = _labels(live, frame).assign(label=lambda f: np.where(np.arange(len(f)) < 3, "maybe", f["label"]))
+    labels = _labels(live, frame)
+    labels.loc[:2, "label"] = ["maybe", "perhaps", "perhaps"]
     with pytest.raises(DataError, match=r"The labels of labels.csv must be classes of the model \('no', 'yes'\). "
                                         "Got 'maybe' on 3 rows instead"):
         monitor.report(folder, live, labels=labels, labels_source="labels.csv")
@@ -454,10 +460,12 @@ def test_a_hostile_labels_file_is_refused_without_reading_it_whole(tmp_path, mon
     with pytest.raises(DataError, match="must be a readable parquet table. Got an error instead"):
         monitor.read_labels(garbage, "label")
     big = tmp_path / "big.csv"
-    big.write_text("request_id,label\n" + "a,yes\n" * 1000)
+    big.write_text("request_id,label\n" + "".join(f"r{i:03d},yes\n" for i in range(1000)))
     monkeypatch.setattr(_report, "MAX_LABELS_BYTES", 1000)
-    with pytest.raises(DataError, match="must be at most 1000 bytes. Got 6017 bytes instead"):
+    with pytest.raises(DataError, match="must be at most 1000 bytes. Got 9017 bytes instead"):
         monitor.read_labels(big, "label")
+    monkeypatch.setattr(_report, "MAX_LABELS_BYTES", 9017)  # exactly the limit: read
+    assert len(monitor.read_labels(big, "label")) == 1000
 
 
 def test_the_default_model_is_the_one_deployed_locally_else_the_champion(_isolated_runs):
