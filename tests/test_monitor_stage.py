@@ -200,7 +200,15 @@ def test_labels_without_the_columns_are_named(tmp_path):
     path = tmp_path / "labels.csv"
     pd.DataFrame({"id": ["a"], "label": ["yes"]}).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"must have the columns 'request_id' and 'label'.*Got the columns \['id', "
-                                        r"'label'\] instead"):
+                                        r"'label'\] instead") as refused:
+        monitor.read_labels(path, "label")
+    assert refused.value.column == "request_id"
+    parquet = tmp_path / "labels.parquet"  # parquet too, ids read as text whatever their type
+    pd.DataFrame({"request_id": [7, 8], "row": [0, 1], "label": ["yes", "no"]}).to_parquet(parquet)
+    assert monitor.read_labels(parquet, "label").to_dict("list") == {"request_id": ["7", "8"], "row": [0, 1],
+                                                                    "label": ["yes", "no"]}
+    path.write_text("request_id,row,label\na,-1,yes\n")
+    with pytest.raises(DataError, match="'row' must be a row number .* Got -1 on row 1 instead"):
         monitor.read_labels(path, "label")
     path.write_text("request_id,row,label\na,x,yes\n")
     with pytest.raises(DataError, match="'row' must be a row number .* Got 'x' on row 1 instead"):
