@@ -23,5 +23,6 @@ MONITOR_REPORT = "monitor_report.json"
 MONITOR_PLOT = "monitor_drift.png"
 RUN = "run.json"
 CHAMPION = "champion.json"
+SWEEP = "sweep.json"
 #: the key of the release history inside its ConfigMap (microk8s)
 RELEASE_HISTORY_KEY = "releases.json"

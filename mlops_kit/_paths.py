@@ -29,6 +29,11 @@ RUN_RECORD = _names.RUN
 #: In the runs folder: the promoted run.
 CHAMPION_RECORD = _names.CHAMPION
 RUN_LOCK = ".lock"
+#: In the runs folder: one folder per sweep (its record, ``SWEEP_RECORD``, and its report).
+SWEEPS_SUBDIR = "sweeps"
+SWEEP_RECORD = _names.SWEEP
+#: The notebook a sweep's report is executed from (in the stage notebooks' folder).
+SWEEP_REPORT_NOTEBOOK = "sweep_report.ipynb"
 NOTEBOOKS_SUBDIR = "notebooks"
 REPORTS_SUBDIR = "reports"
 ARTIFACTS_SUBDIR = "artifacts"
@@ -58,6 +63,10 @@ def runs_dir() -> Path:
     if explicit:
         return Path(explicit).resolve()
     return project_dir() / "runs"
+
+
+def sweeps_dir() -> Path:
+    return runs_dir() / SWEEPS_SUBDIR
 
 
 def data_roots() -> tuple[Path, ...] | None:

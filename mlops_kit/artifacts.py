@@ -312,6 +312,43 @@ class RunRecord(OpenDocument):
     overhead: Optional[Overhead] = None
 
 
+class SweepTrial(Document):
+    """One setting of a sweep: its values, the run that tried it (None when it failed before
+    its run existed: a hyperparameter refused by scikit-learn), how that ended."""
+
+    index: int
+    setting: dict[str, Scalar]
+    status: Literal["pending", "running", "succeeded", "failed", "interrupted"] = "pending"
+    run: Optional[str] = None
+    error: Optional[str] = None
+    attempts: int = 0
+
+
+class SweepRecord(Document):
+    """``sweeps/<id>/sweep.json``: a sweep's record, kept by :mod:`mlops_kit.ledger`. ``params``
+    are the base parameters (each trial's run records its own); ``data_run`` the run whose data
+    stage every trial reuses; ``metric`` the leaderboard's (the gate's baseline metric)."""
+
+    id: str
+    created: str
+    status: Literal["running", "succeeded", "partial", "failed", "interrupted"]
+    grid: dict[str, list[Scalar]]
+    params: dict[str, Any]
+    parameter_files: list[str] = Field(default_factory=list)
+    overrides: list[str] = Field(default_factory=list)
+    jobs: int = Field(ge=1)
+    metric: Optional[str] = None
+    higher_is_better: bool = True
+    data_run: Optional[str] = None
+    trials: list[SweepTrial]
+    pid: Optional[int] = None
+    host: Optional[str] = None
+    finished: Optional[str] = None
+    resumed: list[str] = Field(default_factory=list)
+    report: Optional[str] = None
+    error: Optional[str] = None
+
+
 D = TypeVar("D", bound=Document)
 
 
@@ -433,6 +470,7 @@ MONITOR_REPORT: DocumentArtifact[Any] = DocumentArtifact(
 MONITOR_PLOT = Artifact(N.MONITOR_PLOT, "monitor", "training vs live for the top features", required=False)
 RUN: RunFile[RunRecord] = RunFile(N.RUN, "the run's record (mlops_kit.ledger)", RunRecord)
 CHAMPION: RunFile[Champion] = RunFile(N.CHAMPION, "the promoted run (in the runs folder)", Champion)
+SWEEP: RunFile[SweepRecord] = RunFile(N.SWEEP, "a sweep's record (mlops_kit.ledger)", SweepRecord)
 #: The release history's key inside its ConfigMap (microk8s) or state file (local).
 RELEASE_HISTORY_KEY = N.RELEASE_HISTORY_KEY
 
@@ -451,7 +489,7 @@ def produced_by(stage: str) -> tuple[Artifact, ...]:
 def register(artifact: Artifact) -> Artifact:
     """Add an artifact of a registered stage (:func:`mlops_kit.stages.register`)."""
     global CATALOG
-    if artifact.name in BY_NAME or artifact.name in (RUN.name, CHAMPION.name):
+    if artifact.name in BY_NAME or artifact.name in (RUN.name, CHAMPION.name, SWEEP.name):
         raise ValueError(f"the catalog has an artifact named {artifact.name!r} already")
     CATALOG = (*CATALOG, artifact)
     BY_NAME[artifact.name] = artifact

@@ -472,6 +472,101 @@ def _whoami() -> str:
         return socket.gethostname()
 
 
+# --- sweeps ------------------------------------------------------------------------------------
+
+class SweepFolder(RunFolder):
+    """A sweep's folder (``<runs>/sweeps/<id>/``): its record (``sweep.json``, a
+    :class:`~mlops_kit.artifacts.SweepRecord`) and its report. Its trials are runs of the
+    ledger, each naming the sweep in its record (``sweep: {id, trial}``). The liveness lock
+    is a run's. Its trials are run from threads: :meth:`update` and :meth:`update_trial`
+    are serialised."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._lock = threading.Lock()
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / _paths.SWEEP_RECORD
+
+    def read(self) -> dict[str, Any]:
+        from . import artifacts
+
+        data = _load_json(self.record_path)
+        artifacts.validate_document(data, artifacts.SweepRecord, source=str(self.record_path))
+        return data
+
+    def write(self, record: dict[str, Any]) -> None:
+        from . import artifacts
+
+        with writable(self.path, "record the sweep"):
+            artifacts.SWEEP.save(self.path, record)
+
+    def update(self, **changes: Any) -> dict[str, Any]:
+        with self._lock:
+            return super().update(**changes)
+
+    def update_trial(self, index: int, **changes: Any) -> dict[str, Any]:
+        with self._lock:
+            record = self.read()
+            record["trials"][index].update(changes)
+            self.write(record)
+            return record
+
+
+def create_sweep(record: dict[str, Any]) -> SweepFolder:
+    """Make a new sweep folder, lock it and write its first record (``running``)."""
+    root = _paths.sweeps_dir()
+    with writable(root.parent, "create a sweep folder"):
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):
+            candidate = new_run_id()
+            try:
+                (root / candidate).mkdir()
+            except FileExistsError:
+                continue
+            break
+        else:  # pragma: no cover - 20 collisions of a 16-bit suffix within a second
+            raise RuntimeError("could not allocate a sweep id")
+    sweep = SweepFolder(root / candidate)
+    sweep.acquire()
+    sweep.write({"id": sweep.id, "created": now(), "status": "running", "pid": os.getpid(),
+                 "host": socket.gethostname(), **record})
+    return sweep
+
+
+def open_sweep(sweep_id: str | None = None) -> SweepFolder:
+    """The sweep ``sweep_id`` (a folder name, confined like a run id), else the newest;
+    RunNotFound when there is none."""
+    from .errors import MlopsKitError
+
+    root = _paths.sweeps_dir()
+    if sweep_id is None:
+        newest = next(iter(sorted((p for p in root.iterdir() if (p / _paths.SWEEP_RECORD).is_file()
+                                   and not p.is_symlink()), reverse=True)), None) if root.is_dir() else None
+        if newest is None:
+            raise MlopsKitError(f"No sweep in {root} yet.", hint="`mlops-kit sweep -p FILE --grid KEY=[...]` makes one.")
+        return SweepFolder(newest)
+    path = run_path(sweep_id, root=root)
+    if not (path / _paths.SWEEP_RECORD).is_file():
+        raise MlopsKitError(f"No sweep {sweep_id!r} in {root}.", hint="`mlops-kit sweep show` shows the newest.")
+    return SweepFolder(path)
+
+
+def read_sweep(sweep_id: str | None = None) -> dict[str, Any]:
+    """A sweep's record (default: the newest), a ``running`` one whose process is gone marked
+    ``interrupted`` (and its running trials)."""
+    sweep = open_sweep(sweep_id)
+    record = sweep.read()
+    if record["status"] == "running" and not sweep.is_alive():
+        for trial in record["trials"]:
+            if trial["status"] == "running":
+                trial["status"] = "interrupted"
+        record.update(status="interrupted", finished=record.get("finished") or now())
+        sweep.write(record)
+    return record
+
+
 # --- removing runs -------------------------------------------------------------------------
 
 def remove_run(run_id: str, *, force: bool = False) -> None:

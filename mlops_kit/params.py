@@ -12,6 +12,7 @@ values go, at deploy time, only into a Kubernetes Secret.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from pathlib import Path
@@ -329,14 +330,16 @@ SECTIONS = tuple(name for name, field in RunParams.model_fields.items()
 
 
 class LoadedParams:
-    """The validated parameters and where each came from."""
+    """The validated parameters and where each came from; ``sweep``: the grid of a ``sweep:``
+    section and ``--grid`` options (parameter path -> values), empty for a plain run."""
 
     def __init__(self, params: RunParams, files: list[Path], overrides: list[str],
-                 origin: dict[str, str] | None = None):
+                 origin: dict[str, str] | None = None, sweep: dict[str, list] | None = None):
         self.params = params
         self.files = files
         self.overrides = overrides
         self._origin = origin or {}
+        self.sweep = sweep or {}
 
     def source_of(self, key: str) -> str:
         """The file (or ``--set ...``) that set a dotted key; the top file for defaults."""
@@ -347,9 +350,12 @@ class LoadedParams:
 
 
 def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (), *,
-                recorded: dict | None = None, recorded_from: str = _paths.RUN_RECORD) -> LoadedParams:
+                recorded: dict | None = None, recorded_from: str = _paths.RUN_RECORD,
+                grid: list[str] | tuple[str, ...] = ()) -> LoadedParams:
     """Read a parameter file (and the bases it extends), apply ``section.key=value`` overrides,
-    validate. Raises :class:`ParameterError` listing every problem found.
+    validate. Raises :class:`ParameterError` listing every problem found. The file's
+    ``sweep:`` section, with ``grid`` (``section.key=[values]``) on top, is checked here too
+    (:func:`_check_sweep`) and kept apart: :attr:`LoadedParams.sweep`.
 
     ``recorded`` (the ``params`` of a run's record) replaces the file: a run's own
     parameters, with overrides on top; ``recorded_from`` names it in messages.
@@ -366,13 +372,127 @@ def load_params(path: str | os.PathLike | None = None, overrides: list[str] | tu
     problems: list[ParameterProblem] = []
     for override in overrides:
         _apply_override(raw, origin, override, problems)
+    sweep = raw.pop("sweep", None)
     if problems:
         raise ParameterError(problems)
     try:
         params = RunParams.model_validate(raw, context={"recorded": recorded is not None})
     except ValidationError as exc:
         raise ParameterError(_describe_validation(exc, raw, origin, file)) from None
-    return LoadedParams(params, files, list(overrides), origin)
+    if sweep is not None or grid:
+        sweep = _check_sweep(sweep if sweep is not None else {}, grid, raw, origin, str(file))
+    return LoadedParams(params, files, list(overrides), origin, sweep)
+
+
+# --- sweeps ----------------------------------------------------------------------------
+
+#: The sections a sweep may vary: those of the stages each trial runs (the data stage runs
+#: once per sweep, so data.*, seed and task are the same for every trial).
+SWEEP_SECTIONS = ("train", "evaluate")
+#: A sweep has at most this many trials (the product of its lists' lengths).
+MAX_SWEEP_TRIALS = 100
+
+
+def _check_sweep(sweep: Any, grid: list[str] | tuple[str, ...], raw: dict, origin: dict[str, str],
+                 file: str) -> dict[str, list]:
+    """The grid, every key a parameter path of :data:`SWEEP_SECTIONS`, every value a non-empty
+    list of distinct literals that the schema accepts there; at most :data:`MAX_SWEEP_TRIALS`
+    trials. Raises ParameterError naming the file (or ``--grid``) and the key."""
+    source = origin.get("sweep", file)
+    if not isinstance(sweep, dict):
+        raise ParameterError([ParameterProblem(source, "sweep", "a mapping of parameter paths to lists of "
+                                               "values", _found(sweep))])
+    where = {str(key): origin.get(f"sweep.{key}", source) for key in sweep}
+    sweep = {str(key): value for key, value in sweep.items()}
+    problems: list[ParameterProblem] = []
+    for text in grid:
+        key, equals, values = text.partition("=")
+        if not equals:
+            problems.append(ParameterProblem(f"--grid {text}", text, "section.key=[values]", "no '='"))
+            continue
+        try:
+            sweep[key.strip()] = _load_yaml(values)
+        except yaml.YAMLError:
+            sweep[key.strip()] = values
+        where[key.strip()] = f"--grid {text}"
+    for key, values in sweep.items():
+        problem = _sweep_key_problem(key) or _sweep_values_problem(values)
+        if problem:
+            problems.append(ParameterProblem(where[key], f"sweep.{key}", *problem))
+            continue
+        for index, value in enumerate(values):  # each value as the schema takes it there
+            trial = _copy(raw)
+            _set_dotted(trial, key.split("."), value)
+            try:
+                RunParams.model_validate(trial)
+            except ValidationError as exc:
+                problems.extend(ParameterProblem(where[key], f"sweep.{key}[{index}]", p.expected, p.found)
+                                for p in _describe_validation(exc, trial, {}, Path(where[key])))
+    trials = math.prod(len(values) for values in sweep.values()) if not problems else 0
+    if trials > MAX_SWEEP_TRIALS:
+        problems.append(ParameterProblem(" and ".join(sorted(set(where.values()))), "sweep",
+                                         f"at most {MAX_SWEEP_TRIALS} trials (the product of the lists' "
+                                         "lengths)", f"{trials} trials"))
+    if problems:
+        raise ParameterError(problems)
+    return sweep
+
+
+def _sweep_key_problem(key: str) -> tuple[str, str] | tuple[str, str, str | None] | None:
+    keys = key.split(".")
+    if keys[0] not in SWEEP_SECTIONS:
+        return (f"a parameter of the {' or '.join(SWEEP_SECTIONS)} stage (the data stage runs once per sweep)",
+                f"a key of {keys[0]!r}")
+    if len(keys) > 3 or _field_type(keys) is None:
+        choices = tuple(_section_model(keys[0]).model_fields)
+        return (f"a parameter path such as {keys[0]}.{choices[0]}", "an unknown key",
+                _suggest(keys[1] if len(keys) > 1 else key, choices))
+    return None
+
+
+def _sweep_values_problem(values: Any) -> tuple[str, str] | None:
+    expected = "a non-empty list of distinct values (numbers, strings, true/false, null)"
+    if not isinstance(values, list) or not values:
+        return expected, "an empty list" if isinstance(values, list) else _found(values)
+    for value in values:
+        if not isinstance(value, (bool, int, float, str, type(None))):
+            return expected, f"{_found(value)} among them"
+    repeated = [value for index, value in enumerate(values)
+                if any(value == other and type(value) is type(other) for other in values[:index])]
+    if repeated:
+        return expected, f"{repeated[0]!r} twice"
+    return None
+
+
+def with_setting(loaded: LoadedParams, setting: dict[str, Any]) -> LoadedParams:
+    """The parameters of one trial of a sweep: ``loaded``'s with each ``path: value`` of
+    ``setting`` set (named ``sweep <path>`` as their origin); ParameterError when the
+    combination is refused by the schema."""
+    raw = loaded.params.model_dump(mode="json")
+    origin = dict(loaded._origin)
+    for key, value in setting.items():
+        _set_dotted(raw, key.split("."), value)
+        origin[key] = f"sweep {key}"
+    try:
+        params = RunParams.model_validate(raw)
+    except ValidationError as exc:
+        raise ParameterError(_describe_validation(exc, raw, origin, Path("sweep"))) from None
+    return LoadedParams(params, loaded.files, loaded.overrides, origin)
+
+
+def _copy(raw: dict) -> dict:
+    import copy
+
+    return copy.deepcopy(raw)
+
+
+def _set_dotted(raw: dict, keys: list[str], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
 
 
 def load_run_params(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> LoadedParams:
@@ -539,13 +659,7 @@ def _apply_override(raw: dict, origin: dict[str, str], override: str, problems: 
         problems.append(ParameterProblem(where, dotted, "a known key", "unknown key",
                                          _suggest(section_key, choices)))
         return
-    value: Any = text if field_type is str else _yaml_scalar(text)
-    node = raw
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
+    _set_dotted(raw, keys, text if field_type is str else _yaml_scalar(text))
     origin[dotted] = where
 
 

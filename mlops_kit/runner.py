@@ -94,10 +94,15 @@ def skip_iri_grammar() -> None:
         sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
 
 
+#: the one exporter is shared by the runs of a process (a sweep's trials run in threads)
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_html(notebook: Path, report: Path) -> Path:
     import nbformat
 
-    body, _ = _html_exporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    with _EXPORT_LOCK:
+        body, _ = _html_exporter().from_notebook_node(nbformat.read(notebook, as_version=4))
     return _atomic.write_text(report, body)
 
 
@@ -106,7 +111,7 @@ def export_html(notebook: Path, report: Path) -> Path:
 def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse_from: str | None = None,
                  use_cache: bool = True, on_event: EventHandler | None = None,
                  cancel: threading.Event | None = None, executor: Executor | None = None,
-                 phases: Phases | None = None) -> dict:
+                 phases: Phases | None = None, record: dict | None = None) -> dict:
     """Run the selected stages (default: ``params.stages``) into a new run folder.
 
     A stage whose fingerprint matches a succeeded stage of an earlier run is reused, not
@@ -117,6 +122,7 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     kernels on this machine, :class:`mlops_kit.execution.local.LocalExecutor`). ``phases``:
     the time already spent (the CLI's start-up and parameters), else measured from here; the
     record's ``overhead`` says where the seconds outside the stages went (:mod:`._timing`).
+    ``record``: keys added to the run's record (a sweep's trial names its sweep).
     """
     phases = phases if phases is not None else Phases()
     executor = executor if executor is not None else default_executor()
@@ -156,7 +162,7 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
                 "parameter_files": [str(f) for f in loaded.files], "overrides": loaded.overrides,
                 "stages_requested": [s.name for s in selected],
                 "git": ledger.git_state(), "versions": _versions(),
-                "stages": {s.name: {"status": "pending"} for s in selected},
+                "stages": {s.name: {"status": "pending"} for s in selected}, **(record or {}),
             })
     except BaseException:
         executor.stop()

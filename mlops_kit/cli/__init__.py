@@ -23,6 +23,7 @@ COMMANDS = {
     "ci": "ci:ci",
     "server": "server:server",
     "monitor": "monitor:monitor",
+    "sweep": "sweep:sweep",
 }
 
 

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from jupyter_client.asynchronous import AsyncKernelClient
@@ -77,6 +78,9 @@ class KernelZygote:
             start_new_session=True)  # the terminal's Ctrl-C reaches the run, not the kernels
         self._sent = self._received = 0
         self._replies: dict[int, dict] = {}
+        # one zygote may serve the kernel pools of several runs at once (a sweep's trials,
+        # each in a thread): sending and reading are serialised, each on its own
+        self._sending, self._reading = threading.Lock(), threading.Lock()
 
     @property
     def pid(self) -> int:
@@ -85,22 +89,24 @@ class KernelZygote:
     # Requests are pipelined: sending never waits, so the caller goes on (importing
     # papermill, say) while the zygote is still importing; replies come back in order.
     def send(self, message: dict) -> int:
-        try:
-            self._process.stdin.write(json.dumps(message) + "\n")
-            self._process.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise ZygoteError(f"the kernel parent process stopped: {exc}") from None
-        self._sent += 1
-        return self._sent
+        with self._sending:
+            try:
+                self._process.stdin.write(json.dumps(message) + "\n")
+                self._process.stdin.flush()
+            except (BrokenPipeError, OSError) as exc:
+                raise ZygoteError(f"the kernel parent process stopped: {exc}") from None
+            self._sent += 1
+            return self._sent
 
     def reply(self, ticket: int) -> dict:
-        while ticket not in self._replies:
-            line = self._process.stdout.readline()
-            if not line:
-                raise ZygoteError(f"the kernel parent process stopped (exit code {self._process.poll()})")
-            self._received += 1
-            self._replies[self._received] = json.loads(line)
-        return self._replies.pop(ticket)
+        with self._reading:
+            while ticket not in self._replies:
+                line = self._process.stdout.readline()
+                if not line:
+                    raise ZygoteError(f"the kernel parent process stopped (exit code {self._process.poll()})")
+                self._received += 1
+                self._replies[self._received] = json.loads(line)
+            return self._replies.pop(ticket)
 
     def call(self, function: str, **kwargs: Any) -> dict:
         """Call ``module:function`` in the zygote, where scikit-learn is already imported."""

@@ -32,12 +32,19 @@ def prestart() -> None:
     _kernels.prestart_zygote()
 
 
+def shared_zygote():
+    """A zygote for several executors at once (``LocalExecutor(zygote=...)``): the one
+    :func:`prestart` started, else a new one; None in the spawn mode. The caller closes it
+    (``.close()``)."""
+    return None if os.environ.get(_kernels.MODE_ENV, "fork") == "spawn" else _kernels.take_zygote()
+
+
 def discard_prestarted() -> None:
     """Stop the zygote started by :func:`prestart` when no run took it (no stage ran)."""
     _kernels.discard_prestarted()
 
 
-__all__ = ["KERNEL_NAME", "KernelPool", "LocalExecutor", "discard_prestarted", "prestart"]
+__all__ = ["KERNEL_NAME", "KernelPool", "LocalExecutor", "discard_prestarted", "prestart", "shared_zygote"]
 
 
 class KernelPool:
@@ -51,11 +58,13 @@ class KernelPool:
     #: checks that read the data table: answered by a process of their own (see start)
     TABLE_CHECKS = ("mlops_kit.data:",)
 
-    def __init__(self, stages: list[Stage], cwd: Path):
+    def __init__(self, stages: list[Stage], cwd: Path, zygote=None):
         self._stages = list(stages)
         self._cwd = cwd
         self._managers: dict[str, Any] = {}
         self._zygote = None
+        #: a zygote lent by the caller (a sweep's, shared by its trials): used, never stopped here
+        self._lent = zygote
         self._reader = None
         self._connection_dir: str | None = None
 
@@ -75,7 +84,8 @@ class KernelPool:
             return
         reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS)]
         self._reader = CallProcess(reading) if reading else None
-        self._zygote = take_zygote()  # the CLI's, started before the run was planned, or a new one
+        # the caller's, else the CLI's (started before the run was planned), else a new one
+        self._zygote = self._lent if self._lent is not None and self._lent.alive else take_zygote()
         self._tickets: list[int | None] = [None] * len(self._checks)
         for position, stage in enumerate(self._stages):
             self._fork(stage)
@@ -142,7 +152,8 @@ class KernelPool:
         for name in list(self._managers):
             _shutdown(self._managers.pop(name))
         if self._zygote is not None:
-            self._zygote.close()
+            if self._zygote is not self._lent:
+                self._zygote.close()
             self._zygote = None
         if self._reader is not None:
             self._reader.close()
@@ -164,10 +175,15 @@ def _shutdown(km) -> None:
 
 
 class LocalExecutor:
-    """The :class:`~mlops_kit.execution.Executor` of forked (or spawned) kernels on this machine."""
+    """The :class:`~mlops_kit.execution.Executor` of forked (or spawned) kernels on this machine.
 
-    def __init__(self) -> None:
+    ``zygote``: a :class:`._kernels.KernelZygote` to fork the kernels from, shared with other
+    executors (the trials of a sweep, each run in a thread, import the libraries once); the
+    caller stops it. Default: the run's own."""
+
+    def __init__(self, zygote=None) -> None:
         self._pool: KernelPool | None = None
+        self._zygote = zygote
 
     @property
     def stages(self) -> list[Stage]:
@@ -175,7 +191,7 @@ class LocalExecutor:
 
     def start(self, plan: ExecutionPlan) -> None:
         self.stop()
-        self._pool = KernelPool(plan.stages, cwd=plan.notebooks)
+        self._pool = KernelPool(plan.stages, cwd=plan.notebooks, zygote=self._zygote)
         self._pool.start(plan.checks)
 
     def ready(self) -> None:
