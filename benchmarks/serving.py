@@ -12,6 +12,10 @@ one for the server), each server with 1 process (the ratios and goals compare th
 - the same on uvloop (``--loop uvloop``; the default is asyncio's loop, for its tail);
 - the kit's server on the ONNX model with ``--workers 2`` (both cores, shared with wrk: what
   one server without Kubernetes replicas can do; not used in the ratios);
+- monitoring (issue 21): the kit's server on the ONNX model with monitoring off (a copy of
+  the model folder without ``monitor_profile.json``: no live bins), on (the live bins are
+  always on when the profile is there: the plain ONNX rows count them too) and on with a
+  request log (``--log-requests DIR --log-sample 0.1``);
 - the kit's server with the model call stubbed (``benchmarks/_stub_model_server.py``: the
   first answer for that many rows given again): what HTTP, parsing, validation and the JSON
   answer cost without the model - the most any model could reach behind this server;
@@ -31,7 +35,10 @@ All servers run at once and are measured in interleaved rounds (one after the ot
 after round); each figure is the median over the rounds, so load from other processes that
 drifts over minutes weighs on every server alike. Prints req/s, rows/s, p50/p99 and the
 ratios. Goals (issue 14): >= 30x MLflow (1 row),
->= 20x (100 rows), >= 0.7x the in-process limit, p99 <= 5x p50.
+>= 20x (100 rows), >= 0.7x the in-process limit, p99 <= 5x p50; (issue 21) monitoring on
+(bins, sample 0.1) >= 0.9x the requests/s of monitoring off at 1 row, >= 0.95x at 100 rows.
+``--only A,B`` measures only the servers whose label contains one of the words (a shared
+machine: ``--only monitoring`` for the monitoring rows alone).
 """
 
 from __future__ import annotations
@@ -233,6 +240,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server; medians (default 3)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow row")
+    parser.add_argument("--only", default="", help="comma-separated words: only the servers whose label has one")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -248,6 +256,8 @@ def main() -> None:
         print(f"model: {folder}  rows per request: {sorted(bodies)}  duration: {args.duration:g} s each", flush=True)
         limit = in_process_limit(folder, bodies, args.duration)
 
+        unprofiled = workdir / "no-profile"   # monitoring off: the model without its profile
+        shutil.copytree(folder, unprofiled, ignore=shutil.ignore_patterns("monitor_profile.json", "run.json"))
         kit = [sys.executable, "-m", "mlops_kit.serving", "--model-dir", str(folder), "--host", "127.0.0.1",
                "--log-level", "warning", "--port"]
         servers: list[tuple[str, Any, str, str, Any]] = [
@@ -262,6 +272,14 @@ def main() -> None:
              "/predict", "/v2/health/ready", None),
             ("kit server, ONNX, 2 workers", lambda port: [*kit, str(port), "--runtime", "onnx", "--workers", "2"],
              "/predict", "/v2/health/ready", None),
+            ("kit server, ONNX, monitoring off", lambda port: [
+                *kit[:kit.index("--model-dir") + 1], str(unprofiled), *kit[kit.index("--model-dir") + 2:], str(port),
+                "--runtime", "onnx"], "/predict", "/v2/health/ready", None),
+            ("kit server, ONNX, monitoring on (bins only)", lambda port: [*kit, str(port), "--runtime", "onnx"],
+             "/predict", "/v2/health/ready", None),
+            ("kit server, ONNX, monitoring on (sample 0.1)", lambda port: [
+                *kit, str(port), "--runtime", "onnx", "--log-requests", str(workdir / "requests"), "--log-sample",
+                "0.1"], "/predict", "/v2/health/ready", None),
             ("kit server, model call stubbed", lambda port: [
                 sys.executable, str(REPO / "benchmarks" / "_stub_model_server.py"), str(folder), str(port)],
              "/predict", "/v2/health/ready", None),
@@ -270,8 +288,11 @@ def main() -> None:
             ("minimal Starlette+pandas", lambda port: [sys.executable, str(REPO / "benchmarks" / "_minimal_starlette.py"),
                                                       str(folder), str(port)], "/predict", "/v2/health/ready", None),
         ]
+        wanted = [word.strip() for word in args.only.split(",") if word.strip()]
+        if wanted:
+            servers = [server for server in servers if any(word in server[0] for word in wanted)]
         skipped = {}
-        if not args.no_mlflow:
+        if not args.no_mlflow and (not wanted or any(word in "MLflow models serve" for word in wanted)):
             saved, why = mlflow_model(folder, workdir)
             if saved is None:
                 skipped["MLflow models serve"] = why
@@ -318,8 +339,15 @@ def main() -> None:
     for name, why in skipped.items():
         print(f"    {name}: not measured: {why}")
     print()
-    ours = served["kit server, ONNX"]
-    for rows in bodies:
+    off, on = served.get("kit server, ONNX, monitoring off"), served.get("kit server, ONNX, monitoring on (sample 0.1)")
+    bins = served.get("kit server, ONNX, monitoring on (bins only)")
+    if off and on:
+        for rows, goal in zip(bodies, (0.9, 0.95)):
+            print(f"{rows:>3d} row{'s' if rows > 1 else ' '}: monitoring on (bins, sample 0.1) = "
+                  f"{on[rows]['rps'] / off[rows]['rps']:.2f}x the requests/s of monitoring off (goal >= {goal}x)"
+                  + (f"; bins only {bins[rows]['rps'] / off[rows]['rps']:.2f}x" if bins else ""))
+    ours = served.get("kit server, ONNX")
+    for rows in bodies if ours else ():
         parts = [f"{ours[rows]['rps'] / limit[rows]['rps']:.2f}x the in-process limit (goal >= 0.7x)"]
         stub = served.get("kit server, model call stubbed")
         if stub:

@@ -113,16 +113,13 @@ def image_builds_dir() -> Path:
 LOCAL_DEPLOY_STATE = ".local-deploy.json"
 #: Held by a local deploy or undeploy from start to end: one at a time per runs folder.
 LOCAL_DEPLOY_LOCK = ".local-deploy.lock"
-
-
-#: In the runs folder: the request logs of local deploys, one folder per run (the run folder
-#: is a record and stays untouched).
-REQUEST_LOGS_SUBDIR = ".requests"
+#: Request logs of local deploys (``serve.monitor.sample`` > 0): ``<runs dir>/.requests/<run id>/``
+#: (a run folder is a record: the server writes nothing into it).
+REQUESTS_SUBDIR = ".requests"
 
 
 def request_log_dir(run_id: str) -> Path:
-    """Where a local deploy of run ``run_id`` logs its requests (``serve.monitor.sample`` > 0)."""
-    return runs_dir() / REQUEST_LOGS_SUBDIR / run_id
+    return runs_dir() / REQUESTS_SUBDIR / run_id
 
 
 def monitored_log_dir(log_dir: str | None, model_run: str | None) -> Path | None:

@@ -229,6 +229,29 @@ class DeployParams(_Section):
         return value
 
 
+class MonitorParams(_Section):
+    """What the model server records (``serve.monitor``): the live drift window always, and a
+    sample of the requests in a log (06_monitor reads it)."""
+
+    sample: float = Field(_ServeDefaults.log_sample, ge=0, le=1,
+                          description="share of requests written to the request log (0: no log)")
+    log_dir: Optional[str] = Field(None, description="the request log's folder for local deploys (none: "
+                                   "runs/.requests/<run_id>/); on MicroK8s the pod's emptyDir "
+                                   "/var/lib/mlops-kit/requests")
+    window: int = Field(_ServeDefaults.drift_window, ge=1, description="rows in the live drift window (/metrics)")
+    max_file_bytes: int = Field(_ServeDefaults.log_max_file_bytes, ge=1024,
+                                description="a request log file is rotated at this size")
+    max_total_bytes: int = Field(_ServeDefaults.log_max_total_bytes, ge=1024,
+                                 description="the oldest log files are deleted beyond this total")
+
+    @model_validator(mode="after")
+    def _file_within_total(self) -> "MonitorParams":
+        if self.max_file_bytes > self.max_total_bytes:
+            raise ValueError(f"max_file_bytes must be at most max_total_bytes ({self.max_total_bytes}). "
+                             f"Got {self.max_file_bytes} instead")
+        return self
+
+
 class ServeParams(_Section):
     """The model server's limits (in the image and behind `mlops-kit serve`); the defaults
     are the server's own."""
@@ -238,6 +261,7 @@ class ServeParams(_Section):
     unknown_categories: Literal["tolerate", "reject"] = Field(
         _ServeDefaults.unknown_categories,
         description="categories unseen in training: tolerate (the one-hot encoder ignores them) or reject (422)")
+    monitor: MonitorParams = Field(default_factory=MonitorParams)
 
 
 class MonitorParams(_Section):
@@ -681,12 +705,19 @@ def _field_type(keys: list[str]) -> Any:
         return None if field is None or keys[0] in SECTIONS else _plain(field.annotation)
     if keys[0] not in SECTIONS:
         return None
-    field = _section_model(keys[0]).model_fields.get(keys[1])
-    if field is None:
-        return None
-    if len(keys) == 2:
-        return _plain(field.annotation)
-    return Any if getattr(field.annotation, "__origin__", None) is dict else None
+    model = _section_model(keys[0])
+    for depth, key in enumerate(keys[1:], start=2):
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        if depth == len(keys):
+            return _plain(field.annotation)
+        if getattr(field.annotation, "__origin__", None) is dict:
+            return Any
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation   # a sub-section (serve.monitor)
+    return None
 
 
 def _plain(annotation: Any) -> Any:

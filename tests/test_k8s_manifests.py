@@ -58,7 +58,12 @@ def test_every_parameter_file_renders_strictly_valid_manifests(file):
     config = _render.find(objects, "ConfigMap")["data"]
     assert config == {"MLOPS_KIT_MAX_ROWS": str(params.serve.max_rows),
                       "MLOPS_KIT_MAX_BODY_BYTES": str(params.serve.max_body_bytes),
-                      "MLOPS_KIT_UNKNOWN_CATEGORIES": params.serve.unknown_categories}
+                      "MLOPS_KIT_UNKNOWN_CATEGORIES": params.serve.unknown_categories,
+                      "MLOPS_KIT_DRIFT_WINDOW": str(params.serve.monitor.window),
+                      "MLOPS_KIT_LOG_SAMPLE": repr(float(params.serve.monitor.sample)),
+                      "MLOPS_KIT_LOG_REQUESTS": _render.REQUEST_LOG_DIR_IN_IMAGE,
+                      "MLOPS_KIT_LOG_MAX_FILE_BYTES": str(params.serve.monitor.max_file_bytes),
+                      "MLOPS_KIT_LOG_MAX_TOTAL_BYTES": str(params.serve.monitor.max_total_bytes)}
     assert {o["metadata"].get("namespace", o["metadata"]["name"]) for o in objects} == {params.deploy.namespace}
 
 

@@ -23,6 +23,7 @@ from mlops_kit import image as mk_image
 from mlops_kit.deploy import k8s
 from mlops_kit.deploy.k8s import _render
 from mlops_kit.image._containerd import Containerd
+from mlops_kit.monitor import read_request_log
 from mlops_kit.params import load_params
 
 pytestmark = [pytest.mark.contract, pytest.mark.containerd]
@@ -68,10 +69,12 @@ def deployment(tmp_path_factory, model_dir, containerd):
     params.package = params.package.model_copy(update={"containerd_socket": containerd.socket, "builder": "layers"})
     mk_image.package(run, params)
     params.deploy = params.deploy.model_copy(update={"secret_env": [SECRET_ENV]})
+    # every request logged: the server in the pod writes its request log into the emptyDir
+    params.serve.monitor = params.serve.monitor.model_copy(update={"sample": 1.0})
     plan = k8s.prepare(run, params, environ={SECRET_ENV: SECRET_VALUE})
     examples = artifacts.EXAMPLES.load(run)
     return {"objects": plan["objects"], "secret": plan["secret"], "body": artifacts.smoke_request(examples),
-            "predictions": list(examples.predictions)}
+            "predictions": list(examples.predictions), "run": run}
 
 
 def _check(deployment, containerd, workdir, objects=None):
@@ -93,6 +96,13 @@ def test_the_rendered_pod_runs_in_containerd_as_the_manifest_says(deployment, co
     assert set(_render.find(deployment["objects"], "ConfigMap")["data"]) <= set(seen["env"])
     assert SECRET_ENV in seen["env"]
     assert seen["exit_code"] == 0                 # its own shutdown, not the grace period's SIGKILL
+    # the request log: in the emptyDir volume (the root file system is read-only), one row per
+    # example the contract sent, of this model
+    log_dir = _render.REQUEST_LOG_DIR_IN_IMAGE
+    assert seen[f"writes {log_dir}"] is True
+    (folder,) = {path.parent for path in tmp_path.glob("*/volumes/requests/requests-*.jsonl")}
+    logged = read_request_log(folder, model_sha256=artifacts.MODEL_CARD.load(deployment["run"]).sha256)
+    assert len(logged) == len(deployment["predictions"]) and logged["prediction"].tolist() == deployment["predictions"]
 
 
 def _mutated(deployment, change):

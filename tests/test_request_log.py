@@ -194,9 +194,13 @@ def test_the_servers_monitor_modules_import_no_pandas_pydantic_or_scipy():
 
 def test_the_profile_is_a_catalog_artifact_of_the_train_stage(model_dir):
     from mlops_kit import artifacts, stages
-    from mlops_kit.image._context import MODEL_FILES, ONNX_MODEL_FILES
+    from mlops_kit.image._context import MODEL_FILES, ONNX_MODEL_FILES, serving_modules
 
     assert "monitor_profile.json" in stages.BY_NAME["train"].outputs
     assert "monitor_profile.json" in MODEL_FILES and "monitor_profile.json" in ONNX_MODEL_FILES
+    # the image's app holds the server's monitoring modules, and not the pydantic/pandas core
+    shipped = set(serving_modules())
+    assert {"monitor/live.py", "monitor/requestlog.py", "monitor/_drift.py", "monitor/_layout.py"} <= shipped
+    assert "monitor/_profile.py" not in shipped and "monitor/_verdict.py" not in shipped
     profile = artifacts.MONITOR_PROFILE.load(model_dir)
     assert profile.task == "classification" and len(profile.features) == 30 and profile.prediction is not None

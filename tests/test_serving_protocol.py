@@ -129,6 +129,12 @@ def test_direct_and_asgi_paths_answer_alike(server, path, body):
     direct = exchange(server, request(path, body))
     asgi = through_asgi(server, path, body)
     assert direct[0] == asgi[0], (direct, asgi)
+    if direct[0] == 200:   # each answer has a request id of its own (generated: 32 hex digits)
+        assert re.fullmatch(r"[0-9a-f]{32}", direct[1]["x-request-id"]) and asgi[1]["x-request-id"]
+        if "/v2/" in path:
+            assert orjson.loads(direct[2])["id"] == direct[1]["x-request-id"]
+        direct = (direct[0], direct[1], direct[2].replace(direct[1]["x-request-id"].encode(), b"ID"))
+        asgi = (asgi[0], asgi[1], asgi[2].replace(asgi[1]["x-request-id"].encode(), b"ID"))
     assert direct[2] == asgi[2]
     for header in ("content-type", "content-length"):
         assert direct[1][header] == asgi[1][header]

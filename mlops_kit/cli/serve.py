@@ -77,16 +77,24 @@ def _relative_to_runs(path: Path, runs: Path) -> Path | None:
 @click.option("--unknown-categories", type=click.Choice(["tolerate", "reject"]), default=None,
               help="Categories unseen in training [env MLOPS_KIT_UNKNOWN_CATEGORIES; default tolerate].")
 @click.option("--access-log", is_flag=True, help="Log every request.")
-def serve(target, host, port, workers, max_rows, max_body_bytes, unknown_categories, access_log):
+@click.option("--log-requests", "log_requests", metavar="DIR", type=click.Path(file_okay=False), default=None,
+              help="Write a sample of the requests (features, answer, request id) to DIR, for 06_monitor "
+                   "[env MLOPS_KIT_LOG_REQUESTS].")
+@click.option("--log-sample", "log_sample", metavar="F", type=click.FloatRange(0, 1), default=None,
+              help="Share of requests written to the log [env MLOPS_KIT_LOG_SAMPLE; default 1 with --log-requests].")
+def serve(target, host, port, workers, max_rows, max_body_bytes, unknown_categories, access_log, log_requests,
+          log_sample):
     """Serve the model of run RUN_ID (or of the folder MODEL_DIR) over HTTP.
 
     The model's sha256 and types are checked and a warm-up prediction of its examples must
     match before the port opens. /docs describes the endpoints; Ctrl-C stops.
     """
     from ..serving import ServeSettings, serve as run_server
+    from ..serving.__main__ import log_sample as sample_asked
 
     model_dir = resolve_model_dir(target)
     settings = ServeSettings.from_env(max_rows=max_rows, max_body_bytes=max_body_bytes,
-                                      unknown_categories=unknown_categories)
+                                      unknown_categories=unknown_categories, log_requests=log_requests,
+                                      log_sample=sample_asked(log_requests, log_sample))
     click.echo(f"Loading the model in {model_dir}; then serving on http://{host}:{port} (docs: /docs)", err=True)
     run_server(model_dir, host=host, port=port, workers=workers, settings=settings, access_log=access_log)

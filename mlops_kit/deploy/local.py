@@ -79,20 +79,39 @@ BASIC_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "L
              "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
 
 
-def server_env(params: Any = None, environ: dict[str, str] | None = None) -> dict[str, str]:
+def server_env(params: Any = None, environ: dict[str, str] | None = None, *, run_id: str | None = None) -> dict[str, str]:
     """The environment of a local server process: :data:`BASIC_ENV`, the run's serving
-    settings (``serve`` section) and the variables ``deploy.secret_env`` names; nothing else."""
+    settings (``serve`` section, with ``serve.monitor``: the request log of run ``run_id`` in
+    :func:`request_log_folder`) and the variables ``deploy.secret_env`` names; nothing else."""
     from ..params import RunParams
-    from ..serving import ServeSettings
 
     environ = dict(os.environ if environ is None else environ)
     params = params if params is not None else RunParams()
     env = {name: environ[name] for name in BASIC_ENV if name in environ}
-    serve = params.serve
-    env.update(ServeSettings.from_env({}, max_rows=serve.max_rows, max_body_bytes=serve.max_body_bytes,
-                                      unknown_categories=serve.unknown_categories).to_env())
+    env.update(serving_settings(params, request_log_folder(params, run_id)).to_env())
     env.update({name: environ[name] for name in params.deploy.secret_env if name in environ})
     return env
+
+
+def serving_settings(params: Any, log_dir: str | os.PathLike | None) -> Any:
+    """The server's settings of the ``serve`` section; the request log (if sampled) in ``log_dir``."""
+    from ..serving import ServeSettings
+
+    serve, monitor = params.serve, params.serve.monitor
+    return ServeSettings.from_env({}, max_rows=serve.max_rows, max_body_bytes=serve.max_body_bytes,
+                                  unknown_categories=serve.unknown_categories, drift_window=monitor.window,
+                                  log_requests=str(log_dir) if monitor.sample > 0 and log_dir else None,
+                                  log_sample=monitor.sample, log_max_file_bytes=monitor.max_file_bytes,
+                                  log_max_total_bytes=monitor.max_total_bytes)
+
+
+def request_log_folder(params: Any, run_id: str | None) -> Path | None:
+    """Where a local server of run ``run_id`` writes its request log: ``serve.monitor.log_dir``,
+    else ``<runs dir>/.requests/<run id>/``; None when ``serve.monitor.sample`` is 0."""
+    monitor = params.serve.monitor
+    if monitor.sample <= 0:
+        return None
+    return Path(monitor.log_dir).expanduser() if monitor.log_dir else _paths.request_log_dir(run_id or _paths.SCRATCH_RUN)
 
 
 def _containerd(params: Any, runner: Runner) -> Containerd:
@@ -163,7 +182,7 @@ def _deploy(run_dir: Path, params: Any, *, log: Callable[[str], None], runner: R
     elif dep.local_port:
         check_port_free(port)
     started = time.monotonic()
-    env = server_env(params)
+    env = server_env(params, run_id=run_dir.name)
     current = _start(mode, run_dir, artifacts, image, containerd, port, dep.name, runner, log, env)
     try:
         _wait_ready(current, containerd, runner, timeout)
@@ -240,8 +259,9 @@ def _start(mode, run_dir, artifacts, image, containerd, port, name, runner, log,
     instance = secrets.token_hex(16)   # named by the new server's readiness answer, and by no other
     if mode == "container":
         argv = ["python3", "-m", "mlops_kit.serving", "--model-dir", MODEL_DIR_IN_IMAGE, "--host", HOST]
-        containerd.run(image["ref"], ident, env={"PORT": str(port), INSTANCE_ENV: instance}, log_file=log_file,
-                       command=argv)
+        settings, mounts = _container_settings(env or {})
+        containerd.run(image["ref"], ident, env={**settings, "PORT": str(port), INSTANCE_ENV: instance},
+                       log_file=log_file, command=argv, mounts=mounts)
         log(f"started container {ident} ({image['ref']}) on port {port}, log {log_file}")
         return {"mode": mode, "name": ident, "port": port, "url": url, "log": str(log_file), "instance": instance,
                 "containerd": {"socket": containerd.socket, "namespace": containerd.namespace, "via": containerd.via}}
@@ -254,6 +274,28 @@ def _start(mode, run_dir, artifacts, image, containerd, port, name, runner, log,
     _CHILDREN[proc.pid] = proc
     log(f"started process {proc.pid} on port {port}, log {log_file}")
     return {"mode": mode, "pid": proc.pid, "port": port, "url": url, "log": str(log_file), "instance": instance}
+
+
+def _container_settings(env: dict[str, str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The serving settings of a process's environment for the container: the request log's
+    host folder bind-mounted at :data:`REQUEST_LOG_DIR_IN_IMAGE` (the root file system is
+    read-only), writable by the image's user."""
+    from ..image._base import APP_UID
+    from ..image._context import REQUEST_LOG_DIR_IN_IMAGE
+    from ..serving._settings import ENVIRONMENT
+
+    settings = {k: v for k, v in env.items() if k in ENVIRONMENT.values()}
+    folder = settings.get(ENVIRONMENT["log_requests"])
+    if not folder:
+        return settings, []
+    host = Path(folder)
+    host.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(host, APP_UID, APP_UID)
+    else:
+        host.chmod(0o777)
+    settings[ENVIRONMENT["log_requests"]] = REQUEST_LOG_DIR_IN_IMAGE
+    return settings, [(str(host.resolve()), REQUEST_LOG_DIR_IN_IMAGE)]
 
 
 def _log_tail(entry: dict, lines: int = 25) -> str:

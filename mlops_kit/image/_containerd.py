@@ -119,8 +119,13 @@ class Containerd:
 
     # --- containers -------------------------------------------------------------------------------
     def run(self, ref: str, name: str, *, env: dict[str, str], log_file: Path, read_only: bool = True,
-            net_host: bool = True, command: list[str] | None = None) -> None:
+            net_host: bool = True, command: list[str] | None = None,
+            mounts: list[tuple[str, str]] = ()) -> None:
+        """Start container ``name`` of image ``ref``; ``mounts``: (host folder, container path)
+        bind mounts, writable (the root file system stays read-only)."""
         args = ["run", "-d", "--log-uri", f"file://{Path(log_file).resolve()}"]
+        for source, target in mounts:
+            args += ["--mount", f"type=bind,src={source},dst={target},options=rbind:rw"]
         if net_host:
             args.append("--net-host")
         if read_only:

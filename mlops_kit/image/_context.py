@@ -41,6 +41,9 @@ ONNX_MODEL_FILES = (_names.ONNX_MODEL, _names.ONNX_REPORT, _names.MODEL_CARD, _n
                     _names.MONITOR_PROFILE)
 APP_DIR_IN_IMAGE = "/app"
 MODEL_DIR_IN_IMAGE = "/app/model"
+#: Where the server writes its request log in a container (a volume: the root file system is
+#: read-only; on MicroK8s an emptyDir, see k8s/deployment.yaml)
+REQUEST_LOG_DIR_IN_IMAGE = "/var/lib/mlops-kit/requests"
 PORT = 8080
 CMD = ["python3", "-m", "mlops_kit.serving", "--model-dir", MODEL_DIR_IN_IMAGE, "--host", "0.0.0.0"]
 ENV = {"PYTHONPATH": APP_DIR_IN_IMAGE, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",

@@ -18,7 +18,7 @@ with :func:`assess`. The statistics are described in :mod:`mlops_kit.monitor._dr
 
 Importing this package is cheap: the names below load their module (pandas, pydantic, scipy)
 on first use, so that the model server, which has none of these in its image, imports the
-pydantic-free modules :mod:`._live` and :mod:`.requestlog` alone.
+pydantic-free modules :mod:`.live` and :mod:`.requestlog` alone.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The profile's layout and bounds, without pydantic, pandas or scipy: the model server
-reads profiles with these (:mod:`._live`), the kit validates them with the same (:mod:`._profile`).
+reads profiles with these (:mod:`.live`), the kit validates them with the same (:mod:`._profile`).
 
 Bins of a feature (the same layout for the reference and for a window):
 

@@ -39,6 +39,8 @@ DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
 #: rows waiting for the writer, at most (beyond: dropped and counted)
 DEFAULT_QUEUE_ROWS = 50_000
+#: the writer writes what is queued this often (or sooner, when the queue is half full)
+WRITE_EVERY = 0.2
 #: a line (one row) is at most this long: longer rows are dropped by the writer, refused by the reader
 MAX_LINE_BYTES = 1024 * 1024
 #: what :func:`read_request_log` reads at most by default (every file of the folder together)
@@ -106,6 +108,7 @@ class RequestLogWriter:
         self._queued_rows = 0
         self._wake = threading.Condition()
         self._closed = False
+        self._flushing = False
         self._file = None
         self._file_bytes = 0
         self._files_opened = 0
@@ -128,15 +131,18 @@ class RequestLogWriter:
                 return False
             self._queue.append((time.time(), request_id, features, predictions, probabilities, rows))
             self._queued_rows += rows
-            self._wake.notify()
+            if self._queued_rows * 2 > self.queue_rows:   # else the writer wakes on its own (WRITE_EVERY)
+                self._wake.notify()
         return True
 
     # -- the writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._queue and not self._closed:
-                    self._wake.wait()
+                # woken by a half-full queue, a flush or close; else every WRITE_EVERY seconds:
+                # a wake-up per request would hand the GIL back and forth with the event loop
+                self._wake.wait_for(lambda: self._closed or self._flushing or self._queued_rows * 2 > self.queue_rows,
+                                    WRITE_EVERY)
                 batch = list(self._queue)
                 self._queue.clear()
                 if not batch and self._closed:
@@ -155,25 +161,29 @@ class RequestLogWriter:
     def _write(self, batch: list) -> None:
         import orjson
 
+        dumps = orjson.dumps
         for stamp, request_id, features, predictions, probabilities, rows in batch:
             when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + f".{int(stamp % 1 * 1000):03d}Z"
-            columns = {name: self._values(name, column) for name, column in features.items()}
+            names = list(features)
+            values = zip(*(self._values(name, column) for name, column in features.items())) if names else [()] * rows
             answers = _plain_list(predictions)
-            shares = _plain_list(probabilities) if probabilities is not None else None
+            shares = (_plain_list(probabilities) if probabilities is not None and self.classes is not None
+                      else [None] * rows)
+            classes = self.classes
+            # the keys of every line, made once per request (the request id is validated: no escaping)
+            head = dumps({"v": LOG_VERSION, "time": when, "request_id": request_id})[:-1] + b',"row":'
+            sha = b',"model_sha256":"' + self.model_sha256.encode() + b'","features":'
             lines = []
-            for row in range(rows):
-                record = {"v": LOG_VERSION, "time": when, "request_id": request_id, "row": row,
-                          "model_sha256": self.model_sha256,
-                          "features": {name: values[row] for name, values in columns.items()},
-                          "prediction": answers[row],
-                          "probabilities": (dict(zip(self.classes, shares[row]))
-                                            if shares is not None and self.classes is not None else None)}
-                line = orjson.dumps(record) + b"\n"
+            for row, (row_values, answer, share) in enumerate(zip(values, answers, shares)):
+                line = b"".join((head, str(row).encode(), sha, dumps(dict(zip(names, row_values))), b',"prediction":',
+                                 dumps(answer), b',"probabilities":',
+                                 dumps(None if share is None else dict(zip(classes, share))), b"}\n"))
                 if len(line) > MAX_LINE_BYTES:
                     self.dropped += 1
                     continue
                 lines.append(line)
             self._append(lines)
+            time.sleep(0)   # hand the GIL to the event loop between requests: it never waits a switch interval
         if self._file is not None:
             self._file.flush()
 
@@ -221,11 +231,12 @@ class RequestLogWriter:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued is written (tests, shutdown); False on timeout."""
-        deadline = time.monotonic() + timeout
         with self._wake:
-            while self._queued_rows and time.monotonic() < deadline:
-                self._wake.wait(max(0.0, deadline - time.monotonic()))
-            return self._queued_rows == 0
+            self._flushing = True
+            self._wake.notify_all()
+            done = self._wake.wait_for(lambda: self._queued_rows == 0, timeout)
+            self._flushing = False
+            return done
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the thread."""

@@ -43,6 +43,10 @@ def parser() -> argparse.ArgumentParser:
                    help="event loop: asyncio (default; the steadier tail) or uvloop (more one-row requests/s) "
                         "(env MLOPS_KIT_LOOP)")
     p.add_argument("--model-name", default=None, help="name in the v2 paths (default: the card's model)")
+    p.add_argument("--log-requests", metavar="DIR", default=None,
+                   help="write a sample of the requests to DIR (env MLOPS_KIT_LOG_REQUESTS)")
+    p.add_argument("--log-sample", metavar="F", type=float, default=None,
+                   help="share of requests written, 0 to 1 (env MLOPS_KIT_LOG_SAMPLE; default 1 with --log-requests)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ParameterError([_problem("--workers", "at least 1", str(args.workers))])
         settings = ServeSettings.from_env(max_rows=args.max_rows, max_body_bytes=args.max_body_bytes,
                                           unknown_categories=args.unknown_categories, model_name=args.model_name,
-                                          runtime=args.runtime, loop=args.loop)
+                                          runtime=args.runtime, loop=args.loop, log_requests=args.log_requests,
+                                          log_sample=log_sample(args.log_requests, args.log_sample))
         from ._server import serve
         serve(args.model_dir, host=args.host, port=port, workers=args.workers, settings=settings,
               log_level=args.log_level, access_log=args.access_log)
@@ -73,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def log_sample(folder: str | None, sample: float | None) -> float | None:
+    """The share of requests logged a command line asks for: ``--log-sample``, else every
+    request when ``--log-requests`` names a folder (else the environment's)."""
+    if sample is None and folder and not os.environ.get("MLOPS_KIT_LOG_SAMPLE"):
+        return 1.0
+    return sample
 
 
 def _problem(key: str, expected: str, found: str, file: str = "command line"):

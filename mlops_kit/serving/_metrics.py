@@ -6,7 +6,10 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..monitor.live import PREDICTION
 
 #: seconds; dense where a fast model answers
 LATENCY_BUCKETS = (.0005, .001, .002, .003, .005, .0075, .01, .015, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10)
@@ -40,6 +43,66 @@ class ServingMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MonitorCollector:
+    """The monitoring metrics, made from the live counts when /metrics is scraped (nothing per
+    request beyond the counts themselves; docs/architecture.md, "Monitoring on the server"):
+
+    - ``mlops_kit_feature_bin_total{feature, bin}``, ``mlops_kit_prediction_bin_total{bin}``:
+      rows per bin of the profile (counters: replicas add up);
+    - ``mlops_kit_drift_score{feature}`` (PSI), ``mlops_kit_drift_detected{feature}`` (the
+      permutation test at its Bonferroni level), ``mlops_kit_drift_window_rows``: the sliding
+      window, as last judged (``judgement``); the predictions are ``feature="__prediction__"``;
+    - ``mlops_kit_request_log_rows_total{outcome}``: rows written, dropped, sampled out.
+    """
+
+    def __init__(self, live: Any, request_log: Any, registry: CollectorRegistry):
+        self.live = live
+        self.request_log = request_log
+        self.judgement: Any = None
+        registry.register(self)
+
+    def describe(self) -> list:
+        return []   # made at scrape time: nothing for the registry to check at registration
+
+    def collect(self):
+        live = self.live
+        if live is not None:
+            totals = live.totals().tolist()
+            features = CounterMetricFamily("mlops_kit_feature_bin", "Live rows per bin of the training profile",
+                                           labels=["feature", "bin"])
+            predictions = CounterMetricFamily("mlops_kit_prediction_bin", "Predictions per bin of the training "
+                                              "profile", labels=["bin"])
+            for name, labels, offset in live.labels():
+                for i, label in enumerate(labels):
+                    if name == PREDICTION:
+                        predictions.add_metric([label], totals[offset + i])
+                    else:
+                        features.add_metric([name, label], totals[offset + i])
+            yield features
+            yield predictions
+            judgement = self.judgement
+            if judgement is not None:
+                score = GaugeMetricFamily("mlops_kit_drift_score", "PSI of the sliding window against the training "
+                                          "profile", labels=["feature"])
+                detected = GaugeMetricFamily("mlops_kit_drift_detected", "1 when the window's permutation test "
+                                             "flags drift (Bonferroni over the features)", labels=["feature"])
+                for name, value in judgement.scores.items():
+                    score.add_metric([name], value)
+                    detected.add_metric([name], 1.0 if judgement.detected[name] else 0.0)
+                yield score
+                yield detected
+                yield GaugeMetricFamily("mlops_kit_drift_window_rows", "Rows in the sliding window",
+                                        value=judgement.rows)
+        log = self.request_log
+        rows = CounterMetricFamily("mlops_kit_request_log_rows", "Rows of the request log, by outcome",
+                                   labels=["outcome"])
+        predicted = live.rows if live is not None else 0
+        rows.add_metric(["written"], log.written if log is not None else 0)
+        rows.add_metric(["dropped"], log.dropped if log is not None else 0)
+        rows.add_metric(["sampled_out"], log.sampled_out if log is not None else predicted)
+        yield rows
 
 
 class MetricsMiddleware:

@@ -218,9 +218,10 @@ class ServingHttpProtocol(NoDelayHttpProtocol):
             return
         chunks = self._chunks
         self._chunks = []
-        self._respond(*self._serving.call(self._route, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+        self._respond(*self._serving.call(self._route, chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                                          header(cycle.scope, b"x-request-id")))
 
-    def _respond(self, status: int, content: bytes) -> None:
+    def _respond(self, status: int, content: bytes, request_id: str | None = None) -> None:
         """Write the answer with its headers at once; then what uvicorn does after a response."""
         cycle = self._direct
         cycle.response_started = cycle.response_complete = True
@@ -228,6 +229,8 @@ class ServingHttpProtocol(NoDelayHttpProtocol):
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
+        if request_id is not None:
+            head += [b"x-request-id: ", request_id.encode(), b"\r\n"]
         head += [_JSON_HEADERS, str(len(content)).encode(), b"\r\n"]
         if not cycle.keep_alive:
             head.append(b"connection: close\r\n")

@@ -31,7 +31,14 @@ ENVIRONMENT = {
     "max_connections": "MLOPS_KIT_MAX_CONNECTIONS",
     "header_timeout": "MLOPS_KIT_HEADER_TIMEOUT",
     "max_model_memory": "MLOPS_KIT_MAX_MODEL_MEMORY",
+    "log_requests": "MLOPS_KIT_LOG_REQUESTS",
+    "log_sample": "MLOPS_KIT_LOG_SAMPLE",
+    "drift_window": "MLOPS_KIT_DRIFT_WINDOW",
+    "log_max_file_bytes": "MLOPS_KIT_LOG_MAX_FILE_BYTES",
+    "log_max_total_bytes": "MLOPS_KIT_LOG_MAX_TOTAL_BYTES",
 }
+_INTEGERS = ("max_rows", "max_body_bytes", "max_connections", "max_model_memory", "drift_window",
+             "log_max_file_bytes", "log_max_total_bytes")
 #: Environment variable a deployer sets to a fresh random value (letters and digits); the
 #: server names it in the INSTANCE_HEADER of /v2/health/ready, so that the deployer knows the
 #: server that answers is the one it just started, not another process on the port.
@@ -62,11 +69,20 @@ class ServeSettings:
     #: loaded and warmed up (RLIMIT_DATA for that time): a model that needs more is refused
     #: instead of taking the machine's memory (an ONNX ConstantOfShape of 10^9 doubles: 8 GB)
     max_model_memory: int = 6 * 1024 ** 3
+    #: the request log (``serve.monitor``): its folder, and the share of requests written there
+    #: (0: none); files rotate at ``log_max_file_bytes``, the oldest go beyond ``log_max_total_bytes``
+    log_requests: str | None = None
+    log_sample: float = 0.0
+    log_max_file_bytes: int = 16 * 1024 ** 2
+    log_max_total_bytes: int = 256 * 1024 ** 2
+    #: rows in the sliding window whose drift /metrics reports
+    drift_window: int = 1000
 
     def __post_init__(self) -> None:
         problems = []
         for name, minimum in (("max_rows", 1), ("max_body_bytes", 1024), ("max_connections", 1),
-                              ("max_model_memory", 64 * 1024 ** 2)):
+                              ("max_model_memory", 64 * 1024 ** 2), ("drift_window", 1),
+                              ("log_max_file_bytes", 1024), ("log_max_total_bytes", 1024)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 problems.append(ParameterProblem("serve settings", name, f"an integer >= {minimum}", repr(value)))
@@ -87,6 +103,17 @@ class ServeSettings:
         if self.model_name is not None and (not self.model_name or "/" in self.model_name):
             problems.append(ParameterProblem("serve settings", "model_name", "a non-empty name without '/'",
                                              repr(self.model_name)))
+        sample = self.log_sample
+        if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0 <= sample <= 1:
+            problems.append(ParameterProblem("serve settings", "log_sample", "a share between 0 and 1", repr(sample)))
+        elif sample > 0 and not self.log_requests:
+            problems.append(ParameterProblem("serve settings", "log_requests",
+                                             f"a folder for the request log (log_sample is {sample})", "none"))
+        if isinstance(self.log_max_file_bytes, int) and isinstance(self.log_max_total_bytes, int) and \
+                self.log_max_file_bytes > self.log_max_total_bytes:
+            problems.append(ParameterProblem("serve settings", "log_max_file_bytes",
+                                             f"at most log_max_total_bytes ({self.log_max_total_bytes})",
+                                             repr(self.log_max_file_bytes)))
         if problems:
             raise ParameterError(problems)
 
@@ -101,16 +128,17 @@ class ServeSettings:
             raw = environ.get(variable)
             if raw is None or raw == "":
                 continue
-            if field.name in ("max_rows", "max_body_bytes", "max_connections", "max_model_memory"):
+            if field.name in _INTEGERS:
                 try:
                     values[field.name] = int(raw.replace("_", ""))
                 except ValueError:
                     problems.append(ParameterProblem("environment", variable, "an integer", repr(raw)))
-            elif field.name == "header_timeout":
+            elif field.name in ("header_timeout", "log_sample"):
                 try:
                     values[field.name] = float(raw)
                 except ValueError:
-                    problems.append(ParameterProblem("environment", variable, "a number of seconds", repr(raw)))
+                    expected = "a number of seconds" if field.name == "header_timeout" else "a share between 0 and 1"
+                    problems.append(ParameterProblem("environment", variable, expected, repr(raw)))
             else:
                 values[field.name] = raw
         if problems:

@@ -32,7 +32,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ._metrics import MetricsMiddleware, ServingMetrics
+from ..monitor import requestlog
+from ._metrics import MetricsMiddleware, MonitorCollector, ServingMetrics
 from ._openapi import docs_page, openapi_document
 from ._predictor import Predictor, open_predictor
 from ._settings import INSTANCE_ENV, INSTANCE_HEADER, ServeSettings
@@ -70,8 +71,27 @@ class ModelService:
             "name": self.name, "version": predictor.version, "estimator": predictor.estimator_name,
             "task": predictor.task, "sha256": str(predictor.card.get("sha256", "")),
             "created": str(predictor.card.get("created", "")), "path": predictor.path})
+        self.live_monitor = _open_live(predictor, settings)
+        self.request_log = _open_request_log(predictor, settings)
+        self.monitor_metrics = MonitorCollector(self.live_monitor, self.request_log, self.metrics.registry)
+        self._monitor_failed = False
         self.openapi = orjson.dumps(openapi_document(self))
         self.docs = docs_page(self)
+
+    def observe(self, batch: Any, predictions: np.ndarray, probabilities: Any, request_id: str) -> None:
+        """What monitoring does on the request path: count the batch and its answers in the
+        profile's bins, offer the request to the log's writer (never blocks). A failure here is
+        logged once and never fails the request."""
+        try:
+            if self.live_monitor is not None:
+                self.live_monitor.observe(batch, predictions)
+            if self.request_log is not None:
+                self.request_log.offer(request_id, dict(zip(self.schema.names, batch.columns)), predictions,
+                                       probabilities, rows=batch.rows)
+        except Exception:
+            if not self._monitor_failed:
+                self._monitor_failed = True
+                logger.exception("monitoring failed on a request (answered all the same; logged once)")
 
     # -- the prediction endpoints: body in, JSON out (called by ServingApp) ---------------------
     def check_length(self, length: bytes | None) -> None:
@@ -95,22 +115,31 @@ class ModelService:
             raise InvalidRequest(f"The model name must be {self.name!r} (the model this server serves). "
                                  f"Got {name!r} instead.", status=404, field="name", expected=self.name, got=name)
 
-    def predict(self, body: bytes) -> bytes:
-        """``POST /predict``: records or columns in; predictions (and probabilities) out."""
+    def predict(self, body: bytes, request_id: str) -> tuple[bytes, str]:
+        """``POST /predict``: records or columns in; predictions (and probabilities) out.
+        ``request_id``: the client's valid ``x-request-id``, else generated (answered as a header)."""
         batch = self.schema.parse_body(body)
         predictions, probabilities = self.predictor.predict(batch)
         self.metrics.rows.inc(batch.rows)
+        self.observe(batch, predictions, probabilities, request_id)
         answer: dict[str, Any] = {"model": self.name, "version": self.version,
                                   "predictions": predictions if predictions.dtype.kind in "biuf"
                                   else predictions.tolist()}
         if probabilities is not None:
             answer["classes"] = self.predictor.classes
             answer["probabilities"] = probabilities
-        return orjson.dumps(answer, option=_DUMP_OPTIONS)
+        return orjson.dumps(answer, option=_DUMP_OPTIONS), request_id
 
-    def infer(self, body: bytes) -> bytes:
-        """``POST /v2/models/{name}/infer``: an Open Inference Protocol v2 request."""
+    def infer(self, body: bytes, request_id: str) -> tuple[bytes, str]:
+        """``POST /v2/models/{name}/infer``: an Open Inference Protocol v2 request. Its ``id``
+        (validated) is the request's id, echoed; without one, ``request_id`` is, and answered."""
         batch, payload = self.schema.parse_v2(self.schema.load_json(body))
+        if "id" in payload:
+            if not requestlog.valid_request_id(payload["id"]):
+                raise InvalidRequest(f"\"id\" must be 1 to 128 characters among A-Z a-z 0-9 . _ : - . Got "
+                                     f"{show(payload['id'])} instead.", status=400, field="id",
+                                     expected="1 to 128 characters among A-Z a-z 0-9 . _ : -", got=show(payload["id"]))
+            request_id = payload["id"]
         known = ["predict"] + (["predict_proba"] if self.predictor.classes is not None else [])
         wanted = payload.get("outputs")
         if wanted is None:
@@ -123,6 +152,7 @@ class ModelService:
             names = [o["name"] for o in wanted]
         predictions, probabilities = self.predictor.predict(batch)
         self.metrics.rows.inc(batch.rows)
+        self.observe(batch, predictions, probabilities, request_id)
         outputs = []
         for name in names:
             if name == "predict":
@@ -133,11 +163,9 @@ class ModelService:
                 outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": list(probabilities.shape),
                                 "data": probabilities.ravel(),
                                 "parameters": {"classes": [str(c) for c in self.predictor.classes]}})
-        answer: dict[str, Any] = {"model_name": self.name, "model_version": self.version,
+        answer: dict[str, Any] = {"model_name": self.name, "model_version": self.version, "id": request_id,
                                   "outputs": outputs}
-        if isinstance(payload.get("id"), str):
-            answer["id"] = payload["id"]
-        return orjson.dumps(answer, option=_DUMP_OPTIONS)
+        return orjson.dumps(answer, option=_DUMP_OPTIONS), request_id
 
     # -- the other endpoints (Starlette routes) --------------------------------------------
     def _check_name(self, request: Request) -> None:
@@ -178,6 +206,9 @@ class ModelService:
                                      "max_body_bytes": self.settings.max_body_bytes}})
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        live = self.live_monitor
+        if live is not None:   # the drift of the window: judged off the event loop, on a snapshot
+            self.monitor_metrics.judgement = await asyncio.to_thread(live.judge, live.snapshot())
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
@@ -214,7 +245,7 @@ class PredictionRoute(NamedTuple):
     answer out) and, for v2, the model name in the path."""
 
     endpoint: str
-    handler: Callable[[bytes], bytes]
+    handler: Callable[[bytes, str], tuple[bytes, str]]
     name: str | None
 
 
@@ -267,16 +298,21 @@ class ServingApp:
             self.service.check_name(route.name)
         self.service.check_length(content_length)
 
-    def call(self, route: PredictionRoute, body: bytes) -> tuple[int, bytes]:
-        """The status and JSON answer of a POST whose body has arrived: 200, a 4xx that says
-        what is wrong, or 500 (logged)."""
+    def call(self, route: PredictionRoute, body: bytes, request_id: bytes | None = None) -> tuple[int, bytes, str]:
+        """The status, JSON answer and request id of a POST whose body has arrived: 200, a 4xx
+        that says what is wrong, or 500 (logged). ``request_id``: the ``x-request-id`` header
+        sent, if any (echoed when valid, else an id is generated)."""
+        rid = request_id.decode("latin-1") if request_id is not None else None
+        if rid is None or not requestlog.valid_request_id(rid):
+            rid = requestlog.new_request_id()
         try:
-            return 200, route.handler(body)
+            content, rid = route.handler(body, rid)
+            return 200, content, rid
         except InvalidRequest as exc:
-            return self.refuse(exc)
+            return (*self.refuse(exc), rid)
         except Exception:
             logger.exception("internal error answering POST %s", route.endpoint)
-            return 500, _SERVER_ERROR
+            return 500, _SERVER_ERROR, rid
 
     @staticmethod
     def refuse(exc: InvalidRequest) -> tuple[int, bytes]:
@@ -307,7 +343,8 @@ class ServingApp:
             except _Disconnected:
                 return
             else:
-                status, content = self.call(route, body)
+                status, content, request_id = self.call(route, body, header(scope, b"x-request-id"))
+                headers.append((b"x-request-id", request_id.encode()))
         headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
@@ -358,6 +395,37 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     logger.exception("internal error answering %s %s", request.method, request.url.path)
     return Response(_SERVER_ERROR, status_code=500, media_type=_JSON)
+
+
+def _open_live(predictor: Any, settings: ServeSettings) -> Any:
+    """The live bins of the model's monitoring profile; None (and a warning) for a model
+    folder without one (a model trained before profiles, a hand-made folder)."""
+    from .. import _artifact_names as _names
+    from ..monitor import live
+
+    path = Path(predictor.model_dir) / _names.MONITOR_PROFILE
+    if not path.is_file():
+        logger.warning("no %s in %s: live drift is not counted (train the model again to have it)",
+                       _names.MONITOR_PROFILE, predictor.model_dir)
+        return None
+    return live.LiveMonitor(live.read_profile(path), list(predictor.request_schema.names),
+                             window=settings.drift_window, classes=predictor.classes)
+
+
+def _open_request_log(predictor: Any, settings: ServeSettings) -> Any:
+    if not settings.log_requests or settings.log_sample <= 0:
+        return None
+    from ..errors import ArtifactError
+
+    features = predictor.request_schema.features
+    try:
+        return requestlog.RequestLogWriter(
+            settings.log_requests, sample=settings.log_sample, model_sha256=str(predictor.card.get("sha256", "")),
+            max_file_bytes=settings.log_max_file_bytes, max_total_bytes=settings.log_max_total_bytes,
+            booleans=[f.name for f in features if f.kind == "boolean"], classes=predictor.classes)
+    except OSError as exc:
+        raise ArtifactError(f"The request log folder {settings.log_requests} must be writable. Got "
+                            f"{exc.strerror or exc} instead.", path=Path(settings.log_requests)) from None
 
 
 def _data_bytes() -> int | None:
@@ -435,6 +503,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
         yield
         service.ready = False  # draining: readiness probes fail while requests finish
         service.metrics.ready.set(0)
+        if service.request_log is not None:
+            service.request_log.close()
 
     routes = [
         Route("/v2", service.server_metadata, methods=["GET"]),

@@ -25,12 +25,15 @@ import yaml
 from ... import _artifact_names as _names
 from ... import _paths
 from ...errors import ArtifactError, K8sDeployError
+from ...image._context import REQUEST_LOG_DIR_IN_IMAGE
 from ...params import RunParams
 
 #: The placeholder names used in k8s/*.yaml.
 BASE_NAME = "model-server"
 BASE_NAMESPACE = "mlops-kit"
 CONTAINER = "server"
+#: the pod's volume of the request log (an emptyDir at REQUEST_LOG_DIR_IN_IMAGE)
+REQUESTS_VOLUME = "requests"
 #: Pod-template annotations the kit fills in.
 ANNOTATION_PREFIX = "mlops-kit/"
 RUN_ID = "mlops-kit/run-id"
@@ -191,6 +194,12 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
         "MLOPS_KIT_MAX_ROWS": str(s.max_rows),
         "MLOPS_KIT_MAX_BODY_BYTES": str(s.max_body_bytes),
         "MLOPS_KIT_UNKNOWN_CATEGORIES": s.unknown_categories,
+        # serve.monitor: the request log goes to the pod's emptyDir (see k8s/deployment.yaml)
+        "MLOPS_KIT_DRIFT_WINDOW": str(s.monitor.window),
+        "MLOPS_KIT_LOG_SAMPLE": repr(float(s.monitor.sample)),
+        "MLOPS_KIT_LOG_REQUESTS": REQUEST_LOG_DIR_IN_IMAGE,
+        "MLOPS_KIT_LOG_MAX_FILE_BYTES": str(s.monitor.max_file_bytes),
+        "MLOPS_KIT_LOG_MAX_TOTAL_BYTES": str(s.monitor.max_total_bytes),
     }
     config_checksum = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     release_id = hashlib.sha256("|".join([image, model_sha256, config_checksum, ",".join(d.secret_env),
@@ -226,6 +235,11 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
                                   reason="Invalid")
             server["image"] = image
             server["imagePullPolicy"] = pull_policy(image, params, image_info)
+            for volume in template["spec"].get("volumes") or []:
+                if volume.get("name") == REQUESTS_VOLUME and "emptyDir" in volume:
+                    # the log's bound, and one file being written, in MiB
+                    mib = -(-(s.monitor.max_total_bytes + s.monitor.max_file_bytes) // 2 ** 20)
+                    volume["emptyDir"]["sizeLimit"] = f"{mib}Mi"
     return sort_for_apply(objects)
 
 
