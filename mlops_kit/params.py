@@ -264,7 +264,7 @@ class ServeParams(_Section):
     monitor: MonitorParams = Field(default_factory=MonitorParams)
 
 
-class MonitorParams(_Section):
+class MonitorStageParams(_Section):
     """06_monitor: the deployed model's live traffic against its training split (a run of kind
     ``monitor``; `mlops-kit monitor` fills these keys)."""
 
@@ -318,7 +318,7 @@ class RunParams(BaseModel):
     deploy: DeployParams = Field(default_factory=DeployParams)
     serve: ServeParams = Field(default_factory=ServeParams)
     server: ServerParams = Field(default_factory=ServerParams)
-    monitor: MonitorParams = Field(default_factory=MonitorParams)
+    monitor: MonitorStageParams = Field(default_factory=MonitorStageParams)
 
     @field_validator("*", mode="before")
     @classmethod
