@@ -120,3 +120,11 @@ REQUESTS_SUBDIR = ".requests"
 
 def request_log_dir(run_id: str) -> Path:
     return runs_dir() / REQUESTS_SUBDIR / run_id
+
+
+def monitored_log_dir(log_dir: str | None, model_run: str | None) -> Path | None:
+    """The request log 06_monitor reads: ``monitor.log_dir``, else the local deploy's log of
+    ``monitor.model_run``; None with neither."""
+    if log_dir:
+        return Path(log_dir)
+    return request_log_dir(model_run) if model_run else None

@@ -304,6 +304,9 @@ class RunRecord(OpenDocument):
     id: str
     created: Optional[str] = None
     status: str
+    #: ``pipeline`` (data ... deploy) or ``monitor`` (06_monitor: a deployed model watched);
+    #: records older than the kinds are pipelines (:func:`mlops_kit.ledger.run_kind`)
+    kind: Literal["pipeline", "monitor"] = "pipeline"
     params: Optional[dict[str, Any]] = None
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
     overhead: Optional[Overhead] = None
@@ -460,6 +463,11 @@ RELEASE: DocumentArtifact[Release] = DocumentArtifact(N.RELEASE, "deploy", "what
 MONITOR_PROFILE: DocumentArtifact[Any] = DocumentArtifact(
     N.MONITOR_PROFILE, "train", "the training split's bins and counts, the reference of monitoring",
     "mlops_kit.monitor._profile:Profile")
+#: 06_monitor's report: drift, data quality, live metrics and the verdict (mlops_kit.monitor)
+MONITOR_REPORT: DocumentArtifact[Any] = DocumentArtifact(
+    N.MONITOR_REPORT, "monitor", "drift, data quality and live metrics of the request log, the verdict",
+    "mlops_kit.monitor._report:MonitorReport")
+MONITOR_PLOT = Artifact(N.MONITOR_PLOT, "monitor", "training vs live for the top features", required=False)
 RUN: RunFile[RunRecord] = RunFile(N.RUN, "the run's record (mlops_kit.ledger)", RunRecord)
 CHAMPION: RunFile[Champion] = RunFile(N.CHAMPION, "the promoted run (in the runs folder)", Champion)
 SWEEP: RunFile[SweepRecord] = RunFile(N.SWEEP, "a sweep's record (mlops_kit.ledger)", SweepRecord)
@@ -467,7 +475,8 @@ SWEEP: RunFile[SweepRecord] = RunFile(N.SWEEP, "a sweep's record (mlops_kit.ledg
 RELEASE_HISTORY_KEY = N.RELEASE_HISTORY_KEY
 
 CATALOG: tuple[Artifact, ...] = (TRAIN_SPLIT, TEST_SPLIT, SCHEMA, TARGET_PLOT, MODEL, MODEL_CARD, EXAMPLES,
-                                 MONITOR_PROFILE, METRICS, EVALUATION_PLOT, ONNX_MODEL, ONNX_REPORT, IMAGE, RELEASE)
+                                 MONITOR_PROFILE, METRICS, EVALUATION_PLOT, ONNX_MODEL, ONNX_REPORT, IMAGE, RELEASE,
+                                 MONITOR_REPORT, MONITOR_PLOT)
 BY_NAME: dict[str, Artifact] = {artifact.name: artifact for artifact in CATALOG}
 _BUILTIN = CATALOG
 

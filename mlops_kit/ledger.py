@@ -30,6 +30,21 @@ from . import _atomic, _paths
 from .errors import ArtifactError, InvalidRunId, RunNotFound
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")
+#: What a run is: the pipeline's stages, or a deployed model watched (06_monitor). A monitor
+#: run takes the watched model's schema, profile and metrics as its inputs: its metrics are
+#: no model's own, so it is never compared, listed by metric nor promoted.
+KINDS = ("pipeline", "monitor")
+MONITOR_STAGE = "monitor"
+
+
+def run_kind(stages: list[str] | tuple[str, ...]) -> str:
+    """The kind of a run of these stages."""
+    return "monitor" if MONITOR_STAGE in stages else "pipeline"
+
+
+def kind_of(record: dict[str, Any]) -> str:
+    """A record's kind (records written before kinds existed are pipelines)."""
+    return record.get("kind") or "pipeline"
 
 
 def now() -> str:
@@ -339,6 +354,8 @@ def read_metrics(record: dict[str, Any]) -> dict[str, Any] | None:
     from . import artifacts
     from .errors import ArtifactError
 
+    if kind_of(record) == "monitor":
+        return None  # the watched model's metrics, taken as an input: not this run's
     try:
         metrics = artifacts.METRICS.load_if_present(run_path(record["id"]))
     except (ArtifactError, RunNotFound):
@@ -427,6 +444,9 @@ def promote(run_id: str, *, who: str | None = None, why: str = "") -> dict[str, 
     from .errors import MlopsKitError
 
     record = read_run(run_id, champion=False)
+    if kind_of(record) == "monitor":
+        raise MlopsKitError(f"Run {run_id} must be a pipeline run to be promoted. Got a monitor run instead "
+                            "(it watched a model; promote the run that trained it).")
     if record["status"] != "succeeded":
         raise MlopsKitError(f"Run {run_id} must have succeeded to be promoted. Got status "
                             f"{record['status']!r} instead.")

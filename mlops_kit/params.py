@@ -264,6 +264,22 @@ class ServeParams(_Section):
     monitor: MonitorParams = Field(default_factory=MonitorParams)
 
 
+class MonitorStageParams(_Section):
+    """06_monitor: the deployed model's live traffic against its training split (a run of kind
+    ``monitor``; `mlops-kit monitor` fills these keys)."""
+
+    model_run: Optional[str] = Field(None, description="the run whose model is watched (none: the champion)")
+    log_dir: Optional[str] = Field(None, description="the request log's folder (none: the local deploy's, "
+                                   "runs/.requests/<model_run>/)")
+    labels: Optional[str] = Field(None, description="late labels: a CSV or parquet file of request_id "
+                                  "(+ row) and the target column")
+    export_labelled: Optional[str] = Field(None, description="write the labelled live rows here (.csv or "
+                                           ".parquet): a table data.source accepts")
+    alpha: float = Field(0.05, gt=0, lt=1, description="the false-alarm rate on unchanged data, over all "
+                         "features together")
+    top_features: int = Field(4, ge=1, le=30, description="features plotted training vs live (highest score first)")
+
+
 class ServerParams(_Section):
     """The team's server (over SSH): with ``host`` set, images go there and deploys target it."""
 
@@ -302,6 +318,7 @@ class RunParams(BaseModel):
     deploy: DeployParams = Field(default_factory=DeployParams)
     serve: ServeParams = Field(default_factory=ServeParams)
     server: ServerParams = Field(default_factory=ServerParams)
+    monitor: MonitorStageParams = Field(default_factory=MonitorStageParams)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -157,6 +157,7 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     try:
         with phases.measure("record"):
             run = ledger.create_run({
+                "kind": ledger.run_kind([s.name for s in selected]),
                 "params": params.model_dump(mode="json"),
                 "parameter_files": [str(f) for f in loaded.files], "overrides": loaded.overrides,
                 "stages_requested": [s.name for s in selected],
@@ -424,7 +425,7 @@ def _reuse_inputs(run: ledger.RunFolder, source: ledger.RunFolder, needed: list[
 
 
 def _headline_metrics(run: ledger.RunFolder) -> dict | None:
-    metrics = ledger.read_metrics({"id": run.id})
+    metrics = ledger.read_metrics(run.read())
     if not metrics:
         return None
     return {**metrics["metrics"], "gate_passed": metrics["gate"]["passed"]}

@@ -138,6 +138,9 @@ _BUILTIN: tuple[Stage, ...] = (
     Stage("deploy", "05_deploy.ipynb", "deploy", (N.MODEL, N.MODEL_CARD, N.SCHEMA, N.EXAMPLES, N.MONITOR_PROFILE),
           ("mlops_kit.notebook", "mlops_kit.deploy"), reusable=False, guard=_deploy_guard,
           borrows=_deploy_borrows),
+    # a run of kind ``monitor`` (mlops_kit.ledger): the watched model's inputs are taken from its run
+    Stage("monitor", "06_monitor.ipynb", "monitor", (N.SCHEMA, N.MODEL_CARD, N.METRICS, N.MONITOR_PROFILE),
+          (*_COMMON, "scipy.stats", "mlops_kit.monitor"), reusable=False, preflight="mlops_kit._preflight:monitor"),
 )
 
 #: The stages in pipeline order (the built-in ones, then those registered). Read it as

@@ -274,3 +274,42 @@ def _has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_monitor_panel_judges_a_log_shows_a_feature_and_retrains(page, jupyterlab, screenshots, tmp_path):
+    """A model run and a request log of shifted traffic with late labels; the Monitor panel
+    checks it (a monitor run for real), plots a chosen feature and retrains on the export."""
+    from test_monitor_stage import _labels, make_model_run, make_customers, shifted, write_log
+
+    model = make_model_run(jupyterlab.runs, tmp_path)
+    frame = shifted(make_customers(800, seed=21))
+    live = write_log(model / "artifacts", frame, tmp_path / "log")
+    _labels(live, frame).to_csv(tmp_path / "labels.csv", index=False)
+    open_control_panel(page, jupyterlab, "control-monitor")
+    panel = page.locator(".mlk-monitor")
+    panel.locator(".mlk-monitor-run-refresh").click()
+    option = panel.locator(".mlk-monitor-run option", has_text=model.name)
+    panel.locator(".mlk-monitor-run select").select_option(option.get_attribute("value"))
+    panel.locator(".mlk-monitor-log input").fill(str(tmp_path / "log"))
+    panel.locator(".mlk-monitor-labels input").fill(str(tmp_path / "labels.csv"))
+    panel.locator(".mlk-monitor-export input").fill(str(tmp_path / "live.csv"))
+    panel.locator(".mlk-monitor-check").click()
+    status = panel.locator(".mlk-monitor-status")
+    status.filter(has_text=re.compile("live rows judged|failed")).wait_for(timeout=300_000)
+    assert "800 live rows judged" in status.inner_text(), status.inner_text() + panel.inner_text()
+    verdict = panel.locator(".mlk-monitor-verdict").inner_text()
+    assert "Verdict: drift" in verdict and "age" in verdict and "income" in verdict
+    first = panel.locator(".mlk-monitor-rows tbody tr").first.inner_text()
+    assert first.split()[0] in ("age", "income", "(prediction)")
+    assert "400 labelled rows" in panel.locator(".mlk-monitor-performance").inner_text()
+    option = panel.locator(".mlk-monitor-feature option", has_text="income")
+    panel.locator(".mlk-monitor-feature select").select_option(option.get_attribute("value"))
+    panel.locator(".mlk-monitor-plot").wait_for(state="visible")
+    panel.screenshot(path=str(screenshots / "monitor-panel.png"))
+    monitors = [json.loads(p.read_text()) for p in jupyterlab.runs.glob("*/run.json")]
+    assert any(r.get("kind") == "monitor" and r["status"] == "succeeded" for r in monitors)
+    # retraining on the exported labelled rows is one click: a pipeline run on them
+    panel.locator(".mlk-monitor-retrain").click()
+    status.filter(has_text=re.compile("Retraining run .* (succeeded|failed)|failed")).wait_for(timeout=600_000)
+    assert re.search(r"Retraining run \S+ succeeded", status.inner_text()), status.inner_text() + panel.inner_text()
+    assert not panel.locator(".mlk-monitor-errors").inner_text().strip()

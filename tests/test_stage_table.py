@@ -60,12 +60,16 @@ def test_the_declared_stages_give_the_schema_the_catalog_and_the_cli_help():
     from mlops_kit.cli.run import run as run_command
 
     assert RunParams().stages == [s.name for s in stages.STAGES if s.default] == ["data", "train", "evaluate"]
-    with pytest.raises(ParameterError, match="stages.1: expected .data., .train., .evaluate., .package. or .deploy."):
+    with pytest.raises(ParameterError, match="stages.1: expected .data., .train., .evaluate., .package., .deploy. "
+                                             "or .monitor."):
         load_params(DEFAULT_PARAMS, ["stages=[data, nope]"])
     assert stages.BY_NAME["data"].outputs == ("train.parquet", "test.parquet", "schema.json")
     assert stages.BY_NAME["data"].extras == ("target.png",)
     assert stages.BY_NAME["evaluate"].outputs == ("metrics.json",)
     assert stages.BY_NAME["package"].outputs == ("image.json",)
+    monitor = stages.BY_NAME["monitor"]  # 06_monitor: one declaration, not a default stage, never reused
+    assert monitor.outputs == ("monitor_report.json",) and monitor.extras == ("monitor_drift.png",)
+    assert not monitor.default and not monitor.reusable and "monitor" in monitor.code_modules
     help_text = next(o.help for o in run_command.params if o.name == "stages")
     assert ",".join(stages.STAGE_NAMES) in help_text
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "rollback": "deploy:rollback",
     "ci": "ci:ci",
     "server": "server:server",
+    "monitor": "monitor:monitor",
     "sweep": "sweep:sweep",
 }
 

@@ -13,6 +13,9 @@ def runs():
 
 
 def _headline(record: dict) -> str:
+    verdict = record.get("verdict")
+    if record.get("kind") == "monitor" and isinstance(verdict, dict):  # a deployed model watched
+        return f"{verdict.get('status')} (run {verdict.get('model_run')})"
     metrics = record.get("metrics") or {}
     for name in ("accuracy", "rmse", "r2"):
         if name in metrics:

@@ -7,6 +7,12 @@ counted in its bins, and a verdict on drift and data quality that holds at any w
 >>> verdict = monitor.check_window(profile, live_rows, predictions=answers)
 >>> verdict.verdict, verdict.exit_code, verdict.drifted
 
+06_monitor (a run of kind ``monitor``: ``mlops-kit monitor``, the Monitor panel) judges the
+request log against the profile and joins late labels:
+
+>>> record, result = monitor.watch(run_id, labels="labels.csv", export_labelled="live.csv")
+>>> result.verdict.status, result.verdict.exit_code, result.table()
+
 The server counts windows with :func:`bin_window` (counts merge by addition) and judges them
 with :func:`assess`. The statistics are described in :mod:`mlops_kit.monitor._drift`.
 
@@ -28,6 +34,10 @@ _WHERE = {
     "_verdict": ("EXIT_CODES", "EXIT_DRIFT", "EXIT_HEALTHY", "EXIT_PERFORMANCE", "EXIT_QUALITY", "FeatureDrift",
                  "FeatureQuality", "Verdict", "assess", "check_window"),
     "requestlog": ("RequestLogWriter", "read_request_log"),
+    "_report": ("MIN_LABELLED_ROWS", "MonitorReport", "class_text", "export_labelled", "join_labels",
+                "live_performance", "load_report", "model_profile", "plot_feature", "plot_features", "read_labels",
+                "read_live", "report"),
+    "_stage": ("deployed_run", "run_stage", "watch"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 

@@ -13,8 +13,9 @@ from ._common import message_html, reports_errors, styled
 
 
 def run_options(records: list[dict]) -> list[tuple[str, str]]:
-    """(label, run id) for every succeeded run, the champion first."""
-    good = [r for r in records if r.get("status") == "succeeded"]
+    """(label, run id) for every succeeded pipeline run (a monitor run has no model of its
+    own), the champion first."""
+    good = [r for r in records if r.get("status") == "succeeded" and ledger.kind_of(r) == "pipeline"]
     good.sort(key=lambda r: not r.get("champion"))
     return [(f"{r['id']}" + ("  ★ champion" if r.get("champion") else ""), r["id"]) for r in good]
 
