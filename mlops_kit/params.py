@@ -23,7 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from . import _paths
 from .stages import DEFAULT_STAGES, STAGE_NAMES
-from .serving._settings import ServeSettings as _ServeDefaults
+from .serving import ServeSettings as _ServeDefaults
 from .errors import ParameterError, ParameterProblem
 
 #: Data sets bundled with scikit-learn (no download): ``data.source: sklearn:<name>``.
@@ -254,7 +254,7 @@ class ServerParams(_Section):
     def _check_host(cls, value: Optional[str]) -> Optional[str]:
         if value is None:
             return value
-        from .server._ssh import validate_target
+        from .server import validate_target
 
         return validate_target(value)
 

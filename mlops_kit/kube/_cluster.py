@@ -12,7 +12,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from ...errors import K8sDeployError
+from ..errors import K8sDeployError
 
 FIELD_MANAGER = "mlops-kit"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
