@@ -119,8 +119,8 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     record's ``overhead`` says where the seconds outside the stages went (:mod:`._timing`).
     """
     phases = phases if phases is not None else Phases()
-    executor = executor if executor is not None else default_executor()
     params = loaded.params
+    executor = executor if executor is not None else default_executor(params)
     with phases.measure("planning"):
         selected = select_stages(stages, params.stages)
         _check_notebooks(selected)
@@ -175,7 +175,6 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     from .errors import RunNotResumable
 
     phases = phases if phases is not None else Phases()
-    executor = executor if executor is not None else default_executor()
     record = ledger.read_run(run_id, champion=False)
     run = ledger.open_run(run_id)
     if record["status"] == "running":
@@ -183,6 +182,7 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     if record["status"] == "succeeded":
         raise RunNotResumable(run_id, "it succeeded; there is nothing to resume")
     params = RunParams.model_validate(record["params"])
+    executor = executor if executor is not None else default_executor(params)
     selected = select_stages(record["stages_requested"], params.stages)
     _check_notebooks(selected)
     done: dict[str, str] = {}

@@ -10,6 +10,8 @@ starts, executes one stage at a time into the run folder, and is stopped when th
 >>> outcome = executor.execute(stage, run_dir, parameters)          # an Outcome
 >>> executor.stop()                # may be started again afterwards
 
+:class:`mlops_kit.execution.kubernetes.KubernetesExecutor` (``execution.mode: kubernetes``)
+runs each stage as a Kubernetes Job.
 :class:`mlops_kit.execution.local.LocalExecutor` (the default) runs each stage in a fresh
 kernel on this machine, forked from a zygote that imported the stages' modules once. The
 executed notebook goes to ``<run_dir>/notebooks/<stage.notebook>``; the outputs to
@@ -82,8 +84,13 @@ def executed_notebook(run_dir: Path, stage: "Stage") -> Path:
     return Path(run_dir) / _paths.NOTEBOOKS_SUBDIR / stage.notebook
 
 
-def default_executor() -> Executor:
-    """The executor a run uses unless it is given one: forked kernels on this machine."""
+def default_executor(params: Any = None) -> Executor:
+    """The executor a run uses unless it is given one: a Kubernetes Job per stage when
+    ``params.execution.mode`` is ``kubernetes``, else forked kernels on this machine."""
+    if params is not None and params.execution.mode == "kubernetes":
+        from .kubernetes import KubernetesExecutor
+
+        return KubernetesExecutor(params)
     from .local import LocalExecutor
 
     return LocalExecutor()

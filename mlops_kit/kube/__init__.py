@@ -9,10 +9,12 @@ the team's server (:mod:`mlops_kit.server.kube`, the SSH tunnel) and the Kuberne
 * :class:`Cluster`: plain-dict get / server-side apply / create / delete / list / logs, every
   API failure turned into a :class:`~mlops_kit.errors.K8sDeployError` whose ``reason`` is one
   of the failure kinds (:class:`~mlops_kit.errors.FailureReason`).
+* :func:`schema_problems`: objects checked against the Kubernetes schema (strict, offline).
 """
 
 from ._cluster import FIELD_MANAGER, KINDS, Cluster
+from ._schema import schema_problems
 from ._kubeconfig import ForeignKubeconfig, client_from_config, load_api_client, parse_foreign_kubeconfig
 
 __all__ = ["FIELD_MANAGER", "KINDS", "Cluster", "ForeignKubeconfig", "client_from_config", "load_api_client",
-           "parse_foreign_kubeconfig"]
+           "parse_foreign_kubeconfig", "schema_problems"]
