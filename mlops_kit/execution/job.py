@@ -6,7 +6,8 @@ said twice, for the two readers of the pod:
 
 * the exit code, for the Job's ``podFailurePolicy``: :data:`EXIT_CELL_FAILED` (a cell raised,
   a parameter error included) and :data:`EXIT_BAD_INPUT` (this command's own arguments) fail
-  the Job at once; anything else (OOMKilled's 137, a node going away) is retried;
+  the Job at once; anything else (:data:`EXIT_KERNEL_DIED`, OOMKilled's 137, a node going
+  away) is retried;
 * the termination message (``/dev/termination-log``, read through the API): the failing
   cell's index, the exception's type and message, as JSON.
 
@@ -20,10 +21,11 @@ import os
 import sys
 from pathlib import Path
 
-from .local import KERNEL_NAME, _error_text, _failing_cell
+from .local import KERNEL_NAME, _error_text, _failing_cell, _running_cell
 
 EXIT_CELL_FAILED = 3
 EXIT_BAD_INPUT = 4
+EXIT_KERNEL_DIED = 5
 #: The exit codes that fail the Job without a retry (its podFailurePolicy).
 FAIL_AT_ONCE = (EXIT_CELL_FAILED, EXIT_BAD_INPUT)
 TERMINATION_LOG = "/dev/termination-log"
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)   # cell output: the pod's log
@@ -70,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         _say({"cell_index": _failing_cell(notebook, default=exc.cell_index), "exception": exc.ename,
               "detail": _error_text(exc.evalue)})
         return EXIT_CELL_FAILED
+    except DeadKernelError:          # killed (out of memory, most often): retried, unlike a cell's error
+        _say({"cell_index": _running_cell(notebook), "exception": "DeadKernelError",
+              "detail": "the kernel died (killed, or out of memory) while the stage ran"})
+        return EXIT_KERNEL_DIED
     return 0
 
 
