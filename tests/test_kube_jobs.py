@@ -59,7 +59,9 @@ def test_rendered_job_passes_the_kubernetes_schema_and_says_what_the_issue_asks(
                                  json.dumps({"model": "ridge", "run_dir": str(run_dir)}, sort_keys=True)]
     assert container["resources"]["limits"] == {"cpu": "1", "memory": "3Gi"}
     assert {"name": "runs", "mountPath": str(tmp_path)} in container["volumeMounts"]
-    assert job["metadata"]["name"] == job_name("20260101-000000-abcd", "train") == "mlops-kit-20260101-000000-abcd-train"
+    assert job["metadata"]["name"].startswith(job_name("20260101-000000-abcd", "train") + "-")
+    assert job_name("20260101-000000-abcd", "train", "1f2e") == "mlops-kit-20260101-000000-abcd-train-1f2e"
+    assert len(job_name("x" * 80, "evaluate", "1f2e")) == 63
 
 
 def test_schema_check_catches_a_broken_job(tmp_path):
@@ -169,7 +171,7 @@ async def test_three_stages_in_jobs_match_a_local_run_and_a_local_run_reuses_the
     loaded = load_params(overrides=kube_params())
     record = await in_thread(runner.run_pipeline, loaded, executor=cluster.executor(loaded.params))
     assert record["status"] == "succeeded"
-    assert sorted(cluster.pods) == sorted(job_name(record["id"], s) for s in ("data", "train", "evaluate"))
+    assert [len(pods_of(cluster, record["id"], s)) for s in ("data", "train", "evaluate")] == [1, 1, 1]
     assert all(len(ends) == 1 and ends[0].exit_code == 0 for ends in cluster.pods.values())
     run = _isolated_runs / record["id"]
     for stage in ("data", "train", "evaluate"):   # executed in the pod, in place, on the volume
@@ -181,7 +183,8 @@ async def test_three_stages_in_jobs_match_a_local_run_and_a_local_run_reuses_the
     # submit -> first cell of the first stage, the stage image present (report it)
     first = nbformat.read(run / "notebooks" / STAGE["data"].notebook, as_version=4).cells[0]
     started = datetime.fromisoformat(first.metadata["papermill"]["start_time"].replace("Z", "+00:00")).timestamp()
-    print(f"\nsubmit -> first cell: {started - cluster.created[job_name(record['id'], 'data')]:.2f} s")
+    [submitted] = [t for name, t in cluster.created.items() if name.startswith(job_name(record["id"], "data"))]
+    print(f"\nsubmit -> first cell: {started - submitted:.2f} s")
 
     local = load_params(overrides=["execution.mode=local"])
     fresh = await in_thread(runner.run_pipeline, local, use_cache=False)
@@ -199,30 +202,30 @@ async def test_three_stages_in_jobs_match_a_local_run_and_a_local_run_reuses_the
         ("data", "train", "evaluate"), "cached")
 
 
-def _add_failing_cell(project: Path, notebook: str) -> int:
+def _add_failing_cell(project: Path, notebook: str) -> None:
     path = project / "notebooks" / notebook
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("raise RuntimeError('the stage broke on purpose')"))
     nbformat.write(nb, path)
-    return len(nb.cells) - 1
 
 
 @pytest.mark.containerd
 @pytest.mark.asyncio
 async def test_a_failing_cell_fails_the_job_at_once_names_the_cell_and_resume_continues(
         cluster, project_copy, _isolated_runs):
-    cell = _add_failing_cell(project_copy, STAGE["train"].notebook)
+    _add_failing_cell(project_copy, STAGE["train"].notebook)
     loaded = load_params(overrides=kube_params(retries=2) + ["stages=[data, train]"])
     with pytest.raises(StageFailed) as excinfo:
         await in_thread(runner.run_pipeline, loaded, executor=cluster.executor(loaded.params))
     failure = excinfo.value
     assert failure.stage == "train" and failure.exception == "RuntimeError"
-    assert failure.cell_index == cell + 1        # papermill's banner comes first in the executed notebook
+    executed = nbformat.read(failure.notebook, as_version=4)           # the executed notebook, on the volume
+    assert "broke on purpose" in executed.cells[failure.cell_index].source
     assert "broke on purpose" in failure.detail
     record = next(r for r in _records(_isolated_runs) if r["status"] == "failed")
-    train_job = job_name(record["id"], "train")
-    assert [e.exit_code for e in cluster.pods[train_job]] == [EXIT_CELL_FAILED]   # no retry: FailJob
-    assert record["error"]["cell_index"] == cell + 1
+    assert [[e.exit_code for e in pods] for pods in pods_of(cluster, record["id"], "train")] == [
+        [EXIT_CELL_FAILED]]                                            # one pod: FailJob, no retry
+    assert record["error"]["cell_index"] == failure.cell_index
 
     fixed = project_copy / "notebooks" / STAGE["train"].notebook
     nb = nbformat.read(fixed, as_version=4)
@@ -230,8 +233,9 @@ async def test_a_failing_cell_fails_the_job_at_once_names_the_cell_and_resume_co
     nbformat.write(nb, fixed)
     resumed = await in_thread(runner.resume_run, record["id"], executor=cluster.executor(loaded.params))
     assert resumed["status"] == "succeeded"
-    assert len(cluster.pods[job_name(record["id"], "data")]) == 1       # the data stage was not run again
-    assert [e.exit_code for e in cluster.pods[train_job]] == [0]        # the failed Job replaced by a new one
+    assert len(pods_of(cluster, record["id"], "data")) == 1              # the data stage was not run again
+    assert [[e.exit_code for e in pods] for pods in pods_of(cluster, record["id"], "train")] == [
+        [EXIT_CELL_FAILED], [0]]                                       # a new Job beside the failed one
 
 
 @pytest.mark.containerd
@@ -244,8 +248,14 @@ async def test_a_stage_over_its_memory_limit_is_retried_then_reported_with_the_l
     assert failure.exception == "OOMKilled"
     assert "150Mi" in failure.detail and "execution.memory" in failure.detail
     record = next(r for r in _records(_isolated_runs) if r["status"] == "failed")
-    ends = cluster.pods[job_name(record["id"], "data")]
+    [ends] = pods_of(cluster, record["id"], "data")
     assert [e.reason for e in ends] == ["OOMKilled", "OOMKilled"]      # retried once (retries: 1), then failed
+
+
+def pods_of(controller, run_id: str, stage: str) -> list[list]:
+    """The pod ends of each Job of a run's stage, Jobs in the order created."""
+    prefix = job_name(run_id, stage) + "-"
+    return [ends for name, ends in controller.pods.items() if name.startswith(prefix)]
 
 
 def _records(runs: Path) -> list[dict]:

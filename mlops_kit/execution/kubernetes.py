@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -50,10 +51,11 @@ _CANNOT_START = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "Inval
                  "CreateContainerConfigError", "CreateContainerError")
 
 
-def job_name(run_id: str, stage: str) -> str:
-    """``mlops-kit-<run id>-<stage>``, a DNS label (at most 63 characters)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", f"mlops-kit-{run_id}-{stage}".lower()).strip("-")
-    return name[:63].rstrip("-")
+def job_name(run_id: str, stage: str, suffix: str = "") -> str:
+    """``mlops-kit-<run id>-<stage>[-<suffix>]``, a DNS label (at most 63 characters). Each
+    execution of a stage is a Job of its own (a resumed stage's new Job beside the failed one)."""
+    base = re.sub(r"[^a-z0-9-]+", "-", f"mlops-kit-{run_id}-{stage}".lower()).strip("-")
+    return (base[:63 - len(suffix) - 1].rstrip("-") + "-" + suffix) if suffix else base[:63].rstrip("-")
 
 
 def render_job(stage: "Stage", run_dir: Path, parameters: dict[str, Any], params: "RunParams", *,
@@ -72,7 +74,7 @@ def render_job(stage: "Stage", run_dir: Path, parameters: dict[str, Any], params
     resources = {"cpu": execution.cpu, "memory": execution.memory}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": job_name(run_id, stage.name), "namespace": execution.namespace, "labels": labels},
+        "metadata": {"name": job_name(run_id, stage.name, secrets.token_hex(2)), "namespace": execution.namespace, "labels": labels},
         "spec": {
             "backoffLimit": execution.retries,
             "activeDeadlineSeconds": int(execution.timeout),
@@ -182,8 +184,6 @@ class KubernetesExecutor:
         job = render_job(stage, run_dir, parameters, self.params, runs_dir=self.runs_dir)
         name = job["metadata"]["name"]
         started = time.perf_counter()
-        if cluster.get("Job", execution.namespace, name) is not None:   # a resumed stage: its failed Job
-            cluster.delete("Job", execution.namespace, name)
         cluster.create(job)
         self._running.append(name)
         self.log(f"{stage.name}: Job {execution.namespace}/{name} created (image {execution.image})")
@@ -243,7 +243,7 @@ class KubernetesExecutor:
     def _wait(self, cluster, job: dict, notebook: Path, started: float) -> Outcome:
         execution = self.params.execution
         namespace, name = execution.namespace, job["metadata"]["name"]
-        selector = {LABEL_RUN: job["metadata"]["labels"][LABEL_RUN], LABEL_STAGE: job["metadata"]["labels"][LABEL_STAGE]}
+        selector = {"job-name": name}          # the Job controller's label on its pods
         deadline = time.monotonic() + execution.timeout + 120      # the Job's own deadline comes first
         while True:
             live = cluster.get("Job", namespace, name) or {}
