@@ -16,6 +16,7 @@ Imports nothing heavy before papermill runs; the cell output goes to the pod's l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -60,15 +61,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     import logging
 
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    # the kernel boots while this process imports papermill (seconds of imports each)
+    km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    run_sync(km.start_kernel)(extra_arguments=["--IPKernelApp.log_level=ERROR"], cwd=str(notebook.parent))
     import papermill
     from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)   # cell output: the pod's log
-
     try:
         papermill.execute_notebook(str(notebook), str(notebook), parameters=parameters, kernel_name=KERNEL_NAME,
-                                   progress_bar=False, log_output=True, cwd=str(notebook.parent))
+                                   km=km, progress_bar=False, log_output=True, cwd=str(notebook.parent))
     except PapermillExecutionError as exc:
         _say({"cell_index": _failing_cell(notebook, default=exc.cell_index), "exception": exc.ename,
               "detail": _error_text(exc.evalue)})
@@ -77,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         _say({"cell_index": _running_cell(notebook), "exception": "DeadKernelError",
               "detail": "the kernel died (killed, or out of memory) while the stage ran"})
         return EXIT_KERNEL_DIED
+    finally:
+        with contextlib.suppress(Exception):
+            run_sync(km.shutdown_kernel)(now=True)
     return 0
 
 
