@@ -326,6 +326,28 @@ async def test_an_image_that_cannot_be_pulled_ends_the_stage_with_the_image_name
 
 
 @pytest.mark.asyncio
+async def test_an_interrupted_run_deletes_its_running_job(scripted, monkeypatch):
+    """Ctrl-C (or a cancelled panel run) while a stage's Job runs: stop() deletes that Job."""
+    from mlops_kit.execution import ExecutionPlan
+
+    def interrupted(self, cluster, job, notebook, started):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(KubernetesExecutor, "_wait", interrupted)
+    scripted.run_pod = lambda job, attempt: (time.sleep(1), _jobs.PodEnd(0))[1]
+    params = load_params(overrides=kube_params()).params
+    executor = KubernetesExecutor(params, api_client=scripted.api, poll=0.01)
+    executor.start(ExecutionPlan([STAGE["evaluate"]]))
+    run_dir = Path(os.environ["MLOPS_KIT_RUNS_DIR"]) / "20260101-000000-abcd"
+    with pytest.raises(KeyboardInterrupt):
+        await in_thread(executor.execute, STAGE["evaluate"], run_dir, {"run_dir": str(run_dir)})
+    [key] = [k for k in scripted.fake.objects if k[0] == _jobs.JOBS]
+    assert not scripted.fake.objects[key].deleted
+    await in_thread(executor.stop)
+    assert scripted.fake.objects[key].deleted
+
+
+@pytest.mark.asyncio
 async def test_a_missing_claim_is_a_plain_error_before_any_job(scripted):
     from mlops_kit.errors import K8sDeployError
     from mlops_kit.execution import ExecutionPlan
@@ -348,3 +370,22 @@ def test_a_data_file_outside_the_volume_is_refused(tmp_path, mixed_csv):
     with pytest.raises(ParameterError) as excinfo:
         executor.ready()
     assert excinfo.value.problems[0].key == "data.source"
+
+
+# --- a real cluster, when there is one -----------------------------------------------------------
+
+@pytest.mark.skipif(not os.environ.get("KUBECONFIG"),
+                    reason="no real cluster: set KUBECONFIG to a MicroK8s kubeconfig (docs/microk8s.md)")
+def test_a_run_in_jobs_on_a_real_cluster(monkeypatch):
+    """On the MicroK8s node itself: MLOPS_KIT_STAGE_IMAGE names a stage image the node holds,
+    MLOPS_KIT_STAGE_RUNS_DIR the folder of the claim mlops-kit-runs in namespace
+    MLOPS_KIT_STAGE_NAMESPACE (default mlops-kit); README, Beyond one machine."""
+    image, runs = os.environ.get("MLOPS_KIT_STAGE_IMAGE"), os.environ.get("MLOPS_KIT_STAGE_RUNS_DIR")
+    if not image or not runs:
+        pytest.skip("set MLOPS_KIT_STAGE_IMAGE and MLOPS_KIT_STAGE_RUNS_DIR (the claim's folder on this node)")
+    monkeypatch.setenv("MLOPS_KIT_RUNS_DIR", runs)
+    namespace = os.environ.get("MLOPS_KIT_STAGE_NAMESPACE", "mlops-kit")
+    loaded = load_params(overrides=["execution.mode=kubernetes", f"execution.image={image}",
+                                    f"execution.namespace={namespace}", "stages=[data, train]"])
+    record = runner.run_pipeline(loaded, use_cache=False)
+    assert record["status"] == "succeeded"

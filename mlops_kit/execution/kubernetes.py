@@ -187,10 +187,9 @@ class KubernetesExecutor:
         cluster.create(job)
         self._running.append(name)
         self.log(f"{stage.name}: Job {execution.namespace}/{name} created (image {execution.image})")
-        try:
-            return self._wait(cluster, job, notebook, started)
-        finally:
-            self._running.remove(name)
+        outcome = self._wait(cluster, job, notebook, started)   # interrupted: stop() deletes the Job
+        self._running.remove(name)
+        return outcome
 
     def stop(self) -> None:
         """Delete the Jobs still running (a cancelled run), close the connection."""
