@@ -374,6 +374,7 @@ def test_a_data_file_outside_the_volume_is_refused(tmp_path, mixed_csv):
 
 # --- a real cluster, when there is one -----------------------------------------------------------
 
+@pytest.mark.cluster
 @pytest.mark.skipif(not os.environ.get("KUBECONFIG"),
                     reason="no real cluster: set KUBECONFIG to a MicroK8s kubeconfig (docs/microk8s.md)")
 def test_a_run_in_jobs_on_a_real_cluster(monkeypatch):
