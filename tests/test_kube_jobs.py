@@ -348,6 +348,27 @@ async def test_an_interrupted_run_deletes_its_running_job(scripted, monkeypatch)
 
 
 @pytest.mark.asyncio
+async def test_the_stage_log_is_streamed_once_per_line(scripted):
+    import re
+
+    scripted.fake["get", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] << (
+        b"Executing notebook with kernel: python3\nExecuting Cell 1---------------------------------------\n")
+    scripted.run_pod = lambda job, attempt: (time.sleep(0.5), _jobs.PodEnd(0, "Completed"))[1]  # read while running
+    lines: list[str] = []
+    params = load_params(overrides=kube_params()).params
+    executor = KubernetesExecutor(params, api_client=scripted.api, poll=0.01, log=lines.append)
+    from mlops_kit.execution import ExecutionPlan
+
+    executor.start(ExecutionPlan([STAGE["evaluate"]]))
+    run_dir = Path(os.environ["MLOPS_KIT_RUNS_DIR"]) / "20260101-000000-abcd"
+    outcome = await in_thread(executor.execute, STAGE["evaluate"], run_dir, {"run_dir": str(run_dir)})
+    executor.stop()
+    assert outcome.status == "succeeded"
+    assert [line for line in lines if "|" in line] == ["  evaluate  | Executing notebook with kernel: python3",
+                                                       "  evaluate  | Executing Cell 1" + "-" * 39]
+
+
+@pytest.mark.asyncio
 async def test_a_missing_claim_is_a_plain_error_before_any_job(scripted):
     from mlops_kit.errors import K8sDeployError
     from mlops_kit.execution import ExecutionPlan

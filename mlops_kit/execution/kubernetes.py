@@ -46,6 +46,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "mlops-kit", "app.kubernetes.io/co
 SCRATCH = "/mlops-kit-scratch"
 #: Finished Jobs (and their pods' logs) stay this long for `kubectl logs`.
 KEEP_FINISHED_SECONDS = 24 * 3600
+#: Seconds between two reads of a running stage's log.
+LOG_EVERY = 2.0
 #: Container states that never end by themselves: the stage cannot start.
 _CANNOT_START = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
                  "CreateContainerConfigError", "CreateContainerError")
@@ -139,7 +141,7 @@ class KubernetesExecutor:
     def __init__(self, params: "RunParams", *, api_client: Any = None, log: Callable[[str], None] | None = None,
                  poll: float = 0.5, runs_dir: Path | None = None):
         self.params = params
-        self.log = log or (lambda line: None)
+        self.log = log or _to_stderr
         self.poll = poll
         self.runs_dir = Path(runs_dir or _paths.runs_dir())
         self._api_client = api_client
@@ -147,6 +149,8 @@ class KubernetesExecutor:
         self._connection: contextlib.ExitStack | None = None
         self._plan: ExecutionPlan | None = None
         self._running: list[str] = []
+        self._log_lines: dict[str, int] = {}        # pod -> lines of its log already shown
+        self._next_log = 0.0
 
     @property
     def stages(self) -> list["Stage"]:
@@ -186,7 +190,7 @@ class KubernetesExecutor:
         started = time.perf_counter()
         cluster.create(job)
         self._running.append(name)
-        self.log(f"{stage.name}: Job {execution.namespace}/{name} created (image {execution.image})")
+        self.log(f"  {stage.name:<9} Job {execution.namespace}/{name} (image {execution.image})")
         outcome = self._wait(cluster, job, notebook, started)   # interrupted: stop() deletes the Job
         self._running.remove(name)
         return outcome
@@ -249,9 +253,10 @@ class KubernetesExecutor:
             ended = {c.get("type"): c for c in (live.get("status") or {}).get("conditions") or []
                      if c.get("status") == "True" and c.get("type") in ("Complete", "Failed")}
             seconds = round(time.perf_counter() - started, 3)
+            pods = cluster.list_pods(namespace, selector)
+            self._stream(cluster, namespace, pods, job["metadata"]["labels"][LABEL_STAGE], final=bool(ended))
             if "Complete" in ended:
                 return Outcome("succeeded", seconds)
-            pods = cluster.list_pods(namespace, selector)
             if "Failed" in ended:
                 return self._failed(ended["Failed"], pods, notebook, seconds)
             stuck = _cannot_start(pods)
@@ -267,6 +272,24 @@ class KubernetesExecutor:
                 return Outcome("failed", seconds, exception="Timeout", report=False,
                                detail=f"the Job did not end within execution.timeout {execution.timeout:g} s")
             time.sleep(self.poll)
+
+    def _stream(self, cluster, namespace: str, pods: list[dict], stage: str, *, final: bool) -> None:
+        """The new lines of the pods' logs (papermill's cell by cell progress and the cells'
+        output), every few seconds and once more when the Job has ended."""
+        if not final and time.monotonic() < self._next_log:
+            return
+        self._next_log = time.monotonic() + LOG_EVERY
+        for pod in pods:
+            name = (pod.get("metadata") or {}).get("name")
+            running_or_ended = any((c.get("state") or {}).keys() & {"running", "terminated"}
+                                   for c in (pod.get("status") or {}).get("containerStatuses") or [])
+            if not name or not running_or_ended:
+                continue
+            text = cluster.pod_log(namespace, name, CONTAINER, previous=False, tail=None, quiet=True)
+            lines = (text or "").splitlines()
+            for line in lines[self._log_lines.get(name, 0):]:
+                self.log(f"  {stage:<9} | {line}")
+            self._log_lines[name] = max(len(lines), self._log_lines.get(name, 0))
 
     def _failed(self, condition: dict, pods: list[dict], notebook: Path, seconds: float) -> Outcome:
         from .local import _failing_cell
@@ -299,6 +322,12 @@ class KubernetesExecutor:
         return Outcome("failed", seconds, exception=reason, report=False,
                        detail=f"the stage's Job failed ({reason}: {condition.get('message', '')}); last pod: exit "
                               f"code {last.get('exit_code')}, {last.get('reason')} {last.get('message') or ''}")
+
+
+def _to_stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 def _pod_end(pod: dict) -> dict:

@@ -105,14 +105,17 @@ class Cluster:
             events = [e for e in events if (e.get("involvedObject") or {}).get("name") == involved_name]
         return events
 
-    def pod_log(self, namespace: str, pod: str, container: str, *, previous: bool = True, tail: int = 20) -> str:
+    def pod_log(self, namespace: str, pod: str, container: str, *, previous: bool = True, tail: int | None = 20,
+                quiet: bool = False) -> str | None:
+        """The container's log (its last ``tail`` lines; None: all). When it cannot be read: a
+        line saying why, or None with ``quiet``."""
         try:
             response = self._apis["CoreV1Api"].read_namespaced_pod_log(
                 pod, namespace, container=container, previous=previous, tail_lines=tail,
                 _preload_content=False, _request_timeout=_TIMEOUT)
             return _body(response).decode("utf-8", "replace")
         except Exception as exc:  # noqa: BLE001 - the log only explains a failure already found
-            return f"(the log could not be read: {getattr(exc, 'reason', None) or exc})"
+            return None if quiet else f"(the log could not be read: {getattr(exc, 'reason', None) or exc})"
 
     def service_post(self, namespace: str, service: str, port: int | str, path: str, body: Any) -> Any:
         """POST JSON to a Service through the API server's service proxy; the parsed answer."""
