@@ -351,8 +351,14 @@ async def test_an_interrupted_run_deletes_its_running_job(scripted, monkeypatch)
 async def test_the_stage_log_is_streamed_once_per_line(scripted):
     import re
 
-    scripted.fake["get", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] << (
-        b"Executing notebook with kernel: python3\nExecuting Cell 1---------------------------------------\n")
+    reads = []
+
+    def log(request):     # the log grows: the first read has one line, later reads both
+        reads.append(1)
+        return kmock.Response(status=200, payload=(b"Executing notebook with kernel: python3\n" + (
+            b"Executing Cell 1---------------------------------------\n" if len(reads) > 1 else b"")))
+
+    scripted.fake["get", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] << log
     scripted.run_pod = lambda job, attempt: (time.sleep(0.5), _jobs.PodEnd(0, "Completed"))[1]  # read while running
     lines: list[str] = []
     params = load_params(overrides=kube_params()).params
