@@ -21,7 +21,7 @@ from typing import Any, Callable
 from . import _atomic, _paths, cache, ledger, stages
 from ._timing import Phases, process_started  # noqa: F401 - public here: the CLI passes its start
 from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
-from .execution import ExecutionPlan, Executor, default_executor
+from .execution import ExecutionPlan, Executor, default_executor, skip_iri_grammar  # noqa: F401 - the CLI's
 from .params import LoadedParams, RunParams
 from .stages import Stage, needed_inputs, optional_inputs, producer_of, select_stages
 
@@ -78,20 +78,6 @@ def _html_exporter():
 
         _EXPORTER = HTMLExporter()
     return _EXPORTER
-
-
-def skip_iri_grammar() -> None:
-    """Keep jsonschema from compiling its IRI grammar in this process.
-
-    papermill imports nbformat, which imports jsonschema, whose format checkers import
-    ``rfc3987_syntax`` when it is installed (jupyter-events' extras install it): that module
-    builds a Lark parser at import time, 2 s of CPU before the first stage can start, more
-    than all of papermill. Notebooks hold no IRIs to check (nbformat's schema has no ``iri``
-    format), so the check is left out: jsonschema treats the module as absent. Called by
-    ``mlops-kit run``, whose process is the kit's own (not by :func:`run_pipeline`, which may
-    run inside a user's kernel)."""
-    if "jsonschema" not in sys.modules:
-        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
 
 
 def export_html(notebook: Path, report: Path) -> Path:

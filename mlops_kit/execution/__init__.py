@@ -23,6 +23,7 @@ mlops_kit.execution._kernels``).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -94,3 +95,17 @@ def default_executor(params: Any = None) -> Executor:
     from .local import LocalExecutor
 
     return LocalExecutor()
+
+
+def skip_iri_grammar() -> None:
+    """Keep jsonschema from compiling its IRI grammar in this process.
+
+    papermill imports nbformat, which imports jsonschema, whose format checkers import
+    ``rfc3987_syntax`` when it is installed (jupyter-events' extras install it): that module
+    builds a Lark parser at import time, 2 s of CPU before the first stage can start, more
+    than all of papermill. Notebooks hold no IRIs to check (nbformat's schema has no ``iri``
+    format), so the check is left out: jsonschema treats the module as absent. Called by
+    ``mlops-kit run`` and a stage's Job pod (:mod:`.job`), whose processes are the kit's own
+    (not by :func:`~mlops_kit.runner.run_pipeline`, which may run inside a user's kernel)."""
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]

@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import skip_iri_grammar
 from .local import KERNEL_NAME, _error_text, _failing_cell, _running_cell
 
 EXIT_CELL_FAILED = 3
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     import logging
 
+    skip_iri_grammar()               # 2 s of jsonschema's IRI grammar that no notebook needs
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
