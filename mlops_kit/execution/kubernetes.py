@@ -278,13 +278,13 @@ class KubernetesExecutor:
         output), every few seconds and once more when the Job has ended."""
         if not final and time.monotonic() < self._next_log:
             return
-        self._next_log = time.monotonic() + LOG_EVERY
         for pod in pods:
             name = (pod.get("metadata") or {}).get("name")
             running_or_ended = any((c.get("state") or {}).keys() & {"running", "terminated"}
                                    for c in (pod.get("status") or {}).get("containerStatuses") or [])
             if not name or not running_or_ended:
                 continue
+            self._next_log = time.monotonic() + LOG_EVERY
             text = cluster.pod_log(namespace, name, CONTAINER, previous=False, tail=None, quiet=True)
             lines = (text or "").splitlines()
             for line in lines[self._log_lines.get(name, 0):]:
