@@ -274,7 +274,7 @@ def _missing(value: Any) -> bool:
 
 def _batch(records: list[dict], features: list[dict[str, Any]]) -> Any:
     """The server's validated representation: float64 columns (NaN), object columns (str/NaN)."""
-    from .serving._validation import Batch
+    from .serving import Batch
 
     columns = []
     for feature in features:
@@ -304,7 +304,7 @@ def _close(got: np.ndarray, want: np.ndarray) -> tuple[bool, float]:
 
 def verify(onnx_bytes: bytes, report: artifacts.OnnxReport, model: Any, test: Any,
            schema: dict[str, Any]) -> artifacts.OnnxCheck:
-    from .serving._onnx import OnnxModel
+    from .serving import OnnxModel
 
     records, edge_rows, names = _records_and_frame(test, schema)
     batch = _batch(records, schema["features"])
@@ -406,7 +406,7 @@ def compile_model(folder: str | Path) -> artifacts.OnnxReport:
 
 
 def _load(document: artifacts.DocumentArtifact, folder: Path) -> Any:
-    from .serving._onnx import load
+    from .serving import load_onnx as load
 
     return load(document, folder)
 

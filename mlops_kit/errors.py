@@ -190,6 +190,10 @@ class FailureReason(str, enum.Enum):
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     TIMEOUT = "Timeout"
     SMOKE_TEST_FAILED = "SmokeTestFailed"
+    OOM_KILLED = "OOMKilled"                    # a stage's Job: over its memory limit
+    EVICTED = "Evicted"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"      # a stage's Job: over execution.timeout
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     OTHER = "Other"
 
     @classmethod

@@ -24,7 +24,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from . import _paths
 from .stages import DEFAULT_STAGES, STAGE_NAMES
-from .serving._settings import ServeSettings as _ServeDefaults
+from .serving import ServeSettings as _ServeDefaults
 from .errors import ParameterError, ParameterProblem
 
 #: Data sets bundled with scikit-learn (no download): ``data.source: sklearn:<name>``.
@@ -295,9 +295,56 @@ class ServerParams(_Section):
     def _check_host(cls, value: Optional[str]) -> Optional[str]:
         if value is None:
             return value
-        from .server._ssh import validate_target
+        from .server import validate_target
 
         return validate_target(value)
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_IMAGE_REF = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+
+
+class ExecutionParams(_Section):
+    """Where the stages run: kernels on this machine, or one Kubernetes Job per stage (README,
+    "Beyond one machine"). The runner, the cache and the records stay where `mlops-kit run` runs."""
+
+    mode: Literal["local", "kubernetes"] = Field("local", description="local kernels, or a Kubernetes Job per stage")
+    namespace: str = Field("mlops-kit", description="the namespace of the stages' Jobs")
+    image: Optional[str] = Field(None, description="the stage image: python, the kit and its dependencies at this "
+                                 "environment's versions (name:tag or name@sha256:...); needed by mode kubernetes")
+    volume: str = Field("mlops-kit-runs", description="the PersistentVolumeClaim (e.g. on MicroK8s' "
+                        "hostpath-storage) whose folder is the runs folder; mounted at /mlops-kit/runs")
+    cpu: str = Field("1", description="CPU per stage (request and limit), a Kubernetes quantity")
+    memory: str = Field("2Gi", description="memory per stage (request and limit), a Kubernetes quantity")
+    retries: int = Field(2, ge=0, le=10, description="new pods for a stage killed for memory (OOMKilled) or "
+                         "evicted; a failing cell is never retried, a disruption never counted")
+    timeout: float = Field(3600, gt=0, description="seconds a stage's Job may take")
+
+    @field_validator("namespace", "volume")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return DeployParams._check_dns(value)
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _check_quantity(cls, value: str) -> str:
+        if not _QUANTITY.match(str(value)):
+            raise ValueError(f"a Kubernetes quantity such as 500m, 2, 512Mi or 4Gi; found {value!r}")
+        return str(value)
+
+    @field_validator("image")
+    @classmethod
+    def _check_image(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not _IMAGE_REF.match(value):
+            raise ValueError(f"an image reference such as registry/mlops-kit/stage:1 or name@sha256:<64 hex>; "
+                             f"found {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _image_for_kubernetes(self) -> "ExecutionParams":
+        if self.mode == "kubernetes" and not self.image:
+            raise ValueError("image|the stage image when execution.mode is kubernetes (the pods run it); found none")
+        return self
 
 
 class RunParams(BaseModel):
@@ -319,6 +366,7 @@ class RunParams(BaseModel):
     serve: ServeParams = Field(default_factory=ServeParams)
     server: ServerParams = Field(default_factory=ServerParams)
     monitor: MonitorStageParams = Field(default_factory=MonitorStageParams)
+    execution: ExecutionParams = Field(default_factory=ExecutionParams)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -741,6 +789,9 @@ def _describe_validation(exc: ValidationError, raw: dict, origin: dict[str, str]
             if "|" in message and message.split("|", 1)[0].count(".") >= 1 and not loc:
                 key, message = message.split("|", 1)
                 loc = key.split(".")
+            elif "|" in message and len(loc) == 1 and loc[0] in SECTIONS:   # a section's own check: its key
+                key, message = message.split("|", 1)
+                loc = [*loc, *key.split(".")]
         dotted = ".".join(_short(part, 40) for part in loc) or "(top level)"
         source = _origin_of(loc, origin, str(top))
         if error["type"] == "extra_forbidden":

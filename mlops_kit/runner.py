@@ -21,7 +21,7 @@ from typing import Any, Callable
 from . import _atomic, _paths, cache, ledger, stages
 from ._timing import Phases, process_started  # noqa: F401 - public here: the CLI passes its start
 from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
-from .execution import ExecutionPlan, Executor, default_executor
+from .execution import ExecutionPlan, Executor, default_executor, skip_iri_grammar  # noqa: F401 - the CLI's
 from .params import LoadedParams, RunParams
 from .stages import Stage, needed_inputs, optional_inputs, producer_of, select_stages
 
@@ -80,20 +80,6 @@ def _html_exporter():
     return _EXPORTER
 
 
-def skip_iri_grammar() -> None:
-    """Keep jsonschema from compiling its IRI grammar in this process.
-
-    papermill imports nbformat, which imports jsonschema, whose format checkers import
-    ``rfc3987_syntax`` when it is installed (jupyter-events' extras install it): that module
-    builds a Lark parser at import time, 2 s of CPU before the first stage can start, more
-    than all of papermill. Notebooks hold no IRIs to check (nbformat's schema has no ``iri``
-    format), so the check is left out: jsonschema treats the module as absent. Called by
-    ``mlops-kit run``, whose process is the kit's own (not by :func:`run_pipeline`, which may
-    run inside a user's kernel)."""
-    if "jsonschema" not in sys.modules:
-        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
-
-
 #: the one exporter is shared by the runs of a process (a sweep's trials run in threads)
 _EXPORT_LOCK = threading.Lock()
 
@@ -125,8 +111,8 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     ``record``: keys added to the run's record (a sweep's trial names its sweep).
     """
     phases = phases if phases is not None else Phases()
-    executor = executor if executor is not None else default_executor()
     params = loaded.params
+    executor = executor if executor is not None else default_executor(params)
     with phases.measure("planning"):
         selected = select_stages(stages, params.stages)
         _check_notebooks(selected)
@@ -182,7 +168,6 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     from .errors import RunNotResumable
 
     phases = phases if phases is not None else Phases()
-    executor = executor if executor is not None else default_executor()
     record = ledger.read_run(run_id, champion=False)
     run = ledger.open_run(run_id)
     if record["status"] == "running":
@@ -190,6 +175,7 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     if record["status"] == "succeeded":
         raise RunNotResumable(run_id, "it succeeded; there is nothing to resume")
     params = RunParams.model_validate(record["params"])
+    executor = executor if executor is not None else default_executor(params)
     selected = select_stages(record["stages_requested"], params.stages)
     _check_notebooks(selected)
     done: dict[str, str] = {}

@@ -649,3 +649,175 @@ def _address(hex_address: str, width: int) -> str:
     if width == 8:
         return str(ipaddress.IPv4Address(raw[::-1]))
     return str(ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))))
+
+
+# --- Job pods: a stage of execution.mode kubernetes --------------------------------------------
+
+@dataclass
+class StageImage:
+    """What the test's stage image holds: folders of this machine (its own Python environment:
+    the system, the interpreter, the venv with the kit and its dependencies), shared read-only
+    instead of copied into image layers (1.5 GB of wheels per session is too much for the test
+    machine), and the image's ENV. Everything else the container gets comes from the Job."""
+
+    folders: tuple[str, ...]
+    env: dict[str, str]
+
+_JOB_POD_KEYS = {"containers", "volumes", "securityContext", "restartPolicy", "automountServiceAccountToken",
+                 "enableServiceLinks"}
+_JOB_CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "workingDir", "env", "resources",
+                       "securityContext", "volumeMounts", "terminationMessagePolicy", "terminationMessagePath"}
+
+
+@dataclass
+class JobPod:
+    """A Job's pod as the kubelet reads it (what :func:`run_job_pod` runs)."""
+
+    image: str
+    argv: list[str]
+    working_dir: str | None
+    env: dict[str, str]
+    mounts: list[tuple[str, str, str, bool]]     # (claim | emptyDir, claim or volume name, mountPath, readOnly)
+    read_only_root: bool
+    no_new_privileges: bool
+    drop_caps: list[str]
+    seccomp: str | None
+    memory_limit: int | None
+    cpu_limit_millis: int | None
+    termination_path: str
+
+
+@dataclass
+class JobPodEnd:
+    exit_code: int
+    reason: str                                  # Completed | Error | OOMKilled
+    message: str
+    log: str
+    started: float                               # time.time() when the container started
+
+
+def job_pod(job: dict) -> JobPod:
+    """The pod of a rendered Job, every field read or refused (:class:`Unsupported`)."""
+    pod = job["spec"]["template"]["spec"]
+    _known(pod, _JOB_POD_KEYS, "Job spec.template.spec")
+    if pod.get("restartPolicy") not in ("Never", "OnFailure"):
+        raise Unsupported("a Job's pod needs restartPolicy Never or OnFailure")
+    if len(pod["containers"]) != 1:
+        raise Unsupported(f"{len(pod['containers'])} containers; the test kubelet runs one")
+    c = pod["containers"][0]
+    _known(c, _JOB_CONTAINER_KEYS, f"containers[{c.get('name')}]")
+    sc, pod_sc = c.get("securityContext") or {}, pod.get("securityContext") or {}
+    _known(sc, {"allowPrivilegeEscalation", "readOnlyRootFilesystem", "capabilities"}, "container securityContext")
+    _known(pod_sc, {"seccompProfile"}, "pod securityContext")
+    env = {}
+    for item in c.get("env") or []:
+        _known(item, {"name", "value"}, f"env {item.get('name')}")
+        env[item["name"]] = _expand(item["value"], env)
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    mounts = []
+    for m in c.get("volumeMounts") or []:
+        _known(m, {"name", "mountPath", "readOnly"}, f"volumeMount {m.get('name')}")
+        volume = volumes[m["name"]]
+        _known(volume, {"name", "persistentVolumeClaim", "emptyDir"}, f"volume {volume['name']}")
+        if "persistentVolumeClaim" in volume:
+            mounts.append(("claim", volume["persistentVolumeClaim"]["claimName"], m["mountPath"],
+                           bool(m.get("readOnly"))))
+        else:
+            if volume["emptyDir"]:
+                raise Unsupported(f"emptyDir options {volume['emptyDir']}")
+            mounts.append(("emptyDir", volume["name"], m["mountPath"], bool(m.get("readOnly"))))
+    limits = (c.get("resources") or {}).get("limits") or {}
+    return JobPod(
+        image=c["image"], argv=[_expand(a, env) for a in c["command"] + c.get("args", [])],
+        working_dir=c.get("workingDir"), env=env, mounts=mounts,
+        read_only_root=bool(sc.get("readOnlyRootFilesystem")), no_new_privileges=sc.get("allowPrivilegeEscalation") is False,
+        drop_caps=list((sc.get("capabilities") or {}).get("drop") or []),
+        seccomp=(pod_sc.get("seccompProfile") or {}).get("type"),
+        memory_limit=_bytes(limits["memory"]) if "memory" in limits else None,
+        cpu_limit_millis=_millis(limits["cpu"]) if "cpu" in limits else None,
+        termination_path=c.get("terminationMessagePath", "/dev/termination-log"))
+
+
+def run_job_pod(p: JobPod, containerd: Containerd, workdir: Path, *, claims: dict[str, Path],
+                images: dict[str, "StageImage"], timeout: float = 600) -> JobPodEnd:
+    """Run the Job's pod to its end in containerd: the claims as host folders mounted where the
+    manifest says, the stage image's files (``images``: reference -> folders of this machine),
+    command, env, limits and security settings from the manifest. Returns how it ended, the
+    way the kubelet reports it (exit code; reason OOMKilled when the memory cgroup killed)."""
+    if p.image not in images:
+        raise Disagreement(f"image {p.image!r} is not present (imagePullPolicy: the test kubelet pulls nothing)")
+    pod_id = f"job-{os.getpid()}-{next(_IDS)}"
+    folder = workdir / pod_id
+    rootfs = folder / "rootfs"
+    rootfs.mkdir(parents=True)
+    spec = json.loads(subprocess.run(["ctr", "oci", "spec"], capture_output=True, text=True, check=True).stdout)
+    mounts = [m for m in spec["mounts"] if m["destination"] in ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue",
+                                                                "/sys")]
+    for link in ("bin", "lib", "lib64", "sbin"):
+        (rootfs / link).symlink_to(f"usr/{link}")
+    image = images[p.image]
+    for source in image.folders:
+        mounts.append({"destination": source, "type": "bind", "source": source, "options": ["rbind", "ro"]})
+    for kind, name, path, read_only in p.mounts:
+        if kind == "claim":
+            if name not in claims:
+                raise Disagreement(f"PersistentVolumeClaim {name!r} is not bound (no such claim)")
+            source = claims[name]
+        else:
+            source = folder / "volumes" / name
+            source.mkdir(parents=True)
+            source.chmod(0o777)
+        mounts.append({"destination": path, "type": "bind", "source": str(source),
+                       "options": ["rbind", "ro" if read_only else "rw", "nosuid", "nodev"]})
+    termination = folder / "termination-log"
+    termination.write_text("")
+    termination.chmod(0o666)
+    mounts.append({"destination": p.termination_path, "type": "bind", "source": str(termination),
+                   "options": ["rbind", "rw"]})
+    spec["mounts"] = mounts
+    process = spec["process"]
+    process.update(args=p.argv, env=[f"{k}={v}" for k, v in {**image.env, **p.env}.items()],
+                   cwd=p.working_dir or "/", noNewPrivileges=p.no_new_privileges, terminal=False)
+    if "ALL" in p.drop_caps:
+        process["capabilities"] = {key: [] for key in process["capabilities"]}
+    spec["root"] = {"path": str(rootfs), "readonly": p.read_only_root}
+    spec.pop("hostname", None)
+    resources = spec["linux"].setdefault("resources", {})
+    if p.memory_limit:
+        resources["memory"] = {"limit": p.memory_limit, "swap": p.memory_limit}
+    if p.cpu_limit_millis:
+        resources["cpu"] = {"quota": p.cpu_limit_millis * 100, "period": 100_000}
+    cgroup = f"/mlops-kit-test/{pod_id}"
+    spec["linux"]["cgroupsPath"] = cgroup
+    (folder / "config.json").write_text(json.dumps(spec))
+    log = folder / "container.log"
+    started = time.time()
+    proc = subprocess.run(containerd.command("run", "-d", "--config", str(folder / "config.json"),
+                                             "--log-uri", f"file://{log}", pod_id),
+                          capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise Disagreement(f"the container did not start: {proc.stderr.strip()}")
+    deadline = time.monotonic() + timeout
+    while containerd.task_status(pod_id) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    oom = _oom_kills(cgroup)
+    if containerd.task_status(pod_id) == "RUNNING":
+        containerd.ctr("tasks", "kill", "-s", "SIGKILL", pod_id, step="ctr tasks kill", check=False)
+        time.sleep(0.2)
+    code = exit_code(Pod(pod_id, 0, log, None, containerd))
+    containerd.ctr("containers", "rm", pod_id, step="ctr containers rm", check=False)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+    return JobPodEnd(exit_code=code if code is not None else -1, reason=reason, message=termination.read_text(),
+                     log=text, started=started)
+
+
+def _oom_kills(cgroup: str) -> int:
+    """How often the memory cgroup's OOM killer struck (cgroup v1 ``memory.oom_control``, v2
+    ``memory.events``), read before the container is removed."""
+    for path in (Path("/sys/fs/cgroup/memory") / cgroup.lstrip("/") / "memory.oom_control",
+                 Path("/sys/fs/cgroup") / cgroup.lstrip("/") / "memory.events"):
+        if path.exists():
+            fields = dict(line.split() for line in path.read_text().splitlines() if len(line.split()) == 2)
+            return int(fields.get("oom_kill", 0))
+    return 0

@@ -1,5 +1,5 @@
 """A kubeconfig from another machine is checked field by field before any Kubernetes client is
-built (mlops_kit/deploy/k8s/_kubeconfig.py: parse_foreign_kubeconfig): only inline certificates
+built (mlops_kit/kube/_kubeconfig.py: parse_foreign_kubeconfig): only inline certificates
 or a token for one cluster. A credential plugin (`exec`, `auth-provider`) would run on THIS
 machine while the client is built; a file reference would read one of its files; a proxy would
 send the credentials elsewhere.

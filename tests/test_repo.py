@@ -122,3 +122,55 @@ def test_artifacts_are_hashed_by_one_helper():
 
     notebook = REPO / "notebooks" / "01_data.ipynb"
     assert _atomic.sha256_file(notebook.read_bytes()) == _atomic.sha256_file(notebook)
+
+
+def _private_imports(path, package_root):
+    """(imported module, line) for each import in ``path`` of a ``_private`` module that lies
+    outside the importing module's own package (the package's public face is for the others)."""
+    module = ".".join(path.relative_to(package_root.parent).with_suffix("").parts)
+    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module.removesuffix(".__init__")
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names
+                              if (package_root.parent / f"{base}.{alias.name}".replace(".", "/")).with_suffix(".py").is_file()]
+        else:
+            continue
+        for name in (n for n in names if n.split(".")[0] == package_root.name):    # the kit's own modules
+            parts = name.split(".")
+            for depth, part in enumerate(parts):
+                if part.startswith("_") and not part.startswith("__"):
+                    owner = ".".join(parts[:depth])
+                    if not (package == owner or package.startswith(owner + ".")):
+                        found.append((name, node.lineno))
+                    break
+    return found
+
+
+def test_no_module_imports_another_packages_private_module():
+    """A package's ``_private`` modules are imported only inside that package; others use its
+    public face (``mlops_kit/_paths.py`` belongs to ``mlops_kit``, so every module may use it)."""
+    root = REPO / "mlops_kit"
+    offenders = {f"{path.relative_to(REPO)}:{line}": name for path in sorted(root.rglob("*.py"))
+                 for name, line in _private_imports(path, root)}
+    assert offenders == {}
+
+
+def test_the_private_import_rule_catches_what_it_forbids(tmp_path):
+    """The rule itself: relative and absolute imports of another package's private module."""
+    pkg = tmp_path / "mlops_kit"
+    for folder in ("a", "b"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+        (pkg / folder / "_inner.py").write_text("X = 1\n")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_top.py").write_text("")
+    (pkg / "b" / "user.py").write_text("from ..a import _inner\nfrom ..a._inner import X\nimport mlops_kit.a._inner\n"
+                                       "from . import _inner\nfrom .. import _top\nfrom ..a import X\n")
+    assert _private_imports(pkg / "b" / "user.py", pkg) == [
+        ("mlops_kit.a._inner", 1), ("mlops_kit.a._inner", 2), ("mlops_kit.a._inner", 3)]

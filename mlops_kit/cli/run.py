@@ -28,8 +28,10 @@ def _params_option(func):
 @click.option("--explain", is_flag=True, help="Print, per stage, whether it would run or be reused, and why; run nothing.")
 @click.option("--resume", metavar="RUN_ID", help="Continue a failed or interrupted run from its first stage "
               "that did not succeed, in its own folder, with its own parameters.")
+@click.option("--dry-run", is_flag=True, help="With execution.mode kubernetes: print the Jobs the run would "
+              "create (YAML, one document each); create nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final run record as JSON.")
-def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, as_json):
+def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, as_json, dry_run=False):
     """Run the pipeline: each stage's notebook executed by papermill into runs/<run_id>/.
 
     Stages unchanged since an earlier run (same notebook, parameters, inputs and package
@@ -49,6 +51,15 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
         raise click.UsageError("--resume continues a run with its own parameters and stages: "
                                "it takes no -p, --set or --stages.")
     selected = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    if dry_run:
+        import yaml
+
+        from ..execution.kubernetes import planned_jobs
+
+        jobs = planned_jobs(load_params(params_file, overrides), stages=selected, reuse_from=reuse_from,
+                            use_cache=not no_cache)
+        click.echo(yaml.safe_dump_all(jobs, sort_keys=False, explicit_start=True), nl=False)
+        return
     if explain:
         loaded = load_params(params_file, overrides)
         _print_plan(runner.explain(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache))

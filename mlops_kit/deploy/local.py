@@ -37,8 +37,7 @@ from .. import _atomic, _paths
 from .. import artifacts as _artifacts
 from ..errors import ArtifactError, ContainerdError, DeployError
 from ..image import Containerd
-from ..image._context import MODEL_DIR_IN_IMAGE
-from ..image._runner import DEFAULT_RUNNER, Runner, tail
+from ..image import DEFAULT_RUNNER, MODEL_DIR_IN_IMAGE, Runner, tail
 from ..serving import INSTANCE_ENV, INSTANCE_HEADER
 
 READY_PATH = "/v2/health/ready"

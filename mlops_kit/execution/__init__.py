@@ -10,6 +10,8 @@ starts, executes one stage at a time into the run folder, and is stopped when th
 >>> outcome = executor.execute(stage, run_dir, parameters)          # an Outcome
 >>> executor.stop()                # may be started again afterwards
 
+:class:`mlops_kit.execution.kubernetes.KubernetesExecutor` (``execution.mode: kubernetes``)
+runs each stage as a Kubernetes Job.
 :class:`mlops_kit.execution.local.LocalExecutor` (the default) runs each stage in a fresh
 kernel on this machine, forked from a zygote that imported the stages' modules once. The
 executed notebook goes to ``<run_dir>/notebooks/<stage.notebook>``; the outputs to
@@ -21,6 +23,7 @@ mlops_kit.execution._kernels``).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -82,8 +85,27 @@ def executed_notebook(run_dir: Path, stage: "Stage") -> Path:
     return Path(run_dir) / _paths.NOTEBOOKS_SUBDIR / stage.notebook
 
 
-def default_executor() -> Executor:
-    """The executor a run uses unless it is given one: forked kernels on this machine."""
+def default_executor(params: Any = None) -> Executor:
+    """The executor a run uses unless it is given one: a Kubernetes Job per stage when
+    ``params.execution.mode`` is ``kubernetes``, else forked kernels on this machine."""
+    if params is not None and params.execution.mode == "kubernetes":
+        from .kubernetes import KubernetesExecutor
+
+        return KubernetesExecutor(params)
     from .local import LocalExecutor
 
     return LocalExecutor()
+
+
+def skip_iri_grammar() -> None:
+    """Keep jsonschema from compiling its IRI grammar in this process.
+
+    papermill imports nbformat, which imports jsonschema, whose format checkers import
+    ``rfc3987_syntax`` when it is installed (jupyter-events' extras install it): that module
+    builds a Lark parser at import time, 2 s of CPU before the first stage can start, more
+    than all of papermill. Notebooks hold no IRIs to check (nbformat's schema has no ``iri``
+    format), so the check is left out: jsonschema treats the module as absent. Called by
+    ``mlops-kit run`` and a stage's Job pod (:mod:`.job`), whose processes are the kit's own
+    (not by :func:`~mlops_kit.runner.run_pipeline`, which may run inside a user's kernel)."""
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]

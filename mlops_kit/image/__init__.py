@@ -25,16 +25,17 @@ from ..errors import ArtifactError, BuildError, ContainerdError
 from ._base import BaseImage, check_model_versions, ensure_base, pin_requirements, serving_requirements
 from ._builders import AUTO_ORDER, BUILDERS, BuiltImage, select_builder
 from ._containerd import Containerd
-from . import _context
-from ._context import CONTEXT_DIR, Context, serving_modules, write_context
-from ._runner import DEFAULT_RUNNER, Log, Runner
+from . import _context, _oci as oci
+from ._context import CONTEXT_DIR, MODEL_DIR_IN_IMAGE, Context, serving_modules, write_context
+from ._runner import DEFAULT_RUNNER, Log, Runner, _build_error as build_error, tail
 
 IMAGE_RECORD = _artifacts.IMAGE.name  # kept for callers of the old name
 
 __all__ = ["package", "build", "detect_builders", "build_base", "import_image", "push_image", "write_context", "select_builder",
            "resolve_run_dir", "read_image_record", "image_table", "Containerd", "Context", "BuiltImage",
            "BaseImage", "BUILDERS", "AUTO_ORDER", "IMAGE_RECORD", "pin_requirements", "serving_requirements",
-           "serving_modules", "check_model_versions", "CONTEXT_DIR"]
+           "serving_modules", "check_model_versions", "CONTEXT_DIR", "MODEL_DIR_IN_IMAGE", "DEFAULT_RUNNER", "Runner",
+           "Log", "build_error", "tail", "oci"]
 
 
 def resolve_run_dir(run_dir: str | Path = "") -> Path:

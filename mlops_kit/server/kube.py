@@ -13,7 +13,7 @@ import contextlib
 import urllib.parse
 from collections.abc import Callable, Iterator
 
-from ..errors import K8sDeployError, ServerError
+from ..errors import ServerError
 from .._terminal import printable
 from ._ssh import SSH
 from ._tunnel import Tunnel
@@ -21,9 +21,9 @@ from ._tunnel import Tunnel
 
 def read_kubeconfig(ssh: SSH):
     """The kubeconfig ``microk8s config`` prints on the server, checked field by field
-    (:func:`mlops_kit.deploy.k8s.parse_foreign_kubeconfig`: inline certificates or a token for
+    (:func:`mlops_kit.kube.parse_foreign_kubeconfig`: inline certificates or a token for
     one cluster; a credential plugin, a file, a proxy is refused before any client exists)."""
-    from ..deploy.k8s import parse_foreign_kubeconfig
+    from ..kube import parse_foreign_kubeconfig
 
     proc = ssh.run("microk8s config", check=False, step="microk8s config")
     if proc.returncode != 0:
@@ -38,8 +38,7 @@ def read_kubeconfig(ssh: SSH):
 @contextlib.contextmanager
 def server_api_client(server, *, log: Callable[[str], None] | None = None) -> Iterator:
     """A ``kubernetes.client.ApiClient`` for the server's API, valid inside the ``with``."""
-    from kubernetes import config as kconfig
-    from kubernetes.config.config_exception import ConfigException
+    from ..kube import client_from_config
 
     ssh = SSH.from_params(server)
     config = read_kubeconfig(ssh)
@@ -52,10 +51,7 @@ def server_api_client(server, *, log: Callable[[str], None] | None = None) -> It
     with Tunnel(ssh, remote_port, remote_host=remote_host) as port:
         local = urllib.parse.urlunsplit((url.scheme, f"127.0.0.1:{port}", url.path, "", ""))
         try:
-            client = kconfig.new_client_from_config_dict(config.with_server(local).to_dict())
-        except ConfigException as exc:
-            raise K8sDeployError(f"The kubeconfig from `microk8s config` on {ssh.target} cannot be used: {exc}",
-                                 reason="NoKubeconfig") from None
+            client = client_from_config(config.with_server(local), source=f"`microk8s config` on {ssh.target}")
         finally:
             config = None         # drop our reference to the credentials
         if log:

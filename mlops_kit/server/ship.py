@@ -19,9 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from ..errors import MlopsKitError, ServerError
-from ..image import _oci
-from ..image._containerd import Containerd
-from ..image._runner import Runner, _build_error, tail
+from ..image import Containerd, Runner, oci as _oci, tail
+from ..image import build_error as _build_error
 from ._ssh import SSH
 from ._tunnel import Tunnel
 from .check import microk8s_status, require_free

@@ -30,7 +30,7 @@ ONNX_SERVING_REQUIREMENTS = (
 )
 
 __all__ = ["SERVING_REQUIREMENTS", "ONNX_SERVING_REQUIREMENTS", "INSTANCE_ENV", "INSTANCE_HEADER", "ServeSettings",
-           "create_app", "serve"]
+           "create_app", "serve", "Batch", "OnnxModel", "load_onnx"]
 
 from ._settings import INSTANCE_ENV, INSTANCE_HEADER  # noqa: E402 - cheap: no app, no model libraries
 
@@ -50,4 +50,10 @@ def __getattr__(name: str) -> Any:
     if name == "serve":
         from ._server import serve
         return serve
+    if name == "Batch":                   # for compile.py (the ONNX check)
+        from ._validation import Batch
+        return Batch
+    if name in ("OnnxModel", "load_onnx"):
+        from . import _onnx
+        return _onnx.OnnxModel if name == "OnnxModel" else _onnx.load
     raise AttributeError(f"module 'mlops_kit.serving' has no attribute {name!r}")

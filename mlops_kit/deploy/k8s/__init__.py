@@ -9,10 +9,9 @@ Every function takes ``api_client`` (a ``kubernetes.client.ApiClient``; default:
 kubeconfig) and ``log`` (a callback for progress lines).
 """
 
-from ._cluster import FIELD_MANAGER, Cluster
+from ...kube import FIELD_MANAGER, Cluster, ForeignKubeconfig, load_api_client, parse_foreign_kubeconfig
 from ._deploy import apply_objects, connect, deploy, prepare, rollback, smoke_test, status, undeploy
 from ._diff import diff_objects
-from ._kubeconfig import ForeignKubeconfig, load_api_client, parse_foreign_kubeconfig
 from ._releases import read_history
 from ._render import image_reference, load_manifests, manifests_dir, render, secret_object, secret_values
 from ._rollout import rollout_state, wait_for_rollout

@@ -16,7 +16,7 @@ from ... import artifacts
 from ...errors import K8sDeployError
 from ...params import RunParams
 from . import _diff, _releases, _render, _rollout, _validate
-from ._cluster import Cluster
+from ...kube import Cluster
 
 Log = Callable[[str], None]
 Post = Callable[[str, Any], Any]
@@ -28,7 +28,7 @@ def connect(api_client=None, *, log: Log | None = None) -> Cluster:
     if isinstance(api_client, Cluster):
         return api_client
     if api_client is None:
-        from ._kubeconfig import load_api_client
+        from ...kube import load_api_client
 
         api_client, description = load_api_client()
         if log:

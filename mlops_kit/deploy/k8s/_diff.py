@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ._cluster import Cluster
+from ...kube import Cluster
 
 HIDDEN = "<hidden>"
 

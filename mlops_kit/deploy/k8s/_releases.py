@@ -15,7 +15,7 @@ from typing import Any
 
 from ... import _artifact_names as _names
 from ...errors import K8sDeployError
-from ._cluster import Cluster
+from ...kube import Cluster
 
 KEEP = 10
 DATA_KEY = _names.RELEASE_HISTORY_KEY

@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from ...errors import K8sDeployError
-from ._cluster import Cluster
+from ...kube import Cluster
 from ._render import CONTAINER, RELEASE_ID
 
 Log = Callable[[str], None]

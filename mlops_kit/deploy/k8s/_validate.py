@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from ...errors import ManifestError
+from ...kube import schema_problems
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -28,26 +29,6 @@ def validate(objects: list[dict], version: str, *, source: str = "rendered") -> 
     problems = schema_problems(objects, version, source=source) + meaning_problems(objects, source=source)
     if problems:
         raise ManifestError(problems, version=version)
-    return problems
-
-
-def schema_problems(objects: list[dict], version: str, *, source: str = "rendered") -> list[Problem]:
-    import kubernetes_validate
-    from kubernetes_validate import utils
-
-    problems: list[Problem] = []
-    for obj in objects:
-        where = _where(obj, source)
-        doc = {k: v for k, v in obj.items() if k != "__source__"}
-        try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            path = ".".join(str(p) for p in exc.absolute_path) or "(object)"
-            problems.append((where[0], where[1], path, exc.message))
-        except (utils.SchemaNotFoundError, utils.VersionNotSupportedError, utils.InvalidSchemaError) as exc:
-            problems.append((where[0], where[1], "apiVersion/kind", exc.message))
-        except KeyError as exc:
-            problems.append((where[0], where[1], str(exc.args[0]), "required field missing"))
     return problems
 
 

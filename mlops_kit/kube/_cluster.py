@@ -12,7 +12,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from ...errors import K8sDeployError
+from ..errors import K8sDeployError
 
 FIELD_MANAGER = "mlops-kit"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
@@ -23,6 +23,8 @@ KINDS = {
     "Secret": ("CoreV1Api", "namespaced_secret", True),
     "Service": ("CoreV1Api", "namespaced_service", True),
     "Deployment": ("AppsV1Api", "namespaced_deployment", True),
+    "Job": ("BatchV1Api", "namespaced_job", True),
+    "PersistentVolumeClaim": ("CoreV1Api", "namespaced_persistent_volume_claim", True),
 }
 _TIMEOUT = (10, 60)
 
@@ -35,7 +37,8 @@ class Cluster:
 
         self.api_client = api_client
         self.description = description
-        self._apis = {"CoreV1Api": client.CoreV1Api(api_client), "AppsV1Api": client.AppsV1Api(api_client)}
+        self._apis = {"CoreV1Api": client.CoreV1Api(api_client), "AppsV1Api": client.AppsV1Api(api_client),
+                      "BatchV1Api": client.BatchV1Api(api_client)}
 
     @property
     def server(self) -> str:
@@ -57,6 +60,16 @@ class Cluster:
         meta = obj["metadata"]
         return self._call("patch", obj["kind"], meta.get("namespace"), meta["name"], body=obj,
                           field_manager=FIELD_MANAGER, force=force, _content_type=APPLY_CONTENT_TYPE)
+
+    def create(self, obj: dict) -> dict:
+        """Create ``obj`` (a Conflict when it exists): for objects made once, such as a Job."""
+        kind, meta = obj["kind"], obj["metadata"]
+        api, suffix, namespaced = KINDS.get(kind, (None, None, None))
+        if api is None:
+            return self._call("create", kind, meta.get("namespace"), meta["name"])   # the kind error
+        args = (meta["namespace"], obj) if namespaced else (obj,)
+        return self._invoke(api, f"create_{suffix}", "create", kind, meta.get("namespace"), meta["name"], *args,
+                            field_manager=FIELD_MANAGER)
 
     def delete(self, kind: str, namespace: str | None, name: str) -> bool:
         """Delete; False when it was already absent."""
@@ -92,14 +105,17 @@ class Cluster:
             events = [e for e in events if (e.get("involvedObject") or {}).get("name") == involved_name]
         return events
 
-    def pod_log(self, namespace: str, pod: str, container: str, *, previous: bool = True, tail: int = 20) -> str:
+    def pod_log(self, namespace: str, pod: str, container: str, *, previous: bool = True, tail: int | None = 20,
+                quiet: bool = False) -> str | None:
+        """The container's log (its last ``tail`` lines; None: all). When it cannot be read: a
+        line saying why, or None with ``quiet``."""
         try:
             response = self._apis["CoreV1Api"].read_namespaced_pod_log(
                 pod, namespace, container=container, previous=previous, tail_lines=tail,
                 _preload_content=False, _request_timeout=_TIMEOUT)
             return _body(response).decode("utf-8", "replace")
         except Exception as exc:  # noqa: BLE001 - the log only explains a failure already found
-            return f"(the log could not be read: {getattr(exc, 'reason', None) or exc})"
+            return None if quiet else f"(the log could not be read: {getattr(exc, 'reason', None) or exc})"
 
     def service_post(self, namespace: str, service: str, port: int | str, path: str, body: Any) -> Any:
         """POST JSON to a Service through the API server's service proxy; the parsed answer."""

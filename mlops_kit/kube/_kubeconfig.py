@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from ...errors import K8sDeployError, UnsafeKubeconfig
+from ..errors import K8sDeployError, UnsafeKubeconfig
 
 
 def load_api_client(*, environ: Mapping[str, str] | None = None,
@@ -54,13 +54,25 @@ def load_api_client(*, environ: Mapping[str, str] | None = None,
                                   hint="is MicroK8s running (`microk8s status --wait-ready`) and are you in the "
                                        "microk8s group (`sudo usermod -a -G microk8s $USER`, then log in again)?")
             checked = parse_foreign_kubeconfig(result.stdout, source="`microk8s config`")
-            return config.new_client_from_config_dict(checked.to_dict()), "`microk8s config`"
+            return client_from_config(checked, source="`microk8s config`"), "`microk8s config`"
     except ConfigException as exc:
         raise K8sDeployError(f"The kubeconfig cannot be used: {exc}", reason="NoKubeconfig") from None
     raise K8sDeployError("No Kubernetes cluster configured: KUBECONFIG is unset, ~/.kube/config does not exist "
                       "and `microk8s` is not on PATH.", reason="NoKubeconfig",
                       hint="install MicroK8s (`sudo snap install microk8s --classic`), or set KUBECONFIG; "
                            "deploy.target: local needs no cluster.")
+
+
+def client_from_config(checked: "ForeignKubeconfig", *, source: str):
+    """A ``kubernetes.client.ApiClient`` built in memory from a checked kubeconfig (the client
+    keeps inline certificates in its own 0600 temporary files; the kit writes none)."""
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        return config.new_client_from_config_dict(checked.to_dict())
+    except ConfigException as exc:
+        raise K8sDeployError(f"The kubeconfig from {source} cannot be used: {exc}", reason="NoKubeconfig") from None
 
 
 # --- a kubeconfig from another machine -----------------------------------------------------------

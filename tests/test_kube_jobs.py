@@ -1,0 +1,419 @@
+"""execution.mode kubernetes: each stage a Job, against a FAKE Kubernetes API (kmock) whose Job
+controller (tests/_jobs.py) runs the pods for REAL in a private containerd (tests/_kubelet.py):
+the stage image (this machine's Python environment, read-only), the claim as the runs folder
+mounted where the Job says, command, env and memory limit from the rendered Job.
+
+Also: the rendered Jobs against the Kubernetes schema, `run --dry-run`, the parameters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import REPO
+from mlops_kit import runner
+from mlops_kit.errors import ManifestError, ParameterError, StageFailed
+from mlops_kit.execution import Outcome
+from mlops_kit.execution.job import EXIT_BAD_INPUT, EXIT_CELL_FAILED
+from mlops_kit.execution.kubernetes import KubernetesExecutor, job_name, render_job, validate_jobs
+from mlops_kit.params import RunParams, load_params
+from mlops_kit.stages import STAGES
+
+NS = "mk-jobs"
+CLAIM = "mlops-kit-runs"
+IMAGE = "localhost:32000/mlops-kit/stage:test"
+STAGE = {s.name: s for s in STAGES}
+
+
+def kube_params(**execution) -> list[str]:
+    values = {"mode": "kubernetes", "namespace": NS, "image": IMAGE, "volume": CLAIM, "memory": "3Gi",
+              "timeout": 600, **execution}
+    return [f"execution.{k}={v}" for k, v in values.items()]
+
+
+# --- rendering, schema, dry run, parameters (no cluster) ----------------------------------------
+
+def test_rendered_job_passes_the_kubernetes_schema_and_says_what_the_issue_asks(tmp_path):
+    params = load_params(overrides=kube_params(retries=3)).params
+    run_dir = tmp_path / "20260101-000000-abcd"
+    job = render_job(STAGE["train"], run_dir, {"run_dir": str(run_dir), "model": "ridge"}, params,
+                     runs_dir=tmp_path)
+    validate_jobs([job], params.deploy.kubernetes_version)
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 3 and spec["template"]["spec"]["restartPolicy"] == "Never"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In",
+                                                               "values": [EXIT_CELL_FAILED, EXIT_BAD_INPUT]}}
+    assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["args"] == [str(run_dir / "notebooks" / STAGE["train"].notebook),
+                                 json.dumps({"model": "ridge", "run_dir": str(run_dir)}, sort_keys=True)]
+    assert container["resources"]["limits"] == {"cpu": "1", "memory": "3Gi"}
+    assert {"name": "runs", "mountPath": str(tmp_path)} in container["volumeMounts"]
+    assert job["metadata"]["name"].startswith(job_name("20260101-000000-abcd", "train") + "-")
+    assert job_name("20260101-000000-abcd", "train", "1f2e") == "mlops-kit-20260101-000000-abcd-train-1f2e"
+    assert len(job_name("x" * 80, "evaluate", "1f2e")) == 63
+
+
+def test_schema_check_catches_a_broken_job(tmp_path):
+    params = load_params(overrides=kube_params()).params
+    job = render_job(STAGE["data"], tmp_path / "r1", {}, params, runs_dir=tmp_path)
+    job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["operator"] = ["In"]
+    job["spec"]["template"]["spec"]["containers"][0]["memory"] = "1Gi"
+    with pytest.raises(ManifestError) as excinfo:
+        validate_jobs([job], params.deploy.kubernetes_version)
+    assert "Job/" in str(excinfo.value)
+
+
+def test_a_run_folder_outside_the_volume_is_refused(tmp_path):
+    params = load_params(overrides=kube_params()).params
+    with pytest.raises(Exception, match="runs folder"):
+        render_job(STAGE["data"], tmp_path / "elsewhere" / "r1", {}, params, runs_dir=tmp_path / "runs")
+
+
+def test_dry_run_prints_one_job_document_per_stage_without_a_cluster(_isolated_runs):
+    from click.testing import CliRunner
+
+    from mlops_kit.cli import main
+
+    args = ["run", "--dry-run"] + [a for item in kube_params() for a in ("--set", item)]
+    result = CliRunner().invoke(main, args, env={"KUBECONFIG": "/nonexistent"})
+    assert result.exit_code == 0, result.output
+    jobs = list(yaml.safe_load_all(result.output))
+    assert [j["metadata"]["labels"]["mlops-kit/stage"] for j in jobs] == ["data", "train", "evaluate"]
+    assert all(j["kind"] == "Job" and j["metadata"]["namespace"] == NS for j in jobs)
+    assert not any(_isolated_runs.iterdir())          # no run was created
+    local = CliRunner().invoke(main, ["run", "--dry-run"])
+    assert local.exit_code != 0 and "execution.mode kubernetes" in str(local.exception) + local.output
+
+
+def test_execution_parameters_are_checked():
+    with pytest.raises(ParameterError) as excinfo:
+        load_params(overrides=["execution.mode=kubernetes", "execution.memory=lots", "execution.volume=No_Claim"])
+    problems = {p.key: p for p in excinfo.value.problems}
+    assert set(problems) == {"execution.memory", "execution.volume"}
+    assert "Kubernetes quantity" in problems["execution.memory"].expected
+    with pytest.raises(ParameterError) as excinfo:
+        load_params(overrides=["execution.mode=kubernetes"])
+    [problem] = excinfo.value.problems
+    assert problem.key == "execution.image" and "stage image" in problem.expected
+    assert RunParams().execution.mode == "local"
+
+
+# --- the fake API with a Job controller whose pods run for real ----------------------------------
+
+kmock = pytest.importorskip("kmock")
+import pytest_asyncio  # noqa: E402
+from kubernetes import client as kclient  # noqa: E402
+
+import _jobs  # noqa: E402
+from test_k8s_fakes import FakeApiServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def containerd():
+    from test_image_support import start_containerd
+
+    from _real import need_commands
+    from mlops_kit.image import Containerd
+
+    need_commands("runc", "ctr")
+    return Containerd(start_containerd())
+
+
+def stage_image() -> "object":
+    import _kubelet
+
+    venv = Path(sys.prefix)
+    folders = {"/usr", "/etc", str(Path(sys.base_prefix).resolve()), str(venv), str(REPO)}
+    return _kubelet.StageImage(folders=tuple(sorted(folders)),
+                               env={"PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin"})
+
+
+@pytest_asyncio.fixture
+async def cluster(containerd, tmp_path, _isolated_runs):
+    """The fake API, its Job controller running each pod in containerd, and an executor factory."""
+    import _kubelet
+
+    images = {IMAGE: stage_image()}
+    workdir = tmp_path / "pods"
+    workdir.mkdir()
+
+    def run_pod(job, attempt):
+        end = _kubelet.run_job_pod(_kubelet.job_pod(job), containerd, workdir, claims={CLAIM: _isolated_runs},
+                                   images=images)
+        return _jobs.PodEnd(end.exit_code, end.reason, end.message)
+
+    async with FakeApiServer() as server, kmock.Server(server) as http:
+        _jobs.serve_jobs(server, NS, CLAIM)
+        api = kclient.ApiClient(kclient.Configuration(host=str(http.url).rstrip("/")))
+        async with _jobs.FakeJobController(server, run_pod) as controller:
+            controller.executor = lambda params: KubernetesExecutor(params, api_client=api, poll=0.05)
+            yield controller
+
+
+async def in_thread(fn, *args, **kwargs):
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+@pytest.mark.containerd
+@pytest.mark.asyncio
+async def test_three_stages_in_jobs_match_a_local_run_and_a_local_run_reuses_them(cluster, _isolated_runs):
+    loaded = load_params(overrides=kube_params())
+    record = await in_thread(runner.run_pipeline, loaded, executor=cluster.executor(loaded.params))
+    assert record["status"] == "succeeded"
+    assert [len(pods_of(cluster, record["id"], s)) for s in ("data", "train", "evaluate")] == [1, 1, 1]
+    assert all(len(ends) == 1 and ends[0].exit_code == 0 for ends in cluster.pods.values())
+    run = _isolated_runs / record["id"]
+    for stage in ("data", "train", "evaluate"):   # executed in the pod, in place, on the volume
+        executed = nbformat.read(run / "notebooks" / STAGE[stage].notebook, as_version=4)
+        assert executed.metadata["papermill"]["parameters"]["run_dir"] == str(run)
+        assert all(c.metadata.get("papermill", {}).get("status") == "completed" for c in executed.cells)
+        assert (run / "reports" / (Path(STAGE[stage].notebook).stem + ".html")).is_file()
+
+    # submit -> first cell of the first stage, the stage image present (report it)
+    first = nbformat.read(run / "notebooks" / STAGE["data"].notebook, as_version=4).cells[0]
+    started = datetime.fromisoformat(first.metadata["papermill"]["start_time"].replace("Z", "+00:00")).timestamp()
+    [submitted] = [t for name, t in cluster.created.items() if name.startswith(job_name(record["id"], "data"))]
+    print(f"\nsubmit -> first cell: {started - submitted:.2f} s")
+
+    local = load_params(overrides=["execution.mode=local"])
+    fresh = await in_thread(runner.run_pipeline, local, use_cache=False)
+    assert fresh["metrics"] == record["metrics"]
+    for stage in ("data", "train"):
+        assert fresh["stages"][stage]["fingerprint"] == record["stages"][stage]["fingerprint"], stage
+    # evaluate's inputs include model.skops, whose bytes differ from one training to the next (here too)
+    same = ("notebook", "params", "environment")
+    assert ({k: fresh["stages"]["evaluate"]["fingerprint"][k] for k in same}
+            == {k: record["stages"]["evaluate"]["fingerprint"][k] for k in same})
+    # the data stage's outputs byte for byte (the model card names its run, so train's differ by that)
+    assert fresh["stages"]["data"]["outputs"] == record["stages"]["data"]["outputs"]
+    reused = await in_thread(runner.run_pipeline, load_params(overrides=["execution.mode=local"]))
+    assert {s: reused["stages"][s]["status"] for s in ("data", "train", "evaluate")} == dict.fromkeys(
+        ("data", "train", "evaluate"), "cached")
+
+
+def _add_failing_cell(project: Path, notebook: str) -> None:
+    path = project / "notebooks" / notebook
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("raise RuntimeError('the stage broke on purpose')"))
+    nbformat.write(nb, path)
+
+
+@pytest.mark.containerd
+@pytest.mark.asyncio
+async def test_a_failing_cell_fails_the_job_at_once_names_the_cell_and_resume_continues(
+        cluster, project_copy, _isolated_runs):
+    _add_failing_cell(project_copy, STAGE["train"].notebook)
+    loaded = load_params(overrides=kube_params(retries=2) + ["stages=[data, train]"])
+    with pytest.raises(StageFailed) as excinfo:
+        await in_thread(runner.run_pipeline, loaded, executor=cluster.executor(loaded.params))
+    failure = excinfo.value
+    assert failure.stage == "train" and failure.exception == "RuntimeError"
+    executed = nbformat.read(failure.notebook, as_version=4)           # the executed notebook, on the volume
+    assert "broke on purpose" in executed.cells[failure.cell_index].source
+    assert "broke on purpose" in failure.detail
+    record = next(r for r in _records(_isolated_runs) if r["status"] == "failed")
+    assert [[e.exit_code for e in pods] for pods in pods_of(cluster, record["id"], "train")] == [
+        [EXIT_CELL_FAILED]]                                            # one pod: FailJob, no retry
+    assert record["error"]["cell_index"] == failure.cell_index
+
+    fixed = project_copy / "notebooks" / STAGE["train"].notebook
+    nb = nbformat.read(fixed, as_version=4)
+    nb.cells.pop()
+    nbformat.write(nb, fixed)
+    resumed = await in_thread(runner.resume_run, record["id"], executor=cluster.executor(loaded.params))
+    assert resumed["status"] == "succeeded"
+    assert len(pods_of(cluster, record["id"], "data")) == 1              # the data stage was not run again
+    assert [[e.exit_code for e in pods] for pods in pods_of(cluster, record["id"], "train")] == [
+        [EXIT_CELL_FAILED], [0]]                                       # a new Job beside the failed one
+
+
+@pytest.mark.containerd
+@pytest.mark.asyncio
+async def test_a_stage_over_its_memory_limit_is_retried_then_reported_with_the_limit(cluster, _isolated_runs):
+    loaded = load_params(overrides=kube_params(memory="150Mi", retries=1) + ["stages=[data]"])
+    with pytest.raises(StageFailed) as excinfo:
+        await in_thread(runner.run_pipeline, loaded, executor=cluster.executor(loaded.params))
+    failure = excinfo.value
+    assert failure.exception == "OOMKilled"
+    assert "150Mi" in failure.detail and "execution.memory" in failure.detail
+    record = next(r for r in _records(_isolated_runs) if r["status"] == "failed")
+    [ends] = pods_of(cluster, record["id"], "data")
+    assert [e.reason for e in ends] == ["OOMKilled", "OOMKilled"]      # retried once (retries: 1), then failed
+
+
+def pods_of(controller, run_id: str, stage: str) -> list[list]:
+    """The pod ends of each Job of a run's stage, Jobs in the order created."""
+    prefix = job_name(run_id, stage) + "-"
+    return [ends for name, ends in controller.pods.items() if name.startswith(prefix)]
+
+
+def _records(runs: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(runs.glob("*/run.json"))]
+
+
+# --- outcomes the real pods cannot produce here: scripted pod ends -------------------------------
+
+@pytest_asyncio.fixture
+async def scripted(_isolated_runs):
+    """The fake API and its Job controller, each pod's end taken from ``controller.script``."""
+    async with FakeApiServer() as server, kmock.Server(server) as http:
+        _jobs.serve_jobs(server, NS, CLAIM)
+        api = kclient.ApiClient(kclient.Configuration(host=str(http.url).rstrip("/")))
+        script: list[_jobs.PodEnd] = []
+        async with _jobs.FakeJobController(server, lambda job, attempt: script.pop(0)) as controller:
+            controller.script = script
+            controller.api = api
+            yield controller
+
+
+def _execute(controller, **execution) -> Outcome:
+    params = load_params(overrides=kube_params(**execution)).params
+    executor = KubernetesExecutor(params, api_client=controller.api, poll=0.01)
+    run_dir = Path(os.environ["MLOPS_KIT_RUNS_DIR"]) / "20260101-000000-abcd"
+    from mlops_kit.execution import ExecutionPlan
+
+    executor.start(ExecutionPlan([STAGE["evaluate"]]))
+    try:
+        return executor.execute(STAGE["evaluate"], run_dir, {"run_dir": str(run_dir)})
+    finally:
+        executor.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_disruption_is_not_counted_and_an_eviction_is_retried(scripted):
+    scripted.script[:] = [_jobs.PodEnd(137, "Error", disrupted=True), _jobs.PodEnd(137, "Error", disrupted=True),
+                          _jobs.PodEnd(1, "Evicted"), _jobs.PodEnd(0, "Completed")]
+    outcome = await in_thread(_execute, scripted, retries=1)
+    assert outcome.status == "succeeded" and not scripted.script
+
+
+@pytest.mark.asyncio
+async def test_evictions_past_the_retries_are_reported(scripted):
+    scripted.script[:] = [_jobs.PodEnd(1, "Evicted")] * 3
+    outcome = await in_thread(_execute, scripted, retries=2)
+    assert outcome.status == "failed" and outcome.exception == "Evicted"
+    assert "3 times of 3" in outcome.detail and "2 retries" in outcome.detail
+
+
+@pytest.mark.asyncio
+async def test_an_image_that_cannot_be_pulled_ends_the_stage_with_the_image_named(scripted):
+    async def never_pulls():
+        while not any(k[0] == _jobs.PODS for k in scripted.fake.objects):
+            await asyncio.sleep(0.005)
+        key = next(k for k in scripted.fake.objects if k[0] == _jobs.PODS)
+        scripted.fake.objects[key].patch({"status": {"phase": "Pending", "containerStatuses": [
+            {"name": "stage", "state": {"waiting": {"reason": "ErrImageNeverPull",
+                                                    "message": "image is not present with pull policy of Never"}}}]}})
+
+    scripted.script[:] = []
+    scripted.run_pod = lambda job, attempt: (time.sleep(2), _jobs.PodEnd(0))[1]
+    task = asyncio.create_task(never_pulls())
+    outcome = await in_thread(_execute, scripted)
+    await task
+    assert outcome.status == "failed" and outcome.exception == "ErrImageNeverPull"
+    assert IMAGE in outcome.detail and "execution.image" in outcome.detail
+
+
+@pytest.mark.asyncio
+async def test_an_interrupted_run_deletes_its_running_job(scripted, monkeypatch):
+    """Ctrl-C (or a cancelled panel run) while a stage's Job runs: stop() deletes that Job."""
+    from mlops_kit.execution import ExecutionPlan
+
+    def interrupted(self, cluster, job, notebook, started):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(KubernetesExecutor, "_wait", interrupted)
+    scripted.run_pod = lambda job, attempt: (time.sleep(1), _jobs.PodEnd(0))[1]
+    params = load_params(overrides=kube_params()).params
+    executor = KubernetesExecutor(params, api_client=scripted.api, poll=0.01)
+    executor.start(ExecutionPlan([STAGE["evaluate"]]))
+    run_dir = Path(os.environ["MLOPS_KIT_RUNS_DIR"]) / "20260101-000000-abcd"
+    with pytest.raises(KeyboardInterrupt):
+        await in_thread(executor.execute, STAGE["evaluate"], run_dir, {"run_dir": str(run_dir)})
+    [key] = [k for k in scripted.fake.objects if k[0] == _jobs.JOBS]
+    assert not scripted.fake.objects[key].deleted
+    await in_thread(executor.stop)
+    assert scripted.fake.objects[key].deleted
+
+
+@pytest.mark.asyncio
+async def test_the_stage_log_is_streamed_once_per_line(scripted):
+    import re
+
+    reads = []
+
+    def log(request):     # the log grows: the first read has one line, later reads both
+        reads.append(1)
+        return kmock.Response(status=200, payload=(b"Executing notebook with kernel: python3\n" + (
+            b"Executing Cell 1---------------------------------------\n" if len(reads) > 1 else b"")))
+
+    scripted.fake["get", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] << log
+    scripted.run_pod = lambda job, attempt: (time.sleep(0.5), _jobs.PodEnd(0, "Completed"))[1]  # read while running
+    lines: list[str] = []
+    params = load_params(overrides=kube_params()).params
+    executor = KubernetesExecutor(params, api_client=scripted.api, poll=0.01, log=lines.append)
+    from mlops_kit.execution import ExecutionPlan
+
+    executor.start(ExecutionPlan([STAGE["evaluate"]]))
+    run_dir = Path(os.environ["MLOPS_KIT_RUNS_DIR"]) / "20260101-000000-abcd"
+    outcome = await in_thread(executor.execute, STAGE["evaluate"], run_dir, {"run_dir": str(run_dir)})
+    executor.stop()
+    assert outcome.status == "succeeded"
+    assert [line for line in lines if "|" in line] == ["  evaluate  | Executing notebook with kernel: python3",
+                                                       "  evaluate  | Executing Cell 1" + "-" * 39]
+
+
+@pytest.mark.asyncio
+async def test_a_missing_claim_is_a_plain_error_before_any_job(scripted):
+    from mlops_kit.errors import K8sDeployError
+    from mlops_kit.execution import ExecutionPlan
+
+    params = load_params(overrides=kube_params(volume="no-such-claim")).params
+    executor = KubernetesExecutor(params, api_client=scripted.api, poll=0.01)
+    executor.start(ExecutionPlan([STAGE["evaluate"]]))
+    with pytest.raises(K8sDeployError, match="execution.volume must name a PersistentVolumeClaim"):
+        await in_thread(executor.ready)
+    executor.stop()
+    assert not any(k[0] == _jobs.JOBS for k in scripted.fake.objects)
+
+
+def test_a_data_file_outside_the_volume_is_refused(tmp_path, mixed_csv):
+    from mlops_kit.execution import ExecutionPlan
+
+    params = load_params(overrides=kube_params() + [f"data.source={mixed_csv}"]).params
+    executor = KubernetesExecutor(params, api_client=object())
+    executor.start(ExecutionPlan([STAGE["data"]]))
+    with pytest.raises(ParameterError) as excinfo:
+        executor.ready()
+    assert excinfo.value.problems[0].key == "data.source"
+
+
+# --- a real cluster, when there is one -----------------------------------------------------------
+
+@pytest.mark.cluster
+@pytest.mark.skipif(not os.environ.get("KUBECONFIG"),
+                    reason="no real cluster: set KUBECONFIG to a MicroK8s kubeconfig (docs/microk8s.md)")
+def test_a_run_in_jobs_on_a_real_cluster(monkeypatch):
+    """On the MicroK8s node itself: MLOPS_KIT_STAGE_IMAGE names a stage image the node holds,
+    MLOPS_KIT_STAGE_RUNS_DIR the folder of the claim mlops-kit-runs in namespace
+    MLOPS_KIT_STAGE_NAMESPACE (default mlops-kit); README, Beyond one machine."""
+    image, runs = os.environ.get("MLOPS_KIT_STAGE_IMAGE"), os.environ.get("MLOPS_KIT_STAGE_RUNS_DIR")
+    if not image or not runs:
+        pytest.skip("set MLOPS_KIT_STAGE_IMAGE and MLOPS_KIT_STAGE_RUNS_DIR (the claim's folder on this node)")
+    monkeypatch.setenv("MLOPS_KIT_RUNS_DIR", runs)
+    namespace = os.environ.get("MLOPS_KIT_STAGE_NAMESPACE", "mlops-kit")
+    loaded = load_params(overrides=["execution.mode=kubernetes", f"execution.image={image}",
+                                    f"execution.namespace={namespace}", "stages=[data, train]"])
+    record = runner.run_pipeline(loaded, use_cache=False)
+    assert record["status"] == "succeeded"
