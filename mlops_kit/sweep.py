@@ -51,6 +51,10 @@ def run_sweep(loaded: LoadedParams, *, jobs: int | None = None, on_event=None, o
     if not loaded.sweep:
         raise MlopsKitError("A sweep needs a grid. Got no `sweep:` section and no --grid instead.",
                             hint="add --grid 'train.params.C=[0.1, 1, 10]', or a sweep: section to the file.")
+    if executor_factory is None and loaded.params.execution.mode != "local":
+        raise ParameterError([ParameterProblem(
+            loaded.source_of("execution.mode"), "execution.mode", "local for a sweep (trials run in kernels on this machine; "
+            "an Indexed Job per sweep is not built yet)", repr(loaded.params.execution.mode))])
     trials = settings(loaded.sweep)
     for setting in trials:  # a combination the schema refuses: before any run
         try:

@@ -279,9 +279,8 @@ def _container_settings(env: dict[str, str]) -> tuple[dict[str, str], list[tuple
     """The serving settings of a process's environment for the container: the request log's
     host folder bind-mounted at :data:`REQUEST_LOG_DIR_IN_IMAGE` (the root file system is
     read-only), writable by the image's user."""
-    from ..image._base import APP_UID
-    from ..image._context import REQUEST_LOG_DIR_IN_IMAGE
-    from ..serving._settings import ENVIRONMENT
+    from ..image import APP_UID, REQUEST_LOG_DIR_IN_IMAGE
+    from ..serving import ENVIRONMENT
 
     settings = {k: v for k, v in env.items() if k in ENVIRONMENT.values()}
     folder = settings.get(ENVIRONMENT["log_requests"])

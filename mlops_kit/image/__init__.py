@@ -22,11 +22,11 @@ from typing import Any
 from .. import _paths
 from .. import artifacts as _artifacts
 from ..errors import ArtifactError, BuildError, ContainerdError
-from ._base import BaseImage, check_model_versions, ensure_base, pin_requirements, serving_requirements
+from ._base import APP_UID, BaseImage, check_model_versions, ensure_base, pin_requirements, serving_requirements
 from ._builders import AUTO_ORDER, BUILDERS, BuiltImage, select_builder
 from ._containerd import Containerd
 from . import _context, _oci as oci
-from ._context import CONTEXT_DIR, MODEL_DIR_IN_IMAGE, Context, serving_modules, write_context
+from ._context import CONTEXT_DIR, MODEL_DIR_IN_IMAGE, REQUEST_LOG_DIR_IN_IMAGE, Context, serving_modules, write_context
 from ._runner import DEFAULT_RUNNER, Log, Runner, _build_error as build_error, tail
 
 IMAGE_RECORD = _artifacts.IMAGE.name  # kept for callers of the old name
@@ -34,7 +34,7 @@ IMAGE_RECORD = _artifacts.IMAGE.name  # kept for callers of the old name
 __all__ = ["package", "build", "detect_builders", "build_base", "import_image", "push_image", "write_context", "select_builder",
            "resolve_run_dir", "read_image_record", "image_table", "Containerd", "Context", "BuiltImage",
            "BaseImage", "BUILDERS", "AUTO_ORDER", "IMAGE_RECORD", "pin_requirements", "serving_requirements",
-           "serving_modules", "check_model_versions", "CONTEXT_DIR", "MODEL_DIR_IN_IMAGE", "DEFAULT_RUNNER", "Runner",
+           "serving_modules", "check_model_versions", "CONTEXT_DIR", "MODEL_DIR_IN_IMAGE", "REQUEST_LOG_DIR_IN_IMAGE", "APP_UID", "DEFAULT_RUNNER", "Runner",
            "Log", "build_error", "tail", "oci"]
 
 

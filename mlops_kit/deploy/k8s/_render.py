@@ -25,7 +25,7 @@ import yaml
 from ... import _artifact_names as _names
 from ... import _paths
 from ...errors import ArtifactError, K8sDeployError
-from ...image._context import REQUEST_LOG_DIR_IN_IMAGE
+from ...image import REQUEST_LOG_DIR_IN_IMAGE
 from ...params import RunParams
 
 #: The placeholder names used in k8s/*.yaml.
