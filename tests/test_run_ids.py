@@ -148,7 +148,7 @@ def test_deploy_alone_takes_the_image_record_of_the_run_it_reuses(victim, _isola
     assert "image.json" in needed_inputs([BY_NAME["deploy"]], microk8s.params)
     assert "image.json" not in needed_inputs([BY_NAME["package"], BY_NAME["deploy"]], microk8s.params)
     source = _isolated_runs / "20260101-000000-good" / "artifacts"
-    for name in ("model.skops", "model_card.json", "schema.json", "examples.json"):
+    for name in ("model.skops", "model_card.json", "schema.json", "examples.json", "monitor_profile.json"):
         (source / name).write_text("{}")
     with pytest.raises(ArtifactError, match="has no image.json to reuse"):
         runner.explain(microk8s, stages=["deploy"], reuse_from="20260101-000000-good")
