@@ -350,3 +350,25 @@ def test_an_extreme_but_valid_profile_gives_a_verdict_not_a_crash():
          "numeric": {"edges": [1e-300, 2e-300, 3e-300], "min": 0, "max": 4e-300, "mean": 0, "std": 5e-324}}]})
     verdict = monitor.check_window(profile, pd.DataFrame({"x": [1.0, 2, -5, 1e308], "y": [0, 1e-300, 5, np.nan]}))
     assert verdict.verdict in ("healthy", "drift", "quality")
+
+
+def test_integer_levels_read_back_as_floats_are_the_same_levels():
+    """Integer classes and integer-coded categories: the request log's reader gives a column of
+    numbers as float64 (1.0), the training split had int64 (1). They are one level, so traffic
+    from the training distribution is no drift and no unseen category (session 6 found the
+    default breast-cancer model's predictions flagged with PSI 11.5 on its own test split)."""
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"plan": rng.integers(1, 4, 2_000), "x": rng.normal(size=2_000)})
+    schema = {"version": 1, "task": "classification", "target": "y", "target_dtype": "int64", "rows": 2_000,
+              "classes": [0, 1], "features": [
+                  {"name": "plan", "kind": "categorical", "dtype": "int64", "nullable": False},
+                  {"name": "x", "kind": "numeric", "dtype": "float64", "nullable": False}]}
+    predictions = (train["x"] > 0).astype(np.int64).to_numpy()
+    profile = monitor.build_profile(train, schema, predictions=predictions)
+    assert sorted(profile.feature("plan").categorical.levels) == ["1", "2", "3"]
+
+    live = train.astype({"plan": np.float64})                     # as read back from the log
+    verdict = monitor.check_window(profile, live, predictions.astype(np.float64))
+    assert not verdict.drifted and verdict.prediction.score < 1e-9
+    counts = monitor.bin_window(profile, live, predictions.astype(np.float64))
+    assert counts.features["plan"].counts[-2] == 0                  # nothing unseen

@@ -33,3 +33,12 @@ def numeric_labels(edges: list[float]) -> list[str]:
 def categorical_labels(levels: list[str]) -> list[str]:
     """A name per categorical bin: the levels, ``other``, ``unseen``, ``missing``."""
     return [*levels, "other", "unseen", "missing"]
+
+
+def level_text(value) -> str:
+    """The level a categorical value counts as: its text, with an integral float written as
+    the integer (a JSON ``1``, a JSON ``1.0`` and a parquet int64 ``1`` are all level ``"1"``:
+    the request log's reader and pandas turn integer columns with gaps into floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

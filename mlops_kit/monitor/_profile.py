@@ -30,6 +30,7 @@ from ..artifacts import DataSchema, Document
 from ..data import BOOLEAN_WORDS
 from ..errors import DataError
 
+from ._layout import level_text
 from ._layout import (MAX_COUNT, MAX_EDGES, MAX_FEATURES, MAX_KNOWN_LEVELS, MAX_LEVELS, MAX_NAME_CHARS,  # noqa: F401
                       MONITORED_KINDS, PROFILE_VERSION, categorical_labels, numeric_labels)
 
@@ -270,8 +271,7 @@ def level_labels(uniques: Any, kind: str) -> np.ndarray:
 
 
 def _text_label(value: Any) -> str:
-    value = value.item() if hasattr(value, "item") else value
-    return str(value)
+    return level_text(value.item() if hasattr(value, "item") else value)
 
 
 def _boolean_label(value: Any) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from . import _drift
+from ._layout import level_text
 from ._layout import (MAX_COUNT, MAX_EDGES, MAX_FEATURES, MAX_KNOWN_LEVELS, MAX_LEVELS, MAX_NAME_CHARS,
                       MAX_PROFILE_BYTES, PROFILE_VERSION, categorical_labels, numeric_labels)
 
@@ -193,7 +194,7 @@ class _Lookup(dict):
     def __missing__(self, value: Any) -> int:
         if value is None or (type(value) is float and value != value):
             return self.missing_bin
-        text = str(value)
+        text = level_text(value)
         if text != value and text in self:     # a number or boolean whose text is a level
             return self[text]
         return self.fallback
