@@ -23,11 +23,12 @@ def _writer(folder, **overrides) -> RequestLogWriter:
 
 
 def _request(rows: int, start: float = 0.0) -> dict:
-    """A request as the server holds it: numbers as float64 (NaN missing), booleans as 1.0/0.0,
-    categories as text (NaN missing)."""
+    """A request as the server holds it: numbers as float64 (NaN missing; strided views of a
+    row-major matrix), booleans as 1.0/0.0, categories as text (NaN missing)."""
     city = np.empty(rows, dtype=object)
     city[:] = [("paris", "lyon", np.nan)[i % 3] for i in range(rows)]
-    return {"features": {"x": np.arange(rows, dtype=np.float64) + start, "city": city,
+    matrix = np.stack([np.arange(rows, dtype=np.float64) + start, np.zeros(rows)], axis=1)
+    return {"features": {"x": matrix[:, 0], "city": city,
                          "flag": np.array([1.0, 0.0, np.nan] * rows)[:rows]},
             "predictions": np.array(["yes", "no"] * rows, dtype=object)[:rows],
             "probabilities": np.tile([[0.25, 0.75]], (rows, 1))}
@@ -99,6 +100,15 @@ def test_sampling_counts_what_it_leaves_out(tmp_path):
     writer = _write(tmp_path / "half", [(f"r{i}", 2) for i in range(400)], sample=0.5)
     assert writer.written + writer.sampled_out == 800 and 300 <= writer.written <= 500
     assert writer.written % 2 == 0  # whole requests are sampled, never a part of one
+
+
+def test_a_value_the_writer_cannot_write_drops_its_request_and_the_writer_goes_on(tmp_path):
+    writer = _writer(tmp_path)
+    writer.offer("odd", **{**_request(2), "predictions": np.array([object(), object()], dtype=object)})
+    writer.offer("fine", **_request(3))
+    writer.close()
+    assert (writer.written, writer.dropped) == (3, 2)
+    assert set(read_request_log(tmp_path).request_id) == {"fine"}
 
 
 def test_a_full_queue_drops_and_counts_never_blocks(tmp_path):

@@ -175,11 +175,15 @@ class RequestLogWriter:
             if probabilities is not None and self.classes is not None:
                 by_class = _by_column(probabilities)
                 shares = dict(zip(self.classes, by_class))
-            line = dumps({"v": LOG_VERSION, "time": when, "request_id": request_id, "model_sha256": self.model_sha256,
-                          "rows": rows, "features": {name: self._values(name, column)
-                                                     for name, column in features.items()},
-                          "prediction": _json_column(predictions), "probabilities": shares}, option=numpy) + b"\n"
-            if len(line) > limit or rows > MAX_LINE_ROWS:   # never a torn or unreadable line: dropped, counted
+            try:
+                line = dumps({"v": LOG_VERSION, "time": when, "request_id": request_id,
+                              "model_sha256": self.model_sha256, "rows": rows,
+                              "features": {name: self._values(name, column) for name, column in features.items()},
+                              "prediction": _json_column(predictions), "probabilities": shares},
+                             option=numpy) + b"\n"
+            except TypeError:   # orjson.JSONEncodeError: a value it cannot write; the thread goes on
+                line = b""
+            if not line or len(line) > limit or rows > MAX_LINE_ROWS:   # never a torn or unreadable line: dropped
                 self.dropped += rows
             else:
                 self._append(line, rows)
@@ -250,11 +254,14 @@ def _plain_list(values: Any) -> list:
 
 
 def _json_column(values: Any) -> Any:
-    """A column as orjson writes it: a numeric numpy array as it is (OPT_SERIALIZE_NUMPY: NaN
-    becomes null), anything else (text, objects) as a list of Python values."""
+    """A column as orjson writes it: a numeric numpy array as it is, made contiguous (the
+    server's numeric columns are strided views of its matrix; OPT_SERIALIZE_NUMPY writes NaN
+    as null), anything else (text, objects) as a list of Python values."""
     kind = getattr(getattr(values, "dtype", None), "kind", None)
-    if kind in ("f", "i", "u", "b") and values.ndim == 1 and values.flags.c_contiguous:
-        return values
+    if kind in ("f", "i", "u", "b") and values.ndim == 1:
+        import numpy as np
+
+        return np.ascontiguousarray(values)
     return _plain_list(values)
 
 
