@@ -89,7 +89,9 @@ class RequestLogWriter:
     queues the request's arrays as they are (JSON is made by the writer thread); it never
     blocks, and a queue holding ``queue_rows`` rows drops what comes (``dropped``).
     ``features`` names the columns in order; ``booleans`` those whose 1.0/0.0 are written as
-    ``true``/``false`` (the server holds booleans as numbers).
+    ``true``/``false`` (the server holds booleans as numbers). ``written``, ``dropped`` and
+    ``sampled_out`` count rows (a request whose line would be longer than ``MAX_LINE_BYTES`` or
+    than a file, or of more than ``MAX_LINE_ROWS`` rows, is dropped whole).
     """
 
     def __init__(self, folder: str | os.PathLike, *, sample: float, model_sha256: str,
