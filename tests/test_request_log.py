@@ -23,11 +23,12 @@ def _writer(folder, **overrides) -> RequestLogWriter:
 
 
 def _request(rows: int, start: float = 0.0) -> dict:
-    """A request as the server holds it: numbers as float64 (NaN missing), booleans as 1.0/0.0,
-    categories as text (NaN missing)."""
+    """A request as the server holds it: numbers as float64 (NaN missing; strided views of a
+    row-major matrix), booleans as 1.0/0.0, categories as text (NaN missing)."""
     city = np.empty(rows, dtype=object)
     city[:] = [("paris", "lyon", np.nan)[i % 3] for i in range(rows)]
-    return {"features": {"x": np.arange(rows, dtype=np.float64) + start, "city": city,
+    matrix = np.stack([np.arange(rows, dtype=np.float64) + start, np.zeros(rows)], axis=1)
+    return {"features": {"x": matrix[:, 0], "city": city,
                          "flag": np.array([1.0, 0.0, np.nan] * rows)[:rows]},
             "predictions": np.array(["yes", "no"] * rows, dtype=object)[:rows],
             "probabilities": np.tile([[0.25, 0.75]], (rows, 1))}
@@ -41,7 +42,7 @@ def _write(folder, requests, **overrides) -> RequestLogWriter:
     return writer
 
 
-def test_rows_round_trip_one_line_per_row(tmp_path):
+def test_rows_round_trip_one_line_per_request(tmp_path):
     writer = _write(tmp_path, [("first", 1), ("second-2", 100)])
     assert (writer.written, writer.dropped, writer.sampled_out) == (101, 0, 0)
     frame = read_request_log(tmp_path, model_sha256=SHA, features=["flag", "x", "city"])
@@ -55,9 +56,41 @@ def test_rows_round_trip_one_line_per_row(tmp_path):
     assert second.flag.tolist()[:3] == [True, False, None]              # booleans as sent
     assert second.prediction.tolist()[:2] == ["yes", "no"]
     assert second.proba_yes.eq(0.75).all() and str(frame.time.dt.tz) == "UTC"
-    line = json.loads((tmp_path / frame.attrs["files"][0]).read_text().splitlines()[0])
-    assert set(line) == {"v", "time", "request_id", "row", "model_sha256", "features", "prediction",
-                         "probabilities"} and line["v"] == 1
+    first, line = (json.loads(text) for text in (tmp_path / frame.attrs["files"][0]).read_text().splitlines())
+    assert set(line) == {"v", "time", "request_id", "model_sha256", "rows", "features", "prediction",
+                         "probabilities"} and line["v"] == 2 and (first["rows"], line["rows"]) == (1, 100)
+    assert line["features"]["flag"][:3] == [True, False, None] and line["features"]["city"][:3] == ["paris", "lyon",
+                                                                                                   None]
+    assert line["probabilities"] == {"no": [0.25] * 100, "yes": [0.75] * 100}
+    dtypes = frame.dtypes.astype(str).to_dict()
+    assert {name: dtypes[name] for name in ("row", "x", "flag", "city", "prediction", "proba_no", "proba_yes")} == {
+        "row": "int64", "x": "float64", "flag": "object", "city": "object", "prediction": "object",
+        "proba_no": "float64", "proba_yes": "float64"}
+
+
+def test_a_request_longer_than_a_file_is_dropped_and_counted(tmp_path):
+    writer = _write(tmp_path, [("small", 2), ("big", 200)], max_file_bytes=1024, max_total_bytes=4096)
+    assert (writer.written, writer.dropped) == (2, 200)                 # a file never holds more than its bound
+    assert all(p.stat().st_size <= 1024 for p in log_files(tmp_path))
+
+
+@pytest.mark.parametrize("bound", ["bytes", "rows"])
+def test_a_request_longer_than_a_line_is_dropped_and_counted_never_torn(tmp_path, monkeypatch, bound):
+    monkeypatch.setattr(requestlog, *(("MAX_LINE_BYTES", 2048) if bound == "bytes" else ("MAX_LINE_ROWS", 3)))
+    writer = _write(tmp_path, [("small", 2), ("big", 200), ("after", 3)])
+    assert (writer.written, writer.dropped) == (5, 200)
+    frame = read_request_log(tmp_path)
+    assert set(frame.request_id) == {"small", "after"} and frame.attrs["torn_lines"] == 0
+
+
+@pytest.mark.security
+def test_a_line_of_more_rows_than_the_bound_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(requestlog, "MAX_LINE_ROWS", 3)
+    path = tmp_path / "requests-20261207T100000-1-1.jsonl"
+    line = _crafted(rows=4, features={"x": [1, 2, 3, 4]}, prediction=["a"] * 4, probabilities=None)
+    path.write_bytes(line + b"\n")
+    with pytest.raises(ArtifactError, match=rf"{path.name}:1 must be a number of rows between 1 and 3 \(key rows\)"):
+        read_request_log(tmp_path)
 
 
 def test_sampling_counts_what_it_leaves_out(tmp_path):
@@ -67,6 +100,15 @@ def test_sampling_counts_what_it_leaves_out(tmp_path):
     writer = _write(tmp_path / "half", [(f"r{i}", 2) for i in range(400)], sample=0.5)
     assert writer.written + writer.sampled_out == 800 and 300 <= writer.written <= 500
     assert writer.written % 2 == 0  # whole requests are sampled, never a part of one
+
+
+def test_a_value_the_writer_cannot_write_drops_its_request_and_the_writer_goes_on(tmp_path):
+    writer = _writer(tmp_path)
+    writer.offer("odd", **{**_request(2), "predictions": np.array([object(), object()], dtype=object)})
+    writer.offer("fine", **_request(3))
+    writer.close()
+    assert (writer.written, writer.dropped) == (3, 2)
+    assert set(read_request_log(tmp_path).request_id) == {"fine"}
 
 
 def test_a_full_queue_drops_and_counts_never_blocks(tmp_path):
@@ -120,32 +162,50 @@ def test_a_log_of_another_model_is_refused(tmp_path):
 
 
 def _good_line(**changes) -> dict:
-    line = {"v": 1, "time": "2026-12-07T10:00:00.000Z", "request_id": "r1", "row": 0, "model_sha256": SHA,
-            "features": {"x": 1.0, "city": "paris"}, "prediction": "yes", "probabilities": {"yes": 0.5, "no": 0.5}}
+    line = {"v": 2, "time": "2026-12-07T10:00:00.000Z", "request_id": "r1", "model_sha256": SHA, "rows": 2,
+            "features": {"x": [1.0, None], "city": ["paris", "lyon"]}, "prediction": ["yes", "no"],
+            "probabilities": {"yes": [0.5, 1], "no": [0.5, 0]}}
     line.update(changes)
     return line
+
+
+def _crafted(**changes) -> bytes:
+    return json.dumps(_good_line(**changes)).encode()
 
 
 CRAFTED = {
     "not JSON": b"{not json",
     "an array": b"[1, 2]",
-    "NaN constant": json.dumps(_good_line()).replace('"x": 1.0', '"x": NaN').encode(),
-    "an extra key": json.dumps(_good_line(extra=1)).encode(),
-    "a missing key": json.dumps({k: v for k, v in _good_line().items() if k != "row"}).encode(),
-    "another version": json.dumps(_good_line(v=2)).encode(),
-    "a path as request id": json.dumps(_good_line(request_id="../../etc/passwd")).encode(),
-    "a long request id": json.dumps(_good_line(request_id="r" * 129)).encode(),
-    "a negative row": json.dumps(_good_line(row=-1)).encode(),
-    "a boolean row": json.dumps(_good_line(row=True)).encode(),
-    "a short sha": json.dumps(_good_line(model_sha256="abc")).encode(),
-    "a bad time": json.dumps(_good_line(time="yesterday")).encode(),
-    "nested features": json.dumps(_good_line(features={"x": {"deep": [1]}})).encode(),
-    "features as a list": json.dumps(_good_line(features=[1, 2])).encode(),
-    "too many features": json.dumps(_good_line(features={f"f{i}": 1 for i in range(5001)})).encode(),
-    "a null prediction": json.dumps(_good_line(prediction=None)).encode(),
-    "a probability of 2": json.dumps(_good_line(probabilities={"yes": 2})).encode(),
+    "NaN constant": _crafted().replace(b'"x": [1.0', b'"x": [NaN'),
+    "an infinite number": _crafted().replace(b'"x": [1.0', b'"x": [1e999'),
+    "an extra key": _crafted(extra=1),
+    "a missing key": json.dumps({k: v for k, v in _good_line().items() if k != "rows"}).encode(),
+    "a path as request id": _crafted(request_id="../../etc/passwd"),
+    "a long request id": _crafted(request_id="r" * 129),
+    "no rows": _crafted(rows=0),
+    "rows beyond the bound": _crafted(rows=requestlog.MAX_LINE_ROWS + 1),
+    "boolean rows": _crafted(rows=True),
+    "a short sha": _crafted(model_sha256="abc"),
+    "a bad time": _crafted(time="yesterday"),
+    "a feature list too short": _crafted(features={"x": [1.0], "city": ["paris", "lyon"]}),
+    "a feature list too long": _crafted(features={"x": [1.0, 2.0, 3.0]}),
+    "a feature as a scalar": _crafted(features={"x": 1.0}),
+    "nested lists": _crafted(features={"x": [[1.0], [2.0]]}),
+    "nested objects": _crafted(features={"x": [{"deep": [1]}, 1.0]}),
+    "features as a list": _crafted(features=[1, 2]),
+    "too many features": _crafted(features={f"f{i}": [1, 2] for i in range(5001)}),
+    "a long feature name": _crafted(features={"x" * 1000: [1, 2]}),
+    "a null prediction": _crafted(prediction=["yes", None]),
+    "predictions too few": _crafted(prediction=["yes"]),
+    "a prediction as a scalar": _crafted(prediction="yes"),
+    "a probability of 2": _crafted(probabilities={"yes": [0.5, 2]}),
+    "a negative probability": _crafted(probabilities={"yes": [-0.5, 0.5]}),
+    "a probability as text": _crafted(probabilities={"yes": ["0.5", 0.5]}),
+    "a boolean probability": _crafted(probabilities={"yes": [True, 0.5]}),
+    "probabilities too few": _crafted(probabilities={"yes": [0.5]}),
+    "probabilities as a list": _crafted(probabilities=[0.5, 0.5]),
     "a deep nesting": b"[" * 100_000 + b"]" * 100_000,
-    "a line too long": json.dumps(_good_line(features={"x": "y" * (requestlog.MAX_LINE_BYTES + 1)})).encode(),
+    "a line too long": _crafted(features={"x": ["y" * requestlog.MAX_LINE_BYTES, "z"]}),
 }
 
 
@@ -159,13 +219,24 @@ def test_crafted_lines_are_refused_naming_file_and_line(tmp_path, name):
         read_request_log(tmp_path)
 
 
+def test_a_line_of_log_format_1_is_refused_by_its_version(tmp_path):
+    """Format 1 (a line per row) never shipped in a release: refused, saying which version it is."""
+    v1 = {"v": 1, "time": "2026-12-07T10:00:00.000Z", "request_id": "r1", "row": 0, "model_sha256": SHA,
+          "features": {"x": 1.0}, "prediction": "yes", "probabilities": None}
+    path = tmp_path / "requests-20261207T100000-1-1.jsonl"
+    path.write_text(json.dumps(_good_line()) + "\n" + json.dumps(v1) + "\n")
+    with pytest.raises(ArtifactError, match=rf"{path.name}:2: the log format version must be 2 \(key v\)\. "
+                                            "Got 1 instead"):
+        read_request_log(tmp_path)
+
+
 @pytest.mark.security
 def test_the_folder_is_hostile_input(tmp_path):
     folder = tmp_path / "log"
     folder.mkdir()
     (folder / "requests-20261207T100000-1-1.jsonl").write_text(json.dumps(_good_line()) + "\n")
     (folder / "notes.txt").write_text("not a log file: ignored\n")
-    assert len(read_request_log(folder)) == 1
+    assert len(read_request_log(folder)) == 2
     with pytest.raises(ArtifactError, match="must be at most 10 bytes"):   # the total read is bounded
         read_request_log(folder, max_bytes=10)
     (tmp_path / "secret").write_text("{}\n")

@@ -1,26 +1,27 @@
 """The request log: a sample of what the model server was asked and what it answered.
 
 JSON lines files ``requests-<UTC yyyymmddTHHMMSS>-<pid>-<n>.jsonl`` in one folder, one line
-per predicted row (a request of 100 rows: 100 lines sharing its ``request_id``, ``row`` 0..99)::
+per logged request (log format 2), its values by column, N of them (the request's rows)::
 
-    {"v": 1, "time": "2026-12-07T19:30:00.123Z", "request_id": "...", "row": 0,
-     "model_sha256": "<64 hex>", "features": {"name": value as received, ...},
-     "prediction": label or number, "probabilities": {"class": p, ...} | null}
+    {"v": 2, "time": "2026-12-07T19:30:00.123Z", "request_id": "...", "model_sha256": "<64 hex>",
+     "rows": N, "features": {"name": [N values as received], ...},
+     "prediction": [N labels or numbers], "probabilities": {"class": [N p], ...} | null}
 
 :class:`RequestLogWriter` (in the server; no pydantic, no pandas) samples requests, queues
 them without ever blocking (a full queue drops and counts), and a background thread writes
-them, flushed per batch, rotated by size, oldest files deleted beyond a total. A process
-killed mid-write leaves at most a torn last line, which :func:`read_request_log` skips.
+them (one ``orjson.dumps`` per request), flushed per batch, rotated by size, oldest files
+deleted beyond a total. A process killed mid-write leaves at most a torn last line, which
+:func:`read_request_log` skips.
 
-:func:`read_request_log` (06_monitor) reads a folder into a DataFrame. The folder is hostile
-input: sizes, line lengths and features per line are bounded, every line is checked, and a
-bad one is refused naming its file and line.
+:func:`read_request_log` (06_monitor) reads a folder into a DataFrame, one row per predicted
+row, built by column. The folder is hostile input: sizes, line lengths, rows and features per
+line are bounded, every line is checked (every list N long, values of the allowed types), and
+a bad one is refused naming its file and line.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import random
@@ -34,24 +35,31 @@ from typing import Any, Iterable, Sequence
 from ..errors import ArtifactError
 from ._layout import MAX_FEATURES, MAX_NAME_CHARS
 
-LOG_VERSION = 1
+LOG_VERSION = 2
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
 #: rows waiting for the writer, at most (beyond: dropped and counted)
 DEFAULT_QUEUE_ROWS = 50_000
 #: the writer writes what is queued this often (or sooner, when the queue is half full)
 WRITE_EVERY = 0.2
-#: a line (one row) is at most this long: longer rows are dropped by the writer, refused by the reader
-MAX_LINE_BYTES = 1024 * 1024
+#: the writer hands the GIL back to the event loop after this much work (seconds)
+HAND_OVER_EVERY = 0.001
+#: a line (one request) is at most this long: longer requests are dropped (and counted) by the writer, never
+#: written torn, and refused by the reader. The scale of the server's body limit (``max_body_bytes``, 10 MiB by
+#: default): a request the server takes is written unless its values grow in JSON (or with many classes)
+MAX_LINE_BYTES = 16 * 1024 * 1024
+#: rows of one line (one request) at most: a request of more is dropped by the writer, refused by the reader
+MAX_LINE_ROWS = 1_000_000
 #: what :func:`read_request_log` reads at most by default (every file of the folder together)
 DEFAULT_MAX_READ_BYTES = 1024 * 1024 * 1024
 MAX_CLASSES = 10_000
-MAX_ROW = 10_000_000
 #: a request id: the OIP ``id`` or ``x-request-id`` a client sends, or a generated uuid4 hex
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 FILE_NAME = re.compile(r"requests-(\d{8}T\d{6})-(\d{1,10})-(\d{1,10})\.jsonl")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_KEYS = frozenset({"v", "time", "request_id", "row", "model_sha256", "features", "prediction", "probabilities"})
+_KEYS = frozenset({"v", "time", "request_id", "model_sha256", "rows", "features", "prediction", "probabilities"})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_NUMBERS = frozenset({int, float})
 
 
 def new_request_id() -> str:
@@ -81,7 +89,9 @@ class RequestLogWriter:
     queues the request's arrays as they are (JSON is made by the writer thread); it never
     blocks, and a queue holding ``queue_rows`` rows drops what comes (``dropped``).
     ``features`` names the columns in order; ``booleans`` those whose 1.0/0.0 are written as
-    ``true``/``false`` (the server holds booleans as numbers).
+    ``true``/``false`` (the server holds booleans as numbers). ``written``, ``dropped`` and
+    ``sampled_out`` count rows (a request whose line would be longer than ``MAX_LINE_BYTES`` or
+    than a file, or of more than ``MAX_LINE_ROWS`` rows, is dropped whole).
     """
 
     def __init__(self, folder: str | os.PathLike, *, sample: float, model_sha256: str,
@@ -161,45 +171,44 @@ class RequestLogWriter:
     def _write(self, batch: list) -> None:
         import orjson
 
-        dumps = orjson.dumps
+        dumps, numpy = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+        limit = min(MAX_LINE_BYTES, self.max_file_bytes)
+        handover = time.perf_counter() + HAND_OVER_EVERY
         for stamp, request_id, features, predictions, probabilities, rows in batch:
             when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + f".{int(stamp % 1 * 1000):03d}Z"
-            names = list(features)
-            values = zip(*(self._values(name, column) for name, column in features.items())) if names else [()] * rows
-            answers = _plain_list(predictions)
-            shares = (_plain_list(probabilities) if probabilities is not None and self.classes is not None
-                      else [None] * rows)
-            classes = self.classes
-            # the keys of every line, made once per request (the request id is validated: no escaping)
-            head = dumps({"v": LOG_VERSION, "time": when, "request_id": request_id})[:-1] + b',"row":'
-            sha = b',"model_sha256":"' + self.model_sha256.encode() + b'","features":'
-            lines = []
-            for row, (row_values, answer, share) in enumerate(zip(values, answers, shares)):
-                line = b"".join((head, str(row).encode(), sha, dumps(dict(zip(names, row_values))), b',"prediction":',
-                                 dumps(answer), b',"probabilities":',
-                                 dumps(None if share is None else dict(zip(classes, share))), b"}\n"))
-                if len(line) > MAX_LINE_BYTES:
-                    self.dropped += 1
-                    continue
-                lines.append(line)
-            self._append(lines)
-            time.sleep(0)   # hand the GIL to the event loop between requests: it never waits a switch interval
+            shares = None
+            if probabilities is not None and self.classes is not None:
+                by_class = _by_column(probabilities)
+                shares = dict(zip(self.classes, by_class))
+            try:
+                line = dumps({"v": LOG_VERSION, "time": when, "request_id": request_id,
+                              "model_sha256": self.model_sha256, "rows": rows,
+                              "features": {name: self._values(name, column) for name, column in features.items()},
+                              "prediction": _json_column(predictions), "probabilities": shares},
+                             option=numpy) + b"\n"
+            except TypeError:   # orjson.JSONEncodeError: a value it cannot write; the thread goes on
+                line = b""
+            if not line or len(line) > limit or rows > MAX_LINE_ROWS:   # never a torn or unreadable line: dropped
+                self.dropped += rows
+            else:
+                self._append(line, rows)
+            if time.perf_counter() >= handover:   # hand the GIL to the event loop after ~1 ms of work (not
+                time.sleep(0)                      # per request: each hand-over may cost it a forced switch)
+                handover = time.perf_counter() + HAND_OVER_EVERY
         if self._file is not None:
             self._file.flush()
 
-    def _values(self, name: str, column: Any) -> list:
-        values = _plain_list(column)
-        if name in self.booleans:
-            return [None if v is None or v != v else bool(v) for v in values]
-        return values
+    def _values(self, name: str, column: Any) -> Any:
+        if name in self.booleans:   # the server holds booleans as 1.0/0.0 (NaN: missing): written true/false/null
+            return [None if v is None or v != v else bool(v) for v in _plain_list(column)]
+        return _json_column(column)
 
-    def _append(self, lines: list[bytes]) -> None:
-        for line in lines:
-            if self._file is None or self._file_bytes + len(line) > self.max_file_bytes:
-                self._rotate()
-            self._file.write(line)
-            self._file_bytes += len(line)
-            self.written += 1
+    def _append(self, line: bytes, rows: int) -> None:
+        if self._file is None or self._file_bytes + len(line) > self.max_file_bytes:
+            self._rotate()
+        self._file.write(line)
+        self._file_bytes += len(line)
+        self.written += rows
 
     def _rotate(self) -> None:
         """Close the current file, delete the oldest beyond the total, open the next one."""
@@ -251,6 +260,28 @@ def _plain_list(values: Any) -> list:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
+def _json_column(values: Any) -> Any:
+    """A column as orjson writes it: a numeric numpy array as it is, made contiguous (the
+    server's numeric columns are strided views of its matrix; OPT_SERIALIZE_NUMPY writes NaN
+    as null), anything else (text, objects) as a list of Python values."""
+    kind = getattr(getattr(values, "dtype", None), "kind", None)
+    if kind in ("f", "i", "u", "b") and values.ndim == 1:
+        import numpy as np
+
+        return np.ascontiguousarray(values)
+    return _plain_list(values)
+
+
+def _by_column(table: Any) -> list:
+    """The columns of a rows x classes table (contiguous, for orjson)."""
+    import numpy as np
+
+    table = np.asarray(table)
+    if table.dtype.kind in ("f", "i", "u"):
+        return list(np.ascontiguousarray(table.T))
+    return [list(column) for column in zip(*_plain_list(table))]
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -271,8 +302,6 @@ def read_request_log(folder: str | os.PathLike, *, model_sha256: str | None = No
     Rows of a model other than ``model_sha256`` are refused (without it: every row must come
     from one model). An empty log is an error.
     """
-    import pandas as pd
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(f"The request log must be a folder. Got {'a file' if folder.exists() else 'nothing'} "
@@ -294,9 +323,9 @@ def read_request_log(folder: str | os.PathLike, *, model_sha256: str | None = No
     torn = 0
     seen_sha = model_sha256
     for path in files:
-        rows, torn_here = _read_file(path, max_bytes)
+        lines, torn_here = _read_file(path, max_bytes)
         torn += torn_here
-        for number, record in rows:
+        for number, record in lines:
             if seen_sha is None:
                 seen_sha = record["model_sha256"]
             elif record["model_sha256"] != seen_sha:
@@ -312,51 +341,75 @@ def read_request_log(folder: str | os.PathLike, *, model_sha256: str | None = No
         raise ArtifactError(f"The request log in {folder} must hold at least one row. Got "
                             f"{'no log file' if not files else 'no complete line'} instead.", path=folder,
                             hint="send requests to a server started with a sample rate above 0.")
+    return _frame(records, features, torn, files)
+
+
+def _frame(records: list[dict], features: Sequence[str] | None, torn: int, files: list[Path]) -> Any:
+    """The DataFrame of checked lines, one row per predicted row, built by column."""
+    import numpy as np
+    import pandas as pd
+
+    counts = np.array([r["rows"] for r in records], dtype=np.int64)
+    ends = np.cumsum(counts)
     names = list(features) if features is not None else list(dict.fromkeys(
         name for record in records for name in record["features"]))
     classes = list(dict.fromkeys(c for record in records if record["probabilities"] for c in record["probabilities"]))
     table: dict[str, Any] = {
-        "request_id": [r["request_id"] for r in records],
-        "row": pd.array([r["row"] for r in records], dtype="int64"),
-        "time": pd.to_datetime([r["time"] for r in records], utc=True, format="ISO8601"),
-        "model_sha256": [r["model_sha256"] for r in records],
+        "request_id": np.repeat(np.array([r["request_id"] for r in records], dtype=object), counts),
+        "row": np.arange(int(ends[-1]), dtype=np.int64) - np.repeat(ends - counts, counts),
+        "time": pd.to_datetime([r["time"] for r in records], utc=True, format="ISO8601").repeat(counts),
+        "model_sha256": np.repeat(np.array([r["model_sha256"] for r in records], dtype=object), counts),
     }
     for name in names:
-        table[name] = _column([r["features"].get(name) for r in records])
-    table["prediction"] = _column([r["prediction"] for r in records])
+        table[name] = _column(_joined([r["features"].get(name) for r in records], counts, None))
+    table["prediction"] = _column(_joined([r["prediction"] for r in records], counts, None))
     for label in classes:
-        table[f"proba_{label}"] = [(r["probabilities"] or {}).get(label, math.nan) for r in records]
+        shares = _joined([(r["probabilities"] or {}).get(label) for r in records], counts, math.nan)
+        table[f"proba_{label}"] = np.array(shares, dtype=np.float64)
     frame = pd.DataFrame(table)
     frame.attrs["torn_lines"] = torn
     frame.attrs["files"] = [p.name for p in files]
     return frame
 
 
+def _joined(columns: list, counts: Any, missing: Any) -> list:
+    """The lines' lists one after the other (a line without the column: ``missing`` rows)."""
+    joined: list = []
+    for column, count in zip(columns, counts.tolist()):
+        joined.extend(column if column is not None else [missing] * count)
+    return joined
+
+
 def _column(values: list) -> Any:
     """Numbers (null: NaN) as float64; anything else as sent, in an object column (null: None)."""
+    import numpy as np
     import pandas as pd
 
-    if all(type(v) in (int, float) or v is None for v in values):
-        return pd.Series([math.nan if v is None else v for v in values], dtype="float64")
+    if set(map(type, values)) <= {int, float, type(None)}:
+        return pd.Series(np.array(values, dtype=np.float64))
     return pd.Series(values, dtype=object)
 
 
 def _read_file(path: Path, max_bytes: int) -> tuple[list[tuple[int, dict]], int]:
-    """The rows of one file (with their line numbers), and 1 when its last line is torn."""
+    """The lines of one file (with their numbers), and 1 when its last line is torn."""
     with open(path, "rb") as fh:
         data = fh.read(max_bytes)
     lines = data.split(b"\n")
     torn = 1 if lines[-1] else 0  # no newline at the end: the writer was killed mid-line
-    rows = []
+    records = []
     for number, line in enumerate(lines[:-1], start=1):
         if len(line) > MAX_LINE_BYTES:
             raise ArtifactError(f"{path}:{number} must be at most {MAX_LINE_BYTES} bytes. Got {len(line)} instead.",
                                 path=path)
-        rows.append((number, _parse_line(path, number, line)))
-    return rows, torn
+        records.append((number, _parse_line(path, number, line)))
+    return records, torn
 
 
 def _parse_line(path: Path, number: int, line: bytes) -> dict:
+    """One line, checked: its keys, and every list of values as long as the request's rows and
+    of the allowed types (checked by column: a set of the types, the extremes)."""
+    import orjson
+
     where = f"{path}:{number}"
 
     def refuse(what: str, got: Any) -> ArtifactError:
@@ -364,56 +417,63 @@ def _parse_line(path: Path, number: int, line: bytes) -> dict:
         return ArtifactError(f"{where} must be {what}. Got {shown[:80] + '...' if len(shown) > 80 else shown} "
                              "instead.", path=path)
 
-    try:
-        record = json.loads(line, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise refuse("a JSON object of the request log (one line per row)", line[:80].decode("utf-8", "replace")) \
-            from None
+    try:   # orjson refuses NaN, Infinity, numbers beyond a double and nesting beyond 1024
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise refuse("a JSON object of the request log (one line per request)", f"not JSON: {exc}") from None
     if type(record) is not dict:
         raise refuse("a JSON object of the request log", record)
+    if "v" in record and record["v"] != LOG_VERSION:
+        raise ArtifactError(f"{where}: the log format version must be {LOG_VERSION} (key v). Got "
+                            f"{str(record['v'])[:20]} instead.", path=path,
+                            hint="the log was written by another version of the kit's server: write it again "
+                                 "with this version's server.")
     if record.keys() != _KEYS:
         raise refuse(f"an object with exactly the keys {sorted(_KEYS)}", sorted(record)[:10])
-    if record["v"] != LOG_VERSION or type(record["v"]) is not int:
-        raise refuse(f"a line of log version {LOG_VERSION} (key v)", record["v"])
+    if type(record["v"]) is not int:
+        raise refuse(f"the log format version {LOG_VERSION} (key v)", record["v"])
     if not valid_request_id(record["request_id"]):
         raise refuse("a request id of 1 to 128 characters among A-Z a-z 0-9 . _ : - (key request_id)",
                      record["request_id"])
-    if type(record["row"]) is not int or not 0 <= record["row"] <= MAX_ROW:
-        raise refuse(f"a row number between 0 and {MAX_ROW} (key row)", record["row"])
+    rows = record["rows"]
+    if type(rows) is not int or not 1 <= rows <= MAX_LINE_ROWS:
+        raise refuse(f"a number of rows between 1 and {MAX_LINE_ROWS} (key rows)", rows)
     if type(record["model_sha256"]) is not str or _SHA256.fullmatch(record["model_sha256"]) is None:
         raise refuse("64 lower-case hex digits (key model_sha256)", record["model_sha256"])
     if type(record["time"]) is not str or len(record["time"]) > 40 or not _is_time(record["time"]):
         raise refuse("an ISO 8601 time (key time)", record["time"])
+
+    def check_list(values: Any, key: str, allowed: frozenset, what: str) -> set:
+        if type(values) is not list or len(values) != rows:
+            got = f"a list of {len(values)}" if type(values) is list else type(values).__name__
+            raise refuse(f"a list of {rows} {what} (one per row: key rows is {rows}) ({key})", got)
+        kinds = set(map(type, values))
+        if not kinds <= allowed:
+            raise refuse(f"a list of {what} ({key})", sorted(k.__name__ for k in kinds - allowed))
+        return kinds
+
     values = record["features"]
     if type(values) is not dict or len(values) > MAX_FEATURES:
-        raise refuse(f"an object of at most {MAX_FEATURES} feature values (key features)", type(values).__name__)
-    for name, value in values.items():
+        raise refuse(f"an object of at most {MAX_FEATURES} features (key features)",
+                     f"{len(values)} features" if type(values) is dict else type(values).__name__)
+    for name, column in values.items():
         if len(name) > MAX_NAME_CHARS:
             raise refuse(f"feature names of at most {MAX_NAME_CHARS} characters (key features)", name)
-        if not _scalar(value):
-            raise refuse(f"a string, number, boolean or null (feature {name!r})", value)
-    if not _scalar(record["prediction"]) or record["prediction"] is None:
-        raise refuse("a label or a number (key prediction)", record["prediction"])
+        check_list(column, f"feature {name!r}", _SCALARS, "strings, numbers, booleans or nulls")
+    check_list(record["prediction"], "key prediction", _SCALARS - {type(None)}, "labels or numbers")
     shares = record["probabilities"]
     if shares is not None:
         if type(shares) is not dict or len(shares) > MAX_CLASSES:
-            raise refuse(f"null or an object of at most {MAX_CLASSES} class probabilities (key probabilities)",
-                         type(shares).__name__)
-        for label, share in shares.items():
-            if len(label) > MAX_NAME_CHARS or type(share) not in (int, float) or not 0 <= share <= 1:
-                raise refuse("probabilities between 0 and 1 by class (key probabilities)", {label: share})
+            raise refuse(f"null or an object of at most {MAX_CLASSES} classes (key probabilities)",
+                         f"{len(shares)} classes" if type(shares) is dict else type(shares).__name__)
+        for label, column in shares.items():
+            if len(label) > MAX_NAME_CHARS:
+                raise refuse(f"class names of at most {MAX_NAME_CHARS} characters (key probabilities)", label)
+            check_list(column, f"class {label!r} of key probabilities", _NUMBERS, "probabilities")
+            if not 0 <= min(column) <= max(column) <= 1:
+                raise refuse(f"probabilities between 0 and 1 (class {label!r} of key probabilities)",
+                             [min(column), max(column)])
     return record
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _scalar(value: Any) -> bool:
-    kind = type(value)
-    if kind is str:
-        return len(value) <= MAX_LINE_BYTES
-    return value is None or kind is bool or kind is int or (kind is float and math.isfinite(value))
 
 
 def _is_time(text: str) -> bool:
