@@ -31,7 +31,7 @@ from ..artifacts import Document, GateResult
 from ..errors import DataError
 from ._bins import bin_values
 from ._profile import Profile
-from ._verdict import EXIT_CODES, FeatureQuality, MinDetectable, check_window
+from ._verdict import EXIT_CODES, DriftEntry, FeatureQuality, check_window
 
 #: the labels file's key columns (``row`` optional: 0, a request of one row)
 REQUEST_ID, ROW = "request_id", "row"
@@ -57,15 +57,6 @@ class ReportWindow(Document):
     log: Optional[str] = None
     first: Optional[str] = None
     last: Optional[str] = None
-
-
-class DriftEntry(Document):
-    method: str
-    score: float
-    p_value: float
-    threshold: float
-    drift: bool
-    min_detectable: MinDetectable
 
 
 class Performance(Document):

@@ -41,7 +41,9 @@ class MinDetectable(Document):
     mean_shift_sd: Optional[float] = None
 
 
-class FeatureDrift(Document):
+class DriftEntry(Document):
+    """One feature's (or the predictions') drift as a report shows it."""
+
     method: str
     #: the PSI over the drift bins
     score: float
@@ -50,6 +52,11 @@ class FeatureDrift(Document):
     threshold: float
     drift: bool
     min_detectable: MinDetectable
+
+
+class FeatureDrift(DriftEntry):
+    """:class:`DriftEntry` with the rows of the window it was judged on."""
+
     rows: int
 
 
