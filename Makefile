@@ -25,11 +25,15 @@ $(STAMP): pyproject.toml
 ## notebooks are committed without outputs: nbstripout strips them on `git add` (cell tags and ids
 ## kept). A fresh clone's notebooks are "racily clean": the index is refreshed once, here, so that
 ## `git status` (which every run records) never has to run the filter over every notebook.
+# The filter names the venv of the worktree git runs it in (a relative VENV), so every
+# `git worktree` of the repository strips with its own, and none points at a removed one.
+FILTER_BIN = $(if $(filter /%,$(BIN)),$(BIN),$$(git rev-parse --show-toplevel)/$(BIN))
+
 git-filters:
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '$(abspath $(BIN))/nbstripout --keep-id'; \
+	  git config filter.nbstripout.clean '"$(FILTER_BIN)/nbstripout" --keep-id'; \
 	  git config filter.nbstripout.smudge cat; \
-	  git config diff.ipynb.textconv '$(abspath $(BIN))/nbstripout -t --keep-id'; \
+	  git config diff.ipynb.textconv '"$(FILTER_BIN)/nbstripout" -t --keep-id'; \
 	  git update-index -q --refresh >/dev/null 2>&1 || true; fi
 
 ## the pipeline on the embedded default (ARGS="-p parameters/x.yaml --set k=v" for others)

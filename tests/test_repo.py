@@ -104,7 +104,7 @@ def test_committed_notebooks_are_what_the_git_filter_writes(path):
     from pathlib import Path
 
     makefile = (REPO / "Makefile").read_text()
-    flags = re.search(r"filter\.nbstripout\.clean '[^']*?/nbstripout([^']*)'", makefile).group(1)
+    flags = re.search(r"""filter\.nbstripout\.clean '[^']*?/nbstripout"?([^']*)'""", makefile).group(1)
     nbstripout = shutil.which("nbstripout") or str(Path(sys.executable).parent / "nbstripout")
     stripped = subprocess.run([nbstripout, *shlex.split(flags), "-t", str(path)], capture_output=True,
                               text=True, check=True).stdout
