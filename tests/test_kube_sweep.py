@@ -18,7 +18,7 @@ import yaml
 
 from mlops_kit import ledger
 from mlops_kit.errors import ManifestError
-from mlops_kit.execution.job import EXIT_BAD_INPUT, EXIT_CELL_FAILED
+from mlops_kit.execution.job import EXIT_BAD_INPUT, EXIT_CELL_FAILED, EXIT_KERNEL_DIED
 from mlops_kit.execution.kubernetes import validate_jobs
 from mlops_kit.execution.sweep_job import SweepJobs, main, parse_indexes, render_sweep_job
 from mlops_kit.params import load_params
@@ -104,6 +104,34 @@ def test_a_pod_with_bad_input_fails_its_index_at_once(args, index, words, tmp_pa
     assert main([a.replace("{sweep}", str(tmp_path)) for a in args]) == EXIT_BAD_INPUT
     said = json.loads((tmp_path / "termination").read_text())
     assert said["exception"] == "BadJobInput" and words in said["exception"] + said["detail"]
+
+
+@pytest.mark.parametrize("raised, code", [
+    ("RuntimeError", EXIT_CELL_FAILED),          # a cell raised: FailIndex, the trial is not retried
+    ("DeadKernelError", EXIT_KERNEL_DIED),       # killed (out of memory): counted, retried in its index
+    (None, EXIT_CELL_FAILED),                    # a setting refused before its run: FailIndex
+])
+def test_the_pod_runs_the_trial_of_its_index_and_says_how_it_ended(raised, code, tmp_path, monkeypatch):
+    from mlops_kit import sweep as sweeps
+    from mlops_kit.errors import ParameterError, ParameterProblem, StageFailed
+
+    ran = []
+
+    def trial(sweep_dir, index):
+        ran.append(index)
+        if raised is None:
+            raise ParameterError([ParameterProblem("sweep", "train.params.C", "a positive float", "-1")])
+        raise StageFailed("train", notebook=tmp_path / "02_train.ipynb", cell_index=4, exception=raised,
+                          detail="it broke")
+
+    (tmp_path / "sweep.json").write_text("{}")
+    monkeypatch.setattr(sweeps, "trial_in_pod", trial)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    monkeypatch.setenv("MLOPS_KIT_TERMINATION_LOG", str(tmp_path / "termination"))
+    assert main([str(tmp_path), "[3, 1]"]) == code
+    assert ran == [1]                                 # index 1 of [3, 1]: trial 1
+    said = json.loads((tmp_path / "termination").read_text())
+    assert ("train.params.C" if raised is None else "Stage 'train' failed in cell 4") in said["detail"]
 
 
 # --- the fake API and its Indexed Job controller ------------------------------------------------

@@ -30,14 +30,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import _paths
 from ..errors import MlopsKitError
 from . import ExecutionPlan, skip_iri_grammar
 from .job import EXIT_BAD_INPUT, EXIT_CELL_FAILED, EXIT_KERNEL_DIED, FAIL_AT_ONCE, _say
-from .kubernetes import (CONTAINER, LABEL_RUN, MANAGED_BY, KubernetesExecutor, _cannot_start, _pod_end,
-                         _termination_message, job_name, render_job, validate_jobs)
+from .kubernetes import (MANAGED_BY, KubernetesExecutor, _cannot_start, _pod_end, _termination_message, job_name,
+                         render_job, validate_jobs)
 
 if TYPE_CHECKING:
     from ..ledger import SweepFolder
@@ -136,8 +136,8 @@ class SweepJobs(KubernetesExecutor):
         cluster = self._connect()
         cluster.create(job)
         self._running.append(name)
-        self.log(f"trials: Indexed Job {execution.namespace}/{name} ({len(trials)} trials, {parallelism} at a "
-                 f"time, image {execution.image})")
+        self.log(f"trials: Indexed Job {execution.namespace}/{name} ({len(trials)} trial(s), "
+                 f"{job['spec']['parallelism']} at a time, image {execution.image})")
         try:
             self._watch(cluster, job, trials, on_start, on_end)
             self._running.remove(name)                    # ended: kept a day for `kubectl logs`
@@ -245,4 +245,3 @@ if __name__ == "__main__":
 
 __all__ = ["INDEX_ENV", "INDEX_KEY", "LABEL_SWEEP", "SweepJobs", "main", "parse_indexes", "planned_sweep_jobs",
            "render_sweep_job"]
-_ = (Any, LABEL_RUN, CONTAINER)
