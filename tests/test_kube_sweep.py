@@ -128,8 +128,8 @@ def test_the_pod_runs_the_trial_of_its_index_and_says_how_it_ended(raised, code,
     monkeypatch.setattr(sweeps, "trial_in_pod", trial)
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
     monkeypatch.setenv("MLOPS_KIT_TERMINATION_LOG", str(tmp_path / "termination"))
-    assert main([str(tmp_path), "[3, 1]"]) == code
-    assert ran == [1]                                 # index 1 of [3, 1]: trial 1
+    assert main([str(tmp_path), "[3, 2]"]) == code
+    assert ran == [2]                                 # index 1 of [3, 2]: trial 2
     said = json.loads((tmp_path / "termination").read_text())
     assert ("train.params.C" if raised is None else "Stage 'train' failed in cell 4") in said["detail"]
 
