@@ -296,3 +296,25 @@ async def test_an_indexed_job_sweep_of_four_with_a_failing_trial_then_resume_rer
     run = json.loads((_isolated_runs / failed["run"] / "run.json").read_text())
     assert run["status"] == "succeeded" and len(run["resumed"]) == 1
     assert {rid: (_isolated_runs / rid / "run.json").read_bytes() for rid in kept} == kept
+
+
+@pytest.mark.asyncio
+async def test_an_image_that_cannot_be_pulled_ends_every_trial_with_the_image_named(scripted):
+    import time
+
+    async def never_pulls():
+        while not any(k[0] == _jobs.PODS for k in scripted.fake.objects):
+            await asyncio.sleep(0.005)
+        key = next(k for k in scripted.fake.objects if k[0] == _jobs.PODS)
+        scripted.fake.objects[key].patch({"status": {"phase": "Pending", "containerStatuses": [
+            {"name": "stage", "state": {"waiting": {"reason": "ErrImageNeverPull",
+                                                    "message": "image is not present with pull policy of Never"}}}]}})
+
+    scripted.run_pod = lambda job, attempt: (time.sleep(2), _jobs.PodEnd(0))[1]
+    task = asyncio.create_task(never_pulls())
+    ends = await in_thread(_run_trials, scripted, [0, 1], 1)
+    await task
+    assert set(ends) == {0, 1} and all(e["status"] == "failed" for e in ends.values())
+    assert all("ErrImageNeverPull" in e["error"] and IMAGE in e["error"] for e in ends.values())
+    [key] = [k for k in scripted.fake.objects if k[0] == _jobs.JOBS]
+    assert scripted.fake.objects[key].deleted                       # nothing left waiting on the cluster
