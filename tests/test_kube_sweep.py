@@ -318,3 +318,19 @@ async def test_an_image_that_cannot_be_pulled_ends_every_trial_with_the_image_na
     assert all("ErrImageNeverPull" in e["error"] and IMAGE in e["error"] for e in ends.values())
     [key] = [k for k in scripted.fake.objects if k[0] == _jobs.JOBS]
     assert scripted.fake.objects[key].deleted                       # nothing left waiting on the cluster
+
+
+@pytest.mark.asyncio
+async def test_an_interrupted_sweep_deletes_its_indexed_job(scripted, monkeypatch):
+    """Ctrl-C while the trials' Job runs: the Job is deleted (its pods with it)."""
+    import time
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SweepJobs, "_watch", interrupted)
+    scripted.run_pod = lambda job, attempt: (time.sleep(1), _jobs.PodEnd(0))[1]
+    with pytest.raises(KeyboardInterrupt):
+        await in_thread(_run_trials, scripted, [0, 1], 2)
+    [key] = [k for k in scripted.fake.objects if k[0] == _jobs.JOBS]
+    assert scripted.fake.objects[key].deleted
