@@ -238,6 +238,9 @@ def trial_in_pod(sweep_dir, index: int) -> str:
 
     sweep = ledger.SweepFolder(sweep_dir)
     record = sweep.read()
+    if not 0 <= index < len(record["trials"]):
+        raise MlopsKitError(f"A trial index of sweep {record['id']} must be below {len(record['trials'])}. Got "
+                            f"{index} instead.")
     trial = record["trials"][index]
     previous = trial_run(record["id"], index)
     if previous is not None and _resumable(previous):

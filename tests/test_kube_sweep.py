@@ -83,6 +83,18 @@ def test_sweep_dry_run_prints_the_data_job_and_the_indexed_job_without_a_cluster
     assert local.exit_code != 0 and "execution.mode kubernetes" in str(local.exception) + local.output
 
 
+@pytest.mark.security
+def test_a_pod_named_a_trial_the_sweep_does_not_have_fails_its_index_with_a_plain_error(_isolated_runs, monkeypatch,
+                                                                                       tmp_path):
+    sweep = ledger.create_sweep({"grid": {"train.params.C": [1]}, "params": {}, "jobs": 1,
+                                 "trials": [{"index": 0, "setting": {"train.params.C": 1}}]})
+    sweep.release()
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    monkeypatch.setenv("MLOPS_KIT_TERMINATION_LOG", str(tmp_path / "termination"))
+    assert main([str(sweep.path), "[5]"]) == EXIT_CELL_FAILED
+    assert "must be below 1. Got 5 instead" in json.loads((tmp_path / "termination").read_text())["detail"]
+
+
 def test_indexes_of_a_job_status_are_read():
     assert parse_indexes("0,2-4,7") == {0, 2, 3, 4, 7} and parse_indexes(None) == set() == parse_indexes("")
 

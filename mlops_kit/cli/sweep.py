@@ -17,7 +17,8 @@ from ._output import print_json, print_table
 @click.option("--grid", "grid", multiple=True, metavar="SECTION.KEY=[V1, V2, ...]",
               help="Values to try for one parameter of the train or evaluate stage (beside or instead of the "
                    "file's sweep: section). Repeatable: every combination is a trial.")
-@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Trials at a time (default: the cores).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Trials at a time (default: the cores; with execution.mode "
+              "kubernetes, the Indexed Job's parallelism, default every trial).")
 @click.option("--resume", metavar="SWEEP_ID", help="Run again only the trials of this sweep that did not succeed.")
 @click.option("--no-report", is_flag=True, help="Skip the report notebook (sweep_report.ipynb).")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")

@@ -191,7 +191,8 @@ class SweepJobs(KubernetesExecutor):
             if end.get("exit_code") in FAIL_AT_ONCE:
                 said = _termination_message(end.get("message"))
                 return {"status": "failed", "error": said.get("detail") or end.get("message") or "failed"}
-        outcome = self._failed(condition or {"reason": "BackoffLimitExceeded"}, pods, Path(), 0.0)
+        outcome = self._failed(condition or {"reason": "FailedIndex", "message": "its pods failed past "
+                                                       "backoffLimitPerIndex"}, pods, Path(), 0.0)
         return {"status": "failed", "error": f"{outcome.exception}: {outcome.detail}"}
 
 
