@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import nbformat
@@ -265,8 +266,10 @@ async def test_an_indexed_job_sweep_of_four_with_a_failing_trial_then_resume_rer
     nbformat.write(notebook, path)
     loaded = load_params(None, kube_params(), grid=["train.params.C=[0.1, 1, 13, 10]"])
     seen: list[dict] = []
+    began = time.perf_counter()
     record = await in_thread(sweeps.run_sweep, loaded, jobs=2, report=False, on_trial=seen.append,
                              executor_factory=cluster.executor(loaded.params))
+    print(f"\nsweep of 4 (data Job + Indexed Job, 2 pods at a time): {time.perf_counter() - began:.1f} s")
     assert record["status"] == "partial" and record["jobs"] == 2
 
     # the data stage: one Job; the trials: ONE Indexed Job of 4, one pod per index
@@ -298,8 +301,10 @@ async def test_an_indexed_job_sweep_of_four_with_a_failing_trial_then_resume_rer
     notebook.cells.pop(3)
     nbformat.write(notebook, path)
     kept = {rid: (_isolated_runs / rid / "run.json").read_bytes() for rid in trial_runs if rid != failed["run"]}
+    began = time.perf_counter()
     resumed = await in_thread(sweeps.resume_sweep, record["id"], report=False,
                               executor_factory=cluster.executor(loaded.params))
+    print(f"resume of the failed trial (an Indexed Job of 1): {time.perf_counter() - began:.1f} s")
     assert resumed["status"] == "succeeded"
     [again] = [name for name in cluster.indexed if name != trials_job]
     assert {i: [e.exit_code for e in ends] for i, ends in cluster.indexed[again].items()} == {0: [0]}
@@ -312,8 +317,6 @@ async def test_an_indexed_job_sweep_of_four_with_a_failing_trial_then_resume_rer
 
 @pytest.mark.asyncio
 async def test_an_image_that_cannot_be_pulled_ends_every_trial_with_the_image_named(scripted):
-    import time
-
     async def never_pulls():
         while not any(k[0] == _jobs.PODS for k in scripted.fake.objects):
             await asyncio.sleep(0.005)
@@ -335,7 +338,6 @@ async def test_an_image_that_cannot_be_pulled_ends_every_trial_with_the_image_na
 @pytest.mark.asyncio
 async def test_an_interrupted_sweep_deletes_its_indexed_job(scripted, monkeypatch):
     """Ctrl-C while the trials' Job runs: the Job is deleted (its pods with it)."""
-    import time
 
     def interrupted(self, *args):
         raise KeyboardInterrupt
