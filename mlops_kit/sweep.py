@@ -148,7 +148,7 @@ def _carry_out(sweep: ledger.SweepFolder, loaded: LoadedParams, todo, jobs: int,
     try:
         _data_stage(sweep, loaded, factory, on_event)
         if kube:
-            _indexed_trials(sweep, list(todo), jobs, factory, notify)
+            _indexed_trials(sweep, list(todo), jobs, factory, notify, cancel)
         else:
             _threaded_trials(sweep, loaded, list(todo), jobs, factory, notify, cancel)
         trials = sweep.read()["trials"]
@@ -188,7 +188,7 @@ def _threaded_trials(sweep: ledger.SweepFolder, loaded: LoadedParams, todo: list
 
 
 def _indexed_trials(sweep: ledger.SweepFolder, todo: list[int], jobs: int, factory: ExecutorFactory,
-                    notify: TrialHandler) -> None:
+                    notify: TrialHandler, cancel: threading.Event) -> None:
     """The trials as one Indexed Job (:class:`mlops_kit.execution.sweep_job.SweepJobs`); each
     trial's end folded into the sweep's record here, its run found in the ledger."""
     runner = factory()
@@ -207,7 +207,7 @@ def _indexed_trials(sweep: ledger.SweepFolder, todo: list[int], jobs: int, facto
         notify(sweep.update_trial(index, status=end["status"], error=end.get("error"), run=run)["trials"][index])
 
     try:
-        runner.run_trials(sweep, todo, jobs, on_start=started, on_end=ended)
+        runner.run_trials(sweep, todo, jobs, on_start=started, on_end=ended, cancel=cancel)
     except BaseException:
         for trial in sweep.read()["trials"]:
             if trial["index"] in todo and trial["status"] in ("pending", "running"):

@@ -179,14 +179,14 @@ async def scripted(_isolated_runs):
             yield controller
 
 
-def _run_trials(controller, trials: list[int], parallelism: int, **execution) -> dict[int, dict]:
+def _run_trials(controller, trials: list[int], parallelism: int, cancel=None, **execution) -> dict[int, dict]:
     params = load_params(overrides=kube_params(**execution)).params
     sweep = ledger.create_sweep({"grid": {"train.params.C": [1]}, "params": {}, "jobs": 1,
                                  "trials": [{"index": i, "setting": {"train.params.C": i}} for i in range(4)]})
     ends: dict[int, dict] = {}
     try:
         SweepJobs(params, api_client=controller.api, poll=0.01).run_trials(
-            sweep, trials, parallelism, on_start=lambda index: None, on_end=ends.__setitem__)
+            sweep, trials, parallelism, on_start=lambda index: None, on_end=ends.__setitem__, cancel=cancel)
     finally:
         sweep.release()
     return ends
@@ -346,5 +346,22 @@ async def test_an_interrupted_sweep_deletes_its_indexed_job(scripted, monkeypatc
     scripted.run_pod = lambda job, attempt: (time.sleep(1), _jobs.PodEnd(0))[1]
     with pytest.raises(KeyboardInterrupt):
         await in_thread(_run_trials, scripted, [0, 1], 2)
+    [key] = [k for k in scripted.fake.objects if k[0] == _jobs.JOBS]
+    assert scripted.fake.objects[key].deleted
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_sweep_deletes_its_indexed_job(scripted):
+    """A panel's Cancel (the sweep's cancel event) while the trials' Job runs: RunCancelled, the
+    Job deleted."""
+    import threading
+
+    from mlops_kit.errors import RunCancelled
+
+    cancel = threading.Event()
+    scripted.run_pod = lambda job, attempt: (cancel.set() if _index(job) else None, time.sleep(0.5 * _index(job)),
+                                             _jobs.PodEnd(0))[2]
+    with pytest.raises(RunCancelled, match="before stage 'trials'"):
+        await in_thread(_run_trials, scripted, [0, 1], 1, cancel=cancel)
     [key] = [k for k in scripted.fake.objects if k[0] == _jobs.JOBS]
     assert scripted.fake.objects[key].deleted

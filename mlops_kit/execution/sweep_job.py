@@ -40,6 +40,8 @@ from .kubernetes import (MANAGED_BY, KubernetesExecutor, _cannot_start, _pod_end
                          render_job, validate_jobs)
 
 if TYPE_CHECKING:
+    import threading
+
     from ..ledger import SweepFolder
     from ..params import RunParams
 
@@ -118,9 +120,10 @@ class SweepJobs(KubernetesExecutor):
     trials as one Indexed Job (:meth:`run_trials`)."""
 
     def run_trials(self, sweep: "SweepFolder", trials: list[int], parallelism: int, *,
-                   on_start: Callable[[int], None], on_end: TrialEnd) -> None:
+                   on_start: Callable[[int], None], on_end: TrialEnd, cancel: "threading.Event | None" = None) -> None:
         """Run ``trials`` (indexes of the sweep's record) as one Indexed Job; each trial's end
-        goes to ``on_end`` as its index completes or fails. Interrupted: the Job is deleted."""
+        goes to ``on_end`` as its index completes or fails. Interrupted, or ``cancel`` set
+        (RunCancelled): the Job is deleted."""
         from ..stages import STAGES
 
         stages = [s for s in STAGES if s.name in ("train", "evaluate")]
@@ -139,17 +142,21 @@ class SweepJobs(KubernetesExecutor):
         self.log(f"trials: Indexed Job {execution.namespace}/{name} ({len(trials)} trial(s), "
                  f"{job['spec']['parallelism']} at a time, image {execution.image})")
         try:
-            self._watch(cluster, job, trials, on_start, on_end)
+            self._watch(cluster, job, trials, on_start, on_end, cancel)
             self._running.remove(name)                    # ended: kept a day for `kubectl logs`
         finally:
             self.stop()                                   # interrupted: the Job is deleted
 
-    def _watch(self, cluster, job: dict, trials: list[int], on_start, on_end: TrialEnd) -> None:
+    def _watch(self, cluster, job: dict, trials: list[int], on_start, on_end: TrialEnd, cancel=None) -> None:
+        from ..errors import RunCancelled
+
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         deadline = time.monotonic() + job["spec"]["activeDeadlineSeconds"] + 120
         started: set[int] = set()
         ended: set[int] = set()
         while True:
+            if cancel is not None and cancel.is_set():
+                raise RunCancelled(job["metadata"]["labels"][LABEL_SWEEP], "trials")
             status = (cluster.get("Job", namespace, name) or {}).get("status") or {}
             finished = {c.get("type"): c for c in status.get("conditions") or []
                         if c.get("status") == "True" and c.get("type") in ("Complete", "Failed")}
