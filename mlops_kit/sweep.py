@@ -13,8 +13,11 @@ again.
 Where a trial runs is the executor seam (:mod:`mlops_kit.execution`): ``executor_factory()``
 gives each trial its executor. Locally, the trials run ``jobs`` at a time, each in a thread
 of this process, their kernels forked from one zygote that imported the libraries once
-(:func:`mlops_kit.execution.local.shared_zygote`). :func:`run_trial` is one trial by its
-index: what a pod of an Indexed Job would run (``JOB_COMPLETION_INDEX``).
+(:func:`mlops_kit.execution.local.shared_zygote`). With ``execution.mode: kubernetes`` the
+data stage is a Job and the trials ONE Indexed Job (:mod:`mlops_kit.execution.sweep_job`),
+``jobs`` pods at a time (default: every trial): each pod runs :func:`trial_in_pod` for the
+trial of its ``JOB_COMPLETION_INDEX`` and writes only its run's folder; this process folds
+each trial's end into the sweep's record.
 """
 
 from __future__ import annotations
@@ -42,26 +45,29 @@ def settings(grid: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def run_sweep(loaded: LoadedParams, *, jobs: int | None = None, on_event=None, on_trial: TrialHandler | None = None,
-              executor_factory: ExecutorFactory | None = None, report: bool = True,
-              cancel: threading.Event | None = None) -> dict:
-    """Run the sweep of ``loaded.sweep``; returns its final record. Every trial's parameters
-    are checked before anything runs (ParameterError). ``jobs``: trials at a time (default:
-    the cores). ``on_event`` receives the runner's events of the data run."""
+def checked_settings(loaded: LoadedParams) -> list[dict[str, Any]]:
+    """The grid's settings, each checked by the schema (ParameterError naming the setting)."""
     if not loaded.sweep:
         raise MlopsKitError("A sweep needs a grid. Got no `sweep:` section and no --grid instead.",
                             hint="add --grid 'train.params.C=[0.1, 1, 10]', or a sweep: section to the file.")
-    if executor_factory is None and loaded.params.execution.mode != "local":
-        raise ParameterError([ParameterProblem(
-            loaded.source_of("execution.mode"), "execution.mode", "local for a sweep (trials run in kernels on this machine; "
-            "an Indexed Job per sweep is not built yet)", repr(loaded.params.execution.mode))])
     trials = settings(loaded.sweep)
     for setting in trials:  # a combination the schema refuses: before any run
         try:
             with_setting(loaded, setting)
         except ParameterError as exc:
             raise ParameterError([_in_setting(p, setting) for p in exc.problems]) from None
-    jobs = _jobs(jobs)
+    return trials
+
+
+def run_sweep(loaded: LoadedParams, *, jobs: int | None = None, on_event=None, on_trial: TrialHandler | None = None,
+              executor_factory: ExecutorFactory | None = None, report: bool = True,
+              cancel: threading.Event | None = None) -> dict:
+    """Run the sweep of ``loaded.sweep``; returns its final record. Every trial's parameters
+    are checked before anything runs (ParameterError). ``jobs``: trials at a time (default:
+    the cores; on Kubernetes, every trial). ``on_event`` receives the runner's events of the
+    data run."""
+    trials = checked_settings(loaded)
+    jobs = _jobs(jobs, len(trials) if _on_kubernetes(loaded.params) else None)
     metric, higher = _metric(loaded.params)
     sweep = ledger.create_sweep({
         "grid": loaded.sweep, "params": loaded.params.model_dump(mode="json"),
@@ -134,31 +140,22 @@ def _carry_out(sweep: ledger.SweepFolder, loaded: LoadedParams, todo, jobs: int,
                executor_factory: ExecutorFactory | None, report: bool, cancel: threading.Event | None) -> dict:
     from .execution.local import LocalExecutor, shared_zygote
 
-    zygote = shared_zygote() if executor_factory is None else None
-    factory = executor_factory or (lambda: LocalExecutor(zygote=zygote))
+    kube = _on_kubernetes(loaded.params)
+    zygote = shared_zygote() if executor_factory is None and not kube else None
+    factory = executor_factory or (_sweep_jobs(loaded.params) if kube else lambda: LocalExecutor(zygote=zygote))
     cancel = cancel or threading.Event()
     notify = on_trial or (lambda trial: None)
     try:
         _data_stage(sweep, loaded, factory, on_event)
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mlops-kit-trial") as pool:
-            def one(index: int) -> None:
-                if cancel.is_set():
-                    return
-                notify(sweep.read()["trials"][index] | {"status": "running"})
-                notify(run_trial(sweep, index, loaded, factory(), cancel))
-
-            futures = [pool.submit(one, index) for index in todo]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                cancel.set()  # the running trials stop before their next stage; no new one starts
-                raise
+        if kube:
+            _indexed_trials(sweep, list(todo), jobs, factory, notify, cancel)
+        else:
+            _threaded_trials(sweep, loaded, list(todo), jobs, factory, notify, cancel)
         trials = sweep.read()["trials"]
         done = [t for t in trials if t["status"] == "succeeded"]
         sweep.update(status="succeeded" if len(done) == len(trials) else "partial" if done else "failed")
-        if report:
-            _report(sweep, factory)
+        if report:  # the report reads the ledger: a notebook on this machine, wherever the trials ran
+            _report(sweep, LocalExecutor if kube else factory)
         return sweep.update(finished=ledger.now())
     except BaseException as exc:
         failed = isinstance(exc, MlopsKitError) and not isinstance(exc, RunCancelled)
@@ -169,6 +166,99 @@ def _carry_out(sweep: ledger.SweepFolder, loaded: LoadedParams, todo, jobs: int,
         if zygote is not None:
             zygote.close()
         sweep.release()
+
+
+def _threaded_trials(sweep: ledger.SweepFolder, loaded: LoadedParams, todo: list[int], jobs: int,
+                     factory: ExecutorFactory, notify: TrialHandler, cancel: threading.Event) -> None:
+    """The trials in threads of this process, ``jobs`` at a time, each with its executor."""
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mlops-kit-trial") as pool:
+        def one(index: int) -> None:
+            if cancel.is_set():
+                return
+            notify(sweep.read()["trials"][index] | {"status": "running"})
+            notify(run_trial(sweep, index, loaded, factory(), cancel))
+
+        futures = [pool.submit(one, index) for index in todo]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            cancel.set()  # the running trials stop before their next stage; no new one starts
+            raise
+
+
+def _indexed_trials(sweep: ledger.SweepFolder, todo: list[int], jobs: int, factory: ExecutorFactory,
+                    notify: TrialHandler, cancel: threading.Event) -> None:
+    """The trials as one Indexed Job (:class:`mlops_kit.execution.sweep_job.SweepJobs`); each
+    trial's end folded into the sweep's record here, its run found in the ledger."""
+    runner = factory()
+    if not hasattr(runner, "run_trials"):
+        raise MlopsKitError(f"A sweep with execution.mode kubernetes needs the Indexed Job executor. Got "
+                            f"{type(runner).__name__} instead.")
+    for index in todo:
+        trial = sweep.read()["trials"][index]
+        sweep.update_trial(index, status="pending", error=None, attempts=trial["attempts"] + 1)
+
+    def started(index: int) -> None:
+        notify(sweep.update_trial(index, status="running")["trials"][index])
+
+    def ended(index: int, end: dict) -> None:
+        run = trial_run(sweep.id, index) or sweep.read()["trials"][index]["run"]
+        notify(sweep.update_trial(index, status=end["status"], error=end.get("error"), run=run)["trials"][index])
+
+    try:
+        runner.run_trials(sweep, todo, jobs, on_start=started, on_end=ended, cancel=cancel)
+    except BaseException:
+        for trial in sweep.read()["trials"]:
+            if trial["index"] in todo and trial["status"] in ("pending", "running"):
+                sweep.update_trial(trial["index"], status="interrupted", run=trial_run(sweep.id, trial["index"]))
+        raise
+
+
+def trial_run(sweep_id: str, index: int) -> str | None:
+    """The newest run of the ledger made for trial ``index`` of the sweep (its record's
+    ``sweep``), or None; read only (a pod reads it too)."""
+    for run in ledger.iter_runs():
+        try:
+            marker = run.read().get("sweep")
+        except MlopsKitError:
+            continue                     # an unreadable record is no trial's
+        if marker == {"id": sweep_id, "trial": index}:
+            return run.id
+    return None
+
+
+def trial_in_pod(sweep_dir, index: int) -> str:
+    """One trial in a pod of the sweep's Indexed Job (:mod:`mlops_kit.execution.sweep_job`):
+    its run continued when an earlier pod of this trial left it failed or interrupted, else a
+    new run of its setting borrowing the data run's outputs; kernels inside the pod. Writes
+    only that run's folder (the sweep's record is the runner's); returns the run's id."""
+    from . import runner
+    from .execution.local import LocalExecutor
+
+    sweep = ledger.SweepFolder(sweep_dir)
+    record = sweep.read()
+    if not 0 <= index < len(record["trials"]):
+        raise MlopsKitError(f"A trial index of sweep {record['id']} must be below {len(record['trials'])}. Got "
+                            f"{index} instead.")
+    trial = record["trials"][index]
+    previous = trial_run(record["id"], index)
+    if previous is not None and _resumable(previous):
+        return runner.resume_run(previous, executor=LocalExecutor())["id"]
+    loaded = load_params(recorded=record["params"], recorded_from=str(sweep.record_path))
+    return runner.run_pipeline(with_setting(loaded, trial["setting"]), stages=list(TRIAL_STAGES),
+                               reuse_from=record["data_run"], executor=LocalExecutor(),
+                               record={"sweep": {"id": record["id"], "trial": index}})["id"]
+
+
+def _on_kubernetes(params) -> bool:
+    return params.execution.mode == "kubernetes"
+
+
+def _sweep_jobs(params) -> ExecutorFactory:
+    from .execution.sweep_job import SweepJobs
+
+    return lambda: SweepJobs(params)
 
 
 def _data_stage(sweep: ledger.SweepFolder, loaded: LoadedParams, factory: ExecutorFactory, on_event) -> None:
@@ -224,13 +314,14 @@ def _resumable(run_id: str) -> bool:
         return False  # removed meanwhile: the trial runs anew
 
 
-def _jobs(jobs: int | None) -> int:
+def _jobs(jobs: int | None, default: int | None = None) -> int:
+    """Trials at a time: ``jobs``, else ``default`` (on Kubernetes: every trial), else the cores."""
     import os
 
     if jobs is not None and jobs < 1:
         raise ParameterError([ParameterProblem("--jobs", "jobs", "a number of trials at a time, at least 1",
                                                repr(jobs))])
-    return jobs or os.cpu_count() or 1
+    return jobs or default or os.cpu_count() or 1
 
 
 def _in_setting(problem: ParameterProblem, setting: dict) -> ParameterProblem:

@@ -7,11 +7,22 @@ Job's own ``backoffLimit`` and ``podFailurePolicy`` rules, read from the created
 the pod's end as Kubernetes does (first matching rule: FailJob, Ignore, Count; no rule:
 Count), writing the pods' and the Job's status (conditions Complete / Failed with reason
 PodFailurePolicy or BackoffLimitExceeded) for the executor to read.
+
+An Indexed Job (``completionMode: Indexed``) is played as Kubernetes plays it: ``completions``
+indexes, at most ``parallelism`` pods at a time, each pod with the annotation and label
+``batch.kubernetes.io/job-completion-index`` and the env ``JOB_COMPLETION_INDEX`` taken from
+that annotation (``fieldRef``, as the controller adds it to the template); failures counted
+per index against ``backoffLimitPerIndex`` (rule FailIndex: the index fails at once), the
+status's ``completedIndexes`` / ``failedIndexes`` ("0,2-3") kept as indexes end; more failed
+indexes than ``maxFailedIndexes`` fail the Job (MaxFailedIndexesExceeded) and stop its pods,
+else the Job ends Failed (FailedIndexes) when every index ended and one failed, Complete
+when none did. ``run_pod(job, attempt)`` then receives the pod's Job: its template is the pod.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -48,6 +59,7 @@ class FakeJobController:
         self.run_pod = run_pod
         self.created: dict[str, float] = {}            # Job name -> time.time() when first seen
         self.pods: dict[str, list[PodEnd]] = {}        # Job name -> its pods' ends, in order
+        self.indexed: dict[str, dict[int, list[PodEnd]]] = {}   # Indexed Job name -> index -> its pods' ends
         self._handled: set = set()
         self._task = None
         self._jobs: list[asyncio.Task] = []
@@ -74,6 +86,8 @@ class FakeJobController:
         _, namespace, name = key
         job = self.fake.objects[key].raw
         spec = job["spec"]
+        if spec.get("completionMode") == "Indexed":
+            return await self._run_indexed(key, job)
         template = spec["template"]
         failures, attempt = 0, 0
         self.pods[name] = []
@@ -90,14 +104,7 @@ class FakeJobController:
             if (key not in self.fake.objects or self.fake.objects[key].deleted):
                 return
             container = template["spec"]["containers"][0]["name"]
-            status = {"phase": "Succeeded" if end.exit_code == 0 else "Failed",
-                      "containerStatuses": [{"name": container, "state": {"terminated": {
-                          "exitCode": end.exit_code, "reason": end.reason, "message": end.message}}}]}
-            if end.reason == "Evicted":
-                status.update(reason="Evicted", message="The node was low on resource: memory.")
-            if end.disrupted:
-                status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
-            self.fake.objects[PODS, namespace, pod_name].patch({"status": status})
+            self.fake.objects[PODS, namespace, pod_name].patch({"status": _pod_status(container, end)})
             if end.exit_code == 0:
                 return self._end(key, "Complete", "", "")
             action = _action(spec.get("podFailurePolicy"), container, end)
@@ -110,6 +117,70 @@ class FakeJobController:
             if failures > spec.get("backoffLimit", 6):
                 return self._end(key, "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
             attempt += 1
+
+    async def _run_indexed(self, key, job):
+        _, namespace, name = key
+        spec = job["spec"]
+        completions, limit = spec["completions"], spec.get("backoffLimitPerIndex")
+        most_failed = spec.get("maxFailedIndexes")
+        container = spec["template"]["spec"]["containers"][0]["name"]
+        slots = asyncio.Semaphore(spec.get("parallelism", 1))
+        completed: set[int] = set()
+        failed: set[int] = set()
+        self.indexed[name] = {i: [] for i in range(completions)}
+        self.pods[name] = []
+
+        def publish():
+            self.fake.objects[key].patch({"status": {"completedIndexes": _ranges(completed),
+                                                     "failedIndexes": _ranges(failed),
+                                                     "succeeded": len(completed), "failed": len(failed)}})
+
+        async def one(index: int):
+            async with slots:
+                failures, attempt = 0, 0
+                while True:
+                    if self.fake.objects[key].deleted or (most_failed is not None and len(failed) > most_failed):
+                        return
+                    pod_job = _indexed_pod(job, index)
+                    pod_name = f"{name}-{index}-{attempt}"
+                    self.fake.objects[PODS, namespace, pod_name] = {
+                        "apiVersion": "v1", "kind": "Pod",
+                        "metadata": {**pod_job["spec"]["template"]["metadata"], "name": pod_name,
+                                     "namespace": namespace,
+                                     "labels": {**pod_job["spec"]["template"]["metadata"]["labels"],
+                                                "job-name": name}},
+                        "status": {"phase": "Running", "containerStatuses": [
+                            {"name": container, "state": {"running": {}}}]}}
+                    end = await asyncio.to_thread(self.run_pod, pod_job, attempt)
+                    self.indexed[name][index].append(end)
+                    self.pods[name].append(end)
+                    if self.fake.objects[key].deleted:
+                        return
+                    self.fake.objects[PODS, namespace, pod_name].patch({"status": _pod_status(container, end)})
+                    action = "Succeeded" if end.exit_code == 0 else _action(spec.get("podFailurePolicy"), container,
+                                                                               end)
+                    if action == "FailJob":
+                        raise _JobFailed("PodFailurePolicy", f"Container {container} for pod {namespace}/"
+                                                             f"{pod_name} failed with exit code {end.exit_code} "
+                                                             "matching FailJob rule")
+                    failures += action == "Count"
+                    if action == "Succeeded" or action == "FailIndex" or (limit is not None and failures > limit):
+                        (completed if action == "Succeeded" else failed).add(index)
+                        publish()
+                        if most_failed is not None and len(failed) > most_failed:
+                            raise _JobFailed("MaxFailedIndexesExceeded", "Job has exceeded maxFailedIndexes")
+                        return
+                    attempt += 1
+
+        try:
+            await asyncio.gather(*(one(i) for i in range(completions)))
+        except _JobFailed as failure:
+            return self._end(key, "Failed", failure.reason, failure.message)
+        if self.fake.objects[key].deleted:
+            return
+        if failed:
+            return self._end(key, "Failed", "FailedIndexes", "Job has failed indexes")
+        return self._end(key, "Complete", "", "")
 
     def _end(self, key, kind, reason, message):
         self.fake.objects[key].patch({"status": {"conditions": [
@@ -128,3 +199,46 @@ def _action(policy: dict | None, container: str, end: PodEnd) -> str:
             if condition["type"] == "DisruptionTarget" and end.disrupted:
                 return rule["action"]
     return "Count"
+
+
+class _JobFailed(Exception):
+    def __init__(self, reason: str, message: str):
+        self.reason, self.message = reason, message
+
+
+def _pod_status(container: str, end: PodEnd) -> dict:
+    status = {"phase": "Succeeded" if end.exit_code == 0 else "Failed",
+              "containerStatuses": [{"name": container, "state": {"terminated": {
+                  "exitCode": end.exit_code, "reason": end.reason, "message": end.message}}}]}
+    if end.reason == "Evicted":
+        status.update(reason="Evicted", message="The node was low on resource: memory.")
+    if end.disrupted:
+        status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
+    return status
+
+
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+
+
+def _indexed_pod(job: dict, index: int) -> dict:
+    """The Job with its template made index ``index``'s pod, as the Job controller makes it:
+    annotation and label, and JOB_COMPLETION_INDEX from the annotation (a fieldRef)."""
+    pod_job = copy.deepcopy(job)
+    meta = pod_job["spec"]["template"].setdefault("metadata", {})
+    meta.setdefault("annotations", {})[INDEX_KEY] = str(index)
+    meta.setdefault("labels", {})[INDEX_KEY] = str(index)
+    for container in pod_job["spec"]["template"]["spec"]["containers"]:
+        container.setdefault("env", []).append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{INDEX_KEY}']"}}})
+    return pod_job
+
+
+def _ranges(indexes: set[int]) -> str:
+    """{0, 2, 3, 4} as "0,2-4" (the form of a Job's completedIndexes)."""
+    parts, ordered = [], sorted(indexes)
+    for i, value in enumerate(ordered):
+        if i and value == ordered[i - 1] + 1:
+            parts[-1][1] = value
+        else:
+            parts.append([value, value])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)

@@ -711,8 +711,9 @@ def job_pod(job: dict) -> JobPod:
     _known(pod_sc, {"seccompProfile"}, "pod securityContext")
     env = {}
     for item in c.get("env") or []:
-        _known(item, {"name", "value"}, f"env {item.get('name')}")
-        env[item["name"]] = _expand(item["value"], env)
+        _known(item, {"name", "value", "valueFrom"}, f"env {item.get('name')}")
+        env[item["name"]] = (_pod_field(job, item["name"], item["valueFrom"]) if "valueFrom" in item
+                             else _expand(item["value"], env))
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
     mounts = []
     for m in c.get("volumeMounts") or []:
@@ -736,6 +737,22 @@ def job_pod(job: dict) -> JobPod:
         memory_limit=_bytes(limits["memory"]) if "memory" in limits else None,
         cpu_limit_millis=_millis(limits["cpu"]) if "cpu" in limits else None,
         termination_path=c.get("terminationMessagePath", "/dev/termination-log"))
+
+
+_FIELD = re.compile(r"metadata\.(annotations|labels)\['([^']+)'\]")
+
+
+def _pod_field(job: dict, name: str, source: dict) -> str:
+    """An env var's ``valueFrom.fieldRef`` on the pod's annotations or labels (the Job's
+    template is the pod: an Indexed Job's ``JOB_COMPLETION_INDEX``)."""
+    _known(source, {"fieldRef"}, f"env {name} valueFrom")
+    found = _FIELD.fullmatch(source["fieldRef"].get("fieldPath", ""))
+    if found is None:
+        raise Unsupported(f"env {name}: fieldRef {source['fieldRef'].get('fieldPath')!r}")
+    value = ((job["spec"]["template"].get("metadata") or {}).get(found.group(1)) or {}).get(found.group(2))
+    if value is None:
+        raise Disagreement(f"env {name}: the pod has no {found.group(1)[:-1]} {found.group(2)!r}")
+    return value
 
 
 def run_job_pod(p: JobPod, containerd: Containerd, workdir: Path, *, claims: dict[str, Path],

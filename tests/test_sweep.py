@@ -295,17 +295,3 @@ def test_a_symlinked_or_tampered_sweep_record_is_refused(_isolated_runs, tmp_pat
     with pytest.raises(ArtifactError) as caught:
         leaderboard("crafted")
     assert "is not a valid SweepRecord" in str(caught.value) and "jobs" in str(caught.value)
-
-
-def test_a_sweep_on_kubernetes_is_refused_before_any_run(_isolated_runs):
-    """Trials run in kernels on this machine: a run set to execute as Kubernetes Jobs is told
-    so (naming where the mode was set) instead of silently running locally."""
-    from mlops_kit.errors import ParameterError
-    from mlops_kit.params import load_params
-    from mlops_kit.sweep import run_sweep
-
-    loaded = load_params(None, ["execution.mode=kubernetes", "execution.image=registry/stage:1"],
-                         grid=["train.params.C=[0.1, 1]"])
-    with pytest.raises(ParameterError, match=r"--set execution.mode=kubernetes: execution.mode: expected local"):
-        run_sweep(loaded)
-    assert not any(_isolated_runs.iterdir())

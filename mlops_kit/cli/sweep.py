@@ -17,23 +17,37 @@ from ._output import print_json, print_table
 @click.option("--grid", "grid", multiple=True, metavar="SECTION.KEY=[V1, V2, ...]",
               help="Values to try for one parameter of the train or evaluate stage (beside or instead of the "
                    "file's sweep: section). Repeatable: every combination is a trial.")
-@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Trials at a time (default: the cores).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Trials at a time (default: the cores; with execution.mode "
+              "kubernetes, the Indexed Job's parallelism, default every trial).")
 @click.option("--resume", metavar="SWEEP_ID", help="Run again only the trials of this sweep that did not succeed.")
 @click.option("--no-report", is_flag=True, help="Skip the report notebook (sweep_report.ipynb).")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
+@click.option("--dry-run", is_flag=True, help="With execution.mode kubernetes: print the data stage's Job and the "
+              "trials' Indexed Job (YAML, one document each); create nothing.")
 @click.pass_context
-def sweep(ctx, params_file, overrides, grid, jobs, resume, no_report, as_json):
+def sweep(ctx, params_file, overrides, grid, jobs, resume, no_report, as_json, dry_run):
     """Try every combination of the grid: the data stage once, then train and evaluate per
     setting, each a run of the ledger. A failed trial does not stop the others; the exit
-    code is 1 only when every trial failed."""
+    code is 1 only when every trial failed. With execution.mode kubernetes the trials are
+    one Indexed Job (--jobs: its parallelism; default every trial)."""
     if ctx.invoked_subcommand is not None:
         return
     from .. import runner, sweep as sweeps
 
     runner.skip_iri_grammar()
-    if resume and (params_file or overrides or grid):
+    if resume and (params_file or overrides or grid or dry_run):
         raise click.UsageError("--resume runs a sweep again with its own parameters and grid: "
-                               "it takes no -p, --set or --grid.")
+                               "it takes no -p, --set, --grid or --dry-run.")
+    if dry_run:
+        import yaml
+
+        from ..execution.sweep_job import planned_sweep_jobs
+        from ..params import load_params
+
+        loaded = load_params(params_file, overrides, grid=grid)
+        documents = planned_sweep_jobs(loaded, len(sweeps.checked_settings(loaded)), jobs)
+        click.echo(yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True), nl=False)
+        return
     import signal
 
     from ..execution.local import discard_prestarted, prestart
