@@ -102,11 +102,58 @@ def test_execution_parameters_are_checked():
     problems = {p.key: p for p in excinfo.value.problems}
     assert set(problems) == {"execution.memory", "execution.volume"}
     assert "Kubernetes quantity" in problems["execution.memory"].expected
-    with pytest.raises(ParameterError) as excinfo:
-        load_params(overrides=["execution.mode=kubernetes"])
-    [problem] = excinfo.value.problems
-    assert problem.key == "execution.image" and "stage image" in problem.expected
+    assert load_params(overrides=["execution.mode=kubernetes"]).params.execution.image is None   # the kit's own
     assert RunParams().execution.mode == "local"
+
+
+# --- the kit's stage image (execution.image empty) ------------------------------------------------
+
+def test_the_stage_image_is_named_by_its_content_without_a_build(tmp_path, monkeypatch, project_copy):
+    """Same environment and checkout: the same reference; a changed notebook or a changed
+    version: another. Naming it builds nothing (the dry run's reference)."""
+    from mlops_kit.image import _stage
+
+    monkeypatch.setenv("MLOPS_KIT_CACHE_DIR", str(tmp_path / "cache"))
+    ref = _stage.stage_ref()
+    assert ref == _stage.stage_ref() and ref.startswith(_stage.STAGE_REPOSITORY + ":")
+    assert not (tmp_path / "cache").exists()
+    _add_failing_cell(project_copy, STAGE["train"].notebook)
+    changed = _stage.stage_ref()
+    assert changed != ref
+    real = _stage._base.pin_requirements
+    monkeypatch.setattr(_stage._base, "pin_requirements",
+                        lambda names: {**real(names), "papermill": "0.0.1"})
+    assert _stage.stage_ref() not in (ref, changed)
+
+
+def test_the_stage_image_requirements_are_the_installed_distributions_own():
+    from importlib import metadata
+
+    from mlops_kit.image import pin_requirements, stage_requirements
+
+    names = stage_requirements()
+    declared = [r.split(";")[0] for r in metadata.requires("mlops-kit") if "extra ==" not in r]
+    assert len(names) == len(declared) and {"papermill", "ipykernel", "scikit-learn"} <= set(names)
+    assert not {"pytest", "kmock", "cosmic-ray"} & set(names)          # the extras are left out
+    pins = pin_requirements(names)
+    assert pins["papermill"] == metadata.version("papermill") and "jupyter-client" in pins   # and what they need
+
+
+def test_dry_run_without_an_image_names_the_stage_image_and_builds_nothing(_isolated_runs, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mlops_kit.cli import main
+    from mlops_kit.image import stage_ref
+
+    monkeypatch.setenv("MLOPS_KIT_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = [item for item in kube_params() if not item.startswith("execution.image=")]
+    result = CliRunner().invoke(main, ["run", "--dry-run"] + [a for o in overrides for a in ("--set", o)],
+                                  env={"KUBECONFIG": "/nonexistent"})
+    assert result.exit_code == 0, result.output + result.stderr
+    ref = stage_ref()
+    assert [j["spec"]["template"]["spec"]["containers"][0]["image"] for j in yaml.safe_load_all(result.stdout)] == [ref] * 3
+    assert f"stage image {ref}" in result.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 # --- the fake API with a Job controller whose pods run for real ----------------------------------
