@@ -25,7 +25,7 @@ from mlops_kit.errors import ManifestError, ParameterError, StageFailed
 from mlops_kit.execution import Outcome
 from mlops_kit.execution.job import EXIT_BAD_INPUT, EXIT_CELL_FAILED
 from mlops_kit.execution.kubernetes import KubernetesExecutor, job_name, render_job, validate_jobs
-from mlops_kit.params import RunParams, load_params
+from mlops_kit.params import RunParams, load_params, resume_params
 from mlops_kit.stages import STAGES
 
 NS = "mk-jobs"
@@ -249,6 +249,41 @@ async def test_three_stages_in_jobs_match_a_local_run_and_a_local_run_reuses_the
         ("data", "train", "evaluate"), "cached")
 
 
+@pytest.mark.containerd
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_three_stages_in_the_kits_own_stage_image_match_a_local_run(cluster, containerd, image_env,
+                                                                         _isolated_runs):
+    """No execution.image: the executor builds the REAL stage image from this environment and
+    checkout (or finds it in the cache: .ci/run builds it up front, about two minutes cold),
+    imports it into the cluster's containerd as a serving image is shipped, and the test
+    kubelet runs each pod from that image's own root file system and ENV. (The other Job tests
+    keep the host-folder image: a 1.2 GB image unpacked per test would double their time.)"""
+    from mlops_kit.image import stage_ref
+
+    loaded = load_params(overrides=[o for o in kube_params() if not o.startswith("execution.image=")]
+                         + [f"package.containerd_socket={containerd.socket}",
+                            f"package.containerd_namespace={containerd.namespace}"])
+    record = await in_thread(runner.run_pipeline, loaded, executor=cluster.executor(loaded.params))
+    assert record["status"] == "succeeded"
+    ref = stage_ref()
+    assert containerd.image_digest(ref) is not None                 # shipped into the cluster's containerd
+    images = {obj.raw["spec"]["template"]["spec"]["containers"][0]["image"]
+              for key, obj in cluster.fake.objects.items() if key[0] == _jobs.JOBS}
+    assert images == {ref}
+    assert all(len(ends) == 1 and ends[0].exit_code == 0 for ends in cluster.pods.values())
+    first = nbformat.read(_isolated_runs / record["id"] / "notebooks" / STAGE["data"].notebook, as_version=4).cells[0]
+    started = datetime.fromisoformat(first.metadata["papermill"]["start_time"].replace("Z", "+00:00")).timestamp()
+    [submitted] = [t for name, t in cluster.created.items() if name.startswith(job_name(record["id"], "data"))]
+    print(f"\nsubmit -> first cell, the real stage image: {started - submitted:.2f} s")
+
+    local = await in_thread(runner.run_pipeline, load_params(overrides=["execution.mode=local"]), use_cache=False)
+    assert local["metrics"] == record["metrics"]
+    for stage in ("data", "train"):       # the same versions in the pod as here: the same fingerprints
+        assert local["stages"][stage]["fingerprint"] == record["stages"][stage]["fingerprint"], stage
+    assert local["stages"]["data"]["outputs"] == record["stages"]["data"]["outputs"]
+
+
 def _add_failing_cell(project: Path, notebook: str) -> None:
     path = project / "notebooks" / notebook
     nb = nbformat.read(path, as_version=4)
@@ -297,6 +332,31 @@ async def test_a_stage_over_its_memory_limit_is_retried_then_reported_with_the_l
     record = next(r for r in _records(_isolated_runs) if r["status"] == "failed")
     [ends] = pods_of(cluster, record["id"], "data")
     assert [e.reason for e in ends] == ["OOMKilled", "OOMKilled"]      # retried once (retries: 1), then failed
+
+    # --resume with more memory: execution.* may change (where the stage runs), recorded in run.json
+    more = ["execution.memory=3Gi"]
+    resumed = await in_thread(runner.resume_run, record["id"], overrides=more,
+                              executor=cluster.executor(resume_params(_isolated_runs / record["id"], more)))
+    assert resumed["status"] == "succeeded"
+    assert _records(_isolated_runs)[0]["params"]["execution"]["memory"] == "3Gi"
+    assert [[e.reason for e in pods] for pods in pods_of(cluster, record["id"], "data")] == [
+        ["OOMKilled", "OOMKilled"], ["Completed"]]
+
+
+def test_resume_may_change_where_stages_run_never_what_they_compute(tmp_path):
+    from mlops_kit import cache
+
+    with pytest.raises(ParameterError) as excinfo:
+        resume_params(tmp_path, ["execution.memory=4Gi", "train.model=ridge", "seed=7"])
+    assert [p.key for p in excinfo.value.problems] == ["train.model", "seed"]
+    assert "execution.*" in excinfo.value.problems[0].expected
+    # execution.* is in no fingerprint: a stage run in a Job is the same stage as a local one
+    local = load_params().params
+    job = load_params(overrides=kube_params(memory="8Gi", cpu="3", retries=5, timeout=60)).params
+    for stage in STAGES:
+        inputs = dict.fromkeys(stage.inputs, "0" * 64)
+        assert (cache.fingerprint(stage, local, inputs, data_file=False)
+                == cache.fingerprint(stage, job, inputs, data_file=False)), stage.name
 
 
 def pods_of(controller, run_id: str, stage: str) -> list[list]:
