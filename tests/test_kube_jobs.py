@@ -96,6 +96,23 @@ def test_dry_run_prints_one_job_document_per_stage_without_a_cluster(_isolated_r
     assert local.exit_code != 0 and "execution.mode kubernetes" in str(local.exception) + local.output
 
 
+def test_a_kubernetes_run_prestarts_no_local_kernel(_isolated_runs, monkeypatch):
+    from click.testing import CliRunner
+
+    from mlops_kit.cli import main
+    from mlops_kit.execution import local
+
+    def prestart(*args, **kwargs):
+        raise RuntimeError("a local kernel was prestarted")
+
+    monkeypatch.setattr(local, "prestart", prestart)
+    result = CliRunner().invoke(main, ["run"] + [a for item in kube_params() for a in ("--set", item)],
+                                env={"KUBECONFIG": str(_isolated_runs / "no-kubeconfig")})
+    assert result.exit_code != 0 and "prestarted" not in str(result.exception)   # it fails at the cluster
+    result = CliRunner().invoke(main, ["run", "--stages", "data"])
+    assert "prestarted" in str(result.exception)          # a local run still prestarts, before planning
+
+
 def test_execution_parameters_are_checked():
     with pytest.raises(ParameterError) as excinfo:
         load_params(overrides=["execution.mode=kubernetes", "execution.memory=lots", "execution.volume=No_Claim"])
