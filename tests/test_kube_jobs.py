@@ -512,6 +512,24 @@ async def test_a_missing_claim_is_a_plain_error_before_any_job(scripted):
     assert not any(k[0] == _jobs.JOBS for k in scripted.fake.objects)
 
 
+@pytest.mark.asyncio
+async def test_an_explicit_image_wins_over_the_kits_stage_image(scripted, monkeypatch):
+    import mlops_kit.image
+    from mlops_kit.execution import ExecutionPlan
+
+    own = "localhost/mlops-kit/stage:0123456789abcdef"
+    built = []
+    monkeypatch.setattr(mlops_kit.image, "ensure_stage_image", lambda params, **kwargs: built.append(1) or own)
+    for overrides, expected in ((kube_params(), IMAGE),
+                                ([o for o in kube_params() if not o.startswith("execution.image=")], own)):
+        executor = KubernetesExecutor(load_params(overrides=overrides).params, api_client=scripted.api, poll=0.01)
+        executor.start(ExecutionPlan([STAGE["evaluate"]]))
+        await in_thread(executor.ready)
+        assert executor.image == expected
+        executor.stop()
+    assert built == [1]                      # built (and shipped) only when execution.image is empty
+
+
 def test_a_data_file_outside_the_volume_is_refused(tmp_path, mixed_csv):
     from mlops_kit.execution import ExecutionPlan
 
