@@ -1,7 +1,8 @@
 """execution.mode kubernetes: each stage a Job, against a FAKE Kubernetes API (kmock) whose Job
 controller (tests/_jobs.py) runs the pods for REAL in a private containerd (tests/_kubelet.py):
-the stage image (this machine's Python environment, read-only), the claim as the runs folder
-mounted where the Job says, command, env and memory limit from the rendered Job.
+the stage image (this machine's Python environment, read-only; in one test the kit's own stage
+image, built for real and imported into containerd), the claim as the runs folder mounted where
+the Job says, command, env and memory limit from the rendered Job.
 
 Also: the rendered Jobs against the Kubernetes schema, `run --dry-run`, the parameters."""
 
