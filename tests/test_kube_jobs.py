@@ -133,7 +133,8 @@ def test_the_stage_image_is_named_by_its_content_without_a_build(tmp_path, monke
 
     monkeypatch.setenv("MLOPS_KIT_CACHE_DIR", str(tmp_path / "cache"))
     ref = _stage.stage_ref()
-    assert ref == _stage.stage_ref() and ref.startswith(_stage.STAGE_REPOSITORY + ":")
+    assert ref == _stage.stage_ref() and ref.startswith("localhost/mlops-kit/stage:")
+    assert _stage.stage_ref(registry="localhost:32000/") == ref.replace("localhost/", "localhost:32000/")
     assert not (tmp_path / "cache").exists()
     _add_failing_cell(project_copy, STAGE["train"].notebook)
     changed = _stage.stage_ref()

@@ -28,8 +28,9 @@ from ..errors import BuildError
 from . import _base, _builders
 from ._runner import DEFAULT_RUNNER, Log, Runner
 
-#: The repository of the stage image (``localhost/``: containerd and MicroK8s take it as it is).
-STAGE_REPOSITORY = "localhost/mlops-kit/stage"
+#: The repository of the stage image: ``localhost/mlops-kit/stage`` (containerd and MicroK8s take
+#: ``localhost/`` as it is), or under ``package.registry`` when the image is pushed there.
+STAGE_NAME = "mlops-kit/stage"
 #: Bump when the way the stage image is made changes.
 STAGE_RECIPE = "mlops-kit-stage-v1"
 DISTRIBUTION = "mlops-kit"
@@ -77,14 +78,14 @@ def _stage_source(folder: Path) -> Path:
 
 def describe(folder: Path, *, registry: str | None = None) -> StageImage:
     """Stage the layer's files in ``folder`` and name the image (nothing is built)."""
-    from ._context import content_digest, image_reference
+    from ._context import content_digest
 
     pins = _base.pin_requirements(stage_requirements())
     key = _base.base_key(pins)
     source = _stage_source(folder)
     tag = content_digest(source, extra=[STAGE_RECIPE, key])[:16]
-    return StageImage(ref=image_reference(STAGE_REPOSITORY, tag, registry), tag=tag, pins=pins, base_key=key,
-                      source=source)
+    ref = f"{registry.rstrip('/') if registry else 'localhost'}/{STAGE_NAME}:{tag}"
+    return StageImage(ref=ref, tag=tag, pins=pins, base_key=key, source=source)
 
 
 def stage_ref(*, registry: str | None = None) -> str:
@@ -110,7 +111,7 @@ def stage_image(*, registry: str | None = None, force: bool = False, runner: Run
         base = _base.ensure_base(stage.pins, force=force, runner=runner, log=log)
         layer = (*_builders._app_layer(stage.source, runner=runner, log=log),
                  "COPY mlops_kit/ notebooks/ /app/ (+ .pyc)")
-        labels = {"org.opencontainers.image.title": STAGE_REPOSITORY, "org.opencontainers.image.version": stage.tag,
+        labels = {"org.opencontainers.image.title": STAGE_NAME, "org.opencontainers.image.version": stage.tag,
                   "io.mlops-kit.base-key": base.key}
         # no USER: the pod runs as its Job says (it writes the run folder on the volume)
         return _builders.assemble(base, [layer], ref=stage.ref, tag=layout.name, env=ENV,
