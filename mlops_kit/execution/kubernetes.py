@@ -283,9 +283,9 @@ class KubernetesExecutor:
             if stuck is not None:
                 cluster.delete("Job", namespace, name)
                 reason, message = stuck
+                which = "execution.image" if execution.image else "the kit's stage image (execution.image empty)"
                 return Outcome("failed", seconds, exception=reason, report=False,
-                               detail=f"the stage's pod cannot start: {reason}: {message} ("
-                                      f"{'execution.image' if execution.image else 'the kit stage image (execution.image empty)'} "
+                               detail=f"the stage's pod cannot start: {reason}: {message} ({which} "
                                       f"{job_image(job)}; is it imported into the cluster's containerd, or in a "
                                       "registry it can pull from?)")
             if time.monotonic() > deadline:
