@@ -310,8 +310,9 @@ class ExecutionParams(_Section):
 
     mode: Literal["local", "kubernetes"] = Field("local", description="local kernels, or a Kubernetes Job per stage")
     namespace: str = Field("mlops-kit", description="the namespace of the stages' Jobs")
-    image: Optional[str] = Field(None, description="the stage image: python, the kit and its dependencies at this "
-                                 "environment's versions (name:tag or name@sha256:...); needed by mode kubernetes")
+    image: Optional[str] = Field(None, description="the stage image (name:tag or name@sha256:...); none: the kit "
+                                 "builds its own from this environment's versions and checkout, cached, and ships it "
+                                 "to the cluster as it ships a serving image")
     volume: str = Field("mlops-kit-runs", description="the PersistentVolumeClaim (e.g. on MicroK8s' "
                         "hostpath-storage) whose folder is the runs folder; mounted at /mlops-kit/runs")
     cpu: str = Field("1", description="CPU per stage (request and limit), a Kubernetes quantity")
@@ -339,12 +340,6 @@ class ExecutionParams(_Section):
             raise ValueError(f"an image reference such as registry/mlops-kit/stage:1 or name@sha256:<64 hex>; "
                              f"found {value!r}")
         return value
-
-    @model_validator(mode="after")
-    def _image_for_kubernetes(self) -> "ExecutionParams":
-        if self.mode == "kubernetes" and not self.image:
-            raise ValueError("image|the stage image when execution.mode is kubernetes (the pods run it); found none")
-        return self
 
 
 class RunParams(BaseModel):
@@ -581,6 +576,23 @@ def load_run_params(run_dir: str | os.PathLike, overrides: list[str] | tuple[str
     if recorded is None:
         return load_params(None, overrides)
     return load_params(overrides=overrides, recorded=recorded, recorded_from=str(record))
+
+
+#: What ``--resume`` lets ``--set`` change: where the stages run (memory, image, ...), never what
+#: they compute (execution.* is in no fingerprint).
+RESUME_SECTIONS = ("execution",)
+
+
+def resume_params(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...]) -> RunParams:
+    """A resumed run's own parameters with ``execution.*`` overrides on top (e.g. more memory
+    after OOMKilled); any other key is refused."""
+    problems = [ParameterProblem("--set", override.partition("=")[0].strip() or override,
+                                 f"{' or '.join(s + '.*' for s in RESUME_SECTIONS)} with --resume (where the stages "
+                                 "run; what they compute stays the run's own)", repr(override))
+                for override in overrides if override.partition(".")[0].strip() not in RESUME_SECTIONS]
+    if problems:
+        raise ParameterError(problems)
+    return load_run_params(run_dir, overrides).params
 
 
 def _dotted_keys(values: dict, prefix: str = "") -> list[str]:

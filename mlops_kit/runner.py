@@ -161,10 +161,10 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
 
 def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | None = None,
                cancel: threading.Event | None = None, executor: Executor | None = None,
-               phases: Phases | None = None) -> dict:
+               phases: Phases | None = None, overrides: tuple[str, ...] | list[str] = ()) -> dict:
     """Continue a failed or interrupted run, in its own folder, from its first stage that
-    did not succeed (with the parameters it was started with). The record's ``overhead`` is
-    this attempt's."""
+    did not succeed (with the parameters it was started with; ``overrides``: ``execution.*``
+    only, recorded in run.json). The record's ``overhead`` is this attempt's."""
     from .errors import RunNotResumable
 
     phases = phases if phases is not None else Phases()
@@ -175,6 +175,10 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
     if record["status"] == "succeeded":
         raise RunNotResumable(run_id, "it succeeded; there is nothing to resume")
     params = RunParams.model_validate(record["params"])
+    if overrides:
+        from .params import resume_params
+
+        params = resume_params(run.path, overrides)
     executor = executor if executor is not None else default_executor(params)
     selected = select_stages(record["stages_requested"], params.stages)
     _check_notebooks(selected)
@@ -199,7 +203,8 @@ def resume_run(run_id: str, *, use_cache: bool = True, on_event: EventHandler | 
             for stage in remaining:
                 run.update_stage(stage.name, status="pending", error=None)
             run.update(status="running", pid=os.getpid(), error=None, finished=None,
-                       resumed=[*record.get("resumed", []), ledger.now()])
+                       resumed=[*record.get("resumed", []), ledger.now()],
+                       **({"params": params.model_dump(mode="json")} if overrides else {}))
     except BlockingIOError:
         executor.stop()
         raise RunNotResumable(run_id, "another process holds the run's lock") from None

@@ -758,10 +758,11 @@ def _pod_field(job: dict, name: str, source: dict) -> str:
 def run_job_pod(p: JobPod, containerd: Containerd, workdir: Path, *, claims: dict[str, Path],
                 images: dict[str, "StageImage"], timeout: float = 600) -> JobPodEnd:
     """Run the Job's pod to its end in containerd: the claims as host folders mounted where the
-    manifest says, the stage image's files (``images``: reference -> folders of this machine),
-    command, env, limits and security settings from the manifest. Returns how it ended, the
-    way the kubelet reports it (exit code; reason OOMKilled when the memory cgroup killed)."""
-    if p.image not in images:
+    manifest says, the stage image's files (``images``: reference -> folders of this machine; a
+    reference not there: the image containerd holds, its root file system and ENV), command,
+    env, limits and security settings from the manifest. Returns how it ended, the way the
+    kubelet reports it (exit code; reason OOMKilled when the memory cgroup killed)."""
+    if p.image not in images and containerd.image_digest(p.image) is None:
         raise Disagreement(f"image {p.image!r} is not present (imagePullPolicy: the test kubelet pulls nothing)")
     pod_id = f"job-{os.getpid()}-{next(_IDS)}"
     folder = workdir / pod_id
@@ -770,9 +771,14 @@ def run_job_pod(p: JobPod, containerd: Containerd, workdir: Path, *, claims: dic
     spec = json.loads(subprocess.run(["ctr", "oci", "spec"], capture_output=True, text=True, check=True).stdout)
     mounts = [m for m in spec["mounts"] if m["destination"] in ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue",
                                                                 "/sys")]
-    for link in ("bin", "lib", "lib64", "sbin"):
-        (rootfs / link).symlink_to(f"usr/{link}")
-    image = images[p.image]
+    image = images.get(p.image)
+    if image is None:                      # the real image: its root file system, its ENV
+        containerd.ctr("images", "mount", "--rw", p.image, str(rootfs), step="ctr images mount")
+        image = StageImage(folders=(), env=dict(e.split("=", 1) for e in _image_config(containerd, p.image)
+                                                 .get("Env") or []))
+    else:
+        for link in ("bin", "lib", "lib64", "sbin"):
+            (rootfs / link).symlink_to(f"usr/{link}")
     for source in image.folders:
         mounts.append({"destination": source, "type": "bind", "source": source, "options": ["rbind", "ro"]})
     for kind, name, path, read_only in p.mounts:
@@ -823,6 +829,8 @@ def run_job_pod(p: JobPod, containerd: Containerd, workdir: Path, *, claims: dic
         time.sleep(0.2)
     code = exit_code(Pod(pod_id, 0, log, None, containerd))
     containerd.ctr("containers", "rm", pod_id, step="ctr containers rm", check=False)
+    if p.image not in images:
+        containerd.ctr("images", "unmount", "--rm", str(rootfs), step="ctr images unmount", check=False)
     text = log.read_text(errors="replace") if log.exists() else ""
     reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
     return JobPodEnd(exit_code=code if code is not None else -1, reason=reason, message=termination.read_text(),

@@ -1,7 +1,8 @@
 """execution.mode kubernetes: each stage a Job, against a FAKE Kubernetes API (kmock) whose Job
 controller (tests/_jobs.py) runs the pods for REAL in a private containerd (tests/_kubelet.py):
-the stage image (this machine's Python environment, read-only), the claim as the runs folder
-mounted where the Job says, command, env and memory limit from the rendered Job.
+the stage image (this machine's Python environment, read-only; in one test the kit's own stage
+image, built for real and imported into containerd), the claim as the runs folder mounted where
+the Job says, command, env and memory limit from the rendered Job.
 
 Also: the rendered Jobs against the Kubernetes schema, `run --dry-run`, the parameters."""
 
@@ -25,7 +26,7 @@ from mlops_kit.errors import ManifestError, ParameterError, StageFailed
 from mlops_kit.execution import Outcome
 from mlops_kit.execution.job import EXIT_BAD_INPUT, EXIT_CELL_FAILED
 from mlops_kit.execution.kubernetes import KubernetesExecutor, job_name, render_job, validate_jobs
-from mlops_kit.params import RunParams, load_params
+from mlops_kit.params import RunParams, load_params, resume_params
 from mlops_kit.stages import STAGES
 
 NS = "mk-jobs"
@@ -96,17 +97,82 @@ def test_dry_run_prints_one_job_document_per_stage_without_a_cluster(_isolated_r
     assert local.exit_code != 0 and "execution.mode kubernetes" in str(local.exception) + local.output
 
 
+def test_a_kubernetes_run_prestarts_no_local_kernel(_isolated_runs, monkeypatch):
+    from click.testing import CliRunner
+
+    from mlops_kit.cli import main
+    from mlops_kit.execution import local
+
+    def prestart(*args, **kwargs):
+        raise RuntimeError("a local kernel was prestarted")
+
+    monkeypatch.setattr(local, "prestart", prestart)
+    result = CliRunner().invoke(main, ["run"] + [a for item in kube_params() for a in ("--set", item)],
+                                env={"KUBECONFIG": str(_isolated_runs / "no-kubeconfig")})
+    assert result.exit_code != 0 and "prestarted" not in str(result.exception)   # it fails at the cluster
+    result = CliRunner().invoke(main, ["run", "--stages", "data"])
+    assert "prestarted" in str(result.exception)          # a local run still prestarts, before planning
+
+
 def test_execution_parameters_are_checked():
     with pytest.raises(ParameterError) as excinfo:
         load_params(overrides=["execution.mode=kubernetes", "execution.memory=lots", "execution.volume=No_Claim"])
     problems = {p.key: p for p in excinfo.value.problems}
     assert set(problems) == {"execution.memory", "execution.volume"}
     assert "Kubernetes quantity" in problems["execution.memory"].expected
-    with pytest.raises(ParameterError) as excinfo:
-        load_params(overrides=["execution.mode=kubernetes"])
-    [problem] = excinfo.value.problems
-    assert problem.key == "execution.image" and "stage image" in problem.expected
+    assert load_params(overrides=["execution.mode=kubernetes"]).params.execution.image is None   # the kit's own
     assert RunParams().execution.mode == "local"
+
+
+# --- the kit's stage image (execution.image empty) ------------------------------------------------
+
+def test_the_stage_image_is_named_by_its_content_without_a_build(tmp_path, monkeypatch, project_copy):
+    """Same environment and checkout: the same reference; a changed notebook or a changed
+    version: another. Naming it builds nothing (the dry run's reference)."""
+    from mlops_kit.image import _stage
+
+    monkeypatch.setenv("MLOPS_KIT_CACHE_DIR", str(tmp_path / "cache"))
+    ref = _stage.stage_ref()
+    assert ref == _stage.stage_ref() and ref.startswith("localhost/mlops-kit/stage:")
+    assert _stage.stage_ref(registry="localhost:32000/") == ref.replace("localhost/", "localhost:32000/")
+    assert not (tmp_path / "cache").exists()
+    _add_failing_cell(project_copy, STAGE["train"].notebook)
+    changed = _stage.stage_ref()
+    assert changed != ref
+    real = _stage._base.pin_requirements
+    monkeypatch.setattr(_stage._base, "pin_requirements",
+                        lambda names: {**real(names), "papermill": "0.0.1"})
+    assert _stage.stage_ref() not in (ref, changed)
+
+
+def test_the_stage_image_requirements_are_the_installed_distributions_own():
+    from importlib import metadata
+
+    from mlops_kit.image import pin_requirements, stage_requirements
+
+    names = stage_requirements()
+    declared = [r.split(";")[0] for r in metadata.requires("mlops-kit") if "extra ==" not in r]
+    assert len(names) == len(declared) and {"papermill", "ipykernel", "scikit-learn"} <= set(names)
+    assert not {"pytest", "kmock", "cosmic-ray"} & set(names)          # the extras are left out
+    pins = pin_requirements(names)
+    assert pins["papermill"] == metadata.version("papermill") and "jupyter-client" in pins   # and what they need
+
+
+def test_dry_run_without_an_image_names_the_stage_image_and_builds_nothing(_isolated_runs, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mlops_kit.cli import main
+    from mlops_kit.image import stage_ref
+
+    monkeypatch.setenv("MLOPS_KIT_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = [item for item in kube_params() if not item.startswith("execution.image=")]
+    result = CliRunner().invoke(main, ["run", "--dry-run"] + [a for o in overrides for a in ("--set", o)],
+                                  env={"KUBECONFIG": "/nonexistent"})
+    assert result.exit_code == 0, result.output + result.stderr
+    ref = stage_ref()
+    assert [j["spec"]["template"]["spec"]["containers"][0]["image"] for j in yaml.safe_load_all(result.stdout)] == [ref] * 3
+    assert f"stage image {ref}" in result.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 # --- the fake API with a Job controller whose pods run for real ----------------------------------
@@ -202,6 +268,41 @@ async def test_three_stages_in_jobs_match_a_local_run_and_a_local_run_reuses_the
         ("data", "train", "evaluate"), "cached")
 
 
+@pytest.mark.containerd
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_three_stages_in_the_kits_own_stage_image_match_a_local_run(cluster, containerd, image_env,
+                                                                         _isolated_runs):
+    """No execution.image: the executor builds the REAL stage image from this environment and
+    checkout (or finds it in the cache: .ci/run builds it up front, about two minutes cold),
+    imports it into the cluster's containerd as a serving image is shipped, and the test
+    kubelet runs each pod from that image's own root file system and ENV. (The other Job tests
+    keep the host-folder image: a 1.2 GB image unpacked per test would double their time.)"""
+    from mlops_kit.image import stage_ref
+
+    loaded = load_params(overrides=[o for o in kube_params() if not o.startswith("execution.image=")]
+                         + [f"package.containerd_socket={containerd.socket}",
+                            f"package.containerd_namespace={containerd.namespace}"])
+    record = await in_thread(runner.run_pipeline, loaded, executor=cluster.executor(loaded.params))
+    assert record["status"] == "succeeded"
+    ref = stage_ref()
+    assert containerd.image_digest(ref) is not None                 # shipped into the cluster's containerd
+    images = {obj.raw["spec"]["template"]["spec"]["containers"][0]["image"]
+              for key, obj in cluster.fake.objects.items() if key[0] == _jobs.JOBS}
+    assert images == {ref}
+    assert all(len(ends) == 1 and ends[0].exit_code == 0 for ends in cluster.pods.values())
+    first = nbformat.read(_isolated_runs / record["id"] / "notebooks" / STAGE["data"].notebook, as_version=4).cells[0]
+    started = datetime.fromisoformat(first.metadata["papermill"]["start_time"].replace("Z", "+00:00")).timestamp()
+    [submitted] = [t for name, t in cluster.created.items() if name.startswith(job_name(record["id"], "data"))]
+    print(f"\nsubmit -> first cell, the real stage image: {started - submitted:.2f} s")
+
+    local = await in_thread(runner.run_pipeline, load_params(overrides=["execution.mode=local"]), use_cache=False)
+    assert local["metrics"] == record["metrics"]
+    for stage in ("data", "train"):       # the same versions in the pod as here: the same fingerprints
+        assert local["stages"][stage]["fingerprint"] == record["stages"][stage]["fingerprint"], stage
+    assert local["stages"]["data"]["outputs"] == record["stages"]["data"]["outputs"]
+
+
 def _add_failing_cell(project: Path, notebook: str) -> None:
     path = project / "notebooks" / notebook
     nb = nbformat.read(path, as_version=4)
@@ -250,6 +351,31 @@ async def test_a_stage_over_its_memory_limit_is_retried_then_reported_with_the_l
     record = next(r for r in _records(_isolated_runs) if r["status"] == "failed")
     [ends] = pods_of(cluster, record["id"], "data")
     assert [e.reason for e in ends] == ["OOMKilled", "OOMKilled"]      # retried once (retries: 1), then failed
+
+    # --resume with more memory: execution.* may change (where the stage runs), recorded in run.json
+    more = ["execution.memory=3Gi"]
+    resumed = await in_thread(runner.resume_run, record["id"], overrides=more,
+                              executor=cluster.executor(resume_params(_isolated_runs / record["id"], more)))
+    assert resumed["status"] == "succeeded"
+    assert _records(_isolated_runs)[0]["params"]["execution"]["memory"] == "3Gi"
+    assert [[e.reason for e in pods] for pods in pods_of(cluster, record["id"], "data")] == [
+        ["OOMKilled", "OOMKilled"], ["Completed"]]
+
+
+def test_resume_may_change_where_stages_run_never_what_they_compute(tmp_path):
+    from mlops_kit import cache
+
+    with pytest.raises(ParameterError) as excinfo:
+        resume_params(tmp_path, ["execution.memory=4Gi", "train.model=ridge", "seed=7"])
+    assert [p.key for p in excinfo.value.problems] == ["train.model", "seed"]
+    assert "execution.*" in excinfo.value.problems[0].expected
+    # execution.* is in no fingerprint: a stage run in a Job is the same stage as a local one
+    local = load_params().params
+    job = load_params(overrides=kube_params(memory="8Gi", cpu="3", retries=5, timeout=60)).params
+    for stage in STAGES:
+        inputs = dict.fromkeys(stage.inputs, "0" * 64)
+        assert (cache.fingerprint(stage, local, inputs, data_file=False)
+                == cache.fingerprint(stage, job, inputs, data_file=False)), stage.name
 
 
 def pods_of(controller, run_id: str, stage: str) -> list[list]:
@@ -386,6 +512,24 @@ async def test_a_missing_claim_is_a_plain_error_before_any_job(scripted):
         await in_thread(executor.ready)
     executor.stop()
     assert not any(k[0] == _jobs.JOBS for k in scripted.fake.objects)
+
+
+@pytest.mark.asyncio
+async def test_an_explicit_image_wins_over_the_kits_stage_image(scripted, monkeypatch):
+    import mlops_kit.image
+    from mlops_kit.execution import ExecutionPlan
+
+    own = "localhost/mlops-kit/stage:0123456789abcdef"
+    built = []
+    monkeypatch.setattr(mlops_kit.image, "ensure_stage_image", lambda params, **kwargs: built.append(1) or own)
+    for overrides, expected in ((kube_params(), IMAGE),
+                                ([o for o in kube_params() if not o.startswith("execution.image=")], own)):
+        executor = KubernetesExecutor(load_params(overrides=overrides).params, api_client=scripted.api, poll=0.01)
+        executor.start(ExecutionPlan([STAGE["evaluate"]]))
+        await in_thread(executor.ready)
+        assert executor.image == expected
+        executor.stop()
+    assert built == [1]                      # built (and shipped) only when execution.image is empty
 
 
 def test_a_data_file_outside_the_volume_is_refused(tmp_path, mixed_csv):

@@ -41,14 +41,25 @@ def build(run_id, builder, no_import, params_file, overrides, as_json):
 
 @click.group()
 def base():
-    """The base image (Debian 12 python3 + the training environment's wheels), cached."""
+    """The base image (Debian 12 python3 + the training environment's wheels), cached; and the
+    stage image of execution.mode kubernetes (`base build --stage`)."""
 
 
 @base.command("build")
 @click.option("--force", is_flag=True, help="rebuild even when cached")
-def base_build(force):
-    """Build (or find in the cache) the base for this environment's versions."""
+@click.option("--stage", is_flag=True, help="the stage image instead: the pods of execution.mode kubernetes run it "
+              "(every runtime requirement of mlops-kit at this environment's versions, plus this checkout's "
+              "mlops_kit/ and notebooks/); `mlops-kit run` builds it too when execution.image is empty")
+def base_build(force, stage):
+    """Build (or find in the cache) the base for this environment's versions; with --stage,
+    the stage image (printed: its reference, a content hash, and its OCI layout)."""
     from .. import image
 
+    if stage:
+        built = image.stage_image(force=force, log=click.echo)
+        mib = 1024 * 1024
+        click.echo(f"{built.ref}\n  {built.layout}\n  {built.compressed_size / mib:.1f} MiB compressed, "
+                   f"{len(built.layers)} layers, {built.seconds:.1f} s")
+        return
     found = image.build_base(force=force, log=click.echo)
     click.echo(f"{found.ref}\n  {found.layout}\n  " + " ".join(f"{k}=={v}" for k, v in found.pins.items()))

@@ -27,7 +27,8 @@ def _params_option(func):
 @click.option("--no-cache", is_flag=True, help="Execute every stage, even those unchanged since an earlier run.")
 @click.option("--explain", is_flag=True, help="Print, per stage, whether it would run or be reused, and why; run nothing.")
 @click.option("--resume", metavar="RUN_ID", help="Continue a failed or interrupted run from its first stage "
-              "that did not succeed, in its own folder, with its own parameters.")
+              "that did not succeed, in its own folder, with its own parameters (--set execution.*=... may change "
+              "where its stages run, e.g. execution.memory after OOMKilled).")
 @click.option("--dry-run", is_flag=True, help="With execution.mode kubernetes: print the Jobs the run would "
               "create (YAML, one document each); create nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final run record as JSON.")
@@ -47,17 +48,21 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
     phases = runner.Phases(origin=runner.process_started())
     phases.since_origin("start-up")
 
-    if resume and (params_file or overrides or stages):
+    if resume and (params_file or stages):
         raise click.UsageError("--resume continues a run with its own parameters and stages: "
-                               "it takes no -p, --set or --stages.")
+                               "it takes no -p or --stages (and --set only for execution.*).")
     selected = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     if dry_run:
         import yaml
 
         from ..execution.kubernetes import planned_jobs
 
-        jobs = planned_jobs(load_params(params_file, overrides), stages=selected, reuse_from=reuse_from,
-                            use_cache=not no_cache)
+        loaded = load_params(params_file, overrides)
+        jobs = planned_jobs(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache)
+        if jobs and not loaded.params.execution.image:
+            click.echo(f"stage image {jobs[0]['spec']['template']['spec']['containers'][0]['image']} (the kit's, "
+                       "from this environment and checkout: built or found cached, and shipped, when the run "
+                       "starts)", err=True)
         click.echo(yaml.safe_dump_all(jobs, sort_keys=False, explicit_start=True), nl=False)
         return
     if explain:
@@ -65,20 +70,29 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
         _print_plan(runner.explain(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache))
         return
     from ..execution.local import discard_prestarted, prestart
+    from ..params import resume_params
 
-    # the kernels' parent imports pandas and scikit-learn while this process loads the
-    # parameters, checks them and plans the run (stopped below if no stage runs)
-    with phases.measure("kernel start"):
-        prestart()
+    with phases.measure("parameters"):
+        if resume:
+            from ..ledger import open_run
+
+            kubernetes = resume_params(open_run(resume).path, overrides).execution.mode == "kubernetes"
+        else:
+            loaded = load_params(params_file, overrides)
+            kubernetes = loaded.params.execution.mode == "kubernetes"
+    # the kernels' parent imports pandas and scikit-learn while this process checks the
+    # parameters and plans the run (stopped below if no stage runs); no local kernel for Jobs
+    if not kubernetes:
+        with phases.measure("kernel start"):
+            prestart()
     # SIGTERM (a service manager, `kill`) ends the run like Ctrl-C: recorded as interrupted
     signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     printer = _ProgressPrinter(quiet=as_json)
     try:
         if resume:
-            record = runner.resume_run(resume, use_cache=not no_cache, on_event=printer, phases=phases)
+            record = runner.resume_run(resume, use_cache=not no_cache, on_event=printer, phases=phases,
+                                       overrides=overrides)
         else:
-            with phases.measure("parameters"):
-                loaded = load_params(params_file, overrides)
             record = runner.run_pipeline(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache,
                                          on_event=printer, phases=phases)
     finally:

@@ -1,7 +1,9 @@
 """The Kubernetes executor (``execution.mode: kubernetes``): each stage a Job.
 
 The Job's one pod runs ``python -m mlops_kit.execution.job`` (papermill, the same notebook
-and parameters as locally) in the stage image (``execution.image``). The run folder is not
+and parameters as locally) in the stage image: ``execution.image``, else the kit's own, built
+from this environment and checkout (or found cached) and shipped to the cluster as a serving
+image is, before the first Job (:func:`mlops_kit.image.ensure_stage_image`). The run folder is not
 copied anywhere: the PersistentVolumeClaim ``execution.volume`` (on MicroK8s, a claim on
 ``hostpath-storage``) holds the runs folder, and the pod mounts it at the very path the runs
 folder has here, so ``run_dir``, the record's paths and a data file inside the runs folder
@@ -61,9 +63,10 @@ def job_name(run_id: str, stage: str, suffix: str = "") -> str:
 
 
 def render_job(stage: "Stage", run_dir: Path, parameters: dict[str, Any], params: "RunParams", *,
-               runs_dir: Path | None = None) -> dict:
+               runs_dir: Path | None = None, image: str | None = None) -> dict:
     """The Job that executes ``stage`` into ``run_dir`` (a folder of the runs folder, which is
-    the volume's folder and is mounted at the same path in the pod)."""
+    the volume's folder and is mounted at the same path in the pod); ``image``: the stage
+    image's reference (default: ``execution.image``)."""
     execution = params.execution
     runs_dir = Path(runs_dir or _paths.runs_dir())
     run_dir = Path(run_dir)
@@ -96,7 +99,7 @@ def render_job(stage: "Stage", run_dir: Path, parameters: dict[str, Any], params
                     "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": CONTAINER,
-                        "image": execution.image,
+                        "image": image or execution.image,
                         "imagePullPolicy": "IfNotPresent",
                         "command": ["python3", "-m", "mlops_kit.execution.job"],
                         "args": [str(notebook), json.dumps(parameters, sort_keys=True)],
@@ -119,6 +122,18 @@ def render_job(stage: "Stage", run_dir: Path, parameters: dict[str, Any], params
             },
         },
     }
+
+
+def job_image(job: dict) -> str:
+    return job["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def stage_image_ref(params: "RunParams") -> str:
+    """The kit's stage image a run would use (``execution.image`` empty), named without
+    building it: a content hash of this environment's versions and this checkout."""
+    from ..image import stage_ref
+
+    return stage_ref(registry=params.package.registry)
 
 
 def validate_jobs(jobs: list[dict], version: str) -> None:
@@ -145,6 +160,7 @@ class KubernetesExecutor:
         self.poll = poll
         self.runs_dir = Path(runs_dir or _paths.runs_dir())
         self._api_client = api_client
+        self.image = params.execution.image          # None: the kit's stage image, resolved in ready()
         self._cluster = None
         self._connection: contextlib.ExitStack | None = None
         self._plan: ExecutionPlan | None = None
@@ -177,6 +193,10 @@ class KubernetesExecutor:
                 f"{execution.volume!r}, which does not exist there, instead.", reason="NotFound",
                 kind="PersistentVolumeClaim", namespace=execution.namespace, name=execution.volume,
                 hint="create it on hostpath-storage whose folder is the runs folder (README, Beyond one machine).")
+        if not self.image:
+            from ..image import ensure_stage_image
+
+            self.image = ensure_stage_image(self.params, log=self.log)
 
     def execute(self, stage: "Stage", run_dir: Path, parameters: dict[str, Any]) -> Outcome:
         execution = self.params.execution
@@ -185,12 +205,12 @@ class KubernetesExecutor:
         notebook.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(self._plan.notebooks if self._plan else _paths.notebooks_dir()) / stage.notebook,
                         notebook)             # the notebook the fingerprint hashed, where the pod finds it
-        job = render_job(stage, run_dir, parameters, self.params, runs_dir=self.runs_dir)
+        job = render_job(stage, run_dir, parameters, self.params, runs_dir=self.runs_dir, image=self.image)
         name = job["metadata"]["name"]
         started = time.perf_counter()
         cluster.create(job)
         self._running.append(name)
-        self.log(f"  {stage.name:<9} Job {execution.namespace}/{name} (image {execution.image})")
+        self.log(f"  {stage.name:<9} Job {execution.namespace}/{name} (image {self.image})")
         outcome = self._wait(cluster, job, notebook, started)   # interrupted: stop() deletes the Job
         self._running.remove(name)
         return outcome
@@ -263,9 +283,10 @@ class KubernetesExecutor:
             if stuck is not None:
                 cluster.delete("Job", namespace, name)
                 reason, message = stuck
+                which = "execution.image" if execution.image else "the kit's stage image (execution.image empty)"
                 return Outcome("failed", seconds, exception=reason, report=False,
-                               detail=f"the stage's pod cannot start: {reason}: {message} (execution.image "
-                                      f"{execution.image}; is it imported into the cluster's containerd, or in a "
+                               detail=f"the stage's pod cannot start: {reason}: {message} ({which} "
+                                      f"{job_image(job)}; is it imported into the cluster's containerd, or in a "
                                       "registry it can pull from?)")
             if time.monotonic() > deadline:
                 cluster.delete("Job", namespace, name)
@@ -372,8 +393,9 @@ def planned_jobs(loaded, *, stages: list[str] | None = None, reuse_from: str | N
         raise MlopsKitError(f"--dry-run prints the Jobs of execution.mode kubernetes. Got execution.mode "
                             f"{params.execution.mode!r} instead.", hint="add --set execution.mode=kubernetes")
     run_dir = _paths.runs_dir() / ledger.new_run_id()
+    image = params.execution.image or stage_image_ref(params)
     jobs = [render_job(plan.stage, run_dir, {**params.stage_parameters(plan.stage.section), "run_dir": str(run_dir)},
-                       params)
+                       params, image=image)
             for plan in runner.explain(loaded, stages=stages, reuse_from=reuse_from, use_cache=use_cache)
             if plan.cached_from is None]
     validate_jobs(jobs, params.deploy.kubernetes_version)

@@ -54,16 +54,18 @@ PROJECT_SUBDIR = "project"
 
 
 def render_sweep_job(sweep_dir: Path, trials: list[int], params: "RunParams", *, parallelism: int,
-                     stages: tuple[str, ...] = ("train", "evaluate"), runs_dir: Path | None = None) -> dict:
+                     stages: tuple[str, ...] = ("train", "evaluate"), runs_dir: Path | None = None,
+                   image: str | None = None) -> dict:
     """The Indexed Job of the trials ``trials`` (indexes in the sweep's record) of the sweep in
-    ``sweep_dir`` (a folder of the runs folder, the claim's)."""
+    ``sweep_dir`` (a folder of the runs folder, the claim's); ``image``: the stage image's
+    reference (default: ``execution.image``)."""
     from ..stages import Stage
 
     sweep_dir = Path(sweep_dir)
     sweep_id = sweep_dir.name
     execution = params.execution
     # a stage's Job gives the pod: image, claim, scratch, env, resources, security
-    job = render_job(Stage("trials", "", None), sweep_dir, {}, params, runs_dir=runs_dir)
+    job = render_job(Stage("trials", "", None), sweep_dir, {}, params, runs_dir=runs_dir, image=image)
     name = job_name(f"sweep-{sweep_id}", "trials", job["metadata"]["name"].rsplit("-", 1)[1])
     labels = {**MANAGED_BY, "app.kubernetes.io/component": "sweep", LABEL_SWEEP: sweep_id}
     job["metadata"].update(name=name, labels=labels)
@@ -91,12 +93,13 @@ def planned_sweep_jobs(loaded, trials: int, parallelism: int | None) -> list[dic
     stage's (unless the cache reuses it) and the trials' Indexed Job; nothing is created
     (``mlops-kit sweep --dry-run``)."""
     from .. import ledger
-    from .kubernetes import planned_jobs
+    from .kubernetes import planned_jobs, stage_image_ref
 
     params = loaded.params
     jobs = planned_jobs(loaded, stages=["data"])
     sweep_dir = _paths.sweeps_dir() / ledger.new_run_id()
-    jobs.append(render_sweep_job(sweep_dir, list(range(trials)), params, parallelism=parallelism or trials))
+    jobs.append(render_sweep_job(sweep_dir, list(range(trials)), params, parallelism=parallelism or trials,
+                                 image=params.execution.image or stage_image_ref(params)))
     validate_jobs(jobs, params.deploy.kubernetes_version)
     return jobs
 
@@ -134,13 +137,14 @@ class SweepJobs(KubernetesExecutor):
         for stage in stages:
             shutil.copyfile(self._plan.notebooks / stage.notebook, notebooks / stage.notebook)
         execution = self.params.execution
-        job = render_sweep_job(sweep.path, trials, self.params, parallelism=parallelism, runs_dir=self.runs_dir)
+        job = render_sweep_job(sweep.path, trials, self.params, parallelism=parallelism, runs_dir=self.runs_dir,
+                               image=self.image)
         name = job["metadata"]["name"]
         cluster = self._connect()
         cluster.create(job)
         self._running.append(name)
         self.log(f"trials: Indexed Job {execution.namespace}/{name} ({len(trials)} trial(s), "
-                 f"{job['spec']['parallelism']} at a time, image {execution.image})")
+                 f"{job['spec']['parallelism']} at a time, image {self.image})")
         try:
             self._watch(cluster, job, trials, on_start, on_end, cancel)
             self._running.remove(name)                    # ended: kept a day for `kubectl logs`
@@ -180,7 +184,7 @@ class SweepJobs(KubernetesExecutor):
                 if not finished:
                     cluster.delete("Job", namespace, name)
                 reason = (f"the trial's pod cannot start: {stuck[0]}: {stuck[1]} (execution.image "
-                          f"{self.params.execution.image})" if stuck is not None else
+                          f"{self.image})" if stuck is not None else
                           f"the Job ended ({_said(finished.get('Failed') or finished.get('Complete'))}) before "
                           "this trial did" if finished else "the Job did not end within its deadline")
                 for position in range(len(trials)):

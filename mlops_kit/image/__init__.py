@@ -28,10 +28,11 @@ from ._containerd import Containerd
 from . import _context, _oci as oci
 from ._context import CONTEXT_DIR, MODEL_DIR_IN_IMAGE, REQUEST_LOG_DIR_IN_IMAGE, Context, serving_modules, write_context
 from ._runner import DEFAULT_RUNNER, Log, Runner, _build_error as build_error, tail
+from ._stage import StageImage, stage_image, stage_ref, stage_requirements
 
 IMAGE_RECORD = _artifacts.IMAGE.name  # kept for callers of the old name
 
-__all__ = ["package", "build", "detect_builders", "build_base", "import_image", "push_image", "write_context", "select_builder",
+__all__ = ["package", "build", "ship_built", "ensure_stage_image", "stage_ref", "stage_image", "stage_requirements", "StageImage", "detect_builders", "build_base", "import_image", "push_image", "write_context", "select_builder",
            "resolve_run_dir", "read_image_record", "image_table", "Containerd", "Context", "BuiltImage",
            "BaseImage", "BUILDERS", "AUTO_ORDER", "IMAGE_RECORD", "pin_requirements", "serving_requirements",
            "serving_modules", "check_model_versions", "CONTEXT_DIR", "MODEL_DIR_IN_IMAGE", "REQUEST_LOG_DIR_IN_IMAGE", "APP_UID", "DEFAULT_RUNNER", "Runner",
@@ -170,17 +171,9 @@ def _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import,
     built = chosen.build(context, runner=runner, log=log)
     import_started = time.monotonic()
     where: dict[str, Any] | None = None
-    if do_import and ssh is not None:
-        from ..server.ship import ship
-
-        where = ship(built, ssh, namespace=pkg.containerd_namespace, registry_port=server.registry_port,
-                     status=server_status, log=log)
-    elif pkg.registry:
-        push_image(built, pkg.registry, log=log)
-        where = {"registry": pkg.registry}
-    elif do_import:
-        import_image(built, containerd, log=log)
-        where = {"containerd": containerd.socket or "microk8s", "namespace": containerd.namespace}
+    if do_import or pkg.registry:
+        where = ship_built(built, pkg, containerd, ssh=ssh if do_import else None, server=server,
+                           server_status=server_status, log=log)
     import_seconds = time.monotonic() - import_started
     record = {
         "ref": built.ref, "tag": context.tag, "image": pkg.image, "digest": built.manifest_digest,
@@ -198,6 +191,50 @@ def _package_built(run_dir, run_id, pkg, context, chosen, containerd, do_import,
     }
     _artifacts.IMAGE.save(run_dir, record)
     return record
+
+
+def ship_built(built: BuiltImage, pkg: Any, containerd: Containerd, *, ssh: Any = None, server: Any = None,
+               server_status: dict | None = None, skip_present: bool = False, log: Log = print) -> dict:
+    """Send a built image where the cluster's kubelet finds it: the team's server (``ssh``, over
+    its registry addon or into its containerd), ``package.registry``, else ``containerd`` (local
+    MicroK8s). Returns where it went (the image record's ``imported``); ``built.ref`` may change
+    (the server's registry name). ``skip_present``: nothing is imported into a local containerd
+    that holds the same digest already."""
+    if ssh is not None:
+        from ..server.ship import ship
+
+        return ship(built, ssh, namespace=pkg.containerd_namespace, registry_port=server.registry_port,
+                    status=server_status, log=log)
+    if pkg.registry:
+        push_image(built, pkg.registry, log=log)
+        return {"registry": pkg.registry}
+    where = {"containerd": containerd.socket or "microk8s", "namespace": containerd.namespace}
+    if skip_present and built.manifest_digest and containerd.image_digest(built.ref) == built.manifest_digest:
+        log(f"{built.ref} is in {containerd.describe()} already ({built.manifest_digest[:19]})")
+        return {**where, "present": True}
+    import_image(built, containerd, log=log)
+    return where
+
+
+def ensure_stage_image(params: Any, *, runner: Runner = DEFAULT_RUNNER, log: Log = print) -> str:
+    """The stage image built (or found cached) and shipped to the run's cluster as a serving
+    image is (the team's server when ``server.host`` is set, else ``package.registry``, else
+    the containerd of ``package.containerd_socket`` / MicroK8s); returns the reference the
+    Jobs use."""
+    pkg = params.package
+    built = stage_image(registry=pkg.registry, runner=runner, log=log)
+    containerd = Containerd(pkg.containerd_socket, pkg.containerd_namespace, runner=runner)
+    server = params.server if getattr(params.server, "host", None) else None
+    if server is None:
+        ship_built(built, pkg, containerd, skip_present=True, log=log)
+        return built.ref
+    from ..server import SSH
+    from ..server.ship import preflight
+
+    ssh = SSH.from_params(server)
+    with ssh.multiplexed():
+        ship_built(built, pkg, containerd, ssh=ssh, server=server, server_status=preflight(ssh), log=log)
+    return built.ref
 
 
 def compile_for(artifacts: Path, runtime: str = "auto", *, log: Log = print) -> str:

@@ -126,7 +126,7 @@ def pin_requirements(names: Iterable[str] | None = None) -> dict[str, str]:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
-            raise BuildError(f"The serving requirement {name!r} must be installed in the training "
+            raise BuildError(f"The image's requirement {name!r} must be installed in the training "
                              "environment. Got nothing installed under that name instead.",
                              step="requirements", hint=f"pip install {name}") from None
         pins[name] = dist.version
@@ -280,8 +280,11 @@ def _start_rootfs(target: Path, tmp: Path, runner: Runner, *, lean: bool = False
 
 
 def _fetch_wheels(pins: dict[str, str], site: Path, *, runner: Runner) -> None:
+    # --ignore-requires-python: the versions are those installed and working here; a release
+    # asking for a later 3.11.x than Debian's (soupsieve 4.1: >=3.11.5) is still the one recorded
     argv = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-            "--no-compile", "--root-user-action=ignore", "--target", str(site), "--only-binary=:all:",
+            "--no-compile", "--root-user-action=ignore", "--ignore-requires-python", "--target", str(site),
+            "--only-binary=:all:",
             "--python-version", IMAGE_PYTHON, "--implementation", "cp", "--abi", "cp311"]
     for platform in PLATFORMS:
         argv += ["--platform", platform]

@@ -89,58 +89,81 @@ class LayersBuilder(Builder):
     def build(self, context: Context, *, runner: Runner, log: Log) -> BuiltImage:
         started = time.monotonic()
         base = _base.find_base(context.requirements) or _base.ensure_base(context.requirements, runner=runner, log=log)
-        builds = _paths.image_builds_dir()
-        builds.mkdir(parents=True, exist_ok=True)
-        layout = Path(tempfile.mkdtemp(prefix=f"{context.tag}.", dir=builds))
-        try:
-            _oci.link_blobs(base.layout, layout)
-            base_desc = _oci.find_manifest(base.layout, "deps")
-            manifest = _oci.read_json_blob(base.layout, base_desc["digest"])
-            config = _oci.read_json_blob(base.layout, manifest["config"]["digest"])
-            layers = []
-            history = config.get("history") or []
-            for i, desc in enumerate(manifest["layers"]):
-                created_by = history[i].get("created_by", "") if i < len(history) else ""
-                sizes = base.info.get("diff_sizes") or []
-                layers.append({"digest": desc["digest"], "size": desc["size"],
-                               "unpacked": sizes[i] if i < len(sizes) else None,
-                               "created_by": created_by[:120], "base": True})
-            new_layers = [(*_app_layer(context, runner=runner, log=log), "COPY app/ /app/ (+ .pyc)"),
-                          (*_oci.layer_from_tree(context.model, "app/model"), "COPY model/ /app/model/")]
-            for blob, diff_id, unpacked, created_by in new_layers:
-                desc = _oci.write_blob(layout, blob, _oci.LAYER_GZIP)
-                manifest["layers"].append(desc)
-                config["rootfs"]["diff_ids"].append(diff_id)
-                history.append({"created": _created(), "created_by": created_by})
-                layers.append({"digest": desc["digest"], "size": desc["size"], "unpacked": unpacked,
-                               "created_by": created_by, "base": False})
-            image_config = config.setdefault("config", {})
-            env = [e for e in image_config.get("Env", []) if e.split("=", 1)[0] not in ENV]
-            image_config.update({"Env": env + [f"{k}={v}" for k, v in ENV.items()], "Cmd": CMD,
-                                 "Entrypoint": None, "User": USER, "WorkingDir": "/app",
-                                 "ExposedPorts": {f"{PORT}/tcp": {}},
-                                 "Labels": {**(image_config.get("Labels") or {}), **context.labels},
-                                 "StopSignal": "SIGTERM"})
-            config["history"] = history
-            config["created"] = _created()
-            config_desc = _oci.write_json_blob(layout, config, _oci.CONFIG)
-            manifest["config"] = config_desc
-            manifest.pop("annotations", None)
-            manifest_desc = _oci.write_json_blob(layout, manifest, _oci.MANIFEST)
-            tagged = dict(manifest_desc, annotations={_oci.REF_NAME: context.ref, _oci.CONTAINERD_NAME: context.ref})
-            base_tagged = dict(base_desc, annotations={_oci.REF_NAME: base.ref, _oci.CONTAINERD_NAME: base.ref})
-            _oci.write_layout(layout, [tagged, base_tagged])
-            final = builds / context.tag
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(layout, final)
-        finally:
-            shutil.rmtree(layout, ignore_errors=True)
-        _prune(builds)
-        seconds = time.monotonic() - started
-        log(f"built {context.ref} with layers in {seconds:.2f} s (base {base.key} reused)")
-        return BuiltImage(ref=context.ref, builder=self.name, layout=final, manifest_digest=manifest_desc["digest"],
-                          layers=layers, base_ref=base.ref, base_manifest=base_desc["digest"], seconds=seconds)
+        new_layers = [(*_app_layer(context.app, runner=runner, log=log), "COPY app/ /app/ (+ .pyc)"),
+                      (*_oci.layer_from_tree(context.model, "app/model"), "COPY model/ /app/model/")]
+        config = {"Cmd": CMD, "Entrypoint": None, "User": USER, "WorkingDir": "/app",
+                  "ExposedPorts": {f"{PORT}/tcp": {}}, "StopSignal": "SIGTERM"}
+        return assemble(base, new_layers, ref=context.ref, tag=context.tag, env=ENV, config=config,
+                        labels=context.labels, builder=self.name, started=started, log=log)
+
+
+def assemble(base: _base.BaseImage, new_layers: list[tuple[bytes, str, int, str]], *, ref: str, tag: str,
+             env: dict[str, str], config: dict, labels: dict[str, str], builder: str = "layers",
+             started: float | None = None, log: Log = print) -> BuiltImage:
+    """An OCI layout in the builds folder: the cached base's layers (hard links) plus
+    ``new_layers`` ((gzip blob, diff id, unpacked size, created_by) each), the base's config with
+    ``env`` added and ``config`` set; tagged ``ref``."""
+    started = time.monotonic() if started is None else started
+    builds = _paths.image_builds_dir()
+    builds.mkdir(parents=True, exist_ok=True)
+    layout = Path(tempfile.mkdtemp(prefix=f"{tag}.", dir=builds))
+    try:
+        _oci.link_blobs(base.layout, layout)
+        base_desc = _oci.find_manifest(base.layout, "deps")
+        manifest = _oci.read_json_blob(base.layout, base_desc["digest"])
+        image = _oci.read_json_blob(base.layout, manifest["config"]["digest"])
+        layers = []
+        history = image.get("history") or []
+        for i, desc in enumerate(manifest["layers"]):
+            created_by = history[i].get("created_by", "") if i < len(history) else ""
+            sizes = base.info.get("diff_sizes") or []
+            layers.append({"digest": desc["digest"], "size": desc["size"],
+                           "unpacked": sizes[i] if i < len(sizes) else None,
+                           "created_by": created_by[:120], "base": True})
+        for blob, diff_id, unpacked, created_by in new_layers:
+            desc = _oci.write_blob(layout, blob, _oci.LAYER_GZIP)
+            manifest["layers"].append(desc)
+            image["rootfs"]["diff_ids"].append(diff_id)
+            history.append({"created": _created(), "created_by": created_by})
+            layers.append({"digest": desc["digest"], "size": desc["size"], "unpacked": unpacked,
+                           "created_by": created_by, "base": False})
+        image_config = image.setdefault("config", {})
+        base_env = [e for e in image_config.get("Env", []) if e.split("=", 1)[0] not in env]
+        image_config.update({"Env": base_env + [f"{k}={v}" for k, v in env.items()], **config,
+                             "Labels": {**(image_config.get("Labels") or {}), **labels}})
+        image["history"] = history
+        image["created"] = _created()
+        config_desc = _oci.write_json_blob(layout, image, _oci.CONFIG)
+        manifest["config"] = config_desc
+        manifest.pop("annotations", None)
+        manifest_desc = _oci.write_json_blob(layout, manifest, _oci.MANIFEST)
+        tagged = dict(manifest_desc, annotations={_oci.REF_NAME: ref, _oci.CONTAINERD_NAME: ref})
+        base_tagged = dict(base_desc, annotations={_oci.REF_NAME: base.ref, _oci.CONTAINERD_NAME: base.ref})
+        _oci.write_layout(layout, [tagged, base_tagged])
+        final = builds / tag
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(layout, final)
+    finally:
+        shutil.rmtree(layout, ignore_errors=True)
+    _prune(builds)
+    seconds = time.monotonic() - started
+    log(f"built {ref} with {builder} in {seconds:.2f} s (base {base.key} reused)")
+    return BuiltImage(ref=ref, builder=builder, layout=final, manifest_digest=manifest_desc["digest"],
+                      layers=layers, base_ref=base.ref, base_manifest=base_desc["digest"], seconds=seconds)
+
+
+def read_built(layout: Path, ref: str, *, builder: str = "layers") -> BuiltImage | None:
+    """The image ``ref`` of a layout :func:`assemble` wrote earlier (None: not there)."""
+    try:
+        desc = next(d for d in _oci.read_index(layout).get("manifests", [])
+                    if d.get("annotations", {}).get(_oci.REF_NAME) == ref)
+        manifest = _oci.read_json_blob(layout, desc["digest"])
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None
+    layers = [{"digest": l["digest"], "size": l["size"], "unpacked": None, "created_by": ""}
+              for l in manifest["layers"]]
+    return BuiltImage(ref=ref, builder=builder, layout=layout, manifest_digest=desc["digest"], layers=layers)
 
 
 class ContainerfileBuilder(Builder):
@@ -238,15 +261,16 @@ def _describe_archive(built: BuiltImage) -> None:
         pass
 
 
-def _app_layer(context: Context, *, runner: Runner, log: Log) -> tuple[bytes, str, int]:
-    """The app layer (sources + .pyc), cached by the sources' digest: .pyc bytes differ from one
-    compile to the next (marshal), so the same app must reuse the same layer, byte for byte."""
+def _app_layer(source: Path, *, runner: Runner, log: Log) -> tuple[bytes, str, int]:
+    """The layer of the folder ``source`` at /app (sources + .pyc), cached by the sources' digest:
+    .pyc bytes differ from one compile to the next (marshal), so the same app must reuse the
+    same layer, byte for byte."""
     import hashlib
     import sys
 
     from ._context import content_digest
 
-    key = hashlib.sha256(f"{content_digest(context.app)}|{_base.image_python(runner)}|{sys.version_info[:2]}"
+    key = hashlib.sha256(f"{content_digest(source)}|{_base.image_python(runner)}|{sys.version_info[:2]}"
                          .encode()).hexdigest()[:16]
     folder = _paths.image_cache_dir() / "app-layers"
     blob_file, meta_file = folder / f"{key}.tar.gz", folder / f"{key}.json"
@@ -256,7 +280,7 @@ def _app_layer(context: Context, *, runner: Runner, log: Log) -> tuple[bytes, st
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="app-", dir=folder) as staging:
         app = Path(staging) / "app"
-        shutil.copytree(context.app, app)
+        shutil.copytree(source, app)
         _base._precompile(app, runner=runner, log=log, destdir="/app")
         blob, diff_id, unpacked = _oci.layer_from_tree(app, "app")
     tmp = blob_file.with_suffix(".tmp")
