@@ -76,7 +76,7 @@ def table_model(tmp_path_factory):
 
 # --- the live bins are the core's bins --------------------------------------------------------
 
-@pytest.mark.parametrize("which", ["table_model", "mixed_model_dir", "regression_model_dir"])
+@pytest.mark.parametrize("which", ["table_model", "mixed_model_dir", "regression_model_dir", "model_dir"])
 def test_live_bins_are_the_cores_bins(request, which):
     """Rows sent as clients send them (with a level never seen in training) counted by the
     server's numpy path equal the core's counts of the same rows, feature by feature and for
@@ -111,6 +111,19 @@ def test_live_bins_are_the_cores_bins(request, which):
     if category is not None:
         unseen = profile.feature(category).labels.index("unseen")
         assert expected.features[category].counts[unseen] >= 1
+
+
+def test_numeric_classes_are_binned_by_numpy_as_by_the_levels_dict(model_dir):
+    """The default model's integer classes: the vectorized path (no dict per row) gives each
+    value the bin the levels' dict gives it: a class, an integral float of a class, a value
+    that is no class (the fallback), NaN (missing)."""
+    from mlops_kit.serving import create_app
+
+    monitor_ = create_app(model_dir).state.service.live_monitor
+    assert monitor_._class_values is not None
+    _, lookup = monitor_._prediction
+    for values in (np.array([0, 1, 1, 7, -3, 0], np.int64), np.array([0.0, 1.0, np.nan, 0.5, 2.0, -1.0])):
+        assert monitor_._class_indexes(values).tolist() == [lookup[v] for v in values.tolist()]
 
 
 def test_the_onnx_server_counts_the_same_bins_without_scipy_or_pandas(mixed_model_dir, tmp_path):

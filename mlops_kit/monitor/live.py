@@ -252,6 +252,7 @@ class LiveMonitor:
                 self._categorical.append((position[f.name], _Lookup(
                     {level: f.offset + b for level, b in f.bins.items()}, f.offset + f.fallback, f.offset + f.missing)))
         self._prediction = None
+        self._class_values = None
         if profile.prediction is not None:
             p = profile.prediction
             if p.numeric:
@@ -262,6 +263,11 @@ class LiveMonitor:
                 for value in classes or ():   # the classes as the model answers them: no str() per row
                     lookup[value] = lookup[str(value)] if str(value) in lookup else p.offset + p.fallback
                 self._prediction = ("categorical", lookup)
+                numbers = sorted({c for c in classes or () if type(c) in (int, float) and c == c})
+                if numbers and len(numbers) == len(classes):   # numeric classes: binned by numpy, no dict per row
+                    self._class_values = np.array(numbers, dtype=np.float64)
+                    self._class_bins = np.array([lookup[c] for c in numbers], dtype=np.intp)
+                    self._class_other, self._class_missing = p.offset + p.fallback, p.offset + p.missing
         # the chunk being filled: its requests' arrays (numeric matrix, columns, answers)
         self._pending: list[tuple] = []
         self._pending_rows = 0
@@ -313,9 +319,21 @@ class LiveMonitor:
                 values = values.astype(np.float64, copy=False)
                 bins = np.searchsorted(how.edges, values, side="right") + how.offset
                 parts.append(np.where(np.isfinite(values), bins, how.offset + how.missing))
+            elif self._class_values is not None and values.dtype.kind in "iuf":
+                parts.append(self._class_indexes(values))
             else:
                 parts.append(np.fromiter(map(how.__getitem__, values.tolist()), np.intp, len(values)))
         return np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros(0, np.intp)
+
+    def _class_indexes(self, values: np.ndarray) -> np.ndarray:
+        """The flat bin index of numeric predictions among numeric classes (as the dict does:
+        a class's bin, NaN missing, anything else the fallback)."""
+        known = self._class_values
+        at = np.minimum(np.searchsorted(known, values), known.size - 1)
+        bins = np.where(known[at] == values, self._class_bins[at], self._class_other)
+        if values.dtype.kind == "f":
+            bins = np.where(np.isnan(values), self._class_missing, bins)
+        return bins
 
     def _numeric_bins(self, block: np.ndarray) -> np.ndarray:
         """The flat bin index of every numeric value (rows x numeric features)."""
