@@ -113,6 +113,27 @@ def test_live_bins_are_the_cores_bins(request, which):
         assert expected.features[category].counts[unseen] >= 1
 
 
+@pytest.mark.parametrize("tile_rows", [1, 7])
+def test_rows_beyond_the_tiled_edges_are_binned_in_slices_alike(table_model, monkeypatch, tile_rows):
+    """A chunk longer than the edges' tile (a slice of rows at a time, the last one shorter)
+    counts what the whole chunk at once counts (that one is the core's: the test above)."""
+    from mlops_kit.serving import create_app
+
+    service = create_app(table_model).state.service
+    batch = service.schema.parse_records(records_of(pd.read_parquet(table_model / "test.parquet"),
+                                                    artifacts.SCHEMA.load(table_model))[:250])
+    assert batch.rows % 7 and batch.rows <= service.live_monitor._tile_rows
+    predictions, _ = service.predictor.predict(batch)
+    whole = service.live_monitor
+    whole.observe(batch, predictions)
+    monkeypatch.setattr(live, "_TILE_ROWS", tile_rows)
+    sliced = live.LiveMonitor(live.read_profile(table_model / "monitor_profile.json"), list(service.schema.names),
+                              classes=service.predictor.classes)
+    assert sliced._tile_rows == tile_rows
+    sliced.observe(batch, predictions)
+    assert sliced.totals().tolist() == whole.totals().tolist()
+
+
 def test_numeric_classes_are_binned_by_numpy_as_by_the_levels_dict(model_dir):
     """The default model's integer classes: the vectorized path (no dict per row) gives each
     value the bin the levels' dict gives it: a class, an integral float of a class, a value

@@ -10,8 +10,10 @@ as text, missing as NaN) in the same bins as :mod:`._bins` does a DataFrame.
 On the request path, :meth:`LiveMonitor.observe` keeps the request's arrays with the current
 chunk; when the chunk holds ``window / 10`` rows it is binned at once, a few numpy calls
 whatever the number of numeric features or of requests in it: their bins by one comparison of
-the chunk's matrix with the edges (one plane per edge rank, padded with +inf) summed over the
-planes; each categorical feature's by a dict lookup per value (the levels' bins precomputed).
+the chunk's matrix with the edges (one plane per edge rank, padded with +inf, laid out row
+after row like the matrix) summed over the planes; each categorical feature's by a dict lookup
+per value (the levels' bins precomputed), numeric classes of the predictions by a search in
+the sorted classes.
 Every value becomes a flat bin index (the features and the predictions laid end to end),
 counted by one ``bincount``. The sliding
 window is the last chunks holding at least ``window`` rows (at most a chunk more). The drift of the window (PSI, and the
@@ -39,8 +41,11 @@ from ._layout import (MAX_COUNT, MAX_EDGES, MAX_FEATURES, MAX_KNOWN_LEVELS, MAX_
 DEFAULT_WINDOW = 1000
 #: the label of the predictions in the drift gauges
 PREDICTION = "__prediction__"
-#: comparisons of one numeric step at most (a request with more rows is binned in slices of rows)
-_COMPARISONS = 1 << 22
+#: the edges laid out for this many values at most (rows x numeric features x edge ranks; a
+#: chunk of more rows is binned in slices of rows): 4 MiB of float64
+_TILED_VALUES = 1 << 19
+#: rows of one slice at most (beyond, a longer slice gains nothing)
+_TILE_ROWS = 256
 
 
 @dataclass
@@ -234,11 +239,16 @@ class LiveMonitor:
         self._numeric = numeric
         self._numeric_list = [position[f.name] for f in numeric]
         # the edges, one plane per edge rank (padded with +inf): a value's bin is the number of
-        # its feature's edges it reaches, summed over the planes (numpy adds whole planes)
+        # its feature's edges it reaches, summed over the planes (numpy adds whole planes). Each
+        # plane is repeated for ``_tile_rows`` rows, so that the comparison of a slice of rows
+        # with it runs over two contiguous arrays (a broadcast of a row of edges runs numpy's
+        # inner loop over one row at a time: 2.5x slower on 30 features)
         depth = max((f.edges.size for f in numeric), default=0)
-        self._planes = np.full((depth, 1, len(numeric)), np.inf)
+        planes = np.full((depth, len(numeric)), np.inf)
         for j, f in enumerate(numeric):
-            self._planes[:f.edges.size, 0, j] = f.edges
+            planes[:f.edges.size, j] = f.edges
+        self._tile_rows = max(1, min(_TILE_ROWS, _TILED_VALUES // max(1, planes.size)))
+        self._tiled = np.tile(planes, (1, self._tile_rows))      # depth x (tile rows * numeric features)
         self._numeric_offsets = np.array([f.offset for f in numeric], dtype=np.intp)
         self._numeric_missing = np.array([f.offset + f.missing for f in numeric], dtype=np.intp)
         self._booleans = []
@@ -337,14 +347,16 @@ class LiveMonitor:
 
     def _numeric_bins(self, block: np.ndarray) -> np.ndarray:
         """The flat bin index of every numeric value (rows x numeric features)."""
-        planes = self._planes
-        step = max(1, _COMPARISONS // max(1, planes.size))
+        rows, width = block.shape
+        step = self._tile_rows
         # at most 99 edges (MAX_EDGES): the count of those reached fits in a byte
-        if block.shape[0] <= step:
-            reached = (block[None] >= planes).sum(axis=0, dtype=np.uint8) + self._numeric_offsets
+        if rows <= step:
+            reached = (block.reshape(1, -1) >= self._tiled[:, :rows * width]).sum(axis=0, dtype=np.uint8)
         else:
-            reached = np.concatenate([(block[i:i + step][None] >= planes).sum(axis=0, dtype=np.uint8)
-                                      for i in range(0, block.shape[0], step)]) + self._numeric_offsets
+            reached = np.concatenate([
+                (block[i:i + step].reshape(1, -1) >= self._tiled[:, :min(step, rows - i) * width]).sum(
+                    axis=0, dtype=np.uint8) for i in range(0, rows, step)])
+        reached = reached.reshape(rows, width) + self._numeric_offsets
         missing = np.isnan(block)     # (the server's JSON parsers refuse infinities)
         return np.where(missing, self._numeric_missing, reached) if missing.any() else reached
 
