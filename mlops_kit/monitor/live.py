@@ -46,6 +46,9 @@ PREDICTION = "__prediction__"
 _TILED_VALUES = 1 << 19
 #: rows of one slice at most (beyond, a longer slice gains nothing)
 _TILE_ROWS = 256
+#: the requests waiting are binned together once they hold this many rows (or a chunk, when more):
+#: the dozen numpy calls of a binning paid once for them all (each chunk's counts kept apart)
+BIN_ROWS = 1024
 
 
 @dataclass
@@ -278,10 +281,14 @@ class LiveMonitor:
                     self._class_values = np.array(numbers, dtype=np.float64)
                     self._class_bins = np.array([lookup[c] for c in numbers], dtype=np.intp)
                     self._class_other, self._class_missing = p.offset + p.fallback, p.offset + p.missing
-        # the chunk being filled: its requests' arrays (numeric matrix, columns, answers)
+        # the requests not binned yet: their arrays (numeric matrix, columns, answers, rows)
         self._pending: list[tuple] = []
         self._pending_rows = 0
         self._chunk = max(1, window // 10)
+        self._bin_rows = max(self._chunk, BIN_ROWS)
+        # the chunk being filled (binned part): its rows and counts
+        self._open_rows = 0
+        self._open = np.zeros(self.size, dtype=np.int64)
         self._chunks: collections.deque = collections.deque()
         self._chunks_sum = np.zeros(self.size, dtype=np.int64)
         self._chunks_rows = 0
@@ -292,22 +299,22 @@ class LiveMonitor:
     # -- the request path ----------------------------------------------------------------------
     def observe(self, batch: Any, predictions: Any) -> None:
         """Count a validated batch and the model's answers for it. The request's arrays are
-        kept with the chunk (no copy: the server makes new ones per request) and the chunk is
-        binned and counted at once when it holds ``window / 10`` rows: a few numpy calls per
-        chunk, whatever the number of features or of requests in it."""
+        kept (no copy: the server makes new ones per request) and binned with the others once
+        they hold ``BIN_ROWS`` rows (or a chunk's): a dozen numpy calls for them all, whatever
+        the number of features or of requests; each chunk (``window / 10`` rows) counted apart."""
         rows = batch.rows
         if self._numeric and (batch.numeric is None or len(self._numeric_list) != batch.numeric.shape[1]):
             block = np.column_stack([batch.columns[i] for i in self._numeric_list])
         else:
             block = batch.numeric     # every numeric column of the schema, in order: the batch's own matrix
-        self._pending.append((block, batch.columns, predictions))
+        self._pending.append((block, batch.columns, predictions, rows))
         self._pending_rows += rows
         self.rows += rows
-        if self._pending_rows >= self._chunk:
-            self._close_chunk()
+        if self._pending_rows >= self._bin_rows:
+            self._bin_pending()
 
     def _bin_indexes(self, pending: list) -> np.ndarray:
-        """The flat bin index of every value of the pending requests."""
+        """The flat bin index of every value of the pending requests: rows x monitored values."""
         one = len(pending) == 1
 
         def stacked(values: list) -> Any:
@@ -315,25 +322,26 @@ class LiveMonitor:
 
         parts = []
         if self._numeric:
-            parts.append(self._numeric_bins(stacked([block for block, _, _ in pending])).ravel())
+            parts.append(self._numeric_bins(stacked([block for block, *_ in pending])))
         for column_index, true_bin, false_bin, missing in self._booleans:
-            values = stacked([columns[column_index] for _, columns, _ in pending])
-            parts.append(np.where(values == 1.0, true_bin, np.where(values == 0.0, false_bin, missing)))
+            values = stacked([columns[column_index] for _, columns, *_ in pending])
+            parts.append(np.where(values == 1.0, true_bin, np.where(values == 0.0, false_bin, missing))[:, None])
         for column_index, lookup in self._categorical:
-            values = stacked([columns[column_index] for _, columns, _ in pending])
-            parts.append(np.fromiter(map(lookup.__getitem__, values), np.intp, len(values)))
+            values = stacked([columns[column_index] for _, columns, *_ in pending])
+            parts.append(np.fromiter(map(lookup.__getitem__, values), np.intp, len(values))[:, None])
         if self._prediction is not None:
             kind, how = self._prediction
-            values = stacked([np.asarray(answers) for _, _, answers in pending])
+            values = stacked([np.asarray(answers) for _, _, answers, _ in pending])
             if kind == "numeric":
                 values = values.astype(np.float64, copy=False)
                 bins = np.searchsorted(how.edges, values, side="right") + how.offset
-                parts.append(np.where(np.isfinite(values), bins, how.offset + how.missing))
+                parts.append(np.where(np.isfinite(values), bins, how.offset + how.missing)[:, None])
             elif self._class_values is not None and values.dtype.kind in "iuf":
-                parts.append(self._class_indexes(values))
+                parts.append(self._class_indexes(values)[:, None])
             else:
-                parts.append(np.fromiter(map(how.__getitem__, values.tolist()), np.intp, len(values)))
-        return np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros(0, np.intp)
+                parts.append(np.fromiter(map(how.__getitem__, values.tolist()), np.intp, len(values))[:, None])
+        rows = sum(request[3] for request in pending)
+        return np.hstack(parts) if len(parts) > 1 else parts[0] if parts else np.zeros((rows, 0), np.intp)
 
     def _class_indexes(self, values: np.ndarray) -> np.ndarray:
         """The flat bin index of numeric predictions among numeric classes (as the dict does:
@@ -360,19 +368,33 @@ class LiveMonitor:
         missing = np.isnan(block)     # (the server's JSON parsers refuse infinities)
         return np.where(missing, self._numeric_missing, reached) if missing.any() else reached
 
-    def _count_pending(self) -> np.ndarray:
-        if not self._pending:
-            return np.zeros(self.size, dtype=np.int64)
-        return np.bincount(self._bin_indexes(self._pending), minlength=self.size).astype(np.int64, copy=False)
+    def _bin_pending(self) -> None:
+        """Bin the pending requests at once, each chunk's counts apart: a request goes whole into
+        the chunk being filled, which closes once it holds ``window / 10`` rows (one bincount
+        over the bins offset by the chunk's rank)."""
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        ranks, chunk_rows = [], [self._open_rows]
+        for request in pending:
+            ranks.append(len(chunk_rows) - 1)
+            chunk_rows[-1] += request[3]
+            if chunk_rows[-1] >= self._chunk:
+                chunk_rows.append(0)
+        row_rank = np.repeat(np.array(ranks, dtype=np.intp), [request[3] for request in pending])
+        keys = self._bin_indexes(pending) + (row_rank * self.size)[:, None]
+        counts = np.bincount(keys.ravel(), minlength=len(chunk_rows) * self.size).astype(np.int64, copy=False)
+        counts = counts.reshape(len(chunk_rows), self.size)
+        self._closed += counts.sum(axis=0)
+        for rank, rows in enumerate(chunk_rows):
+            self._open += counts[rank]
+            self._open_rows = rows
+            if rows >= self._chunk:
+                self._close_chunk()
 
     def _close_chunk(self) -> None:
-        counts = self._count_pending()
-        self._chunks.append((self._pending_rows, counts))
-        self._chunks_sum += counts
-        self._chunks_rows += self._pending_rows
-        self._closed += counts
-        self._pending = []
-        self._pending_rows = 0
+        self._chunks.append((self._open_rows, self._open))
+        self._chunks_sum += self._open
+        self._chunks_rows += self._open_rows
+        self._open, self._open_rows = np.zeros(self.size, dtype=np.int64), 0
         while self._chunks and self._chunks_rows - self._chunks[0][0] >= self.window:
             rows, counts = self._chunks.popleft()
             self._chunks_sum -= counts
@@ -380,12 +402,17 @@ class LiveMonitor:
 
     # -- scraping ------------------------------------------------------------------------------
     def totals(self) -> np.ndarray:
-        """Every row counted since the start (the counters)."""
-        return self._closed + self._count_pending()
+        """Every row counted since the start (the counters); the pending requests binned first."""
+        if self._pending:
+            self._bin_pending()
+        return self._closed.copy()
 
     def snapshot(self) -> tuple[int, int, np.ndarray]:
-        """(rows seen, rows in the window, the window's counts): taken where requests are counted."""
-        return self.rows, self._chunks_rows + self._pending_rows, self._chunks_sum + self._count_pending()
+        """(rows seen, rows in the window, the window's counts): taken where requests are counted
+        (the pending requests binned first)."""
+        if self._pending:
+            self._bin_pending()
+        return self.rows, self._chunks_rows + self._open_rows, self._chunks_sum + self._open
 
     def judge(self, snapshot: tuple[int, int, np.ndarray], *, seed: int = 0) -> Judgement:
         """The window's drift: per feature the PSI against the profile and whether the core's
