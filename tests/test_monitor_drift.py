@@ -372,3 +372,38 @@ def test_integer_levels_read_back_as_floats_are_the_same_levels():
     assert not verdict.drifted and verdict.prediction.score < 1e-9
     counts = monitor.bin_window(profile, live, predictions.astype(np.float64))
     assert counts.features["plan"].counts[-2] == 0                  # nothing unseen
+
+
+# --- the laws' tails, without scipy.stats (its import is the report's memory at 10 k rows) -----
+
+@pytest.mark.parametrize("chunk", [None, 3])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_tails_equal_scipys_laws_summed_term_by_term(seed, chunk, monkeypatch):
+    """hypergeom_sf and betabinom_sf against scipy.stats' pmf summed over the tail (scipy's own
+    sf is 1 - cdf, which is round-off far in the tail), on both sides of the mode and at the
+    ends of the support; the non-centrality for 80 % power against scipy's ncx2 and brentq."""
+    from scipy import optimize, stats
+    from scipy.special import logsumexp
+
+    from mlops_kit.monitor import _drift
+
+    if chunk:   # a few terms at a time: the stopping rule decides where the sum ends
+        monkeypatch.setattr(_drift, "_TAIL_CHUNK", chunk)
+    rng = np.random.default_rng(seed)
+    for _ in range(150):
+        total = int(rng.integers(2, 20_000))
+        successes, draws = int(rng.integers(0, total + 1)), int(rng.integers(0, total + 1))
+        k = int(rng.integers(-1, min(successes, draws) + 2))
+        tail = np.arange(k + 1, min(successes, draws) + 1)
+        expected = min(1.0, float(np.exp(logsumexp(stats.hypergeom.logpmf(tail, total, successes, draws))))) \
+            if tail.size else 0.0
+        assert _drift.hypergeom_sf(k, total, successes, draws) == pytest.approx(expected, rel=1e-8, abs=1e-300)
+        n, a, b = int(rng.integers(0, 20_000)), float(rng.integers(1, 500)), float(rng.integers(1, 50_000))
+        k = int(rng.integers(-1, n + 2))
+        tail = np.arange(k + 1, n + 1)
+        expected = min(1.0, float(np.exp(logsumexp(stats.betabinom.logpmf(tail, n, a, b))))) if tail.size else 0.0
+        assert _drift.betabinom_sf(k, n, a, b) == pytest.approx(expected, rel=1e-8, abs=1e-300)
+    df, level = int(rng.integers(1, 40)), 0.05 / int(rng.integers(1, 40))
+    critical = stats.chi2.isf(level, df)
+    expected = optimize.brentq(lambda lam: stats.ncx2.sf(critical, df, lam) - 0.8, 1e-9, 1e6)
+    assert _drift.noncentrality_for_power(df, level) == pytest.approx(expected, rel=1e-7)

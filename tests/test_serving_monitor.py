@@ -76,7 +76,7 @@ def table_model(tmp_path_factory):
 
 # --- the live bins are the core's bins --------------------------------------------------------
 
-@pytest.mark.parametrize("which", ["table_model", "mixed_model_dir", "regression_model_dir"])
+@pytest.mark.parametrize("which", ["table_model", "mixed_model_dir", "regression_model_dir", "model_dir"])
 def test_live_bins_are_the_cores_bins(request, which):
     """Rows sent as clients send them (with a level never seen in training) counted by the
     server's numpy path equal the core's counts of the same rows, feature by feature and for
@@ -111,6 +111,40 @@ def test_live_bins_are_the_cores_bins(request, which):
     if category is not None:
         unseen = profile.feature(category).labels.index("unseen")
         assert expected.features[category].counts[unseen] >= 1
+
+
+@pytest.mark.parametrize("tile_rows", [1, 7])
+def test_rows_beyond_the_tiled_edges_are_binned_in_slices_alike(table_model, monkeypatch, tile_rows):
+    """A chunk longer than the edges' tile (a slice of rows at a time, the last one shorter)
+    counts what the whole chunk at once counts (that one is the core's: the test above)."""
+    from mlops_kit.serving import create_app
+
+    service = create_app(table_model).state.service
+    batch = service.schema.parse_records(records_of(pd.read_parquet(table_model / "test.parquet"),
+                                                    artifacts.SCHEMA.load(table_model))[:250])
+    assert batch.rows % 7 and batch.rows <= service.live_monitor._tile_rows
+    predictions, _ = service.predictor.predict(batch)
+    whole = service.live_monitor
+    whole.observe(batch, predictions)
+    monkeypatch.setattr(live, "_TILE_ROWS", tile_rows)
+    sliced = live.LiveMonitor(live.read_profile(table_model / "monitor_profile.json"), list(service.schema.names),
+                              classes=service.predictor.classes)
+    assert sliced._tile_rows == tile_rows
+    sliced.observe(batch, predictions)
+    assert sliced.totals().tolist() == whole.totals().tolist()
+
+
+def test_numeric_classes_are_binned_by_numpy_as_by_the_levels_dict(model_dir):
+    """The default model's integer classes: the vectorized path (no dict per row) gives each
+    value the bin the levels' dict gives it: a class, an integral float of a class, a value
+    that is no class (the fallback), NaN (missing)."""
+    from mlops_kit.serving import create_app
+
+    monitor_ = create_app(model_dir).state.service.live_monitor
+    assert monitor_._class_values is not None
+    _, lookup = monitor_._prediction
+    for values in (np.array([0, 1, 1, 7, -3, 0], np.int64), np.array([0.0, 1.0, np.nan, 0.5, 2.0, -1.0])):
+        assert monitor_._class_indexes(values).tolist() == [lookup[v] for v in values.tolist()]
 
 
 def test_the_onnx_server_counts_the_same_bins_without_scipy_or_pandas(mixed_model_dir, tmp_path):
@@ -157,12 +191,18 @@ print(json.dumps({{"platform": service.predictor.platform, "totals": service.liv
     assert onnx["scores"] == pytest.approx(service.live_monitor.judge(service.live_monitor.snapshot()).scores)
 
 
-def test_the_window_slides_and_judges_like_the_core(mixed_model_dir):
+@pytest.mark.parametrize("bin_rows", [None, 1, 25])
+def test_the_window_slides_and_judges_like_the_core(mixed_model_dir, monkeypatch, bin_rows):
     """The window keeps the last ``window`` rows (give or take a chunk); its verdict per
-    feature is the core's permutation test at the core's Bonferroni level."""
+    feature is the core's permutation test at the core's Bonferroni level. Whether the
+    requests are binned one by one, a few chunks at a time (a chunk left half filled) or all
+    at the scrape, the window is the same."""
     from mlops_kit.serving import create_app
 
+    if bin_rows:
+        monkeypatch.setattr(live, "BIN_ROWS", bin_rows)
     app = create_app(mixed_model_dir, drift_window=100)
+    assert app.state.service.live_monitor._bin_rows == max(10, bin_rows or live.BIN_ROWS)
     counting = app.state.service.live_monitor
     schema = artifacts.SCHEMA.load(mixed_model_dir)
     train = pd.read_parquet(mixed_model_dir / "train.parquet")
@@ -171,8 +211,25 @@ def test_the_window_slides_and_judges_like_the_core(mixed_model_dir):
         for start in range(0, 150, 10):
             batch = app.state.service.schema.parse_records(records_of(frame.iloc[start:start + 10], schema))
             counting.observe(batch, app.state.service.predictor.predict(batch)[0])
-    seen, rows, _ = snapshot = counting.snapshot()
+    seen, rows, counts = snapshot = counting.snapshot()
     assert seen == 300 and 100 <= rows <= 110
+    assert [chunk for chunk, _ in counting._chunks] == [10] * 10    # a chunk closes at window / 10 rows
+    # a window of 150: chunks of 15 rows at least, so two requests of 10 each, the open one carried over
+    wider = live.LiveMonitor(live.read_profile(mixed_model_dir / "monitor_profile.json"),
+                             list(app.state.service.schema.names), window=150,
+                             classes=app.state.service.predictor.classes)
+    for start in range(0, 150, 10):
+        batch = app.state.service.schema.parse_records(records_of(train.iloc[start:start + 10], schema))
+        wider.observe(batch, app.state.service.predictor.predict(batch)[0])
+    assert wider.snapshot()[1] == 150 and [chunk for chunk, _ in wider._chunks] == [20] * 7
+    window = shifted.iloc[150 - rows:150]
+    alone = live.LiveMonitor(live.read_profile(mixed_model_dir / "monitor_profile.json"),
+                             list(app.state.service.schema.names), classes=app.state.service.predictor.classes)
+    batch = app.state.service.schema.parse_records(records_of(window, schema))
+    alone.observe(batch, app.state.service.predictor.predict(batch)[0])
+    assert counts.tolist() == alone.totals().tolist()      # the window's counts: exactly its rows'
+    assert counting.totals().tolist() == (counts + _counts_of(
+        app, train.iloc[:150], schema) + _counts_of(app, shifted.iloc[:150 - rows], schema)).tolist()
     judged = counting.judge(snapshot)
     profile = artifacts.MONITOR_PROFILE.load(mixed_model_dir)
     window = shifted.iloc[150 - rows:150]
@@ -183,6 +240,16 @@ def test_the_window_slides_and_judges_like_the_core(mixed_model_dir):
     assert {n for n, d in judged.detected.items() if d} - {"__prediction__"} == \
         {n for n in verdict.drifted if n != "prediction"}
     assert judged.scores["age"] == pytest.approx(verdict.features["age"].score)
+
+
+def _counts_of(app, frame, schema):
+    service = app.state.service
+    alone = live.LiveMonitor(live.read_profile(service.predictor.model_dir / "monitor_profile.json"),
+                             list(service.schema.names), classes=service.predictor.classes)
+    if len(frame):
+        batch = service.schema.parse_records(records_of(frame, schema))
+        alone.observe(batch, service.predictor.predict(batch)[0])
+    return alone.totals()
 
 
 # --- the profile the server reads -------------------------------------------------------------

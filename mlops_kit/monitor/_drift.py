@@ -49,7 +49,9 @@ import math
 import numpy as np
 
 # scipy is imported where it is used: the model server (no scipy in the ONNX image) takes the
-# scores and the permutation test from here, which need numpy only
+# scores and the permutation test from here, which need numpy only. Only ``scipy.special`` (16
+# MiB): ``scipy.stats`` and ``scipy.optimize`` take 67 MiB more, the report's whole memory at
+# 10 k rows; the two laws below are summed here and the roots found by bisection
 
 #: the family-wise false-alarm rate on unchanged data
 DEFAULT_ALPHA = 0.05
@@ -128,10 +130,11 @@ def draws_needed(alpha: float, tests: int) -> int:
 def noncentrality_for_power(df: int, level: float, power: float = POWER) -> float:
     """The non-centrality at which a chi-squared test (``df``, ``level``) has the given power
     (cached: a verdict asks it for a few distinct ``df`` only)."""
-    from scipy import optimize, stats
+    from scipy import special
 
-    critical = stats.chi2.isf(level, df)
-    return float(optimize.brentq(lambda lam: stats.ncx2.sf(critical, df, lam) - power, 1e-9, 1e6))
+    critical = special.chdtri(df, level)      # the chi-squared's upper quantile
+    # the power rises with the non-centrality: 1 - ncx2.cdf(critical) = power
+    return _root(lambda lam: (1.0 - special.chndtr(critical, df, lam)) - power, 1e-9, 1e6, 1e-9)
 
 
 def min_detectable_w2(reference: np.ndarray, n: int, level: float) -> float | None:
@@ -152,8 +155,6 @@ def min_detectable_mean_shift(reference: np.ndarray, edges: list[float], low: fl
     bins: the training minimum and maximum); shifting it by ``d * std`` moves mass between
     bins; the smallest ``d`` with ``sum (q - p)^2 / p >= w2`` is found by bisection.
     """
-    from scipy import optimize
-
     if w2 is None or std <= 0 or high <= low:
         return None
     p = reference / reference.sum()
@@ -174,33 +175,105 @@ def min_detectable_mean_shift(reference: np.ndarray, edges: list[float], low: fl
         return None
     if divergence(0.0) >= w2:
         return 0.0
-    return float(optimize.brentq(lambda d: divergence(d) - w2, 0.0, top, xtol=1e-4))
+    return _root(lambda d: divergence(d) - w2, 0.0, top, 1e-4)
+
+
+def _root(f, low: float, high: float, tolerance: float) -> float:
+    """The root of an increasing ``f`` between ``low`` (f < 0) and ``high`` (f >= 0), by
+    bisection to within ``tolerance`` (absolute, or relative above 1)."""
+    for _ in range(200):
+        if high - low <= tolerance * max(1.0, abs(low)):
+            break
+        middle = (low + high) / 2
+        if f(middle) < 0:
+            low = middle
+        else:
+            high = middle
+    return float((low + high) / 2)
 
 
 # --- data quality -----------------------------------------------------------------------------
 
 def missing_p_value(reference_missing: int, reference_rows: int, missing: int, rows: int) -> float:
     """One-sided Fisher's exact test: is the window's missing share higher than the reference's?"""
-    from scipy import stats
-
     if missing == 0 or rows == 0:
         return 1.0
-    return float(stats.hypergeom.sf(missing - 1, reference_rows + rows, reference_missing + missing, rows))
+    return hypergeom_sf(missing - 1, reference_rows + rows, reference_missing + missing, rows)
 
 
 def out_of_range_p_value(reference_present: int, outside: int, present: int) -> float:
     """Window values outside the training range: beta-binomial with ``Beta(2, N - 1)``."""
-    from scipy import stats
-
     if outside == 0 or reference_present < 2:
         return 1.0
-    return float(stats.betabinom.sf(outside - 1, present, 2, reference_present - 1))
+    return betabinom_sf(outside - 1, present, 2, reference_present - 1)
 
 
 def unseen_p_value(reference_present: int, singletons: int, unseen: int, present: int) -> float:
     """Values of levels never seen in training: beta-binomial around Good-Turing's estimate."""
-    from scipy import stats
-
     if unseen == 0:
         return 1.0
-    return float(stats.betabinom.sf(unseen - 1, present, singletons + 1, reference_present - singletons + 1))
+    return betabinom_sf(unseen - 1, present, singletons + 1, reference_present - singletons + 1)
+
+
+# --- two discrete laws' upper tails (scipy.stats' hypergeom.sf and betabinom.sf) -------------
+
+def hypergeom_sf(k: int, total: int, successes: int, draws: int) -> float:
+    """P(X > k), X the successes among ``draws`` drawn without replacement from ``total`` of
+    which ``successes`` are."""
+    from scipy.special import gammaln
+
+    low, high = max(0, draws - (total - successes)), min(successes, draws)
+
+    def log_pmf(x: np.ndarray) -> np.ndarray:
+        return (_log_choose(gammaln, successes, x) + _log_choose(gammaln, total - successes, draws - x)
+                - _log_choose(gammaln, total, draws))
+
+    return _upper_tail(log_pmf, k, low, high)
+
+
+def betabinom_sf(k: int, n: int, a: float, b: float) -> float:
+    """P(X > k), X beta-binomial: ``n`` trials, success chance drawn from ``Beta(a, b)``."""
+    from scipy.special import betaln, gammaln
+
+    def log_pmf(x: np.ndarray) -> np.ndarray:
+        return _log_choose(gammaln, n, x) + betaln(x + a, n - x + b) - betaln(a, b)
+
+    return _upper_tail(log_pmf, k, 0, n)
+
+
+def _log_choose(gammaln, n, x):
+    return gammaln(n + 1) - gammaln(x + 1) - gammaln(n - x + 1)
+
+
+#: terms summed at a time, and the share of the sum below which the rest of a tail is left out
+_TAIL_CHUNK = 4096
+_NEGLIGIBLE = 1e-18
+
+
+def _upper_tail(log_pmf, k: int, low: int, high: int) -> float:
+    """``sum pmf(x) for x > k`` of a log-concave law on ``low..high``: summed from where the
+    terms fall (past the mode: upwards from ``k + 1``; before it: ``1 - `` the sum downwards
+    from ``k``), a chunk at a time, stopping once the terms are negligible (they only fall)."""
+    if k < low:
+        return 1.0
+    if k >= high:
+        return 0.0
+    start = np.array([k, k + 1], dtype=np.float64)
+    before, after = log_pmf(start)
+    if after <= before:                          # past the mode: the tail itself
+        return float(min(1.0, _sum_falling(log_pmf, k + 1, high, 1)))
+    return float(min(1.0, max(0.0, 1.0 - _sum_falling(log_pmf, k, low, -1))))
+
+
+def _sum_falling(log_pmf, first: int, last: int, step: int) -> float:
+    total = 0.0
+    at = first
+    while (at - last) * step <= 0:
+        end = at + step * _TAIL_CHUNK
+        end = min(end, last + 1) if step > 0 else max(end, last - 1)
+        terms = np.exp(log_pmf(np.arange(at, end, step, dtype=np.float64)))
+        total += float(terms.sum())
+        if terms[-1] <= total * _NEGLIGIBLE:
+            break
+        at = end
+    return total

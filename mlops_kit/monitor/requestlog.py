@@ -132,9 +132,19 @@ class RequestLogWriter:
         ``predictions`` one per row; ``probabilities`` rows x classes or None). Returns whether
         it was queued; never blocks."""
         rows = len(predictions) if rows is None else rows
+        return self.wants(rows) and self.queue(request_id, features, predictions, probabilities, rows)
+
+    def wants(self, rows: int) -> bool:
+        """The sampling decision for a request of ``rows`` rows (counted when it is left out):
+        taken before anything is made for the log."""
         if self.sample < 1 and (self.sample == 0 or self._random() >= self.sample):
             self.sampled_out += rows
             return False
+        return True
+
+    def queue(self, request_id: str, features: dict[str, Any], predictions: Any, probabilities: Any,
+              rows: int) -> bool:
+        """Queue a request :meth:`wants` took; False (and counted) when the queue is full."""
         with self._wake:
             if self._closed or self._queued_rows + rows > self.queue_rows:
                 self.dropped += rows

@@ -85,9 +85,10 @@ class ModelService:
         try:
             if self.live_monitor is not None:
                 self.live_monitor.observe(batch, predictions)
-            if self.request_log is not None:
-                self.request_log.offer(request_id, dict(zip(self.schema.names, batch.columns)), predictions,
-                                       probabilities, rows=batch.rows)
+            log = self.request_log
+            if log is not None and log.wants(batch.rows):   # the sampling decision first: nothing made otherwise
+                log.queue(request_id, dict(zip(self.schema.names, batch.columns)), predictions, probabilities,
+                          batch.rows)
         except Exception:
             if not self._monitor_failed:
                 self._monitor_failed = True
