@@ -22,6 +22,7 @@ when none did. ``run_pod(job, attempt)`` then receives the pod's Job: its templa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -242,3 +243,30 @@ def _ranges(indexes: set[int]) -> str:
         else:
             parts.append([value, value])
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+@contextlib.asynccontextmanager
+async def fake_job_api(namespace: str, claim: str, run_pod: Callable):
+    """The fake API (kmock) serving Jobs in ``namespace`` with the claim ``claim``, and its Job
+    controller ending each pod with ``run_pod(job, attempt)``: yields the controller, whose
+    ``api`` is a Kubernetes client of that fake API."""
+    from kubernetes import client as kclient
+    from test_k8s_fakes import FakeApiServer
+
+    async with FakeApiServer() as server, kmock.Server(server) as http:
+        serve_jobs(server, namespace, claim)
+        api = kclient.ApiClient(kclient.Configuration(host=str(http.url).rstrip("/")))
+        async with FakeJobController(server, run_pod) as controller:
+            controller.api = api
+            yield controller
+
+
+def kubelet_pods(containerd, workdir, *, claims: dict, images: dict) -> Callable:
+    """``run_pod`` for :func:`fake_job_api`: each pod run for REAL by the test kubelet."""
+    import _kubelet
+
+    def run_pod(job: dict, attempt: int) -> PodEnd:
+        end = _kubelet.run_job_pod(_kubelet.job_pod(job), containerd, workdir, claims=claims, images=images)
+        return PodEnd(end.exit_code, end.reason, end.message)
+
+    return run_pod

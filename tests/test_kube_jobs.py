@@ -179,10 +179,8 @@ def test_dry_run_without_an_image_names_the_stage_image_and_builds_nothing(_isol
 
 kmock = pytest.importorskip("kmock")
 import pytest_asyncio  # noqa: E402
-from kubernetes import client as kclient  # noqa: E402
 
 import _jobs  # noqa: E402
-from test_k8s_fakes import FakeApiServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -208,23 +206,13 @@ def stage_image() -> "object":
 @pytest_asyncio.fixture
 async def cluster(containerd, tmp_path, _isolated_runs):
     """The fake API, its Job controller running each pod in containerd, and an executor factory."""
-    import _kubelet
-
-    images = {IMAGE: stage_image()}
     workdir = tmp_path / "pods"
     workdir.mkdir()
-
-    def run_pod(job, attempt):
-        end = _kubelet.run_job_pod(_kubelet.job_pod(job), containerd, workdir, claims={CLAIM: _isolated_runs},
-                                   images=images)
-        return _jobs.PodEnd(end.exit_code, end.reason, end.message)
-
-    async with FakeApiServer() as server, kmock.Server(server) as http:
-        _jobs.serve_jobs(server, NS, CLAIM)
-        api = kclient.ApiClient(kclient.Configuration(host=str(http.url).rstrip("/")))
-        async with _jobs.FakeJobController(server, run_pod) as controller:
-            controller.executor = lambda params: KubernetesExecutor(params, api_client=api, poll=0.05)
-            yield controller
+    run_pod = _jobs.kubelet_pods(containerd, workdir, claims={CLAIM: _isolated_runs}, images={IMAGE: stage_image()})
+    async with _jobs.fake_job_api(NS, CLAIM, run_pod) as controller:
+        api = controller.api
+        controller.executor = lambda params: KubernetesExecutor(params, api_client=api, poll=0.05)
+        yield controller
 
 
 async def in_thread(fn, *args, **kwargs):
@@ -393,14 +381,10 @@ def _records(runs: Path) -> list[dict]:
 @pytest_asyncio.fixture
 async def scripted(_isolated_runs):
     """The fake API and its Job controller, each pod's end taken from ``controller.script``."""
-    async with FakeApiServer() as server, kmock.Server(server) as http:
-        _jobs.serve_jobs(server, NS, CLAIM)
-        api = kclient.ApiClient(kclient.Configuration(host=str(http.url).rstrip("/")))
-        script: list[_jobs.PodEnd] = []
-        async with _jobs.FakeJobController(server, lambda job, attempt: script.pop(0)) as controller:
-            controller.script = script
-            controller.api = api
-            yield controller
+    script: list[_jobs.PodEnd] = []
+    async with _jobs.fake_job_api(NS, CLAIM, lambda job, attempt: script.pop(0)) as controller:
+        controller.script = script
+        yield controller
 
 
 def _execute(controller, **execution) -> Outcome:

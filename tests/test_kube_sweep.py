@@ -151,10 +151,8 @@ def test_the_pod_runs_the_trial_of_its_index_and_says_how_it_ended(raised, code,
 
 kmock = pytest.importorskip("kmock")
 import pytest_asyncio  # noqa: E402
-from kubernetes import client as kclient  # noqa: E402
 
 import _jobs  # noqa: E402
-from test_k8s_fakes import FakeApiServer  # noqa: E402
 from test_kube_jobs import containerd, stage_image  # noqa: E402,F401 - the fixture, shared
 
 
@@ -169,14 +167,10 @@ def _index(job: dict) -> int:
 @pytest_asyncio.fixture
 async def scripted(_isolated_runs):
     """The fake API and its Job controller; index i's pods end as ``controller.script[i]`` says."""
-    async with FakeApiServer() as server, kmock.Server(server) as http:
-        _jobs.serve_jobs(server, NS, CLAIM)
-        api = kclient.ApiClient(kclient.Configuration(host=str(http.url).rstrip("/")))
-        script: dict[int, list[_jobs.PodEnd]] = {}
-        async with _jobs.FakeJobController(server, lambda job, attempt: script[_index(job)].pop(0)) as controller:
-            controller.script = script
-            controller.api = api
-            yield controller
+    script: dict[int, list[_jobs.PodEnd]] = {}
+    async with _jobs.fake_job_api(NS, CLAIM, lambda job, attempt: script[_index(job)].pop(0)) as controller:
+        controller.script = script
+        yield controller
 
 
 def _run_trials(controller, trials: list[int], parallelism: int, cancel=None, **execution) -> dict[int, dict]:
@@ -229,23 +223,13 @@ async def test_a_resumed_sweeps_job_maps_its_indexes_to_the_trials_it_runs_again
 
 @pytest_asyncio.fixture
 async def cluster(containerd, tmp_path, _isolated_runs):  # noqa: F811 - the imported fixture
-    import _kubelet
-
-    images = {IMAGE: stage_image()}
     workdir = tmp_path / "pods"
     workdir.mkdir()
-
-    def run_pod(job, attempt):
-        end = _kubelet.run_job_pod(_kubelet.job_pod(job), containerd, workdir, claims={CLAIM: _isolated_runs},
-                                   images=images)
-        return _jobs.PodEnd(end.exit_code, end.reason, end.message)
-
-    async with FakeApiServer() as server, kmock.Server(server) as http:
-        _jobs.serve_jobs(server, NS, CLAIM)
-        api = kclient.ApiClient(kclient.Configuration(host=str(http.url).rstrip("/")))
-        async with _jobs.FakeJobController(server, run_pod) as controller:
-            controller.executor = lambda params: (lambda: SweepJobs(params, api_client=api, poll=0.1))
-            yield controller
+    run_pod = _jobs.kubelet_pods(containerd, workdir, claims={CLAIM: _isolated_runs}, images={IMAGE: stage_image()})
+    async with _jobs.fake_job_api(NS, CLAIM, run_pod) as controller:
+        api = controller.api
+        controller.executor = lambda params: (lambda: SweepJobs(params, api_client=api, poll=0.1))
+        yield controller
 
 
 def _records(runs: Path) -> dict[str, dict]:
