@@ -55,7 +55,8 @@ class KernelPool:
     process that imports its stage's modules as it boots.
     """
 
-    #: checks that read the data table: answered by a process of their own (see start)
+    #: checks that read the data table: answered by a process of their own when the table is
+    #: large (see start and :func:`reads_a_large_table`)
     TABLE_CHECKS = ("mlops_kit.data:",)
 
     def __init__(self, stages: list[Stage], cwd: Path, zygote=None):
@@ -70,11 +71,13 @@ class KernelPool:
 
     def start(self, checks: list[tuple[str, dict]] = ()) -> None:
         """Ask for every stage's kernel, and for ``checks`` (``("module:function", kwargs)``
-        calls, answered by :meth:`check`). Those that read the table start at once in a
+        calls, answered by :meth:`check`). Those that read a large table start at once in a
         process of their own, beside the zygote's imports (reading a column of a large CSV
         takes seconds; the zygote must not keep what it read); the others are queued in the
         zygote right after the first kernel: they need scikit-learn, which the first stage
-        imports anyway."""
+        imports anyway (a process of their own would import pandas and scikit-learn a third
+        time, 1.5 s of CPU beside the zygote's on a default run, for a table read in
+        milliseconds)."""
         from ._kernels import MODE_ENV, CallProcess, private_connection_dir, take_zygote
 
         self._checks = list(checks)
@@ -82,7 +85,7 @@ class KernelPool:
         if os.environ.get(MODE_ENV, "fork") == "spawn":
             self._start_spawned()
             return
-        reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS)]
+        reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS) and reads_a_large_table(c)]
         self._reader = CallProcess(reading) if reading else None
         # the caller's, else the CLI's (started before the run was planned), else a new one
         self._zygote = self._lent if self._lent is not None and self._lent.alive else take_zygote()
@@ -163,6 +166,22 @@ class KernelPool:
 
             shutil.rmtree(self._connection_dir, ignore_errors=True)  # the kernels' HMAC keys
             self._connection_dir = None
+
+
+#: a data file larger than this is checked in a process of its own, not in the zygote
+#: (the 10k-row table of benchmarks/scale.py is 4 MiB of CSV, its 100k rows 40 MiB)
+LARGE_TABLE_BYTES = 16 * 2**20
+
+
+def reads_a_large_table(check: tuple[str, dict]) -> bool:
+    """Whether ``check``'s ``source`` is a file larger than :data:`LARGE_TABLE_BYTES` (not a
+    file: a bundled data set, ``sklearn:NAME``, which is small; or a missing file, which the
+    check reports)."""
+    source = str(check[1].get("source", ""))
+    try:
+        return os.path.getsize(source) > LARGE_TABLE_BYTES
+    except OSError:
+        return False
 
 
 def _shutdown(km) -> None:
