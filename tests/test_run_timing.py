@@ -112,3 +112,25 @@ def test_a_process_start_is_placed_by_the_clock_since_boot():
     after = __import__("time").time()
     started = float(child.stdout)
     assert before - 0.05 <= started <= after  # 0.05: /proc counts in ticks of 10 ms
+
+
+def test_package_versions_are_read_once_until_a_folder_of_the_path_changes(tmp_path, monkeypatch):
+    """A cached rerun fingerprints every stage: the versions are read once per process (20 ms
+    each time), and again when a package is installed or removed (its folder changes)."""
+    import os
+    from importlib import metadata
+
+    from mlops_kit import cache
+
+    read = []
+    installed = {name: "1.0" for name in cache.VERSIONED_PACKAGES}
+    monkeypatch.setattr(metadata, "version", lambda name: read.append(name) or installed[name])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cache, "_VERSIONS", {})
+    first = cache.environment_hash("train")
+    assert cache.environment_hash("evaluate") and cache.environment_hash("train") == first
+    assert len(read) == len(cache.VERSIONED_PACKAGES)
+    installed["scikit-learn"] = "2.0"  # an upgrade: its folder's modification time changes
+    stat = os.stat(tmp_path)
+    os.utime(tmp_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cache.environment_hash("train") != first

@@ -98,7 +98,7 @@ class KernelPool:
                                  for c in self._checks]
 
     def _fork(self, stage: Stage) -> None:
-        from ._kernels import ForkedKernelManager
+        from ._forked import ForkedKernelManager
 
         km = ForkedKernelManager(kernel_name=KERNEL_NAME)
         km.start_forked(self._zygote, str(self._cwd), modules=stage.warm_imports, folder=self._connection_dir)
