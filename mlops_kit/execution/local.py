@@ -228,7 +228,7 @@ class LocalExecutor:
         started = time.perf_counter()
         try:
             papermill.execute_notebook(
-                str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
+                str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME, engine_name=_engine(),
                 km=self._pool.take(stage), progress_bar=False, log_output=False, cwd=str(source.parent))
         except PapermillExecutionError as exc:
             return Outcome("failed", round(time.perf_counter() - started, 3),
@@ -249,6 +249,62 @@ class LocalExecutor:
         if self._pool is not None:
             self._pool.stop_all()
             self._pool = None
+
+
+_ENGINE = "mlops-kit"
+
+
+def _engine() -> str:
+    """The name of papermill's nbclient engine, registered once, that writes the executed
+    notebook when a code cell starts (the running cell and every output before it), not
+    also when each cell ends and when a markdown cell starts: papermill's own writes the whole
+    notebook twice per cell, 75 writes of a default run, each encoded and validated, between
+    two cells of the stage. The notebook's end writes it as papermill's does: the same file."""
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+
+    if _ENGINE in papermill_engines._engines:
+        return _ENGINE
+
+    class Manager(NotebookExecutionManager):
+        _quiet = False
+
+        def save(self, **kwargs):
+            if not self._quiet:
+                super().save(**kwargs)
+
+        def _without_save(self, method, cell, *args, **kwargs):
+            self._quiet = True
+            try:
+                return method(cell, *args, **kwargs)
+            finally:
+                self._quiet = False
+
+        def cell_start(self, cell, cell_index=None, **kwargs):
+            if cell.get("cell_type") == "code":
+                return super().cell_start(cell, cell_index, **kwargs)
+            return self._without_save(super().cell_start, cell, cell_index, **kwargs)
+
+        def cell_complete(self, cell, cell_index=None, **kwargs):
+            # the next code cell's start, or the notebook's end, writes what this one did
+            return self._without_save(super().cell_complete, cell, cell_index, **kwargs)
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, **kwargs):
+            # papermill's Engine.execute_notebook, with the manager above
+            nb_man = Manager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                             autosave_cell_every=autosave_cell_every)
+            nb_man.notebook_start()
+            try:
+                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+
+    papermill_engines.register(_ENGINE, Engine)
+    return _ENGINE
 
 
 def _running_cell(notebook: Path) -> int | None:
