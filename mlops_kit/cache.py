@@ -78,7 +78,8 @@ def _package_versions() -> dict[str, str | None]:
         except OSError:
             key.append((entry, None))
     key = tuple(key)
-    if key not in _VERSIONS:
+    versions = _VERSIONS.get(key)  # the trials of a sweep plan in threads: read once, no KeyError
+    if versions is None:
         versions = {}
         for name in VERSIONED_PACKAGES:
             try:
@@ -87,7 +88,7 @@ def _package_versions() -> dict[str, str | None]:
                 versions[name] = None
         _VERSIONS.clear()
         _VERSIONS[key] = versions
-    return dict(_VERSIONS[key])
+    return dict(versions)
 
 
 def _source_hash(path: Path) -> str:
