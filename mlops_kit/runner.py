@@ -4,7 +4,7 @@ The runner plans (which stages run, which are reused from earlier runs: :mod:`.c
 keeps the record (:mod:`.ledger`) and emits the events; an executor
 (:mod:`mlops_kit.execution`; by default forked kernels on this machine) executes each
 stage's notebook, and its executed notebook is the record. HTML reports are exported by a
-background thread while the next stage runs.
+process of their own while the next stage runs (:mod:`._reports`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _atomic, _paths, cache, ledger, stages
+from . import _atomic, _paths, _reports, cache, ledger, stages
 from ._timing import Phases, process_started  # noqa: F401 - public here: the CLI passes its start
 from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
 from .execution import ExecutionPlan, Executor, default_executor, skip_iri_grammar  # noqa: F401 - the CLI's
@@ -67,29 +67,9 @@ def preflight(loaded: LoadedParams, stages: list[Stage]) -> dict[str, list[tuple
 
 # --- reports ---------------------------------------------------------------------------
 
-_EXPORTER = None
-
-
-def _html_exporter():
-    """One HTMLExporter per process: its templates are loaded and compiled once."""
-    global _EXPORTER
-    if _EXPORTER is None:
-        from nbconvert import HTMLExporter
-
-        _EXPORTER = HTMLExporter()
-    return _EXPORTER
-
-
-#: the one exporter is shared by the runs of a process (a sweep's trials run in threads)
-_EXPORT_LOCK = threading.Lock()
-
-
-def export_html(notebook: Path, report: Path) -> Path:
-    import nbformat
-
-    with _EXPORT_LOCK:
-        body, _ = _html_exporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-    return _atomic.write_text(report, body)
+#: an executed notebook's HTML report, written in this process (a sweep's report); a run's are
+#: written by the report process (:mod:`._reports`), beside the next stage
+export_html = _reports.export_html
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -269,8 +249,9 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
     emit = on_event or (lambda event: None)
     emit(RunEvent(EventKind.RUN_STARTED, run.id, data={"run_dir": str(run.path),
                                                "stages": [p.stage.name for p in plans]}))
-    # nbconvert is loaded by the first export, after the first stage: while the data stage
-    # parses the table on every core, a second of template compiling only slows it down
+    # the exports are waited for by a thread, done by the report process (started by the first
+    # export, after the first stage: while the data stage parses the table on every core, a
+    # second of template compiling only slows it down)
     exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-kit-report")
     reports: list[tuple[str, Future]] = []
     current: Stage | None = None
@@ -359,7 +340,7 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, executor:
     if outcome.status == "failed":
         error = {"cell_index": outcome.cell_index, "exception": outcome.exception, "message": outcome.detail}
         if outcome.report:
-            reports.append((stage.name, exporter.submit(export_html, output, report)))
+            reports.append((stage.name, exporter.submit(_reports.shared().export, output, report)))
             run.update_stage(stage.name, status="failed", seconds=seconds,
                              report=str(report.relative_to(run.path)), error=error)
         else:
@@ -378,7 +359,7 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, executor:
                               detail=f"the stage did not write its declared outputs {', '.join(missing)}")
         emit(RunEvent(EventKind.STAGE_FAILED, run.id, stage.name, message=str(failure)))
         raise failure
-    reports.append((stage.name, exporter.submit(export_html, output, report)))
+    reports.append((stage.name, exporter.submit(_reports.shared().export, output, report)))
     with phases.measure("hashing"):
         outputs = {item: _atomic.sha256_file(run.artifacts / item) for item in stage.outputs}
     with phases.measure("record"):

@@ -112,3 +112,56 @@ def test_a_process_start_is_placed_by_the_clock_since_boot():
     after = __import__("time").time()
     started = float(child.stdout)
     assert before - 0.05 <= started <= after  # 0.05: /proc counts in ticks of 10 ms
+
+
+def test_package_versions_are_read_once_until_a_folder_of_the_path_changes(tmp_path, monkeypatch):
+    """A cached rerun fingerprints every stage: the versions are read once per process (20 ms
+    each time), and again when a package is installed or removed (its folder changes)."""
+    import os
+    from importlib import metadata
+
+    from mlops_kit import cache
+
+    read = []
+    installed = {name: "1.0" for name in cache.VERSIONED_PACKAGES}
+    monkeypatch.setattr(metadata, "version", lambda name: read.append(name) or installed[name])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cache, "_VERSIONS", {})
+    first = cache.environment_hash("train")
+    assert cache.environment_hash("evaluate") and cache.environment_hash("train") == first
+    assert len(read) == len(cache.VERSIONED_PACKAGES)
+    installed["scikit-learn"] = "2.0"  # an upgrade: its folder's modification time changes
+    stat = os.stat(tmp_path)
+    os.utime(tmp_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cache.environment_hash("train") != first
+
+
+def test_the_executed_notebook_is_written_when_a_code_cell_starts_not_twice_per_cell(tmp_path, monkeypatch):
+    """papermill wrote the whole notebook when each cell started and ended (75 writes in a
+    default run, between two cells each); the kit's engine writes it when a code cell starts
+    (the running cell and every output before it: what a killed kernel leaves) and at the end."""
+    import nbformat
+    import papermill
+    import papermill.engines
+
+    from mlops_kit.execution import local
+
+    source, output = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    new = nbformat.v4
+    nbformat.write(new.new_notebook(cells=[new.new_markdown_cell("# a"), new.new_code_cell("x = 1"),
+                                           new.new_markdown_cell("b"), new.new_code_cell("print(x)"),
+                                           new.new_code_cell("x + 1")]), source)
+    written, write = [], papermill.engines.write_ipynb
+
+    def counted(notebook, path):
+        written.append([cell.metadata.papermill["status"] for cell in notebook.cells])
+        write(notebook, path)
+
+    monkeypatch.setattr(papermill.engines, "write_ipynb", counted)
+    papermill.execute_notebook(str(source), str(output), kernel_name="python3", engine_name=local._engine(),
+                               progress_bar=False)
+    assert len(written) == 1 + 3 + 1  # the start, each code cell's start, the end
+    assert written[2] == ["completed", "completed", "completed", "running", "pending"]
+    executed = nbformat.read(output, as_version=4)
+    assert [cell.metadata.papermill["status"] for cell in executed.cells] == ["completed"] * 5
+    assert executed.cells[3].outputs[0]["text"] == "1\n" and executed.cells[4].outputs[0]["data"]["text/plain"] == "2"

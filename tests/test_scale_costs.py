@@ -363,3 +363,21 @@ except SystemExit as exc:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert "exit 2 [False] None" in result.stdout, result.stdout + result.stderr
     assert "data.target" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_only_a_large_table_is_checked_in_a_process_of_its_own(tmp_path):
+    """A bundled data set or a small file is checked in the zygote, where pandas and
+    scikit-learn are imported already; a process of its own would import them a third time."""
+    from mlops_kit.execution.local import LARGE_TABLE_BYTES, reads_a_large_table
+
+    def check(source):
+        return ("mlops_kit.data:check_before_run", {"source": str(source), "target": "label"})
+
+    small, large = tmp_path / "small.csv", tmp_path / "large.csv"
+    small.write_text("a,label\n1,0\n")
+    with open(large, "wb") as handle:  # sparse: no disk written
+        handle.truncate(LARGE_TABLE_BYTES + 1)
+    assert reads_a_large_table(check(large))
+    assert not reads_a_large_table(check(small))
+    assert not reads_a_large_table(check("sklearn:breast_cancer"))
+    assert not reads_a_large_table(check(tmp_path / "missing.csv"))  # the check itself says it is missing

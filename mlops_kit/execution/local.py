@@ -55,7 +55,8 @@ class KernelPool:
     process that imports its stage's modules as it boots.
     """
 
-    #: checks that read the data table: answered by a process of their own (see start)
+    #: checks that read the data table: answered by a process of their own when the table is
+    #: large (see start and :func:`reads_a_large_table`)
     TABLE_CHECKS = ("mlops_kit.data:",)
 
     def __init__(self, stages: list[Stage], cwd: Path, zygote=None):
@@ -70,11 +71,13 @@ class KernelPool:
 
     def start(self, checks: list[tuple[str, dict]] = ()) -> None:
         """Ask for every stage's kernel, and for ``checks`` (``("module:function", kwargs)``
-        calls, answered by :meth:`check`). Those that read the table start at once in a
+        calls, answered by :meth:`check`). Those that read a large table start at once in a
         process of their own, beside the zygote's imports (reading a column of a large CSV
         takes seconds; the zygote must not keep what it read); the others are queued in the
         zygote right after the first kernel: they need scikit-learn, which the first stage
-        imports anyway."""
+        imports anyway (a process of their own would import pandas and scikit-learn a third
+        time, 1.5 s of CPU beside the zygote's on a default run, for a table read in
+        milliseconds)."""
         from ._kernels import MODE_ENV, CallProcess, private_connection_dir, take_zygote
 
         self._checks = list(checks)
@@ -82,7 +85,7 @@ class KernelPool:
         if os.environ.get(MODE_ENV, "fork") == "spawn":
             self._start_spawned()
             return
-        reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS)]
+        reading = [c for c in self._checks if c[0].startswith(self.TABLE_CHECKS) and reads_a_large_table(c)]
         self._reader = CallProcess(reading) if reading else None
         # the caller's, else the CLI's (started before the run was planned), else a new one
         self._zygote = self._lent if self._lent is not None and self._lent.alive else take_zygote()
@@ -95,7 +98,7 @@ class KernelPool:
                                  for c in self._checks]
 
     def _fork(self, stage: Stage) -> None:
-        from ._kernels import ForkedKernelManager
+        from ._forked import ForkedKernelManager
 
         km = ForkedKernelManager(kernel_name=KERNEL_NAME)
         km.start_forked(self._zygote, str(self._cwd), modules=stage.warm_imports, folder=self._connection_dir)
@@ -165,6 +168,22 @@ class KernelPool:
             self._connection_dir = None
 
 
+#: a data file larger than this is checked in a process of its own, not in the zygote
+#: (the 10k-row table of benchmarks/scale.py is 4 MiB of CSV, its 100k rows 40 MiB)
+LARGE_TABLE_BYTES = 16 * 2**20
+
+
+def reads_a_large_table(check: tuple[str, dict]) -> bool:
+    """Whether ``check``'s ``source`` is a file larger than :data:`LARGE_TABLE_BYTES` (not a
+    file: a bundled data set, ``sklearn:NAME``, which is small; or a missing file, which the
+    check reports)."""
+    source = str(check[1].get("source", ""))
+    try:
+        return os.path.getsize(source) > LARGE_TABLE_BYTES
+    except OSError:
+        return False
+
+
 def _shutdown(km) -> None:
     from jupyter_core.utils import run_sync
 
@@ -209,7 +228,7 @@ class LocalExecutor:
         started = time.perf_counter()
         try:
             papermill.execute_notebook(
-                str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
+                str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME, engine_name=_engine(),
                 km=self._pool.take(stage), progress_bar=False, log_output=False, cwd=str(source.parent))
         except PapermillExecutionError as exc:
             return Outcome("failed", round(time.perf_counter() - started, 3),
@@ -230,6 +249,62 @@ class LocalExecutor:
         if self._pool is not None:
             self._pool.stop_all()
             self._pool = None
+
+
+_ENGINE = "mlops-kit"
+
+
+def _engine() -> str:
+    """The name of papermill's nbclient engine, registered once, that writes the executed
+    notebook when a code cell starts (the running cell and every output before it), not
+    also when each cell ends and when a markdown cell starts: papermill's own writes the whole
+    notebook twice per cell, 75 writes of a default run, each encoded and validated, between
+    two cells of the stage. The notebook's end writes it as papermill's does: the same file."""
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+
+    if _ENGINE in papermill_engines._engines:
+        return _ENGINE
+
+    class Manager(NotebookExecutionManager):
+        _quiet = False
+
+        def save(self, **kwargs):
+            if not self._quiet:
+                super().save(**kwargs)
+
+        def _without_save(self, method, cell, *args, **kwargs):
+            self._quiet = True
+            try:
+                return method(cell, *args, **kwargs)
+            finally:
+                self._quiet = False
+
+        def cell_start(self, cell, cell_index=None, **kwargs):
+            if cell.get("cell_type") == "code":
+                return super().cell_start(cell, cell_index, **kwargs)
+            return self._without_save(super().cell_start, cell, cell_index, **kwargs)
+
+        def cell_complete(self, cell, cell_index=None, **kwargs):
+            # the next code cell's start, or the notebook's end, writes what this one did
+            return self._without_save(super().cell_complete, cell, cell_index, **kwargs)
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, **kwargs):
+            # papermill's Engine.execute_notebook, with the manager above
+            nb_man = Manager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                             autosave_cell_every=autosave_cell_every)
+            nb_man.notebook_start()
+            try:
+                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+
+    papermill_engines.register(_ENGINE, Engine)
+    return _ENGINE
 
 
 def _running_cell(notebook: Path) -> int | None:
