@@ -132,3 +132,153 @@ def test_an_admin_port_without_a_request_log_is_refused(model_dir):
                            "--admin-port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "log_requests" in done.stderr and "admin port" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- the client: through a FAKE API server's pod proxy ------------------------------------------
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+
+import kmock  # noqa: E402
+import pytest_asyncio  # noqa: E402
+from kubernetes import client as kclient  # noqa: E402
+from test_k8s_fakes import DEPLOYMENTS, PODS, FakeApiServer  # noqa: E402
+
+from mlops_kit.errors import ArtifactError  # noqa: E402
+from mlops_kit.kube import Cluster  # noqa: E402
+from mlops_kit.monitor import collect as collecting  # noqa: E402
+
+NS = "mk-monitor"
+POD_PROXY = re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/proxy/.*")
+SELECTOR = {"app.kubernetes.io/name": "model-server", "app.kubernetes.io/part-of": "mlops-kit"}
+GOOD = "requests-20260101T000000-1-1.jsonl"
+
+
+def _pod(name: str, port: int = 8081, phase: str = "Running", labels=None) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": dict(labels or SELECTOR)},
+            "spec": {"containers": [{"name": "server", "image": "x", "ports": [
+                {"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": port}]}]},
+            "status": {"phase": phase}}
+
+
+@pytest_asyncio.fixture
+async def fake():
+    """A fake Kubernetes API server (kmock) holding a Deployment ``model-server`` and its pods."""
+    async with FakeApiServer() as server, kmock.Server(server) as http:
+        server.resources["v1/pods"] = {}
+        server.objects[DEPLOYMENTS, NS, "model-server"] = {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "model-server", "namespace": NS},
+            "spec": {"selector": {"matchLabels": dict(SELECTOR)}}}
+        server.url_for_client = str(http.url).rstrip("/")
+        yield server
+
+
+def _cluster(fake) -> Cluster:
+    return Cluster(kclient.ApiClient(kclient.Configuration(host=fake.url_for_client)))
+
+
+def _pod_and_path(request) -> tuple[str, int, str]:
+    rest = request.url.path.split("/pods/", 1)[1]
+    target, path = rest.split("/proxy/", 1)
+    pod, port = target.split(":")
+    return pod, int(port), path
+
+
+def _answer_with(fake, answers: dict[str, dict[str, bytes]]) -> list[str]:
+    """The pod proxy answers ``answers[pod][path]`` (404 when absent); returns the paths asked."""
+    asked = []
+
+    def handler(request):
+        pod, _, path = _pod_and_path(request)
+        asked.append(f"{pod}/{path}")
+        body = answers.get(pod, {}).get(path)
+        return kmock.Response(status=404, payload=b"{}") if body is None else kmock.Response(status=200, payload=body)
+
+    fake["get", POD_PROXY] << handler
+    return asked
+
+
+async def _collect(fake, dest, **kwargs):
+    return await asyncio.to_thread(collecting.collect, _cluster(fake), NS, "model-server", dest, **kwargs)
+
+
+@pytest.mark.asyncio
+async def test_each_replica_goes_to_its_own_folder_and_only_running_pods_of_the_deployment(fake, tmp_path):
+    fake.objects[PODS, NS, "model-server-a"] = _pod("model-server-a")
+    fake.objects[PODS, NS, "model-server-b"] = _pod("model-server-b", port=9001)
+    fake.objects[PODS, NS, "model-server-c"] = _pod("model-server-c", phase="Pending")
+    fake.objects[PODS, NS, "other"] = _pod("other", labels={"app": "other"})
+    line = b'{"x": 1}\n'
+    listing = json.dumps([{"name": GOOD, "size": len(line)}]).encode()
+    asked = _answer_with(fake, {pod: {"requests": listing, f"requests/{GOOD}": line}
+                                for pod in ("model-server-a", "model-server-b", "model-server-c", "other")})
+    dest = await _collect(fake, tmp_path / "log")
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.jsonl")) == \
+        [f"model-server-a/{GOOD}", f"model-server-b/{GOOD}"]
+    assert (dest / "model-server-b" / GOOD).read_bytes() == line
+    assert sorted(asked) == sorted(f"model-server-{p}/{path}" for p in "ab" for path in ("requests", f"requests/{GOOD}"))
+    ports = {_pod_and_path(r)[1] for r in fake if POD_PROXY.match(r.url.path)}
+    assert ports == {8081, 9001}            # the port each pod declares as "admin"
+
+
+@pytest.mark.asyncio
+async def test_a_file_that_grew_since_the_listing_is_kept_as_listed_and_a_new_collection_replaces_the_old(fake,
+                                                                                                        tmp_path):
+    fake.objects[PODS, NS, "model-server-a"] = _pod("model-server-a")
+    _answer_with(fake, {"model-server-a": {"requests": json.dumps([{"name": GOOD, "size": 4}]).encode(),
+                                           f"requests/{GOOD}": b"abc\ndef\n"}})
+    dest = tmp_path / "log"
+    (dest / "gone-pod").mkdir(parents=True)
+    await _collect(fake, dest)
+    assert (dest / "model-server-a" / GOOD).read_bytes() == b"abc\n"
+    assert not (dest / "gone-pod").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log"]     # no staging folder left
+
+
+def _listing(*entries) -> bytes:
+    return json.dumps(list(entries)).encode()
+
+
+HOSTILE = {
+    "dot-dot": (_listing({"name": "../requests-20260101T000000-1-1.jsonl", "size": 1}), "file name of the request log"),
+    "slash": (_listing({"name": "a/requests-20260101T000000-1-1.jsonl", "size": 1}), "file name of the request log"),
+    "not-json": (b"<html>proxy error</html>", "listing must be JSON"),
+    "not-a-list": (b'{"name": "x"}', "listing must be a list"),
+    "extra-key": (_listing({"name": GOOD, "size": 1, "path": "/etc/passwd"}), "exactly name and size"),
+    "size-text": (_listing({"name": GOOD, "size": "1"}), "must be a number of bytes"),
+    "negative-size": (_listing({"name": GOOD, "size": -5}), "must be a number of bytes"),
+    "twice": (_listing({"name": GOOD, "size": 1}, {"name": GOOD, "size": 1}), "listed once"),
+    "too-many-files": (_listing(*({"name": f"requests-20260101T000000-1-{i}.jsonl", "size": 1}
+                                  for i in range(collecting.MAX_FILES + 1))), f"at most {collecting.MAX_FILES} files"),
+    "size-lies": (_listing({"name": GOOD, "size": 1000}), "must be 1000 bytes long (as listed). Got 9 bytes"),
+    "too-big": (_listing({"name": GOOD, "size": 10 ** 12}), "must be at most 4096 bytes"),
+    "huge-listing": (b"[" + b" " * (collecting.MAX_LISTING_BYTES + 10) + b"]", "listing must be at most"),
+}
+
+
+@pytest.mark.security
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", HOSTILE)
+async def test_a_hostile_pod_is_refused_naming_it_and_what_was_expected(fake, tmp_path, case):
+    listing, expected = HOSTILE[case]
+    fake.objects[PODS, NS, "model-server-evil"] = _pod("model-server-evil")
+    _answer_with(fake, {"model-server-evil": {"requests": listing, f"requests/{GOOD}": b'{"x": 1}\n'}})
+    with pytest.raises(ArtifactError) as caught:
+        await _collect(fake, tmp_path / "log", max_bytes=4096)
+    assert f"pod {NS}/model-server-evil" in caught.value.message and expected in caught.value.message, \
+        caught.value.message
+    assert not (tmp_path / "log").exists() and list(tmp_path.iterdir()) == []   # nothing half collected
+
+
+@pytest.mark.security
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["..", "../../etc", "a/b", "UPPER"])
+async def test_a_pod_name_that_is_not_a_kubernetes_name_is_refused(fake, tmp_path, name):
+    fake.objects[PODS, NS, "model-server-a"] = _pod("model-server-a")
+    fake.objects[PODS, NS, "model-server-a"].patch({"metadata": {"name": name}})
+    _answer_with(fake, {})
+    with pytest.raises(ArtifactError, match="must have a Kubernetes pod name"):
+        await _collect(fake, tmp_path / "log")
+    assert list(tmp_path.iterdir()) == []
