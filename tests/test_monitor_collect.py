@@ -282,3 +282,69 @@ async def test_a_pod_name_that_is_not_a_kubernetes_name_is_refused(fake, tmp_pat
     with pytest.raises(ArtifactError, match="must have a Kubernetes pod name"):
         await _collect(fake, tmp_path / "log")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- end to end: `mlops-kit monitor` collects from two REAL replicas, then judges ---------------
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_mlops_kit_monitor_collects_from_every_replica_and_gives_the_verdict(fake, tmp_path):
+    import math
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from test_monitor_e2e import default_model_run
+
+    runs = tmp_path / "runs"
+    run = default_model_run(runs)
+    replicas = {}
+    for pod in ("model-server-a", "model-server-b"):
+        admin_port = free_port()
+        replicas[pod] = ServerProcess(run / "artifacts", "--log-requests", str(tmp_path / pod), "--log-sample", "1",
+                                      "--admin-port", str(admin_port))
+        replicas[pod].admin = f"http://127.0.0.1:{admin_port}"
+        fake.objects[PODS, NS, pod] = _pod(pod, port=admin_port)
+
+    async def forward(request):   # the pod proxy: to the replica's REAL admin port
+        pod, _, path = _pod_and_path(request)
+        async with httpx.AsyncClient(base_url=replicas[pod].admin, timeout=30) as http:
+            answer = await http.get(f"/{path}")
+        return kmock.Response(status=answer.status_code, payload=answer.content)
+
+    fake["get", POD_PROXY] << forward
+    try:
+        split = pd.read_parquet(run / "artifacts" / "test.parquet").drop(columns=["target"])
+        half = len(split) // 2
+        for (pod, server), rows in zip(replicas.items(), (split.iloc[:half], split.iloc[half:])):
+            await asyncio.to_thread(server.wait_ready)
+            records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                       for row in rows.to_dict("records")]
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                for start in range(0, len(records), 20):
+                    answer = await http.post("/predict", json=records[start:start + 20])
+                    assert answer.status_code == 200, answer.text
+            await asyncio.to_thread(_wait_listing, server.admin)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url_for_client}}],
+            "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}]}))
+        env = {**os.environ, "MLOPS_KIT_RUNS_DIR": str(runs), "KUBECONFIG": str(kubeconfig)}
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "mlops_kit.cli", "monitor", run.name, "--json",
+                             "--set", "deploy.target=microk8s", "--set", f"deploy.namespace={NS}"],
+            capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        for server in replicas.values():
+            server.stop()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["verdict"]["status"] == "healthy"
+    assert summary["window"]["rows"] == len(split)            # both replicas' rows, once each
+    collected = runs / ".requests" / ".collected" / run.name
+    assert sorted(p.name for p in collected.iterdir()) == ["model-server-a", "model-server-b"]
+    for pod in replicas:
+        assert sorted(p.name for p in (collected / pod).iterdir()) == sorted(p.name for p in (tmp_path / pod).iterdir())
+    assert "from pod model-server-a" in done.stderr and "from pod model-server-b" in done.stderr
