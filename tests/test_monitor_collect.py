@@ -348,3 +348,21 @@ async def test_mlops_kit_monitor_collects_from_every_replica_and_gives_the_verdi
     for pod in replicas:
         assert sorted(p.name for p in (collected / pod).iterdir()) == sorted(p.name for p in (tmp_path / pod).iterdir())
     assert "from pod model-server-a" in done.stderr and "from pod model-server-b" in done.stderr
+
+
+def test_the_reader_reads_each_replicas_folder_and_follows_no_linked_folder(tmp_path):
+    from mlops_kit.monitor.requestlog import RequestLogWriter, read_request_log
+
+    sha = "c" * 64
+    for pod, rows in (("pod-a", 2), ("pod-b", 3)):
+        writer = RequestLogWriter(tmp_path / "log" / pod, sample=1, model_sha256=sha)
+        writer.offer(f"{pod}-r", {"x": [1.0] * rows}, [0] * rows)
+        writer.close()
+    outside = tmp_path / "outside"
+    writer = RequestLogWriter(outside, sample=1, model_sha256=sha)
+    writer.offer("outside-r", {"x": [1.0]}, [0])
+    writer.close()
+    (tmp_path / "log" / "linked").symlink_to(outside, target_is_directory=True)
+    frame = read_request_log(tmp_path / "log")
+    assert sorted(set(frame["request_id"])) == ["pod-a-r", "pod-b-r"] and len(frame) == 5
+    assert all(name.split("/")[0] in ("pod-a", "pod-b") for name in frame.attrs["files"])
