@@ -193,3 +193,10 @@ def test_a_service_that_exposes_the_request_logs_admin_port_is_refused(target):
     service["spec"]["ports"].append({"name": "log", "port": 9000, "targetPort": target})
     with pytest.raises(K8sDeployError, match="must not expose the admin port"):
         _render.render(RunParams(), image=IMAGE, model_sha256="b" * 64, run_id="r", templates=templates)
+
+
+def test_the_admin_port_of_the_parameters_is_the_one_declared_and_listened_on():
+    objects = rendered(RunParams(serve={"monitor": {"admin_port": 9100}}))
+    container = _render.find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "admin", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+    assert _render.find(objects, "ConfigMap")["data"]["MLOPS_KIT_ADMIN_PORT"] == "9100"
