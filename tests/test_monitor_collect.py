@@ -366,3 +366,17 @@ def test_the_reader_reads_each_replicas_folder_and_follows_no_linked_folder(tmp_
     frame = read_request_log(tmp_path / "log")
     assert sorted(set(frame["request_id"])) == ["pod-a-r", "pod-b-r"] and len(frame) == 5
     assert all(name.split("/")[0] in ("pod-a", "pod-b") for name in frame.attrs["files"])
+
+
+@pytest.mark.asyncio
+async def test_a_role_without_pods_proxy_is_told_so(fake, tmp_path):
+    from mlops_kit.errors import K8sDeployError
+
+    fake.objects[PODS, NS, "model-server-a"] = _pod("model-server-a")
+    fake["get", POD_PROXY] << kmock.Response(status=403, payload=json.dumps({
+        "kind": "Status", "reason": "Forbidden", "message": 'pods "model-server-a" is forbidden: User "dev" cannot '
+        'get resource "pods/proxy" in API group "" in the namespace "mk-monitor"'}).encode())
+    with pytest.raises(K8sDeployError) as caught:
+        await _collect(fake, tmp_path / "log")
+    assert caught.value.reason == "Forbidden" and "pods/proxy" in caught.value.message
+    assert "model-server-a" in caught.value.message and list(tmp_path.iterdir()) == []
