@@ -4,6 +4,8 @@ Flags win over the environment: ``MLOPS_KIT_MODEL_DIR``, ``PORT``, ``MLOPS_KIT_M
 ``MLOPS_KIT_MAX_BODY_BYTES``, ``MLOPS_KIT_UNKNOWN_CATEGORIES``, ``MLOPS_KIT_MODEL_NAME``, ``MLOPS_KIT_RUNTIME``,
 ``MLOPS_KIT_LOOP``; environment only: ``MLOPS_KIT_MAX_CONNECTIONS``, ``MLOPS_KIT_HEADER_TIMEOUT``,
 ``MLOPS_KIT_MAX_MODEL_MEMORY`` (docs/security.md, "The ONNX path and the HTTP limits").
+``--admin-port`` (``MLOPS_KIT_ADMIN_PORT``) serves the request log's files on a second port, only with
+``--log-requests`` (docs/monitoring.md, "The request log on MicroK8s").
 A bad artifact or setting prints one line and exits 1 (2 for settings), no traceback.
 """
 
