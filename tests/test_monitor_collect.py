@@ -218,7 +218,8 @@ async def test_each_replica_goes_to_its_own_folder_and_only_running_pods_of_the_
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.jsonl")) == \
         [f"model-server-a/{GOOD}", f"model-server-b/{GOOD}"]
     assert (dest / "model-server-b" / GOOD).read_bytes() == line
-    assert sorted(asked) == sorted(f"model-server-{p}/{path}" for p in "ab" for path in ("requests", f"requests/{GOOD}"))
+    assert sorted(asked) == sorted(f"model-server-{p}/{path}" for p in "ab"
+                                   for path in ("requests", f"requests/{GOOD}"))
     ports = {_pod_and_path(r)[1] for r in fake if POD_PROXY.match(r.url.path)}
     assert ports == {8081, 9001}            # the port each pod declares as "admin"
 
