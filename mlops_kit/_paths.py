@@ -122,6 +122,12 @@ def request_log_dir(run_id: str) -> Path:
     return runs_dir() / REQUESTS_SUBDIR / run_id
 
 
+def collected_log_dir(run_id: str) -> Path:
+    """Where `mlops-kit monitor` collects the request log of a MicroK8s deployment of ``run_id``
+    (one subfolder per pod; a dot name, so never a run id)."""
+    return runs_dir() / REQUESTS_SUBDIR / ".collected" / run_id
+
+
 def monitored_log_dir(log_dir: str | None, model_run: str | None) -> Path | None:
     """The request log 06_monitor reads: ``monitor.log_dir``, else the local deploy's log of
     ``monitor.model_run``; None with neither."""

@@ -112,17 +112,17 @@ def _check_log(loaded: LoadedParams, problem) -> None:
     """The request log: ``monitor.log_dir``, else the local deploy's log of ``monitor.model_run``
     (:func:`mlops_kit._paths.monitored_log_dir`); a folder that holds log files."""
     from . import _paths
-    from .monitor.requestlog import log_files  # no pandas: the server imports it too
+    from .monitor.requestlog import replica_log_files  # no pandas: the server imports it too
 
     params = loaded.params.monitor
     log = _paths.monitored_log_dir(params.log_dir, params.model_run)
     if log is None:
         problem("log_dir", "the request log's folder, or monitor.model_run (its local deploy's log)", "neither")
     elif params.log_dir is None and loaded.params.deploy.target == "microk8s":
-        problem("log_dir", "the request log copied from the pods (kubectl cp POD:/var/lib/mlops-kit/requests DIR; "
-                "collecting it through the Kubernetes API is not supported yet)", "none, and deploy.target microk8s")
+        problem("log_dir", "the request log's folder: `mlops-kit monitor RUN_ID` collects it from every pod through "
+                "the Kubernetes API", "none, and deploy.target microk8s")
     elif not log.is_dir():
         problem("log_dir", "an existing folder (the request log)", f"no folder at {str(log)!r}")
-    elif not log_files(log):
+    elif not replica_log_files(log):
         problem("log_dir", "a request log (requests-*.jsonl files of a server started with a sample above 0)",
                 f"none in {str(log)!r}")

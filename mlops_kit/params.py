@@ -243,6 +243,9 @@ class MonitorParams(_Section):
                                 description="a request log file is rotated at this size")
     max_total_bytes: int = Field(_ServeDefaults.log_max_total_bytes, ge=1024,
                                  description="the oldest log files are deleted beyond this total")
+    admin_port: int = Field(8081, ge=1, le=65535, description="on MicroK8s, the pod's port that serves the "
+                            "request log to `mlops-kit monitor` (through the API server's pod proxy; never "
+                            "exposed by the Service)")
 
     @model_validator(mode="after")
     def _file_within_total(self) -> "MonitorParams":

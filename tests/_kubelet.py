@@ -103,6 +103,7 @@ class PodPlan:
     grace: float
     memory_limit: int | None
     cpu_limit_millis: int | None
+    ports: dict = field(default_factory=dict)   # containerPort by name
 
 
 _CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "workingDir", "ports", "env", "envFrom",
@@ -162,6 +163,7 @@ def plan(objects: list[dict]) -> PodPlan:
         grace=float(pod.get("terminationGracePeriodSeconds", 30)),
         memory_limit=_bytes(limits["memory"]) if "memory" in limits else None,
         cpu_limit_millis=_millis(limits["cpu"]) if "cpu" in limits else None,
+        ports=ports,
     )
 
 
@@ -582,6 +584,8 @@ def _check_running(pod: Pod, report: Report, predict_body: list, predictions: li
                         f"{(answer.get('body') or answer.get('error') or '')[:300]}; expected the recorded "
                         f"predictions {predictions}")
 
+    _check_admin(pod, report)
+
     # SIGTERM, as the kubelet sends it; the pod is killed when terminationGracePeriodSeconds have passed
     pod.containerd.ctr("tasks", "kill", "-s", "SIGTERM", pod.id, step="ctr tasks kill")
     deadline = time.monotonic() + p.grace
@@ -591,6 +595,34 @@ def _check_running(pod: Pod, report: Report, predict_body: list, predictions: li
         problems.append(f"the container still runs {p.grace:.0f} s (terminationGracePeriodSeconds) after SIGTERM")
     else:
         report.observed["exit_code"] = exit_code(pod)
+
+
+def _check_admin(pod: Pod, report: Report) -> None:
+    """The containerPort named ``admin`` (the request log for `mlops-kit monitor`, through the pod
+    proxy): it lists the log's files and serves each one as the API server's proxy would ask."""
+    port = pod.plan.ports.get("admin")
+    if port is None:
+        return
+    deadline = time.monotonic() + 10
+    listing: list = []
+    while time.monotonic() < deadline:   # the writer writes its queue every 0.2 s
+        answer = pod.http("GET", port, "/requests")
+        if answer.get("status") != 200:
+            report.problems.append(f"GET /requests on the admin port {port} answered "
+                                   f"{answer.get('status') or answer.get('error')}; expected 200")
+            return
+        listing = json.loads(answer["body"])
+        if listing and all(entry["size"] > 0 for entry in listing):
+            break
+        time.sleep(0.2)
+    report.observed["admin listing"] = listing
+    for entry in listing:
+        answer = pod.http("GET", port, f"/requests/{entry['name']}")
+        report.observed[f"admin {entry['name']}"] = answer.get("body")
+        if answer.get("status") != 200 or len(answer.get("body") or "") < entry["size"]:
+            report.problems.append(f"GET /requests/{entry['name']} on the admin port {port} answered "
+                                   f"{answer.get('status') or answer.get('error')}; expected 200 and "
+                                   f"{entry['size']} bytes")
 
 
 def _check_writes(pod: Pod, report: Report) -> None:

@@ -63,7 +63,11 @@ def test_every_parameter_file_renders_strictly_valid_manifests(file):
                       "MLOPS_KIT_LOG_SAMPLE": repr(float(params.serve.monitor.sample)),
                       "MLOPS_KIT_LOG_REQUESTS": _render.REQUEST_LOG_DIR_IN_IMAGE,
                       "MLOPS_KIT_LOG_MAX_FILE_BYTES": str(params.serve.monitor.max_file_bytes),
-                      "MLOPS_KIT_LOG_MAX_TOTAL_BYTES": str(params.serve.monitor.max_total_bytes)}
+                      "MLOPS_KIT_LOG_MAX_TOTAL_BYTES": str(params.serve.monitor.max_total_bytes),
+                      "MLOPS_KIT_ADMIN_PORT": str(params.serve.monitor.admin_port)}
+    # the request log's admin port: declared by name on the container, never exposed by the Service
+    assert {"name": "admin", "containerPort": params.serve.monitor.admin_port, "protocol": "TCP"} in container["ports"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     assert {o["metadata"].get("namespace", o["metadata"]["name"]) for o in objects} == {params.deploy.namespace}
 
 
@@ -177,3 +181,22 @@ def test_unknown_kustomization_feature_is_refused(tmp_path):
         fh.write("patches:\n  - path: extra.yaml\n")
     with pytest.raises(K8sDeployError, match=r"patches: the kit reads only"):
         k8s.load_manifests(folder)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("target", ["admin", 8081])
+def test_a_service_that_exposes_the_request_logs_admin_port_is_refused(target):
+    from mlops_kit.errors import K8sDeployError
+
+    templates = _render.load_manifests(_render.manifests_dir())
+    service = _render.find(templates, "Service")
+    service["spec"]["ports"].append({"name": "log", "port": 9000, "targetPort": target})
+    with pytest.raises(K8sDeployError, match="must not expose the admin port"):
+        _render.render(RunParams(), image=IMAGE, model_sha256="b" * 64, run_id="r", templates=templates)
+
+
+def test_the_admin_port_of_the_parameters_is_the_one_declared_and_listened_on():
+    objects = rendered(RunParams(serve={"monitor": {"admin_port": 9100}}))
+    container = _render.find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "admin", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+    assert _render.find(objects, "ConfigMap")["data"]["MLOPS_KIT_ADMIN_PORT"] == "9100"

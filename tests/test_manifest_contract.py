@@ -103,6 +103,12 @@ def test_the_rendered_pod_runs_in_containerd_as_the_manifest_says(deployment, co
     (folder,) = {path.parent for path in tmp_path.glob("*/volumes/requests/requests-*.jsonl")}
     logged = read_request_log(folder, model_sha256=artifacts.MODEL_CARD.load(deployment["run"]).sha256)
     assert len(logged) == len(deployment["predictions"]) and logged["prediction"].tolist() == deployment["predictions"]
+    # the admin port (containerPort "admin", not in the Service) serves that log, as the pod proxy reads it
+    assert [entry["name"] for entry in seen["admin listing"]] == logged.attrs["files"]
+    for entry in seen["admin listing"]:
+        assert seen[f"admin {entry['name']}"] == (folder / entry["name"]).read_text()
+    service = _render.find(deployment["objects"], "Service")
+    assert "admin" not in [port["targetPort"] for port in service["spec"]["ports"]]
 
 
 def _mutated(deployment, change):
@@ -141,6 +147,11 @@ def _shell_swallows_sigterm(pod):
     pod["terminationGracePeriodSeconds"] = 2
 
 
+def _admin_port_elsewhere(pod):
+    admin = next(port for port in pod["containers"][0]["ports"] if port["name"] == "admin")
+    admin["containerPort"] = 8082    # the server (MLOPS_KIT_ADMIN_PORT) listens on 8081
+
+
 def _probe_port_unnamed(pod):
     pod["containers"][0]["livenessProbe"]["httpGet"]["port"] = "metrics"
 
@@ -152,6 +163,7 @@ def _probe_port_unnamed(pod):
     (_root_user, "runAsNonRoot is true but the container would run as uid 0"),
     (_probe_port_unnamed, "livenessProbe names port 'metrics'"),
     (_listens_on_loopback, "the server listens on ['127.0.0.1'] port 8080"),
+    (_admin_port_elsewhere, "GET /requests on the admin port 8082 answered"),
     (_shell_swallows_sigterm, "the container still runs 2 s (terminationGracePeriodSeconds) after SIGTERM"),
 ], ids=lambda v: v.__name__.strip("_") if callable(v) else "")
 def test_the_contract_fails_when_manifest_and_image_disagree(deployment, containerd, tmp_path, change, expected):

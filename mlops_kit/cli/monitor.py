@@ -12,7 +12,8 @@ from ._options import set_option
 @click.command()
 @click.argument("run_id", required=False)
 @click.option("--log", "log_dir", metavar="DIR", type=click.Path(file_okay=False),
-              help="the request log's folder (default: the local deploy's, runs/.requests/RUN_ID/)")
+              help="the request log's folder (default: the local deploy's, runs/.requests/RUN_ID/; on MicroK8s "
+                   "collected from every pod through the Kubernetes API)")
 @click.option("--labels", metavar="FILE", type=click.Path(dir_okay=False),
               help="late labels: a CSV or parquet file of request_id (+ row) and the target column")
 @click.option("--export-labelled", metavar="PATH", type=click.Path(dir_okay=False),
@@ -41,7 +42,7 @@ def monitor(run_id, log_dir, labels, export_labelled, alpha, overrides, as_json)
             click.echo(f"Monitor run {event.run_id}: 06_monitor reads the request log ...", err=True)
 
     record, result = watch(run_id, log_dir=log_dir, labels=labels, export_labelled=export_labelled, alpha=alpha,
-                           overrides=overrides, on_event=progress)
+                           overrides=overrides, on_event=progress, log=lambda line: click.echo(line, err=True))
     if as_json:
         from ._output import print_json
 

@@ -82,8 +82,11 @@ def _relative_to_runs(path: Path, runs: Path) -> Path | None:
                    "[env MLOPS_KIT_LOG_REQUESTS].")
 @click.option("--log-sample", "log_sample", metavar="F", type=click.FloatRange(0, 1), default=None,
               help="Share of requests written to the log [env MLOPS_KIT_LOG_SAMPLE; default 1 with --log-requests].")
+@click.option("--admin-port", "admin_port", type=click.IntRange(1, 65535), default=None,
+              help="Serve the request log's files on this port (GET /requests), never on --port; for "
+                   "`mlops-kit monitor` [env MLOPS_KIT_ADMIN_PORT; only with --log-requests].")
 def serve(target, host, port, workers, max_rows, max_body_bytes, unknown_categories, access_log, log_requests,
-          log_sample):
+          log_sample, admin_port):
     """Serve the model of run RUN_ID (or of the folder MODEL_DIR) over HTTP.
 
     The model's sha256 and types are checked and a warm-up prediction of its examples must
@@ -95,6 +98,6 @@ def serve(target, host, port, workers, max_rows, max_body_bytes, unknown_categor
     model_dir = resolve_model_dir(target)
     settings = ServeSettings.from_env(max_rows=max_rows, max_body_bytes=max_body_bytes,
                                       unknown_categories=unknown_categories, log_requests=log_requests,
-                                      log_sample=sample_asked(log_requests, log_sample))
+                                      log_sample=sample_asked(log_requests, log_sample), admin_port=admin_port)
     click.echo(f"Loading the model in {model_dir}; then serving on http://{host}:{port} (docs: /docs)", err=True)
     run_server(model_dir, host=host, port=port, workers=workers, settings=settings, access_log=access_log)

@@ -133,6 +133,47 @@ class Cluster:
                               f"{data[:200]!r}", reason="SmokeTestFailed", kind="Service",
                               namespace=namespace, name=service) from None
 
+    def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str, *, max_bytes: int) -> bytes:
+        """GET ``path`` of a pod's ``port`` through the API server's pod proxy (RBAC: ``pods/proxy``
+        decides who may), its body read as it streams and cut at ``max_bytes`` + 1 bytes (a longer
+        body is the caller's to refuse: it sees more than it allowed). Not 2xx: a
+        :class:`K8sDeployError` naming the pod."""
+        from urllib3.exceptions import HTTPError
+
+        resource = (f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}:{int(port)}/proxy/"
+                    f"{path.lstrip('/')}")
+        where = dict(verb="get", kind="Pod", namespace=namespace, name=f"{pod} (port {port}, {path})")
+        client = self.api_client
+        headers = {"Accept": "application/json, application/x-ndjson"}
+        try:
+            if hasattr(client, "param_serialize"):      # kubernetes >= 33: call_api does not preload
+                m, url, h, b, post = client.param_serialize(method="GET", resource_path=resource,
+                                                            header_params=headers, auth_settings=["BearerToken"])
+                response = client.call_api(m, url, header_params=h, body=b, post_params=post,
+                                           _request_timeout=_TIMEOUT).response
+            else:                                       # older generated clients
+                from kubernetes.client.exceptions import ApiException
+                try:
+                    response = client.call_api(resource, "GET", header_params=headers, auth_settings=["BearerToken"],
+                                               _preload_content=False, _return_http_data_only=True,
+                                               _request_timeout=_TIMEOUT)
+                except ApiException as exc:
+                    raise self.error(exc.status, exc.body, **where) from None
+            try:
+                if not 200 <= response.status < 300:
+                    raise self.error(response.status, response.read(64 * 1024), **where)
+                chunks, size = [], 0
+                for chunk in response.stream(64 * 1024, decode_content=True):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > max_bytes:
+                        break
+                return b"".join(chunks)[:max_bytes + 1]
+            finally:
+                response.close()   # a body cut short must not go back to the pool half read
+        except (HTTPError, OSError) as exc:
+            raise self.unreachable(exc) from None
+
     # --- plumbing --------------------------------------------------------------------
 
     def _call(self, verb: str, kind: str, namespace: str | None, name: str, **kwargs) -> dict:

@@ -37,9 +37,13 @@ def run_stage(folder: str | Path, params: Any) -> MonitorReport:
 
 def watch(run_id: str | None = None, *, log_dir: str | None = None, labels: str | None = None,
           export_labelled: str | None = None, alpha: float | None = None, overrides: tuple[str, ...] = (),
-          on_event=None, executor=None) -> tuple[dict, MonitorReport]:
+          on_event=None, executor=None, log=None, api_client=None) -> tuple[dict, MonitorReport]:
     """Run 06_monitor on a deployed model (default: the locally deployed run, else the
-    champion) as a run of kind ``monitor``; returns its record and its report."""
+    champion) as a run of kind ``monitor``; returns its record and its report.
+
+    Without ``log_dir`` on a MicroK8s target (``deploy.target``), the request log is first
+    collected from every replica's pod through the Kubernetes API (:mod:`.collect`) into
+    ``runs/.requests/.collected/<run>/<pod>/`` (``log``: its progress lines)."""
     from .. import runner
     from ..params import load_params
 
@@ -56,6 +60,12 @@ def watch(run_id: str | None = None, *, log_dir: str | None = None, labels: str 
     raw["monitor"] = {**(raw.get("monitor") or {}), **keys}
     raw["stages"] = [ledger.MONITOR_STAGE]
     loaded = load_params(overrides=overrides, recorded=raw, recorded_from=f"{folder.id}/{_paths.RUN_RECORD}")
+    if log_dir is None and loaded.params.deploy.target == "microk8s":
+        from .collect import collect_for
+
+        collected = collect_for(loaded.params, _paths.collected_log_dir(folder.id), log=log, api_client=api_client)
+        raw["monitor"]["log_dir"] = str(collected)
+        loaded = load_params(overrides=overrides, recorded=raw, recorded_from=f"{folder.id}/{_paths.RUN_RECORD}")
     record = runner.run_pipeline(loaded, stages=[ledger.MONITOR_STAGE], reuse_from=folder.id, use_cache=False,
                                  on_event=on_event, executor=executor)
     result = load_report(ledger.run_path(record["id"]))

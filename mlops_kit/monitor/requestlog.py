@@ -72,11 +72,27 @@ def valid_request_id(value: Any) -> bool:
 
 def log_files(folder: Path) -> list[Path]:
     """The log files of ``folder``, oldest first (by the time in their name, then their number)."""
+    return _sorted_log_files(Path(folder).iterdir())
+
+
+def replica_log_files(folder: Path) -> list[Path]:
+    """The log files of ``folder`` and of its subfolders one level down (a log collected from
+    the pods: one subfolder per replica, whose files may share names: the pid is 1 in every
+    pod), oldest first. A subfolder that is a symbolic link is not followed."""
+    folder = Path(folder)
+    paths = list(folder.iterdir())
+    for sub in sorted(paths):
+        if sub.is_dir() and not sub.is_symlink():
+            paths.extend(sub.iterdir())
+    return _sorted_log_files(paths)
+
+
+def _sorted_log_files(paths: Iterable[Path]) -> list[Path]:
     found = []
-    for path in Path(folder).iterdir():
+    for path in paths:
         match = FILE_NAME.fullmatch(path.name)
         if match:
-            found.append(((match[1], int(match[3]), int(match[2])), path))
+            found.append(((match[1], int(match[3]), int(match[2]), str(path)), path))
     return [path for _, path in sorted(found)]
 
 
@@ -303,7 +319,8 @@ def _size(path: Path) -> int:
 
 def read_request_log(folder: str | os.PathLike, *, model_sha256: str | None = None,
                      features: Sequence[str] | None = None, max_bytes: int = DEFAULT_MAX_READ_BYTES):
-    """The rows of the request log in ``folder`` as a DataFrame.
+    """The rows of the request log in ``folder`` (and its subfolders one level down: the
+    replicas of a collected log, :func:`replica_log_files`) as a DataFrame.
 
     Columns: ``request_id``, ``row``, ``time`` (UTC), ``model_sha256``, one per feature (in
     the order of ``features`` when given), ``prediction``, ``proba_<class>``. A torn last line
@@ -319,7 +336,7 @@ def read_request_log(folder: str | os.PathLike, *, model_sha256: str | None = No
                             hint="serve with --log-requests DIR --log-sample F (or serve.monitor.sample) first.")
     if model_sha256 is not None and _SHA256.fullmatch(model_sha256) is None:
         raise ValueError(f"model_sha256 must be 64 lower-case hex digits. Got {model_sha256!r} instead.")
-    files = log_files(folder)
+    files = replica_log_files(folder)
     total = 0
     for path in files:
         if path.is_symlink() or not path.is_file():
@@ -351,10 +368,10 @@ def read_request_log(folder: str | os.PathLike, *, model_sha256: str | None = No
         raise ArtifactError(f"The request log in {folder} must hold at least one row. Got "
                             f"{'no log file' if not files else 'no complete line'} instead.", path=folder,
                             hint="send requests to a server started with a sample rate above 0.")
-    return _frame(records, features, torn, files)
+    return _frame(records, features, torn, [str(p.relative_to(folder)) for p in files])
 
 
-def _frame(records: list[dict], features: Sequence[str] | None, torn: int, files: list[Path]) -> Any:
+def _frame(records: list[dict], features: Sequence[str] | None, torn: int, files: list[str]) -> Any:
     """The DataFrame of checked lines, one row per predicted row, built by column."""
     import numpy as np
     import pandas as pd
@@ -378,7 +395,7 @@ def _frame(records: list[dict], features: Sequence[str] | None, torn: int, files
         table[f"proba_{label}"] = np.array(shares, dtype=np.float64)
     frame = pd.DataFrame(table)
     frame.attrs["torn_lines"] = torn
-    frame.attrs["files"] = [p.name for p in files]
+    frame.attrs["files"] = files   # relative to the folder: POD/NAME for a collected log
     return frame
 
 

@@ -4,6 +4,8 @@ Flags win over the environment: ``MLOPS_KIT_MODEL_DIR``, ``PORT``, ``MLOPS_KIT_M
 ``MLOPS_KIT_MAX_BODY_BYTES``, ``MLOPS_KIT_UNKNOWN_CATEGORIES``, ``MLOPS_KIT_MODEL_NAME``, ``MLOPS_KIT_RUNTIME``,
 ``MLOPS_KIT_LOOP``; environment only: ``MLOPS_KIT_MAX_CONNECTIONS``, ``MLOPS_KIT_HEADER_TIMEOUT``,
 ``MLOPS_KIT_MAX_MODEL_MEMORY`` (docs/security.md, "The ONNX path and the HTTP limits").
+``--admin-port`` (``MLOPS_KIT_ADMIN_PORT``) serves the request log's files on a second port, only with
+``--log-requests`` (docs/monitoring.md, "The request log on MicroK8s").
 A bad artifact or setting prints one line and exits 1 (2 for settings), no traceback.
 """
 
@@ -47,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
                    help="write a sample of the requests to DIR (env MLOPS_KIT_LOG_REQUESTS)")
     p.add_argument("--log-sample", metavar="F", type=float, default=None,
                    help="share of requests written, 0 to 1 (env MLOPS_KIT_LOG_SAMPLE; default 1 with --log-requests)")
+    p.add_argument("--admin-port", type=_port, default=None,
+                   help="serve the request log's files on this port (GET /requests), never on --port "
+                        "(env MLOPS_KIT_ADMIN_PORT; only with --log-requests)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = ServeSettings.from_env(max_rows=args.max_rows, max_body_bytes=args.max_body_bytes,
                                           unknown_categories=args.unknown_categories, model_name=args.model_name,
                                           runtime=args.runtime, loop=args.loop, log_requests=args.log_requests,
-                                          log_sample=log_sample(args.log_requests, args.log_sample))
+                                          log_sample=log_sample(args.log_requests, args.log_sample),
+                                          admin_port=args.admin_port)
         from ._server import serve
         serve(args.model_dir, host=args.host, port=port, workers=args.workers, settings=settings,
               log_level=args.log_level, access_log=args.access_log)

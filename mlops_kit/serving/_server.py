@@ -27,7 +27,19 @@ def serve(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, w
 
     settings = settings or ServeSettings.from_env()
     options = uvicorn_options(settings, host=host, port=port, log_level=log_level, access_log=access_log)
+    if settings.admin_port is not None and settings.admin_port == port:
+        from ..errors import ParameterError, ParameterProblem
+
+        raise ParameterError([ParameterProblem("serve settings", "admin_port", f"a port other than the serving "
+                                               f"port {port} (the log is never on the public port)", repr(port))])
+    if workers > 1 and settings.admin_port is not None:
+        from ..errors import ParameterError, ParameterProblem
+
+        raise ParameterError([ParameterProblem("serve settings", "admin_port", "none with more than 1 worker "
+                                               "(each worker would listen on it): 1 worker per pod",
+                                               repr(settings.admin_port))])
     app = create_app(model_dir, settings)  # fails before listening; workers repeat it
+    app.service.admin_host = host
     if workers <= 1:
         uvicorn.run(app, **options)
         return

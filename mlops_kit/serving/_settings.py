@@ -36,9 +36,10 @@ ENVIRONMENT = {
     "drift_window": "MLOPS_KIT_DRIFT_WINDOW",
     "log_max_file_bytes": "MLOPS_KIT_LOG_MAX_FILE_BYTES",
     "log_max_total_bytes": "MLOPS_KIT_LOG_MAX_TOTAL_BYTES",
+    "admin_port": "MLOPS_KIT_ADMIN_PORT",
 }
 _INTEGERS = ("max_rows", "max_body_bytes", "max_connections", "max_model_memory", "drift_window",
-             "log_max_file_bytes", "log_max_total_bytes")
+             "log_max_file_bytes", "log_max_total_bytes", "admin_port")
 #: Environment variable a deployer sets to a fresh random value (letters and digits); the
 #: server names it in the INSTANCE_HEADER of /v2/health/ready, so that the deployer knows the
 #: server that answers is the one it just started, not another process on the port.
@@ -77,6 +78,9 @@ class ServeSettings:
     log_max_total_bytes: int = 256 * 1024 ** 2
     #: rows in the sliding window whose drift /metrics reports
     drift_window: int = 1000
+    #: the admin port: the request log's files (GET /requests, /requests/{name}), never on the
+    #: public port; only with a request log folder (serving/_admin.py)
+    admin_port: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -109,6 +113,15 @@ class ServeSettings:
         elif sample > 0 and not self.log_requests:
             problems.append(ParameterProblem("serve settings", "log_requests",
                                              f"a folder for the request log (log_sample is {sample})", "none"))
+        admin = self.admin_port
+        if admin is not None:
+            if isinstance(admin, bool) or not isinstance(admin, int) or not 0 < admin < 65536:
+                problems.append(ParameterProblem("serve settings", "admin_port", "a port from 1 to 65535",
+                                                 repr(admin)))
+            elif not self.log_requests:
+                problems.append(ParameterProblem("serve settings", "log_requests",
+                                                 f"a folder for the request log (the admin port {admin} serves it)",
+                                                 "none"))
         if isinstance(self.log_max_file_bytes, int) and isinstance(self.log_max_total_bytes, int) and \
                 self.log_max_file_bytes > self.log_max_total_bytes:
             problems.append(ParameterProblem("serve settings", "log_max_file_bytes",

@@ -75,6 +75,8 @@ class ModelService:
         self.request_log = _open_request_log(predictor, settings)
         self.monitor_metrics = MonitorCollector(self.live_monitor, self.request_log, self.metrics.registry)
         self._monitor_failed = False
+        #: where the admin port listens (settings.admin_port): the serving host, set by serve()
+        self.admin_host = "127.0.0.1"
         self.openapi = orjson.dumps(openapi_document(self))
         self.docs = docs_page(self)
 
@@ -496,6 +498,12 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
         if predictor.platform == "scikit-learn":
             from threadpoolctl import threadpool_limits
             threadpool_limits(limits=1)
+        admin = None
+        if settings.admin_port is not None and settings.log_requests:
+            from ._admin import AdminListener
+
+            admin = AdminListener(settings.log_requests, service.admin_host, settings.admin_port)
+            await admin.start()
         service.ready = True
         service.metrics.ready.set(1)
         running = type(asyncio.get_running_loop()).__module__.split(".")[0]
@@ -504,6 +512,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
         yield
         service.ready = False  # draining: readiness probes fail while requests finish
         service.metrics.ready.set(0)
+        if admin is not None:
+            await admin.close()
         if service.request_log is not None:
             service.request_log.close()
 

@@ -26,6 +26,7 @@ from ... import _artifact_names as _names
 from ... import _paths
 from ...errors import ArtifactError, K8sDeployError
 from ...image import REQUEST_LOG_DIR_IN_IMAGE
+from ...monitor.collect import ADMIN_PORT_NAME
 from ...params import RunParams
 
 #: The placeholder names used in k8s/*.yaml.
@@ -200,6 +201,8 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
         "MLOPS_KIT_LOG_REQUESTS": REQUEST_LOG_DIR_IN_IMAGE,
         "MLOPS_KIT_LOG_MAX_FILE_BYTES": str(s.monitor.max_file_bytes),
         "MLOPS_KIT_LOG_MAX_TOTAL_BYTES": str(s.monitor.max_total_bytes),
+        # the request log's files for `mlops-kit monitor`, through the pod proxy (mlops_kit/monitor/collect.py)
+        "MLOPS_KIT_ADMIN_PORT": str(s.monitor.admin_port),
     }
     config_checksum = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     release_id = hashlib.sha256("|".join([image, model_sha256, config_checksum, ",".join(d.secret_env),
@@ -217,6 +220,13 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
             port.pop("nodePort", None)
             if d.service_type == "NodePort" and d.node_port is not None:
                 port["nodePort"] = d.node_port
+            exposed = [p.get("targetPort", p.get("port")) for p in spec["ports"]]
+            if ADMIN_PORT_NAME in exposed or s.monitor.admin_port in exposed:
+                raise K8sDeployError(f"k8s/service.yaml: spec.ports must not expose the admin port ({ADMIN_PORT_NAME}, "
+                                     f"{s.monitor.admin_port}: the request log, what users sent). Got targetPorts "
+                                     f"{exposed} instead.", reason="Invalid",
+                                     hint="remove that port from the Service; `mlops-kit monitor` reads the log "
+                                          "through the API server's pod proxy.")
         elif kind == "Deployment" and obj["metadata"]["name"] == d.name:
             spec = obj.setdefault("spec", {})
             spec["replicas"] = d.replicas
@@ -235,6 +245,9 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
                                   reason="Invalid")
             server["image"] = image
             server["imagePullPolicy"] = pull_policy(image, params, image_info)
+            for declared in server.get("ports") or []:
+                if declared.get("name") == ADMIN_PORT_NAME:
+                    declared["containerPort"] = s.monitor.admin_port
             for volume in template["spec"].get("volumes") or []:
                 if volume.get("name") == REQUESTS_VOLUME and "emptyDir" in volume:
                     # the log's bound, and one file being written, in MiB
