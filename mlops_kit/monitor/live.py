@@ -255,15 +255,17 @@ class LiveMonitor:
         self._tiled = np.tile(planes, (1, self._tile_rows))      # depth x (tile rows * numeric features)
         self._numeric_offsets = np.array([f.offset for f in numeric], dtype=np.intp)
         self._numeric_missing = np.array([f.offset + f.missing for f in numeric], dtype=np.intp)
-        self._booleans = []
+        # the other features' columns are kept with a request (only those: a request's arrays
+        # are freed at its binning, a thousand of them at once), each known by its rank there
+        self._kept = [position[f.name] for f in profile.features if not f.numeric]
         self._booleans = []
         self._categorical = []
         for f in profile.features:
             if f.kind == "boolean":   # the server holds booleans as 1.0 / 0.0
-                self._booleans.append((position[f.name], f.offset + f.bins.get("true", f.fallback),
+                self._booleans.append((self._kept.index(position[f.name]), f.offset + f.bins.get("true", f.fallback),
                                        f.offset + f.bins.get("false", f.fallback), f.offset + f.missing))
             elif not f.numeric:
-                self._categorical.append((position[f.name], _Lookup(
+                self._categorical.append((self._kept.index(position[f.name]), _Lookup(
                     {level: f.offset + b for level, b in f.bins.items()}, f.offset + f.fallback, f.offset + f.missing)))
         self._prediction = None
         self._class_values = None
@@ -282,7 +284,7 @@ class LiveMonitor:
                     self._class_values = np.array(numbers, dtype=np.float64)
                     self._class_bins = np.array([lookup[c] for c in numbers], dtype=np.intp)
                     self._class_other, self._class_missing = p.offset + p.fallback, p.offset + p.missing
-        # the requests not binned yet: their arrays (numeric matrix, columns, answers, rows)
+        # the requests not binned yet: their arrays (numeric matrix, other columns, answers, rows)
         self._buffers: dict[str, np.ndarray] = {}
         self._pending: list[tuple] = []
         self._pending_rows = 0
@@ -309,7 +311,8 @@ class LiveMonitor:
             block = np.column_stack([batch.columns[i] for i in self._numeric_list])
         else:
             block = batch.numeric     # every numeric column of the schema, in order: the batch's own matrix
-        self._pending.append((block, batch.columns, predictions, rows))
+        self._pending.append((block, [batch.columns[i] for i in self._kept] if self._kept else None, predictions,
+                              rows))
         self._pending_rows += rows
         self.rows += rows
         if self._pending_rows >= self._bin_rows:
