@@ -284,8 +284,8 @@ class LiveMonitor:
                     self._class_values = np.array(numbers, dtype=np.float64)
                     self._class_bins = np.array([lookup[c] for c in numbers], dtype=np.intp)
                     self._class_other, self._class_missing = p.offset + p.fallback, p.offset + p.missing
+        self._buffers: dict[str, np.ndarray] = {}     # the binning's arrays, kept (see _scratch)
         # the requests not binned yet: their arrays (numeric matrix, other columns, answers, rows)
-        self._buffers: dict[str, np.ndarray] = {}
         self._pending: list[tuple] = []
         self._pending_rows = 0
         self._chunk = max(1, window // 10)
