@@ -113,6 +113,31 @@ def test_live_bins_are_the_cores_bins(request, which):
         assert expected.features[category].counts[unseen] >= 1
 
 
+
+def test_the_buffers_kept_between_binnings_grow_and_carry_nothing_over(mixed_model_dir):
+    """Binned at every scrape, small then large then small (the monitor's buffers reused,
+    grown when a binning holds more rows), the counts are those of the same requests binned
+    at once."""
+    from mlops_kit.serving import create_app
+
+    service = create_app(mixed_model_dir).state.service
+    sent = records_of(pd.read_parquet(mixed_model_dir / "test.parquet"), artifacts.SCHEMA.load(mixed_model_dir))
+    assert len(sent) >= 20 and any(row["age"] is None for row in sent[3:-5])   # missing values too
+    requests = []
+    for part in (sent[:3], sent[3:-5], sent[-5:]):
+        batch = service.schema.parse_records(part)
+        requests.append((batch, service.predictor.predict(batch)[0]))
+    scraped = service.live_monitor
+    at_once = live.LiveMonitor(live.read_profile(mixed_model_dir / "monitor_profile.json"),
+                               list(service.schema.names), classes=service.predictor.classes)
+    for batch, predictions in requests:
+        scraped.observe(batch, predictions)
+        scraped.totals()
+        at_once.observe(batch, predictions)
+    assert scraped.totals().tolist() == at_once.totals().tolist()
+    assert scraped.snapshot()[2].tolist() == at_once.snapshot()[2].tolist()
+
+
 @pytest.mark.parametrize("tile_rows", [1, 7])
 def test_rows_beyond_the_tiled_edges_are_binned_in_slices_alike(table_model, monkeypatch, tile_rows):
     """A chunk longer than the edges' tile (a slice of rows at a time, the last one shorter)

@@ -15,7 +15,8 @@ after row like the matrix) summed over the planes; each categorical feature's by
 per value (the levels' bins precomputed), numeric classes of the predictions by a search in
 the sorted classes.
 Every value becomes a flat bin index (the features and the predictions laid end to end),
-counted by one ``bincount``. The sliding
+written into buffers the monitor keeps (fresh pages for arrays of a thousand rows cost more than
+the binning), and each chunk's rows are counted by one ``bincount``. The sliding
 window is the last chunks holding at least ``window`` rows (at most a chunk more). The drift of the window (PSI, and the
 core's permutation test with its Bonferroni level) is computed by :meth:`LiveMonitor.judge`
 on a snapshot, off the request path.
@@ -254,15 +255,17 @@ class LiveMonitor:
         self._tiled = np.tile(planes, (1, self._tile_rows))      # depth x (tile rows * numeric features)
         self._numeric_offsets = np.array([f.offset for f in numeric], dtype=np.intp)
         self._numeric_missing = np.array([f.offset + f.missing for f in numeric], dtype=np.intp)
-        self._booleans = []
+        # the other features' columns are kept with a request (only those: a request's arrays
+        # are freed at its binning, a thousand of them at once), each known by its rank there
+        self._kept = [position[f.name] for f in profile.features if not f.numeric]
         self._booleans = []
         self._categorical = []
         for f in profile.features:
             if f.kind == "boolean":   # the server holds booleans as 1.0 / 0.0
-                self._booleans.append((position[f.name], f.offset + f.bins.get("true", f.fallback),
+                self._booleans.append((self._kept.index(position[f.name]), f.offset + f.bins.get("true", f.fallback),
                                        f.offset + f.bins.get("false", f.fallback), f.offset + f.missing))
             elif not f.numeric:
-                self._categorical.append((position[f.name], _Lookup(
+                self._categorical.append((self._kept.index(position[f.name]), _Lookup(
                     {level: f.offset + b for level, b in f.bins.items()}, f.offset + f.fallback, f.offset + f.missing)))
         self._prediction = None
         self._class_values = None
@@ -281,7 +284,8 @@ class LiveMonitor:
                     self._class_values = np.array(numbers, dtype=np.float64)
                     self._class_bins = np.array([lookup[c] for c in numbers], dtype=np.intp)
                     self._class_other, self._class_missing = p.offset + p.fallback, p.offset + p.missing
-        # the requests not binned yet: their arrays (numeric matrix, columns, answers, rows)
+        self._buffers: dict[str, np.ndarray] = {}     # the binning's arrays, kept (see _scratch)
+        # the requests not binned yet: their arrays (numeric matrix, other columns, answers, rows)
         self._pending: list[tuple] = []
         self._pending_rows = 0
         self._chunk = max(1, window // 10)
@@ -307,41 +311,50 @@ class LiveMonitor:
             block = np.column_stack([batch.columns[i] for i in self._numeric_list])
         else:
             block = batch.numeric     # every numeric column of the schema, in order: the batch's own matrix
-        self._pending.append((block, batch.columns, predictions, rows))
+        self._pending.append((block, [batch.columns[i] for i in self._kept] if self._kept else None, predictions,
+                              rows))
         self._pending_rows += rows
         self.rows += rows
         if self._pending_rows >= self._bin_rows:
             self._bin_pending()
 
     def _bin_indexes(self, pending: list) -> np.ndarray:
-        """The flat bin index of every value of the pending requests: rows x monitored values."""
+        """The flat bin index of every value of the pending requests: rows x monitored values,
+        written in place into one array (the numeric features first)."""
         one = len(pending) == 1
 
         def stacked(values: list) -> Any:
             return values[0] if one else np.concatenate(values)
 
-        parts = []
-        if self._numeric:
-            parts.append(self._numeric_bins(stacked([block for block, *_ in pending])))
+        rows = sum(request[3] for request in pending)
+        width = len(self._numeric)
+        keys = self._scratch("keys", rows, np.intp, width + len(self._booleans) + len(self._categorical)
+                             + (self._prediction is not None))
+        if width:
+            blocks = [block for block, *_ in pending]
+            block = blocks[0] if one else np.concatenate(blocks, out=self._scratch("block", rows, np.float64, width))
+            self._numeric_bins(block, keys[:, :width])
+        column = width
         for column_index, true_bin, false_bin, missing in self._booleans:
             values = stacked([columns[column_index] for _, columns, *_ in pending])
-            parts.append(np.where(values == 1.0, true_bin, np.where(values == 0.0, false_bin, missing))[:, None])
+            keys[:, column] = np.where(values == 1.0, true_bin, np.where(values == 0.0, false_bin, missing))
+            column += 1
         for column_index, lookup in self._categorical:
             values = stacked([columns[column_index] for _, columns, *_ in pending])
-            parts.append(np.fromiter(map(lookup.__getitem__, values), np.intp, len(values))[:, None])
+            keys[:, column] = np.fromiter(map(lookup.__getitem__, values), np.intp, len(values))
+            column += 1
         if self._prediction is not None:
             kind, how = self._prediction
             values = stacked([np.asarray(answers) for _, _, answers, _ in pending])
             if kind == "numeric":
                 values = values.astype(np.float64, copy=False)
                 bins = np.searchsorted(how.edges, values, side="right") + how.offset
-                parts.append(np.where(np.isfinite(values), bins, how.offset + how.missing)[:, None])
+                keys[:, column] = np.where(np.isfinite(values), bins, how.offset + how.missing)
             elif self._class_values is not None and values.dtype.kind in "iuf":
-                parts.append(self._class_indexes(values)[:, None])
+                keys[:, column] = self._class_indexes(values)
             else:
-                parts.append(np.fromiter(map(how.__getitem__, values.tolist()), np.intp, len(values))[:, None])
-        rows = sum(request[3] for request in pending)
-        return np.hstack(parts) if len(parts) > 1 else parts[0] if parts else np.zeros((rows, 0), np.intp)
+                keys[:, column] = np.fromiter(map(how.__getitem__, values.tolist()), np.intp, len(values))
+        return keys
 
     def _class_indexes(self, values: np.ndarray) -> np.ndarray:
         """The flat bin index of numeric predictions among numeric classes (as the dict does:
@@ -353,42 +366,50 @@ class LiveMonitor:
             bins = np.where(np.isnan(values), self._class_missing, bins)
         return bins
 
-    def _numeric_bins(self, block: np.ndarray) -> np.ndarray:
-        """The flat bin index of every numeric value (rows x numeric features)."""
+    def _numeric_bins(self, block: np.ndarray, out: np.ndarray) -> None:
+        """The flat bin index of every numeric value (rows x numeric features), into ``out``."""
         rows, width = block.shape
         step = self._tile_rows
+        flat = block.reshape(1, -1)       # (a copy when the batch's matrix is column-major)
+        reached = self._scratch("reached", rows * width, np.uint8)
+        reaches = self._scratch("reaches", self._tiled.shape[0], bool, self._tiled.shape[1])
         # at most 99 edges (MAX_EDGES): the count of those reached fits in a byte
-        if rows <= step:
-            reached = (block.reshape(1, -1) >= self._tiled[:, :rows * width]).sum(axis=0, dtype=np.uint8)
-        else:
-            reached = np.concatenate([
-                (block[i:i + step].reshape(1, -1) >= self._tiled[:, :min(step, rows - i) * width]).sum(
-                    axis=0, dtype=np.uint8) for i in range(0, rows, step)])
-        reached = reached.reshape(rows, width) + self._numeric_offsets
-        missing = np.isnan(block)     # (the server's JSON parsers refuse infinities)
-        return np.where(missing, self._numeric_missing, reached) if missing.any() else reached
+        for start in range(0, rows * width, step * width):
+            end = min(start + step * width, rows * width)
+            plane = reaches[:, :end - start]
+            np.greater_equal(flat[:, start:end], self._tiled[:, :end - start], out=plane)
+            plane.sum(axis=0, dtype=np.uint8, out=reached[start:end])
+        np.add(reached.reshape(rows, width), self._numeric_offsets, out=out)
+        missing = np.isnan(block, out=self._scratch("missing", rows, bool, width))
+        if missing.any():     # (the server's JSON parsers refuse infinities)
+            np.copyto(out, self._numeric_missing, where=missing)
+
+    def _scratch(self, name: str, rows: int, dtype: Any, *width: int) -> np.ndarray:
+        """A buffer of ``rows`` (x ``width``) kept from one binning to the next: the fresh pages
+        of a new array of this size cost more than the work done on them."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape[0] < rows or buffer.dtype != dtype or buffer.shape[1:] != width:
+            buffer = self._buffers[name] = np.empty((rows, *width), dtype)
+        return buffer[:rows]
 
     def _bin_pending(self) -> None:
         """Bin the pending requests at once, each chunk's counts apart: a request goes whole into
         the chunk being filled, which closes once it holds ``window / 10`` rows (one bincount
-        over the bins offset by the chunk's rank)."""
+        per chunk over its rows' bin indexes, contiguous in the pending order)."""
         pending, self._pending, self._pending_rows = self._pending, [], 0
-        ranks, chunk_rows = [], [self._open_rows]
-        for request in pending:
-            ranks.append(len(chunk_rows) - 1)
-            chunk_rows[-1] += request[3]
-            if chunk_rows[-1] >= self._chunk:
-                chunk_rows.append(0)
-        row_rank = np.repeat(np.array(ranks, dtype=np.intp), [request[3] for request in pending])
-        keys = self._bin_indexes(pending) + (row_rank * self.size)[:, None]
-        counts = np.bincount(keys.ravel(), minlength=len(chunk_rows) * self.size).astype(np.int64, copy=False)
-        counts = counts.reshape(len(chunk_rows), self.size)
-        self._closed += counts.sum(axis=0)
-        for rank, rows in enumerate(chunk_rows):
-            self._open += counts[rank]
-            self._open_rows = rows
-            if rows >= self._chunk:
-                self._close_chunk()
+        keys = self._bin_indexes(pending)
+        start = end = 0
+        last = len(pending) - 1
+        for rank, request in enumerate(pending):
+            end += request[3]
+            self._open_rows += request[3]
+            if self._open_rows >= self._chunk or rank == last:
+                counts = np.bincount(keys[start:end].ravel(), minlength=self.size)
+                self._open += counts
+                self._closed += counts
+                start = end
+                if self._open_rows >= self._chunk:
+                    self._close_chunk()
 
     def _close_chunk(self) -> None:
         self._chunks.append((self._open_rows, self._open))
