@@ -104,7 +104,8 @@ def run_target(name: str, target: dict, work: Path, *, list_only: bool) -> dict:
     source = (work / module).read_text()
     ranges, notes = spans(source, target["functions"]), annotations(source)
     tests = " ".join(target["tests"]) + (f" -k {shlex.quote(target['select'])}" if "select" in target else "")
-    command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"
+    plugins = "".join(f" -p no:{p}" for p in target.get("plugins-off", []))  # their imports: seconds a run
+    command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider{plugins} {tests}"
     session = RESULTS / f"{name}.sqlite"
     session.unlink(missing_ok=True)
     started = time.perf_counter()
