@@ -1,0 +1,125 @@
+"""The request log reader's guards at their edges (the mutation targets ``request-log-reader``
+and ``request-log-lines``, docs/mutation.md): the folder, its files, the total it reads, the
+line length, one model, torn lines, each at its bound and just past it. Crafted files only (no
+writer thread): test_request_log.py has the writer and the crafted lines end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlops_kit.errors import ArtifactError
+from mlops_kit.monitor import requestlog
+from mlops_kit.monitor.requestlog import read_request_log
+
+from test_request_log import OTHER_SHA, SHA, _good_line
+
+pytestmark = pytest.mark.security
+
+FIRST = "requests-20261207T100000-1-1.jsonl"
+SECOND = "requests-20261207T100001-1-2.jsonl"
+
+
+def line(**changes) -> bytes:
+    return json.dumps(_good_line(**changes)).encode() + b"\n"
+
+
+def folder_with(tmp_path, *files: tuple[str, bytes]):
+    folder = tmp_path / "log"
+    folder.mkdir(parents=True)
+    for name, data in files:
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def message(folder, **options) -> str:
+    with pytest.raises(ArtifactError) as info:
+        read_request_log(folder, **options)
+    return str(info.value)
+
+
+def test_the_bounds_are_the_documented_ones():
+    """docs/security.md: at most 1 GiB read in all, a line at most 16 MiB."""
+    assert (requestlog.DEFAULT_MAX_READ_BYTES, requestlog.MAX_LINE_BYTES) == (1024 ** 3, 16 * 1024 ** 2)
+
+
+def test_the_folder_must_be_a_folder(tmp_path):
+    assert message(tmp_path / "none").startswith(f"The request log must be a folder. Got nothing at {tmp_path / 'none'}")
+    (tmp_path / "file").write_text("")
+    assert message(tmp_path / "file").startswith(f"The request log must be a folder. Got a file at {tmp_path / 'file'}")
+
+
+@pytest.mark.parametrize("sha", ["A" * 64, "a" * 63, "a" * 65, "g" * 64, ""])
+def test_the_model_sha256_asked_for_must_be_one(tmp_path, sha):
+    folder = folder_with(tmp_path, (FIRST, line()))
+    with pytest.raises(ValueError, match="model_sha256 must be 64 lower-case hex digits"):
+        read_request_log(folder, model_sha256=sha)
+
+
+def test_a_log_of_the_model_asked_for_is_read(tmp_path):
+    folder = folder_with(tmp_path, (FIRST, line() + line(request_id="r2")), (SECOND, line(request_id="r3")))
+    frame = read_request_log(folder, model_sha256=SHA)
+    assert list(frame["request_id"]) == ["r1", "r1", "r2", "r2", "r3", "r3"]
+    assert frame.attrs == {"torn_lines": 0, "files": [FIRST, SECOND]}
+
+
+def test_the_total_bound_is_inclusive_and_counts_every_file(tmp_path):
+    folder = folder_with(tmp_path, (FIRST, line()), (SECOND, line(request_id="r2")))
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    assert len(read_request_log(folder, max_bytes=total)) == 4
+    assert message(folder, max_bytes=total - 1).startswith(
+        f"The request log in {folder} must be at most {total - 1} bytes. Got more instead (at {SECOND}).")
+    first = (folder / FIRST).stat().st_size
+    assert f"(at {FIRST})" in message(folder, max_bytes=first - 1)
+
+
+def test_a_symbolic_link_or_a_folder_among_the_files_is_refused(tmp_path):
+    folder = folder_with(tmp_path, (FIRST, line()))
+    (folder / SECOND).mkdir()
+    assert message(folder) == f"{folder / SECOND} must be a regular file of the request log. Got something else instead."
+    (folder / SECOND).rmdir()
+    (tmp_path / "elsewhere.jsonl").write_bytes(line())
+    (folder / SECOND).symlink_to(tmp_path / "elsewhere.jsonl")   # a regular file behind it: still refused
+    assert message(folder) == (f"{folder / SECOND} must be a regular file of the request log. Got a symbolic link "
+                               "instead.")
+
+
+def test_the_line_bound_is_inclusive(tmp_path, monkeypatch):
+    good = line()
+    folder = folder_with(tmp_path, (FIRST, good + line(request_id="r2")))
+    monkeypatch.setattr(requestlog, "MAX_LINE_BYTES", len(good) - 1)   # without its newline: exactly the bound
+    assert len(read_request_log(folder)) == 4
+    monkeypatch.setattr(requestlog, "MAX_LINE_BYTES", len(good) - 2)
+    assert message(folder) == f"{folder / FIRST}:1 must be at most {len(good) - 2} bytes. Got {len(good) - 1} instead."
+
+
+def test_lines_are_numbered_from_one_in_each_file(tmp_path):
+    folder = folder_with(tmp_path, (FIRST, line() + line()), (SECOND, line() + b"{}\n"))
+    assert message(folder).startswith(f"{folder / SECOND}:2 must be an object with exactly the keys")
+
+
+def test_torn_last_lines_are_counted_in_every_file_and_only_last_ones(tmp_path):
+    folder = folder_with(tmp_path, (FIRST, line() + line()[:20]), (SECOND, line() + line()[:-1]))
+    frame = read_request_log(folder)
+    assert frame.attrs["torn_lines"] == 2 and len(frame) == 4
+    folder = folder_with(tmp_path / "b", (FIRST, line()[:20] + b"\n" + line()))
+    assert message(folder).startswith(f"{folder / FIRST}:1 must be a JSON object of the request log")
+
+
+def test_a_log_of_torn_lines_only_or_no_file_holds_no_row(tmp_path):
+    folder = folder_with(tmp_path, (FIRST, line()[:30]), ("other.jsonl", line()))
+    assert message(folder).startswith(f"The request log in {folder} must hold at least one row. Got no complete line")
+    empty = folder_with(tmp_path / "b")
+    assert message(empty).startswith(f"The request log in {empty} must hold at least one row. Got no log file")
+
+
+def test_one_model_per_log_the_first_lines_or_the_one_asked_for(tmp_path):
+    folder = folder_with(tmp_path, (FIRST, line() + line()), (SECOND, line(model_sha256=OTHER_SHA)))
+    assert message(folder).startswith(f"{folder / SECOND}:1 must be a request to the same model as the lines "
+                                      f"before ({SHA}). Got model {OTHER_SHA} instead.")
+    assert message(folder, model_sha256=OTHER_SHA) == (
+        f"{folder / FIRST}:1 must be a request to model {OTHER_SHA} (the model monitored). Got a request to model "
+        f"{SHA} instead: the log is of another model.")
+    alone = folder_with(tmp_path / "b", (FIRST, line(model_sha256=OTHER_SHA)))
+    assert set(read_request_log(alone, model_sha256=OTHER_SHA)["model_sha256"]) == {OTHER_SHA}
