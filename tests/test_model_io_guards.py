@@ -353,6 +353,9 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
     (partial_of(node("ObjectNode", ("sklearn.utils.validation", "check_array"))), "",
      "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array. Got a partial of "
      "'sklearn.utils.validation.check_array' instead"),
+    (partial_of(node("DictNode", ("sklearn.utils.validation", "check_array"), key_types=str_key_types(0), content={})),
+     "", "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array. Got a partial of "
+         "'sklearn.utils.validation.check_array' instead"),   # a loader that sorts before FunctionNode
     (partial_of(node("FunctionNode", ("mlops_kit._features", "as_text"))), "",
      "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array. Got a partial of 'mlops_kit._features.as_text' instead"),
     (partial_of("check_array"), "",
@@ -384,7 +387,7 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
 ], ids=["loader", "loader-list", "type-for-loader", "id-text", "id-bool",
         "dict-no-key-types", "dict-key-types-tuple", "dict-key-types-not-list", "dict-content-list", "dict-key-types-text",
         "dict-key-float", "dict-key-text", "dict-key-json",
-        "partial-content", "partial-object", "partial-other-function", "partial-text", "partial-no-content",
+        "partial-content", "partial-object", "partial-dict", "partial-other-function", "partial-text", "partial-no-content",
         "function-text", "function-other", "function-none",
         "slice-text", "slice-bool", "slice-list", "array-missing", "array-list", "array-type"])
 def test_what_kit_models_never_hold_is_refused_naming_the_place(child, where, what):
