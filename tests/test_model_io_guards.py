@@ -230,6 +230,15 @@ def test_a_root_other_than_a_pipeline_object_is_refused(root, found):
                                           "REFUSED.")
 
 
+def test_a_long_root_loader_and_type_are_shortened():
+    hgb = "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier"
+    assert len(hgb) > 80 and hgb in model_io.TRUSTED_TYPES
+    root = {"__module__": "sklearn.pipeline", "__class__": "Pipeline", "__loader__": "L" * 40}
+    assert refusal(skops_bytes(root)).endswith(f"found a {repr('L' * 40)[:30]}... of sklearn.pipeline.Pipeline; REFUSED.")
+    root = node("ObjectNode", tuple(hgb.rsplit(".", 1)))
+    assert refusal(skops_bytes(root)).endswith(f"found a 'ObjectNode' of {hgb[:80]}...; REFUSED.")
+
+
 def test_the_first_problem_found_is_the_one_named():
     """The walk takes the last child first: of two problems the one under the later key is named."""
     bad = node("SliceNode", ("builtins", "slice"), content={"start": "x", "stop": None, "step": None})
@@ -384,14 +393,43 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
     (_array(["a.npy"]), "", "an array must name a file inside the archive. Got ['a.npy'] instead"),
     (node("NdArrayNode", ("numpy", "ndarray"), type="pickle", file="a.npy"), "",
      "an array's type must be 'numpy' or 'json'. Got 'pickle' instead"),
+    (node("NdArrayNode", ("numpy", "ndarray"), type="csv", file="a.npy"), "",      # sorts before 'json'
+     "an array's type must be 'numpy' or 'json'. Got 'csv' instead"),
 ], ids=["loader", "loader-list", "type-for-loader", "id-text", "id-bool",
         "dict-no-key-types", "dict-key-types-tuple", "dict-key-types-not-list", "dict-content-list", "dict-key-types-text",
         "dict-key-float", "dict-key-text", "dict-key-json",
         "partial-content", "partial-object", "partial-dict", "partial-other-function", "partial-text", "partial-no-content",
         "function-text", "function-other", "function-none",
-        "slice-text", "slice-bool", "slice-list", "array-missing", "array-list", "array-type"])
+        "slice-text", "slice-bool", "slice-list", "array-missing", "array-list", "array-type", "array-type-csv"])
 def test_what_kit_models_never_hold_is_refused_naming_the_place(child, where, what):
     assert refusal(holding(child, extra=(("a.npy", b"x"),))) == f"{LABEL}: {AT}{where}: {what}; REFUSED."
+
+
+HGB = "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier"  # trusted, 89
+
+
+def labelled(type_name: str, loader: str, **rest) -> dict:
+    module, cls = type_name.rsplit(".", 1)
+    return {"__module__": module, "__class__": cls, "__loader__": loader, **rest}
+
+
+@pytest.mark.parametrize("child, shown", [
+    (labelled("builtins.dict", "L" * 50), f"a {repr('L' * 50)[:40]}... node (for builtins.dict)"),
+    (labelled(HGB, "Bad"), f"a 'Bad' node (for {HGB[:80]}...)"),
+    ({**null(), "__id__": "x" * 30}, f"__id__ must be an integer. Got {repr('x' * 30)[:20]}... instead"),
+    (node("DictNode", key_types=node("ListNode", ("builtins", "list"), content=[labelled(HGB, "L" * 40)]), content={}),
+     f"Got a {repr('L' * 40)[:30]}... of {HGB[:80]}... instead"),
+    (partial_of(labelled(HGB, "FunctionNode")), f"Got a partial of {repr(HGB)[:80]}... instead"),
+    (node("FunctionNode", ("mlops_kit._features", "as_text"), content="x" * 100), f"Got {repr('x' * 100)[:80]}... instead"),
+    (_array("f" * 50), f"Got {repr('f' * 50)[:40]}... instead"),
+    (node("NdArrayNode", ("numpy", "ndarray"), type="k" * 30), f"Got {repr('k' * 30)[:20]}... instead"),
+], ids=["loader", "name", "id", "key-type", "partial", "function", "array-file", "array-type"])
+def test_long_values_are_shortened_in_messages(child, shown):
+    assert f"{shown}; REFUSED." in refusal(holding(child)).replace(" is not something the kit's models contain", "")
+
+
+def test_a_long_protocol_is_shortened():
+    assert f"Got {repr('p' * 30)[:20]}... instead" in refusal(skops_bytes(pipeline_holding(null()), protocol="p" * 30))
 
 
 def test_the_refusal_names_the_file_as_its_path_only_for_a_model_file():
