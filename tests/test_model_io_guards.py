@@ -342,6 +342,8 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
     (node("DictNode", content={}), "", "a dict must have key_types (a list) and content (an object)"),
     (node("DictNode", key_types=node("TupleNode", ("builtins", "tuple"), content=[]), content={}), "",
      "a dict must have key_types (a list) and content (an object)"),
+    (node("DictNode", key_types=node("DictNode", content=[node("TypeNode", ("builtins", "str"))]), content={}), "",
+     "a dict must have key_types (a list) and content (an object)"),   # a loader that sorts before ListNode
     (node("DictNode", key_types=node("ListNode", ("builtins", "list"), content="x"), content={}), "",
      "a dict must have key_types (a list) and content (an object)"),
     (node("DictNode", key_types=str_key_types(0), content=[]), "",
@@ -396,7 +398,7 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
     (node("NdArrayNode", ("numpy", "ndarray"), type="csv", file="a.npy"), "",      # sorts before 'json'
      "an array's type must be 'numpy' or 'json'. Got 'csv' instead"),
 ], ids=["loader", "loader-list", "type-for-loader", "id-text", "id-bool",
-        "dict-no-key-types", "dict-key-types-tuple", "dict-key-types-not-list", "dict-content-list", "dict-key-types-text",
+        "dict-no-key-types", "dict-key-types-tuple", "dict-key-types-dict", "dict-key-types-not-list", "dict-content-list", "dict-key-types-text",
         "dict-key-float", "dict-key-text", "dict-key-json",
         "partial-content", "partial-object", "partial-dict", "partial-other-function", "partial-text", "partial-no-content",
         "function-text", "function-other", "function-none",
