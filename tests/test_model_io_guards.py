@@ -357,6 +357,9 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
     (node("DictNode", key_types=node("ListNode", ("builtins", "list"), content=[
         node("JsonNode", ("builtins", "str"), content="x")]), content={}),
      ".key_types[0]", "dict keys must be typed str or int. Got a 'JsonNode' of builtins.str instead"),
+    (node("DictNode", key_types=node("ListNode", ("builtins", "list"), content=[
+        node("VoidNode", ("builtins", "str"))]), content={}),   # a loader that sorts after TypeNode
+     ".key_types[0]", "dict keys must be typed str or int. Got a 'VoidNode' of builtins.str instead"),
     # partials
     (partial_of(check_array(content={"module_path": "builtins", "function": "exec"})), "",
      "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array. Got a partial of "
@@ -399,7 +402,7 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
      "an array's type must be 'numpy' or 'json'. Got 'csv' instead"),
 ], ids=["loader", "loader-list", "type-for-loader", "id-text", "id-bool",
         "dict-no-key-types", "dict-key-types-tuple", "dict-key-types-dict", "dict-key-types-not-list", "dict-content-list", "dict-key-types-text",
-        "dict-key-float", "dict-key-text", "dict-key-json",
+        "dict-key-float", "dict-key-text", "dict-key-json", "dict-key-void",
         "partial-content", "partial-object", "partial-dict", "partial-other-function", "partial-text", "partial-no-content",
         "function-text", "function-other", "function-none",
         "slice-text", "slice-bool", "slice-list", "array-missing", "array-list", "array-type", "array-type-csv"])
