@@ -95,6 +95,30 @@ def test_the_flag_or_the_entries_alone_make_a_tensor_external(flag, entries):
     assert external_tensors(made.SerializeToString()) == ["graph.initializer[0] 'w'"]
 
 
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1   # a negative int32 is written as ten bytes
+    out = b""
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out += bytes([byte | (0x80 if value else 0)])
+        if not value:
+            return out
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + _varint(len(payload)) + payload
+
+
+@pytest.mark.parametrize("location", [1, 2, -1])
+def test_any_data_location_but_the_default_is_external(location):
+    """Only 0 (DEFAULT) keeps the data in the file; any other value, those onnx does not define
+    included (written here byte by byte: onnx refuses to set them), is refused rather than guessed at."""
+    tensor_bytes = _field(8, b"w") + bytes([14 << 3]) + _varint(location)   # name, data_location
+    model = _field(7, _field(5, tensor_bytes))                                # graph.initializer
+    assert external_tensors(model) == ["graph.initializer[0] 'w'"]
+    assert external_tensors(_field(7, _field(5, _field(8, b"w")))) == []
+
+
 def test_a_long_or_undecodable_name_is_shortened():
     made = helper.make_model(helper.make_graph([], "g", [], [], [tensor("n" * 100, True)]))
     assert external_tensors(made.SerializeToString()) == [f"graph.initializer[0] '{'n' * 60}'"]
