@@ -475,13 +475,14 @@ def test_an_explicit_sha256_is_checked_even_when_the_card_matches(tmp_path, real
         model_io.load_model(folder, expected_sha256="1" * 64)
 
 
-def test_a_model_other_than_the_one_its_run_trained_is_refused(tmp_path, real_models):
+@pytest.mark.parametrize("recorded", ["0" * 64, "f" * 64])   # below and above any real sha256
+def test_a_model_other_than_the_one_its_run_trained_is_refused(tmp_path, real_models, recorded):
     data = real_models["logistic_regression"][2]
     artifacts = with_record(tmp_path / "20260101-000000-run" / "artifacts", data)
-    record_train(artifacts, "2" * 64)
+    record_train(artifacts, recorded)
     with pytest.raises(ArtifactError) as info:
         model_io.load_model(artifacts)
-    assert (f"is not the model its run trained: sha256 must be {'2' * 64} (run.json, stage train). "
+    assert (f"is not the model its run trained: sha256 must be {recorded} (run.json, stage train). "
             f"Got {hashlib.sha256(data).hexdigest()} instead") in str(info.value)
 
 
