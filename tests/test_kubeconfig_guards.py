@@ -129,6 +129,12 @@ def test_what_is_left_out_is_none():
     assert parse(microk8s_config()).certificate_authority_data == B64
 
 
+def test_a_long_refused_server_is_shown_cut_at_100_characters():
+    server = "ftp://" + "h" * 200
+    err = refused(changed(lambda d: d["clusters"][0]["cluster"].update(server=server)))
+    assert f"Got clusters[0].cluster.server: {server[:100]!r}, not an https:// URL instead" in str(err)
+
+
 def test_the_source_is_named_and_a_top_level_field_has_no_dot():
     with pytest.raises(UnsafeKubeconfig) as err:
         parse_foreign_kubeconfig(yaml.safe_dump({**microk8s_config(), "oops": 1}), source="THE SOURCE")
