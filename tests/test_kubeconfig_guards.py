@@ -62,6 +62,8 @@ def test_defaults_accepted_kind_api_version_and_current_context_may_be_left_out(
     (lambda d: d["clusters"][0].pop("cluster"), "clusters[0].cluster.server", "NoneType"),
     (lambda d: d["clusters"][0].update(cluster=[]), "clusters[0].cluster", "list where a mapping belongs"),
     (lambda d: d["contexts"][0]["context"].update(cluster="other"), "contexts[0].context", "does not define"),
+    (lambda d: d["contexts"][0]["context"].update(cluster="a-cluster"), "contexts[0].context", "does not define"),
+    (lambda d: d["contexts"][0]["context"].update(user="aaa"), "contexts[0].context", "does not define"),
     (lambda d: d["clusters"][0]["cluster"].update(server="https://"), "clusters[0].cluster.server",
      "not an https:// URL"),
     (lambda d: d["clusters"][0]["cluster"].update(server="ftp://h"), "clusters[0].cluster.server",
@@ -80,7 +82,7 @@ def test_defaults_accepted_kind_api_version_and_current_context_may_be_left_out(
     (lambda d: d["contexts"][0]["context"].update(namespace="a" * 64), "contexts[0].context.namespace", "a malformed"),
     (lambda d: d["contexts"][0]["context"].update(namespace=""), "contexts[0].context.namespace", "a malformed"),
 ], ids=["api-version", "kind", "no-cluster", "users-mapping", "context-text", "entry-field", "name-number",
-        "name-empty", "no-cluster-fields", "cluster-list", "context-cluster", "no-host", "scheme", "server-empty",
+        "name-empty", "no-cluster-fields", "cluster-list", "context-cluster", "context-cluster-before", "context-user-before", "no-host", "scheme", "server-empty",
         "ca-not-base64", "ca-number", "cert-not-ascii", "token-number", "token-long", "token-space",
         "namespace-upper", "namespace-long", "namespace-empty"])
 def test_each_shape_is_refused_naming_its_field(change, field, found):
