@@ -52,6 +52,9 @@ def test_defaults_accepted_kind_api_version_and_current_context_may_be_left_out(
 @pytest.mark.parametrize("change, field, found", [
     (lambda d: d.update(apiVersion="v2"), "kind", "not a v1 Config"),
     (lambda d: d.update(kind="Config2"), "kind", "not a v1 Config"),
+    (lambda d: d.update(apiVersion="v0"), "kind", "not a v1 Config"),       # sorting before the accepted ones
+    (lambda d: d.update(kind="Bundle"), "kind", "not a v1 Config"),
+    (lambda d: d.update({"current-context": "aaa"}), "current-context", "a context the file does not define"),
     (lambda d: d.update(clusters=[]), "clusters", "0 entries where exactly one entry belongs"),
     (lambda d: d.update(users={"name": "admin"}), "users", "dict where exactly one entry belongs"),
     (lambda d: d.update(contexts=["microk8s"]), "contexts[0]", "str where a mapping belongs"),
@@ -81,7 +84,7 @@ def test_defaults_accepted_kind_api_version_and_current_context_may_be_left_out(
     (lambda d: d["contexts"][0]["context"].update(namespace="Team"), "contexts[0].context.namespace", "a malformed"),
     (lambda d: d["contexts"][0]["context"].update(namespace="a" * 64), "contexts[0].context.namespace", "a malformed"),
     (lambda d: d["contexts"][0]["context"].update(namespace=""), "contexts[0].context.namespace", "a malformed"),
-], ids=["api-version", "kind", "no-cluster", "users-mapping", "context-text", "entry-field", "name-number",
+], ids=["api-version", "kind", "api-version-before", "kind-before", "current-context-before", "no-cluster", "users-mapping", "context-text", "entry-field", "name-number",
         "name-empty", "no-cluster-fields", "cluster-list", "context-cluster", "context-cluster-before", "context-user-before", "no-host", "scheme", "server-empty",
         "ca-not-base64", "ca-number", "cert-not-ascii", "token-number", "token-long", "token-space",
         "namespace-upper", "namespace-long", "namespace-empty"])
