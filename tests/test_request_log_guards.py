@@ -123,3 +123,95 @@ def test_one_model_per_log_the_first_lines_or_the_one_asked_for(tmp_path):
         f"{SHA} instead: the log is of another model.")
     alone = folder_with(tmp_path / "b", (FIRST, line(model_sha256=OTHER_SHA)))
     assert set(read_request_log(alone, model_sha256=OTHER_SHA)["model_sha256"]) == {OTHER_SHA}
+
+
+# --- each line's checks at their bounds (target request-log-lines) ---------------------------------
+
+def read_one(tmp_path, **changes):
+    return read_request_log(folder_with(tmp_path, (FIRST, line(**changes))))
+
+
+def refused_line(tmp_path, **changes) -> str:
+    return message(folder_with(tmp_path, (FIRST, line(**changes))))
+
+
+def test_rows_from_one_to_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(requestlog, "MAX_LINE_ROWS", 3)
+    three = dict(rows=3, features={"x": [1, 2, 3]}, prediction=["a", "b", "c"], probabilities=None)
+    assert len(read_one(tmp_path / "a", **three)) == 3
+    one = dict(rows=1, features={"x": [1]}, prediction=["a"], probabilities=None)
+    assert len(read_one(tmp_path / "b", **one)) == 1
+    four = dict(rows=4, features={"x": [1, 2, 3, 4]}, prediction=["a", "b", "c", "d"], probabilities=None)
+    assert "must be a number of rows between 1 and 3 (key rows). Got 4 instead" in refused_line(tmp_path / "c", **four)
+    assert "Got 0 instead" in refused_line(tmp_path / "d", rows=0)
+    assert "Got 2.0 instead" in refused_line(tmp_path / "e", rows=2.0)
+
+
+def test_the_time_is_at_most_40_characters(tmp_path):
+    forty = "2026-12-07T10:00:00.00000000000000+00:00"
+    assert len(forty) == 40 and len(read_one(tmp_path / "a", time=forty)) == 2
+    assert "must be an ISO 8601 time (key time)" in refused_line(tmp_path / "b", time=forty[:20] + "0" + forty[20:])
+    assert "must be an ISO 8601 time (key time)" in refused_line(tmp_path / "c", time=20261207)
+
+
+def test_features_and_names_at_their_bounds(tmp_path, monkeypatch):
+    monkeypatch.setattr(requestlog, "MAX_FEATURES", 2)
+    assert len(read_one(tmp_path / "a")) == 2           # the good line has two features
+    three = {"x": [1, 2], "y": [1, 2], "z": [1, 2]}
+    assert "must be an object of at most 2 features (key features). Got '3 features' instead" in refused_line(
+        tmp_path / "b", features=three)
+    assert "Got 'list' instead" in refused_line(tmp_path / "c", features=[1, 2])
+    longest = "n" * requestlog.MAX_NAME_CHARS
+    assert read_one(tmp_path / "d", features={longest: [1, 2]}).columns.tolist().count(longest) == 1
+    assert "feature names of at most" in refused_line(tmp_path / "e", features={longest + "n": [1, 2]})
+
+
+def test_classes_and_their_names_at_their_bounds(tmp_path, monkeypatch):
+    monkeypatch.setattr(requestlog, "MAX_CLASSES", 2)
+    assert "proba_yes" in read_one(tmp_path / "a").columns          # two classes
+    three = {"a": [0, 1], "b": [0, 1], "c": [0, 1]}
+    assert "null or an object of at most 2 classes (key probabilities). Got '3 classes' instead" in refused_line(
+        tmp_path / "b", probabilities=three)
+    assert "Got 'list' instead" in refused_line(tmp_path / "c", probabilities=[0.5, 0.5])
+    longest = "c" * requestlog.MAX_NAME_CHARS
+    assert f"proba_{longest}" in read_one(tmp_path / "d", probabilities={longest: [0, 1]}).columns
+    assert "class names of at most" in refused_line(tmp_path / "e", probabilities={longest + "c": [0, 1]})
+    assert read_one(tmp_path / "f", probabilities=None)["prediction"].tolist() == ["yes", "no"]
+
+
+@pytest.mark.parametrize("values, accepted", [([0, 1], True), ([0.0, 1.0], True), ([1, 0], True),
+                                              ([-0.001, 0.5], False), ([0.5, 1.001], False)])
+def test_probabilities_from_0_to_1(tmp_path, values, accepted):
+    if accepted:
+        assert read_one(tmp_path, probabilities={"yes": values})["proba_yes"].tolist() == values
+    else:
+        assert "must be probabilities between 0 and 1 (class 'yes' of key probabilities)" in refused_line(
+            tmp_path, probabilities={"yes": values})
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"v": 2.0}, "must be the log format version 2 (key v). Got 2.0 instead"),
+    ({"v": True}, "the log format version must be 2 (key v). Got True instead"),
+    ({"prediction": ["yes", None]}, "must be a list of labels or numbers (key prediction). Got ['NoneType'] instead"),
+    ({"features": {"x": [1, [2]]}}, "must be a list of strings, numbers, booleans or nulls (feature 'x'). "
+                                    "Got ['list'] instead"),
+    ({"features": {"x": [1]}}, "must be a list of 2 strings, numbers, booleans or nulls (one per row: key rows is 2) "
+                               "(feature 'x'). Got 'a list of 1' instead"),
+    ({"features": {"x": "ab"}}, "(feature 'x'). Got 'str' instead"),
+    ({"request_id": 7}, "must be a request id of 1 to 128 characters"),
+    ({"model_sha256": 7}, "must be 64 lower-case hex digits (key model_sha256). Got 7 instead"),
+], ids=["v-float", "v-bool", "prediction-null", "feature-list", "feature-short", "feature-text", "id-number",
+        "sha-number"])
+def test_each_line_check_names_what_it_expected(tmp_path, change, words):
+    assert words in refused_line(tmp_path, **change)
+
+
+def test_a_line_without_a_version_is_refused_by_its_keys(tmp_path):
+    record = _good_line()
+    del record["v"]
+    folder = folder_with(tmp_path, (FIRST, json.dumps(record).encode() + b"\n"))
+    assert "must be an object with exactly the keys" in message(folder)
+
+
+def test_a_long_value_is_shown_cut_at_80_characters(tmp_path):
+    assert f"Got {repr('r' * 200)[:80]}... instead." in refused_line(tmp_path, request_id="r" * 200)
