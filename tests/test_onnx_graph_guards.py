@@ -117,6 +117,8 @@ def test_any_data_location_but_the_default_is_external(location):
     model = _field(7, _field(5, tensor_bytes))                                # graph.initializer
     assert external_tensors(model) == ["graph.initializer[0] 'w'"]
     assert external_tensors(_field(7, _field(5, _field(8, b"w")))) == []
+    # an external_data entry without the flag, even an empty one, is counted too
+    assert external_tensors(_field(7, _field(5, _field(8, b"w") + _field(13, b"")))) == ["graph.initializer[0] 'w'"]
 
 
 def test_a_long_or_undecodable_name_is_shortened():
