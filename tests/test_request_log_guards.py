@@ -42,6 +42,7 @@ def message(folder, **options) -> str:
 def test_the_bounds_are_the_documented_ones():
     """docs/security.md: at most 1 GiB read in all, a line at most 16 MiB."""
     assert (requestlog.DEFAULT_MAX_READ_BYTES, requestlog.MAX_LINE_BYTES) == (1024 ** 3, 16 * 1024 ** 2)
+    assert (requestlog.MAX_LINE_ROWS, requestlog.MAX_CLASSES) == (1_000_000, 10_000)
 
 
 def test_the_folder_must_be_a_folder(tmp_path):
@@ -179,7 +180,7 @@ def test_classes_and_their_names_at_their_bounds(tmp_path, monkeypatch):
     assert read_one(tmp_path / "f", probabilities=None)["prediction"].tolist() == ["yes", "no"]
 
 
-@pytest.mark.parametrize("values, accepted", [([0, 1], True), ([0.0, 1.0], True), ([1, 0], True),
+@pytest.mark.parametrize("values, accepted", [([0, 1], True), ([0.0, 1.0], True), ([1, 0], True), ([0.5, 0.5], True),
                                               ([-0.001, 0.5], False), ([0.5, 1.001], False)])
 def test_probabilities_from_0_to_1(tmp_path, values, accepted):
     if accepted:
@@ -204,6 +205,11 @@ def test_probabilities_from_0_to_1(tmp_path, values, accepted):
         "sha-number"])
 def test_each_line_check_names_what_it_expected(tmp_path, change, words):
     assert words in refused_line(tmp_path, **change)
+
+
+def test_the_keys_found_are_shown_ten_at_most(tmp_path):
+    extra = dict.fromkeys("ABCDEFGHIJKL", 1)     # sorted before the line's own keys
+    assert f"Got {list('ABCDEFGHIJ')!r} instead." in refused_line(tmp_path, **extra)
 
 
 def test_a_line_without_a_version_is_refused_by_its_keys(tmp_path):
