@@ -221,3 +221,6 @@ def test_a_line_without_a_version_is_refused_by_its_keys(tmp_path):
 
 def test_a_long_value_is_shown_cut_at_80_characters(tmp_path):
     assert f"Got {repr('r' * 200)[:80]}... instead." in refused_line(tmp_path, request_id="r" * 200)
+    eighty, more = "r" * 77 + " ", "r" * 78 + " "     # a space: not a request id; shown as 80 and 81 characters
+    assert f"Got {eighty!r} instead." in refused_line(tmp_path / "b", request_id=eighty)
+    assert f"Got {more!r:.80}... instead." in refused_line(tmp_path / "c", request_id=more)
