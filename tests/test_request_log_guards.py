@@ -193,6 +193,7 @@ def test_probabilities_from_0_to_1(tmp_path, values, accepted):
 @pytest.mark.parametrize("change, words", [
     ({"v": 2.0}, "must be the log format version 2 (key v). Got 2.0 instead"),
     ({"v": True}, "the log format version must be 2 (key v). Got True instead"),
+    ({"v": 3}, "the log format version must be 2 (key v). Got 3 instead"),        # a later version too
     ({"prediction": ["yes", None]}, "must be a list of labels or numbers (key prediction). Got ['NoneType'] instead"),
     ({"features": {"x": [1, [2]]}}, "must be a list of strings, numbers, booleans or nulls (feature 'x'). "
                                     "Got ['list'] instead"),
@@ -201,7 +202,7 @@ def test_probabilities_from_0_to_1(tmp_path, values, accepted):
     ({"features": {"x": "ab"}}, "(feature 'x'). Got 'str' instead"),
     ({"request_id": 7}, "must be a request id of 1 to 128 characters"),
     ({"model_sha256": 7}, "must be 64 lower-case hex digits (key model_sha256). Got 7 instead"),
-], ids=["v-float", "v-bool", "prediction-null", "feature-list", "feature-short", "feature-text", "id-number",
+], ids=["v-float", "v-bool", "v-later", "prediction-null", "feature-list", "feature-short", "feature-text", "id-number",
         "sha-number"])
 def test_each_line_check_names_what_it_expected(tmp_path, change, words):
     assert words in refused_line(tmp_path, **change)
