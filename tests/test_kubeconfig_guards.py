@@ -84,8 +84,9 @@ def test_defaults_accepted_kind_api_version_and_current_context_may_be_left_out(
     (lambda d: d["contexts"][0]["context"].update(namespace="Team"), "contexts[0].context.namespace", "a malformed"),
     (lambda d: d["contexts"][0]["context"].update(namespace="a" * 64), "contexts[0].context.namespace", "a malformed"),
     (lambda d: d["contexts"][0]["context"].update(namespace=""), "contexts[0].context.namespace", "a malformed"),
-], ids=["api-version", "kind", "api-version-before", "kind-before", "current-context-before", "no-cluster", "users-mapping", "context-text", "entry-field", "name-number",
-        "name-empty", "no-cluster-fields", "cluster-list", "context-cluster", "context-cluster-before", "context-user-before", "no-host", "scheme", "server-empty",
+], ids=["api-version", "kind", "api-version-before", "kind-before", "current-context-before", "no-cluster",
+        "users-mapping", "context-text", "entry-field", "name-number", "name-empty", "no-cluster-fields", "cluster-list",
+        "context-cluster", "context-cluster-before", "context-user-before", "no-host", "scheme", "server-empty",
         "ca-not-base64", "ca-number", "cert-not-ascii", "token-number", "token-long", "token-space",
         "namespace-upper", "namespace-long", "namespace-empty"])
 def test_each_shape_is_refused_naming_its_field(change, field, found):

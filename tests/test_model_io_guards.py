@@ -371,7 +371,8 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
      "", "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array. Got a partial of "
          "'sklearn.utils.validation.check_array' instead"),   # a loader that sorts before FunctionNode
     (partial_of(node("FunctionNode", ("mlops_kit._features", "as_text"))), "",
-     "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array. Got a partial of 'mlops_kit._features.as_text' instead"),
+     "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array. Got a partial of "
+     "'mlops_kit._features.as_text' instead"),
     (partial_of("check_array"), "",
      "a 'PartialNode' node may only wrap sklearn.utils.validation.check_array. "
      "Got a partial of 'check_array' instead"),
@@ -401,7 +402,8 @@ def test_an_id_repeated_for_the_same_kind_of_node_is_accepted_another_kind_is_re
     (node("NdArrayNode", ("numpy", "ndarray"), type="csv", file="a.npy"), "",      # sorts before 'json'
      "an array's type must be 'numpy' or 'json'. Got 'csv' instead"),
 ], ids=["loader", "loader-list", "type-for-loader", "id-text", "id-bool",
-        "dict-no-key-types", "dict-key-types-tuple", "dict-key-types-dict", "dict-key-types-not-list", "dict-content-list", "dict-key-types-text",
+        "dict-no-key-types", "dict-key-types-tuple", "dict-key-types-dict", "dict-key-types-not-list",
+        "dict-content-list", "dict-key-types-text",
         "dict-key-float", "dict-key-text", "dict-key-json", "dict-key-void",
         "partial-content", "partial-object", "partial-dict", "partial-other-function", "partial-text", "partial-no-content",
         "function-text", "function-other", "function-none",
