@@ -208,6 +208,19 @@ def test_each_line_check_names_what_it_expected(tmp_path, change, words):
     assert words in refused_line(tmp_path, **change)
 
 
+def test_a_line_of_300_rows_is_read(tmp_path):
+    """300 rows: the counts compared are integers made at run time (beyond CPython's cached ones)."""
+    rows = int("300")
+    frame = read_one(tmp_path, rows=rows, features={"x": list(range(rows))}, prediction=["a"] * rows,
+                     probabilities={"a": [1.0] * rows})
+    assert len(frame) == 300 and frame["row"].tolist() == list(range(300))
+
+
+def test_a_long_version_is_shown_cut_at_20_characters(tmp_path):
+    assert "the log format version must be 2 (key v). Got abcdefghijklmnopqrst instead." in refused_line(
+        tmp_path, v="abcdefghijklmnopqrstuvwxyz")
+
+
 def test_the_keys_found_are_shown_ten_at_most(tmp_path):
     extra = dict.fromkeys("ABCDEFGHIJKL", 1)     # sorted before the line's own keys
     assert f"Got {list('ABCDEFGHIJ')!r} instead." in refused_line(tmp_path, **extra)
