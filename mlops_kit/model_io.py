@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -178,7 +179,7 @@ def load_model(folder: str | Path, *, expected_sha256: str | None = None) -> Any
         raise ArtifactError(f"{path} holds types the kit does not trust: {exc}; it is not loaded.",
                             path=path) from None
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, zipfile.BadZipFile,
-            OSError) as exc:
+            OSError, tokenize.TokenError) as exc:   # TokenError: numpy's parser of a torn .npy header
         raise ArtifactError(f"{path} is not a model the kit can load ({type(exc).__name__}: "
                             f"{_short(str(exc))}); it is not loaded.", path=path) from None
 

@@ -10,6 +10,8 @@ in ``mutation/results/`` (git-ignored).
     python mutation/run.py                    # every target
     python mutation/run.py gate run-path      # some
     python mutation/run.py --list             # the targets and their mutant counts, nothing run
+    python mutation/run.py --sample 60 --seed 24 request-validation   # 60 of its mutants, drawn with seed 24
+    python mutation/run.py --survivors gate   # only the last run's survivors, against the tests as they are now
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import ast
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -96,7 +99,25 @@ def cosmic_ray(*args: str, cwd: Path) -> None:
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *args], cwd=cwd, check=True)
 
 
-def run_target(name: str, target: dict, work: Path, *, list_only: bool) -> dict:
+def _key(item) -> list:
+    """A mutant that stays the same across sessions while its file does (job ids are random)."""
+    return [(m.module_path, tuple(m.start_pos), m.operator_name, m.occurrence) for m in item.mutations]
+
+
+def survivors_of(session: Path) -> list:
+    """The keys of the mutants that survived in ``session`` (the last run of a target)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome
+
+    if not session.exists():
+        raise SystemExit(f"--survivors: no previous run at {session}")
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        return [_key(item) for item, result in db.completed_work_items
+                if result.test_outcome == TestOutcome.SURVIVED]
+
+
+def run_target(name: str, target: dict, work: Path, *, list_only: bool, sample: int | None = None,
+               seed: int = 0, survivors: bool = False) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -104,8 +125,12 @@ def run_target(name: str, target: dict, work: Path, *, list_only: bool) -> dict:
     source = (work / module).read_text()
     ranges, notes = spans(source, target["functions"]), annotations(source)
     tests = " ".join(target["tests"]) + (f" -k {shlex.quote(target['select'])}" if "select" in target else "")
-    command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"
-    session = RESULTS / f"{name}.sqlite"
+    plugins = "".join(f" -p no:{p}" for p in target.get("plugins-off", []))  # their imports: seconds a run
+    command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider{plugins} {tests}"
+    # a run of the last run's survivors is kept beside it (<target>-again.*): the full run stays the reference
+    stem = f"{name}-again" if survivors else name
+    again = survivors_of(RESULTS / f"{name}.sqlite") if survivors else None
+    session = RESULTS / f"{stem}.sqlite"
     session.unlink(missing_ok=True)
     started = time.perf_counter()
     if not list_only:  # the tests must pass unmutated; their time sets the timeout
@@ -131,13 +156,27 @@ def run_target(name: str, target: dict, work: Path, *, list_only: bool) -> dict:
         if outside:
             db.set_multiple_results(outside, WorkResult(output="outside the guard",
                                                         worker_outcome=WorkerOutcome.SKIPPED))
+        # in the file's order (job ids are random): one seed draws the same mutants every time
+        if again is not None:  # the last run's survivors only (the file unchanged: same keys)
+            db.set_multiple_results([item.job_id for item in db.pending_work_items if _key(item) not in again],
+                                    WorkResult(output="not a survivor of the last run",
+                                               worker_outcome=WorkerOutcome.SKIPPED))
+        pending = [item.job_id for item in sorted(db.pending_work_items, key=_key)]
+        if sample is not None and sample < len(pending):  # a documented sample
+            drawn = set(random.Random(seed).sample(pending, sample))
+            db.set_multiple_results([j for j in pending if j not in drawn], WorkResult(
+                output=f"outside the sample (seed {seed})", worker_outcome=WorkerOutcome.SKIPPED))
         mutants = len(db.pending_work_items)
     if list_only:
         print(f"{name}: {mutants} mutants ({module}: {', '.join(target['functions'])})")
         return {"target": name, "mutants": mutants}
     print(f"{name}: {mutants} mutants, each against {tests} (timeout {timeout:.0f} s)", flush=True)
     cosmic_ray("exec", str(config), str(session), cwd=work)
-    return summarize(name, target, session, time.perf_counter() - started)
+    summary = summarize(stem, target, session, time.perf_counter() - started)
+    if sample is not None and sample < len(pending):
+        summary.update(sample=f"{mutants} of {len(pending)} mutants, drawn with seed {seed}")
+        (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def summarize(name: str, target: dict, session: Path, seconds: float) -> dict:
@@ -170,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", help="targets of guards.toml (default: all)")
     parser.add_argument("--list", action="store_true", help="count the mutants, run nothing")
+    parser.add_argument("--sample", type=int, help="run only this many of each target's mutants, drawn at random")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw (default 0)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run only the mutants that survived the target's last run (its file unchanged)")
     args = parser.parse_args(argv)
     targets = tomllib.loads(CONFIG.read_text())
     unknown = [t for t in args.targets if t not in targets]
@@ -183,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTHONPATH"] = str(work)  # subprocesses (the CLI, servers) import the mutant too
         os.environ["MLOPS_KIT_PROJECT_DIR"] = str(work)
         for name in args.targets or list(targets):
-            summaries.append(run_target(name, targets[name], work, list_only=args.list))
+            summaries.append(run_target(name, targets[name], work, list_only=args.list, sample=args.sample,
+                                        seed=args.seed, survivors=args.survivors))
             if not args.list:
                 s = summaries[-1]
                 print(f"{name}: {s['killed']} of {s['killed'] + s['survived']} killed ({s['rate']:.0%}), "
