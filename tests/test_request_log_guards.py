@@ -155,6 +155,15 @@ def test_the_time_is_at_most_40_characters(tmp_path):
     assert "must be an ISO 8601 time (key time)" in refused_line(tmp_path / "c", time=20261207)
 
 
+@pytest.mark.security
+@pytest.mark.parametrize("when", ["2026-12-07T10:00:00+00:00:00", "2026-12-07 10:00:00Z", "2026-12-07",
+                                  "20261207T100000", "2026-12-07T24:00:00Z", "2026-12-07T10:00:00+24:00"])
+def test_a_time_the_frame_could_not_read_is_refused_with_its_line(tmp_path, when):
+    """Each is refused by the line's check, naming the key, not by pandas later with a traceback
+    (the first: datetime.fromisoformat accepts an offset with seconds, pandas does not)."""
+    assert "must be an ISO 8601 time (key time)" in refused_line(tmp_path / "a", time=when)
+
+
 def test_features_and_names_at_their_bounds(tmp_path, monkeypatch):
     monkeypatch.setattr(requestlog, "MAX_FEATURES", 2)
     assert len(read_one(tmp_path / "a")) == 2           # the good line has two features

@@ -503,9 +503,17 @@ def _parse_line(path: Path, number: int, line: bytes) -> dict:
     return record
 
 
+#: The times a line may carry: what the reader's ``pd.to_datetime(format="ISO8601")`` reads
+#: (``datetime.fromisoformat`` alone also takes an offset with seconds, ``+00:00:00``, which
+#: pandas refuses later, while the frame is built: a traceback instead of the line named).
+_TIME_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
+
+
 def _is_time(text: str) -> bool:
     from datetime import datetime
 
+    if not _TIME_PATTERN.fullmatch(text):
+        return False
     try:
         datetime.fromisoformat(text)
         return True
