@@ -295,3 +295,15 @@ def test_a_symlinked_or_tampered_sweep_record_is_refused(_isolated_runs, tmp_pat
     with pytest.raises(ArtifactError) as caught:
         leaderboard("crafted")
     assert "is not a valid SweepRecord" in str(caught.value) and "jobs" in str(caught.value)
+
+
+def test_run_says_that_a_files_sweep_section_is_for_mlops_kit_sweep(tmp_path):
+    """`mlops-kit run -p FILE` runs the file's settings once: its sweep: section is not silently dropped."""
+    file = tmp_path / "grid.yaml"
+    file.write_text("extends: default.yaml\nsweep:\n  train.params.C: [0.1, 1, 10]\n")
+    (tmp_path / "default.yaml").write_text((REPO / "parameters" / "default.yaml").read_text())
+    result = cli("run", "-p", str(file), "--explain")
+    assert result.returncode == 0, result.stderr
+    assert f"the sweep: section of {file} (3 trial(s)) is the grid of `mlops-kit sweep -p {file}`" in result.stderr
+    plain = cli("run", "-p", str(tmp_path / "default.yaml"), "--explain")
+    assert plain.returncode == 0 and "sweep:" not in plain.stderr

@@ -67,6 +67,7 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
         return
     if explain:
         loaded = load_params(params_file, overrides)
+        _note_sweep_section(loaded, params_file)
         _print_plan(runner.explain(loaded, stages=selected, reuse_from=reuse_from, use_cache=not no_cache))
         return
     from ..execution.local import discard_prestarted, prestart
@@ -80,6 +81,7 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
         else:
             loaded = load_params(params_file, overrides)
             kubernetes = loaded.params.execution.mode == "kubernetes"
+            _note_sweep_section(loaded, params_file)
     # the kernels' parent imports pandas and scikit-learn while this process checks the
     # parameters and plans the run (stopped below if no stage runs); no local kernel for Jobs
     if not kubernetes:
@@ -175,3 +177,15 @@ def params(params_file, overrides, as_json):
             rows.append((section, value, RunParams.model_fields[section].description or ""))
     print_table(["key", "value", "meaning"], rows,
                 title=" + ".join(str(f) for f in loaded.files) + (" + --set" if overrides else ""))
+
+
+def _note_sweep_section(loaded, params_file) -> None:
+    """A parameter file's ``sweep:`` section is the grid of ``mlops-kit sweep``; ``run`` runs the
+    file's own settings once, and says so rather than leave the grid silently unused."""
+    if loaded.sweep:
+        trials = 1
+        for values in loaded.sweep.values():
+            trials *= len(values)
+        click.echo(f"Note: the sweep: section of {params_file} ({trials} trial(s)) is the grid of "
+                   f"`mlops-kit sweep -p {params_file}`; `mlops-kit run` runs the file's own settings once.",
+                   err=True)
