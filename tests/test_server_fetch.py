@@ -118,6 +118,19 @@ def test_a_run_the_server_lacks_is_named(server, local):
 
 # --- a hostile server ------------------------------------------------------------------------------
 
+@pytest.fixture
+def stand_in_tar(server):
+    """``stand_in_tar(script)``: the server's ``tar`` runs ``script`` (sh) instead, for one test."""
+    path = server.bin / "tar"
+
+    def install(script: str) -> None:
+        path.write_text(f"#!/bin/sh\n# STAND-IN for a compromised server's tar\n{script}\n")
+        path.chmod(0o755)
+
+    yield install
+    path.unlink(missing_ok=True)
+
+
 RUN = "20261207-230000-evil"
 
 
@@ -168,21 +181,16 @@ HOSTILE = {
 
 @pytest.mark.security
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_a_hostile_tar_stream_is_refused_and_leaves_nothing(server, local, monkeypatch, case):
+def test_a_hostile_tar_stream_is_refused_and_leaves_nothing(server, local, monkeypatch, stand_in_tar, case):
     repo, runs = local
     stream, found = HOSTILE[case]
     evil = server.dir / "evil.tar"
     evil.write_bytes(stream)
     evil.chmod(0o644)
-    stand_in = server.bin / "tar"
-    stand_in.write_text(f"#!/bin/sh\n# STAND-IN for a compromised server's tar\nexec cat {evil}\n")
-    stand_in.chmod(0o755)
+    stand_in_tar(f"exec cat {evil}")
     monkeypatch.setattr("mlops_kit.server.fetch.MAX_MEMBERS", 30)
-    try:
-        with pytest.raises(ServerError) as err:
-            fetch_run(RUN, cwd=repo, max_bytes=256 << 10)
-    finally:
-        stand_in.unlink()
+    with pytest.raises(ServerError) as err:
+        fetch_run(RUN, cwd=repo, max_bytes=256 << 10)
     message = str(err.value)
     assert f"Got {found}" in message, message
     assert "nothing was written" in message and "\x1b" not in message
@@ -206,3 +214,29 @@ def test_fetch_needs_server(local):
     repo, _ = local
     proc = kit("runs", "fetch", "20261207-220000-aaaa", cwd=repo)
     assert proc.returncode == 2 and "add --server" in proc.stderr
+
+
+@pytest.mark.security
+def test_modes_a_server_sets_are_not_kept(server, local, stand_in_tar):
+    repo, runs = local
+    evil = server.dir / "modes.tar"
+    evil.write_bytes(crafted(member("./artifacts/tool", b"#!/bin/sh\n", mode=0o6777),
+                             member("./reports", type=tarfile.DIRTYPE, mode=0o000)))
+    evil.chmod(0o644)
+    stand_in_tar(f"exec cat {evil}")
+    folder = fetch_run(RUN, cwd=repo)
+    mode = (folder / "artifacts" / "tool").stat().st_mode & 0o7777
+    assert mode & 0o6000 == 0 and mode & 0o022 == 0, oct(mode)          # no setuid/setgid, no write by others
+
+
+@pytest.mark.security
+def test_a_server_that_never_ends_is_stopped(server, local, stand_in_tar):
+    repo, runs = local
+    pid_file = server.dir / f"home-{USER}" / "hung.pid"
+    stand_in_tar(f"echo $$ > {pid_file}; printf 'partial'; exec sleep 60")
+    try:
+        with pytest.raises(ServerError, match=f"Fetching run {RUN} from .* must finish within 2 s"):
+            fetch_run(RUN, cwd=repo, timeout=2)
+    finally:      # the server's process outlives the connection: ended here, by its id
+        subprocess.run(["kill", pid_file.read_text().strip()], capture_output=True)
+    assert list(runs.iterdir()) == []
