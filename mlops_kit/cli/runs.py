@@ -112,6 +112,23 @@ def show(run_id, as_json, on_server):
     click.echo(f"Folder: {folder}")
 
 
+@runs.command()
+@click.argument("run_id")
+@click.option("--server", "on_server", is_flag=True,
+              help="From the team's server (the one `mlops-kit server init` set up); required.")
+@click.option("--force", is_flag=True, help="Replace a local run of the same id.")
+@click.option("--max-mb", type=click.IntRange(min=1), default=None,
+              help="The most the run may weigh, in MiB (default 2048: models included).")
+def fetch(run_id, on_server, force, max_mb):
+    """Copy a run of the team's server here: then runs show/compare, its notebooks and reports work."""
+    from ..server.fetch import MAX_FETCH_BYTES, fetch_run
+
+    if not on_server:
+        raise click.UsageError("runs fetch copies a run of the team's server: add --server.")
+    folder = fetch_run(run_id, force=force, max_bytes=max_mb << 20 if max_mb else MAX_FETCH_BYTES)
+    click.echo(f"Fetched run {run_id} into {folder}")
+
+
 def _overhead_line(overhead: dict) -> str:
     """``Outside the stages: 2.9 s of 6.3 s (kernel start 1.1, ...)``, largest phase first."""
     phases = sorted(overhead.get("phases", {}).items(), key=lambda item: -item[1])
