@@ -64,6 +64,7 @@ COMMANDS = {
     "deploy": lambda rid: ["deploy", rid, "--target", "local"],
     "status": lambda rid: ["status", "--run", rid, "--target", "local"],
     "undeploy": lambda rid: ["undeploy", "--run", rid, "--target", "local"],
+    "runs fetch --server": lambda rid: ["runs", "fetch", rid, "--server"],
     "run --resume": lambda rid: ["run", "--resume", rid],
     "run --reuse-from": lambda rid: ["run", "--stages", "evaluate", "--reuse-from", rid],
     "run --explain --reuse-from": lambda rid: ["run", "--explain", "--stages", "evaluate", "--reuse-from", rid],
