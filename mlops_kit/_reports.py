@@ -21,6 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ._processes import kill_helper
+
 #: the report process's niceness: the stages' kernels come first
 NICENESS = 5
 
@@ -85,13 +87,7 @@ class ReportProcess:
         with self._lock:
             process, self._process = self._process, None
         if process is not None:  # every export was answered: nothing to finish
-            process.kill()
-            process.wait()
-            for stream in (process.stdin, process.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+            kill_helper(process)
 
 
 _SHARED: ReportProcess | None = None

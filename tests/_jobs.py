@@ -270,3 +270,14 @@ def kubelet_pods(containerd, workdir, *, claims: dict, images: dict) -> Callable
         return PodEnd(end.exit_code, end.reason, end.message)
 
     return run_pod
+
+
+async def first_pod_never_pulls(controller) -> None:
+    """Mark the first pod the controller makes as the kubelet does an image it cannot pull
+    (``ErrImageNeverPull``): Pending, its container waiting."""
+    while not any(k[0] == PODS for k in controller.fake.objects):
+        await asyncio.sleep(0.005)
+    key = next(k for k in controller.fake.objects if k[0] == PODS)
+    controller.fake.objects[key].patch({"status": {"phase": "Pending", "containerStatuses": [
+        {"name": "stage", "state": {"waiting": {"reason": "ErrImageNeverPull",
+                                                "message": "image is not present with pull policy of Never"}}}]}})

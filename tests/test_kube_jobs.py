@@ -418,17 +418,10 @@ async def test_evictions_past_the_retries_are_reported(scripted):
 
 @pytest.mark.asyncio
 async def test_an_image_that_cannot_be_pulled_ends_the_stage_with_the_image_named(scripted):
-    async def never_pulls():
-        while not any(k[0] == _jobs.PODS for k in scripted.fake.objects):
-            await asyncio.sleep(0.005)
-        key = next(k for k in scripted.fake.objects if k[0] == _jobs.PODS)
-        scripted.fake.objects[key].patch({"status": {"phase": "Pending", "containerStatuses": [
-            {"name": "stage", "state": {"waiting": {"reason": "ErrImageNeverPull",
-                                                    "message": "image is not present with pull policy of Never"}}}]}})
 
     scripted.script[:] = []
     scripted.run_pod = lambda job, attempt: (time.sleep(2), _jobs.PodEnd(0))[1]
-    task = asyncio.create_task(never_pulls())
+    task = asyncio.create_task(_jobs.first_pod_never_pulls(scripted))
     outcome = await in_thread(_execute, scripted)
     await task
     assert outcome.status == "failed" and outcome.exception == "ErrImageNeverPull"

@@ -24,15 +24,14 @@ from mlops_kit.execution.kubernetes import validate_jobs
 from mlops_kit.execution.sweep_job import SweepJobs, main, parse_indexes, render_sweep_job
 from mlops_kit.params import load_params
 
+from test_kube_jobs import CLAIM, IMAGE  # noqa: E402 - the stage Jobs' claim and image
+from test_kube_jobs import kube_params as _stage_job_params  # noqa: E402
+
 NS = "mk-sweep"
-CLAIM = "mlops-kit-runs"
-IMAGE = "localhost:32000/mlops-kit/stage:test"
 
 
 def kube_params(**execution) -> list[str]:
-    values = {"mode": "kubernetes", "namespace": NS, "image": IMAGE, "volume": CLAIM, "memory": "3Gi",
-              "timeout": 600, **execution}
-    return [f"execution.{k}={v}" for k, v in values.items()]
+    return _stage_job_params(**{"namespace": NS, **execution})
 
 
 # --- rendering, schema, dry run (no cluster) ------------------------------------------------------
@@ -301,16 +300,9 @@ async def test_an_indexed_job_sweep_of_four_with_a_failing_trial_then_resume_rer
 
 @pytest.mark.asyncio
 async def test_an_image_that_cannot_be_pulled_ends_every_trial_with_the_image_named(scripted):
-    async def never_pulls():
-        while not any(k[0] == _jobs.PODS for k in scripted.fake.objects):
-            await asyncio.sleep(0.005)
-        key = next(k for k in scripted.fake.objects if k[0] == _jobs.PODS)
-        scripted.fake.objects[key].patch({"status": {"phase": "Pending", "containerStatuses": [
-            {"name": "stage", "state": {"waiting": {"reason": "ErrImageNeverPull",
-                                                    "message": "image is not present with pull policy of Never"}}}]}})
 
     scripted.run_pod = lambda job, attempt: (time.sleep(2), _jobs.PodEnd(0))[1]
-    task = asyncio.create_task(never_pulls())
+    task = asyncio.create_task(_jobs.first_pod_never_pulls(scripted))
     ends = await in_thread(_run_trials, scripted, [0, 1], 1)
     await task
     assert set(ends) == {0, 1} and all(e["status"] == "failed" for e in ends.values())

@@ -28,6 +28,7 @@ import sys
 import threading
 from typing import Any
 
+from .._processes import kill_helper
 from ..errors import ZygoteError
 
 #: Set to "spawn" to start each kernel as its own process (plain Jupyter behaviour).
@@ -117,7 +118,7 @@ class KernelZygote:
 
     def close(self) -> None:
         """Stop the zygote (it holds no state worth a graceful exit)."""
-        _kill(self._process)
+        kill_helper(self._process)
 
 
 #: a zygote started before the run was planned (:func:`prestart_zygote`), not yet taken
@@ -179,19 +180,9 @@ class CallProcess:
             raise ZygoteError(f"the pre-flight check process stopped (exit code {self._process.returncode})") from None
 
     def close(self) -> None:
-        _kill(self._process)
+        kill_helper(self._process)
 
 
-def _kill(process: subprocess.Popen) -> None:
-    """Kill a helper process (it holds no state worth a graceful exit) and close its pipes."""
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    for stream in (process.stdin, process.stdout):
-        try:
-            stream.close()
-        except OSError:
-            pass
 
 
 def _pid_alive(pid: int) -> bool:
