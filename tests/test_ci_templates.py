@@ -425,3 +425,12 @@ def test_deploy_step_pushes_to_the_server_with_the_pinned_host_key(project, kind
     assert _server_main(repo) == head
     assert not list(temp.iterdir())  # the key and known_hosts copies are removed
     assert sshd["key"].strip() not in pushed.stdout + pushed.stderr
+
+
+def test_our_own_ci_script_passes_shellcheck():
+    """`.ci/run` (what CI runs on a clean clone) is shell too: a comment read as a shellcheck
+    directive once made shellcheck stop parsing it, hiding every later finding."""
+    need_commands("shellcheck")
+    script = Path(__file__).resolve().parent.parent / ".ci" / "run"
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
