@@ -139,7 +139,7 @@ class Cluster:
         decides who may), with ``headers`` added, its body read as it streams and cut at
         ``max_bytes`` + 1 bytes (a longer body is the caller's to refuse: it sees more than it
         allowed). Not 2xx: a :class:`K8sDeployError` naming the pod; when the answer is the pod's own
-        (not the API's ``Status``), its reason is ``PodAnswered``."""
+        (not the API's ``Status``), its ``raw_reason`` is ``PodAnswered``."""
         from urllib3.exceptions import HTTPError
 
         resource = (f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}:{int(port)}/proxy/"

@@ -197,7 +197,7 @@ def _get(cluster: Any, namespace: str, name: str, port: int, path: str, auth: _A
     try:
         return cluster.pod_proxy_get(namespace, name, port, path, max_bytes=max_bytes, headers=auth.headers)
     except K8sDeployError as exc:
-        if exc.reason == "PodAnswered" and exc.status in (401, 403):
+        if exc.raw_reason == "PodAnswered" and exc.status in (401, 403):
             raise K8sDeployError(f"pod {namespace}/{name} must take the admin token of Secret {auth.secret}. Got a "
                                  f"refusal instead ({exc.message})", reason="Forbidden", kind="Pod",
                                  namespace=namespace, name=name, status=exc.status,
