@@ -599,14 +599,24 @@ def _check_running(pod: Pod, report: Report, predict_body: list, predictions: li
 
 def _check_admin(pod: Pod, report: Report) -> None:
     """The containerPort named ``admin`` (the request log for `mlops-kit monitor`, through the pod
-    proxy): it lists the log's files and serves each one as the API server's proxy would ask."""
+    proxy): without the admin token it answers 401; with the token the pod's environment got
+    from its Secret it lists the log's files and serves each one as the API server's proxy
+    would ask."""
+    from mlops_kit.serving import ADMIN_TOKEN_HEADER, ENVIRONMENT
+
     port = pod.plan.ports.get("admin")
     if port is None:
         return
+    auth = {ADMIN_TOKEN_HEADER: pod.plan.env.get(ENVIRONMENT["admin_token"], "")}
+    answer = pod.http("GET", port, "/requests")
+    report.observed["admin without the token"] = answer.get("status")
+    if answer.get("status") != 401:
+        report.problems.append(f"GET /requests on the admin port {port} without the admin token answered "
+                               f"{answer.get('status') or answer.get('error')}; expected 401")
     deadline = time.monotonic() + 10
     listing: list = []
     while time.monotonic() < deadline:   # the writer writes its queue every 0.2 s
-        answer = pod.http("GET", port, "/requests")
+        answer = pod.http("GET", port, "/requests", headers=auth)
         if answer.get("status") != 200:
             report.problems.append(f"GET /requests on the admin port {port} answered "
                                    f"{answer.get('status') or answer.get('error')}; expected 200")
@@ -617,7 +627,7 @@ def _check_admin(pod: Pod, report: Report) -> None:
         time.sleep(0.2)
     report.observed["admin listing"] = listing
     for entry in listing:
-        answer = pod.http("GET", port, f"/requests/{entry['name']}")
+        answer = pod.http("GET", port, f"/requests/{entry['name']}", headers=auth)
         report.observed[f"admin {entry['name']}"] = answer.get("body")
         if answer.get("status") != 200 or len(answer.get("body") or "") < entry["size"]:
             report.problems.append(f"GET /requests/{entry['name']} on the admin port {port} answered "

@@ -82,12 +82,14 @@ async def test_first_deploy_applies_in_order_waits_smoke_tests_and_records(fake,
 
     applied = [r for r in writes(fake) if r.method == "PATCH"]
     kinds = [r.data["kind"] for r in applied]
-    assert kinds == ["Namespace", "ConfigMap", "Service", "Deployment", "ConfigMap"]   # last: release history
+    # the Secret: the admin token (the request log's port), before the pods that read it; last: release history
+    assert kinds == ["Namespace", "Secret", "ConfigMap", "Service", "Deployment", "ConfigMap"]
+    assert applied[1].data["metadata"]["name"] == "model-server-admin-token"
     for request in applied:
         assert request.headers["Content-Type"] == "application/apply-patch+yaml"
         assert request.params["fieldManager"] == "mlops-kit"
         assert request.params.get("force") in (None, "false", "False")
-    deployment = applied[3].data
+    deployment = applied[4].data
     assert deployment["metadata"]["namespace"] == NS
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].endswith("@sha256:" + "a" * 64)
@@ -231,7 +233,8 @@ async def test_rollback_command_and_undeploy(fake, _isolated_runs):
     removed = await run(k8s.undeploy, params(), delete_namespace=True, api_client=api_client(fake),
                         log=lambda _: None)
     assert removed["deleted"] == ["Deployment/model-server", "Service/model-server", "ConfigMap/model-server-config",
-                                  "ConfigMap/model-server-releases", "Namespace/mk-test"]
+                                  "Secret/model-server-admin-token", "ConfigMap/model-server-releases",
+                                  "Namespace/mk-test"]
     assert removed["absent"] == ["Secret/model-server-secrets"]
     again = await run(k8s.undeploy, params(), api_client=api_client(fake), log=lambda _: None)
     assert again["deleted"] == []
@@ -328,6 +331,63 @@ async def test_secret_values_go_only_into_the_secret(fake, _isolated_runs, monke
         for needle in secrets + encoded:
             assert needle not in text, f"a secret value leaked into {where}"
     assert "<hidden>" in places["log"]    # the diff shows that the Secret exists, not what it holds
+
+
+@pytest.mark.security
+@pytest.mark.asyncio
+async def test_the_admin_token_is_random_per_deployment_kept_by_a_redeploy_and_shown_nowhere(fake, _isolated_runs):
+    """The request log's admin port takes only the token of the Secret the deploy makes: a new
+    random one per Deployment, the same one on a redeploy (the pods read it at start), read by
+    the pods through secretKeyRef, never in the ConfigMap, the manifests, the log or the run."""
+    from mlops_kit.serving import ADMIN_TOKEN
+
+    proxy_to_model_server(fake)
+    run_dir = make_run(_isolated_runs, "run-1")
+    lines: list[str] = []
+    secrets = kmock.resource("", "v1", "secrets")
+    async with FakeController(fake):
+        dry = await run(k8s.deploy, run_dir, params(), api_client=api_client(fake), log=lines.append, dry_run=True)
+        assert (secrets, NS, "model-server-admin-token") not in fake.objects    # a dry run makes none
+        await run(k8s.deploy, run_dir, params(), api_client=api_client(fake), log=lines.append, poll=0.01)
+        first = fake.objects[secrets, NS, "model-server-admin-token"].raw["data"]["token"]
+        await run(k8s.deploy, make_run(_isolated_runs, "run-2", digest_char="c"), params(),
+                  api_client=api_client(fake), log=lines.append, poll=0.01)
+        kept = fake.objects[secrets, NS, "model-server-admin-token"].raw["data"]["token"]
+        other = params(name="other-server")
+        await run(k8s.deploy, run_dir, other, api_client=api_client(fake), log=lines.append, poll=0.01)
+        others = fake.objects[secrets, NS, "other-server-admin-token"].raw["data"]["token"]
+    token = base64.b64decode(first).decode()
+    assert ADMIN_TOKEN.fullmatch(token) and len(token) >= 43           # secrets.token_urlsafe(32): 256 bits
+    assert kept == first and others != first
+    assert "unchanged Secret/model-server-admin-token" in "\n".join(lines)
+    deployment = fake.objects[DEPLOYMENTS, NS, "model-server"].raw
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLOPS_KIT_ADMIN_TOKEN"] == {"name": "MLOPS_KIT_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "model-server-admin-token", "key": "token", "optional": True}}}
+    places = {
+        "log": "\n".join(lines),
+        "dry-run result": json.dumps(dry, default=str),
+        "rendered": json.dumps(k8s.prepare(run_dir, params())["objects"]),
+        "config maps": json.dumps([o.raw for k, o in fake.objects.items()
+                                   if k[0] == kmock.resource("", "v1", "configmaps")]),
+        "other requests": "\n".join(r.text for r in list(fake) if "/secrets/" not in r.url.path),
+        "the run folders (run.json, release.json, ...)": "\n".join(
+            f.read_text(errors="replace") for f in _isolated_runs.rglob("*") if f.is_file()),
+    }
+    for where, text in places.items():
+        for needle in (token, first):
+            assert needle not in text, f"the admin token leaked into {where}"
+
+
+@pytest.mark.security
+def test_a_configmap_that_holds_the_admin_token_is_refused():
+    from mlops_kit.deploy.k8s import _render
+
+    templates = _render.load_manifests()
+    next(o for o in templates if o["kind"] == "ConfigMap").setdefault("data", {})["MLOPS_KIT_ADMIN_TOKEN"] = "x" * 43
+    with pytest.raises(K8sDeployError, match="data must not hold MLOPS_KIT_ADMIN_TOKEN") as caught:
+        _render.render(params(), image="m@sha256:" + "a" * 64, model_sha256="b" * 64, run_id="r", templates=templates)
+    assert "x" * 43 not in str(caught.value)
 
 
 def test_missing_secret_variable_is_named(monkeypatch, _isolated_runs):

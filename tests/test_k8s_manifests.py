@@ -69,6 +69,13 @@ def test_every_parameter_file_renders_strictly_valid_manifests(file):
     assert {"name": "admin", "containerPort": params.serve.monitor.admin_port, "protocol": "TCP"} in container["ports"]
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     assert {o["metadata"].get("namespace", o["metadata"]["name"]) for o in objects} == {params.deploy.namespace}
+    # its token: only from the Deployment's own Secret (made by the deploy), never a value here
+    assert [e for e in container["env"] if e["name"] == "MLOPS_KIT_ADMIN_TOKEN"] == [{
+        "name": "MLOPS_KIT_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": f"{params.deploy.name}-admin-token", "key": "token", "optional": True}}}]
+    token_secret = _render.admin_token_secret_object(params, "t" * 43)
+    assert k8s.validate([token_secret], params.deploy.kubernetes_version) == []
+    assert token_secret["metadata"]["name"] == f"{params.deploy.name}-admin-token"
 
 
 @pytest.mark.parametrize("version", ["1.25.0", "1.30.0", "1.33.0", "1.37.0"])
@@ -193,6 +200,28 @@ def test_a_service_that_exposes_the_request_logs_admin_port_is_refused(target):
     service["spec"]["ports"].append({"name": "log", "port": 9000, "targetPort": target})
     with pytest.raises(K8sDeployError, match="must not expose the admin port"):
         _render.render(RunParams(), image=IMAGE, model_sha256="b" * 64, run_id="r", templates=templates)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("edit", ["removed", "literal", "other-secret"])
+def test_the_admin_token_comes_from_the_deployments_secret_whatever_the_template_says(edit):
+    templates = _render.load_manifests(_render.manifests_dir())
+    container = _render.find(templates, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    entry = next(e for e in container["env"] if e["name"] == "MLOPS_KIT_ADMIN_TOKEN")
+    if edit == "removed":
+        container["env"].remove(entry)
+    elif edit == "literal":
+        entry.pop("valueFrom")
+        entry["value"] = "written-in-the-template-0123456789abcdef"
+    else:
+        entry["valueFrom"]["secretKeyRef"]["name"] = "someone-elses-secret"
+    objects = _render.render(RunParams(deploy={"name": "churn"}), image=IMAGE, model_sha256="b" * 64, run_id="r",
+                             templates=templates)
+    container = _render.find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [e for e in container["env"] if e["name"] == "MLOPS_KIT_ADMIN_TOKEN"] == [{
+        "name": "MLOPS_KIT_ADMIN_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "churn-admin-token", "key": "token", "optional": True}}}]
+    assert "written-in-the-template" not in str(objects)
 
 
 def test_the_admin_port_of_the_parameters_is_the_one_declared_and_listened_on():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import secrets
 
 import pandas as pd
 import pytest
@@ -73,13 +74,15 @@ def deployment(tmp_path_factory, model_dir, containerd):
     params.serve.monitor = params.serve.monitor.model_copy(update={"sample": 1.0})
     plan = k8s.prepare(run, params, environ={SECRET_ENV: SECRET_VALUE})
     examples = artifacts.EXAMPLES.load(run)
-    return {"objects": plan["objects"], "secret": plan["secret"], "body": artifacts.smoke_request(examples),
-            "predictions": list(examples.predictions), "run": run}
+    # the admin token's Secret, as a deploy makes it (never among the rendered objects)
+    admin_secret = _render.admin_token_secret_object(params, secrets.token_urlsafe(32))
+    return {"objects": plan["objects"], "secret": plan["secret"], "admin_secret": admin_secret,
+            "body": artifacts.smoke_request(examples), "predictions": list(examples.predictions), "run": run}
 
 
 def _check(deployment, containerd, workdir, objects=None):
     objects = objects if objects is not None else deployment["objects"]
-    return _kubelet.check([*objects, deployment["secret"]], containerd, workdir,
+    return _kubelet.check([*objects, deployment["secret"], deployment["admin_secret"]], containerd, workdir,
                           predict_body=deployment["body"], predictions=deployment["predictions"])
 
 
@@ -94,7 +97,7 @@ def test_the_rendered_pod_runs_in_containerd_as_the_manifest_says(deployment, co
     assert seen["writes /"] == "EROFS" and seen["writes /tmp"] is True
     assert seen["startupProbe"] == seen["readinessProbe"] == seen["livenessProbe"] == 200
     assert set(_render.find(deployment["objects"], "ConfigMap")["data"]) <= set(seen["env"])
-    assert SECRET_ENV in seen["env"]
+    assert SECRET_ENV in seen["env"] and "MLOPS_KIT_ADMIN_TOKEN" in seen["env"]
     assert seen["exit_code"] == 0                 # its own shutdown, not the grace period's SIGKILL
     # the request log: in the emptyDir volume (the root file system is read-only), one row per
     # example the contract sent, of this model
@@ -103,7 +106,9 @@ def test_the_rendered_pod_runs_in_containerd_as_the_manifest_says(deployment, co
     (folder,) = {path.parent for path in tmp_path.glob("*/volumes/requests/requests-*.jsonl")}
     logged = read_request_log(folder, model_sha256=artifacts.MODEL_CARD.load(deployment["run"]).sha256)
     assert len(logged) == len(deployment["predictions"]) and logged["prediction"].tolist() == deployment["predictions"]
-    # the admin port (containerPort "admin", not in the Service) serves that log, as the pod proxy reads it
+    # the admin port (containerPort "admin", not in the Service) serves that log, as the pod proxy reads it,
+    # with the token of the Secret, and nothing without it
+    assert seen["admin without the token"] == 401
     assert [entry["name"] for entry in seen["admin listing"]] == logged.attrs["files"]
     for entry in seen["admin listing"]:
         assert seen[f"admin {entry['name']}"] == (folder / entry["name"]).read_text()
@@ -152,6 +157,11 @@ def _admin_port_elsewhere(pod):
     admin["containerPort"] = 8082    # the server (MLOPS_KIT_ADMIN_PORT) listens on 8081
 
 
+def _admin_token_from_elsewhere(pod):
+    env = pod["containers"][0]["env"]
+    next(e for e in env if e["name"] == "MLOPS_KIT_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]["name"] = "absent"
+
+
 def _probe_port_unnamed(pod):
     pod["containers"][0]["livenessProbe"]["httpGet"]["port"] = "metrics"
 
@@ -164,6 +174,8 @@ def _probe_port_unnamed(pod):
     (_probe_port_unnamed, "livenessProbe names port 'metrics'"),
     (_listens_on_loopback, "the server listens on ['127.0.0.1'] port 8080"),
     (_admin_port_elsewhere, "GET /requests on the admin port 8082 answered"),
+    # optional: the pod starts without it, and its admin port refuses everyone
+    (_admin_token_from_elsewhere, "GET /requests on the admin port 8081 answered 403; expected 200"),
     (_shell_swallows_sigterm, "the container still runs 2 s (terminationGracePeriodSeconds) after SIGTERM"),
 ], ids=lambda v: v.__name__.strip("_") if callable(v) else "")
 def test_the_contract_fails_when_manifest_and_image_disagree(deployment, containerd, tmp_path, change, expected):

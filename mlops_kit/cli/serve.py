@@ -84,7 +84,9 @@ def _relative_to_runs(path: Path, runs: Path) -> Path | None:
               help="Share of requests written to the log [env MLOPS_KIT_LOG_SAMPLE; default 1 with --log-requests].")
 @click.option("--admin-port", "admin_port", type=click.IntRange(1, 65535), default=None,
               help="Serve the request log's files on this port (GET /requests), never on --port; for "
-                   "`mlops-kit monitor` [env MLOPS_KIT_ADMIN_PORT; only with --log-requests].")
+                   "`mlops-kit monitor`, only to requests with the token of env MLOPS_KIT_ADMIN_TOKEN in "
+                   "x-mlops-kit-admin-token (none set: to no one) [env MLOPS_KIT_ADMIN_PORT; only with "
+                   "--log-requests].")
 def serve(target, host, port, workers, max_rows, max_body_bytes, unknown_categories, access_log, log_requests,
           log_sample, admin_port):
     """Serve the model of run RUN_ID (or of the folder MODEL_DIR) over HTTP.

@@ -133,18 +133,20 @@ class Cluster:
                               f"{data[:200]!r}", reason="SmokeTestFailed", kind="Service",
                               namespace=namespace, name=service) from None
 
-    def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str, *, max_bytes: int) -> bytes:
+    def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str, *, max_bytes: int,
+                      headers: dict[str, str] | None = None) -> bytes:
         """GET ``path`` of a pod's ``port`` through the API server's pod proxy (RBAC: ``pods/proxy``
-        decides who may), its body read as it streams and cut at ``max_bytes`` + 1 bytes (a longer
-        body is the caller's to refuse: it sees more than it allowed). Not 2xx: a
-        :class:`K8sDeployError` naming the pod."""
+        decides who may), with ``headers`` added, its body read as it streams and cut at
+        ``max_bytes`` + 1 bytes (a longer body is the caller's to refuse: it sees more than it
+        allowed). Not 2xx: a :class:`K8sDeployError` naming the pod; when the answer is the pod's own
+        (not the API's ``Status``), its ``raw_reason`` is ``PodAnswered``."""
         from urllib3.exceptions import HTTPError
 
         resource = (f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}:{int(port)}/proxy/"
                     f"{path.lstrip('/')}")
         where = dict(verb="get", kind="Pod", namespace=namespace, name=f"{pod} (port {port}, {path})")
         client = self.api_client
-        headers = {"Accept": "application/json, application/x-ndjson"}
+        headers = {**(headers or {}), "Accept": "application/json, application/x-ndjson"}
         try:
             if hasattr(client, "param_serialize"):      # kubernetes >= 33: call_api does not preload
                 m, url, h, b, post = client.param_serialize(method="GET", resource_path=resource,
@@ -158,10 +160,10 @@ class Cluster:
                                                _preload_content=False, _return_http_data_only=True,
                                                _request_timeout=_TIMEOUT)
                 except ApiException as exc:
-                    raise self.error(exc.status, exc.body, **where) from None
+                    raise self._proxy_error(exc.status, exc.body, where) from None
             try:
                 if not 200 <= response.status < 300:
-                    raise self.error(response.status, response.read(64 * 1024), **where)
+                    raise self._proxy_error(response.status, response.read(64 * 1024), where)
                 chunks, size = [], 0
                 for chunk in response.stream(64 * 1024, decode_content=True):
                     chunks.append(chunk)
@@ -173,6 +175,21 @@ class Cluster:
                 response.close()   # a body cut short must not go back to the pool half read
         except (HTTPError, OSError) as exc:
             raise self.unreachable(exc) from None
+
+    def _proxy_error(self, status: int, body: Any, where: dict) -> K8sDeployError:
+        """The API's own refusal (a ``Status`` object: RBAC, no such pod) as :meth:`error` says it;
+        anything else is what the pod answered through the proxy."""
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("kind") == "Status":
+            return self.error(status, body, **where)
+        said = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), str) else text
+        return K8sDeployError(f"pod {where['namespace']}/{where['name']} answered {status}: {said[:500]}",
+                              reason="PodAnswered", kind="Pod", namespace=where["namespace"], name=where["name"],
+                              status=status)
 
     # --- plumbing --------------------------------------------------------------------
 

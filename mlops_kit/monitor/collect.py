@@ -5,9 +5,12 @@ Each pod's server serves its log on its admin port (``serve.monitor.admin_port``
 :func:`collect` finds the pods by the Deployment's selector and reads each one's listing and
 files through the API server's pod proxy (``GET .../pods/POD:PORT/proxy/requests``): the
 API's RBAC (``pods/proxy``) decides who may read what users sent; no ``kubectl cp``, no
-port-forward. Each replica's files go to their own subfolder (``<dest>/<pod>/``: every pod's
-server is pid 1, so file names repeat across pods), which :func:`~.requestlog.read_request_log`
-reads together.
+port-forward. Each request carries the Deployment's admin token (the Secret
+``<deployment>-admin-token`` the deploy keeps, read through the API: RBAC ``get`` on that one
+Secret) in the header the server requires (:data:`~mlops_kit.serving.ADMIN_TOKEN_HEADER`), so a
+pod of the cluster that reaches the port directly gets nothing. Each replica's files go to their
+own subfolder (``<dest>/<pod>/``: every pod's server is pid 1, so file names repeat across
+pods), which :func:`~.requestlog.read_request_log` reads together.
 
 What a pod answers is hostile input: its listing is bounded in bytes and files, every name
 must match the log's own file-name pattern (no ``/``, no ``..``), every size must fit in what
@@ -18,6 +21,8 @@ when it is complete.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import shutil
@@ -27,10 +32,13 @@ from typing import Any, Callable
 
 from .. import _atomic
 from ..errors import ArtifactError, K8sDeployError
+from ..serving import ADMIN_TOKEN, ADMIN_TOKEN_HEADER
 from .requestlog import DEFAULT_MAX_READ_BYTES, FILE_NAME
 
 #: the container port the server's admin listener is declared as (k8s/deployment.yaml, deploy/k8s/_render.py)
 ADMIN_PORT_NAME = "admin"
+#: the key of the admin token in its Secret (:func:`admin_token_secret`)
+ADMIN_TOKEN_KEY = "token"
 #: bytes of a pod's listing at most
 MAX_LISTING_BYTES = 1024 * 1024
 #: files one pod may list at most (the writer keeps max_total_bytes / max_file_bytes of them: 16 by default)
@@ -63,6 +71,7 @@ def collect(cluster: Any, namespace: str, deployment: str, dest: Path, *,
         raise K8sDeployError(f"Deployment {namespace}/{deployment} must have a running pod to collect the request "
                              "log from. Got none instead.", reason="NotFound", kind="Deployment",
                              namespace=namespace, name=deployment, hint="`mlops-kit deploy status` shows the pods.")
+    auth = _Auth(cluster, namespace, deployment)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -71,7 +80,7 @@ def collect(cluster: Any, namespace: str, deployment: str, dest: Path, *,
         for pod in pods:
             name = _pod_name(pod, namespace)
             port = _admin_port(pod, namespace, name)
-            files = _listing(cluster, namespace, name, port)
+            files = _listing(cluster, namespace, name, port, auth)
             where = f"pod {namespace}/{name}"
             (staging / name).mkdir()
             for entry in files:
@@ -80,8 +89,8 @@ def collect(cluster: Any, namespace: str, deployment: str, dest: Path, *,
                                         f"bytes (the reader's bound). Got more instead ({entry['name']}: "
                                         f"{entry['size']} bytes listed, {left} left).",
                                         hint="monitor a shorter window: lower serve.monitor.max_total_bytes.")
-                body = cluster.pod_proxy_get(namespace, name, port, f"{LISTING_PATH}/{entry['name']}",
-                                             max_bytes=entry["size"])
+                body = _get(cluster, namespace, name, port, f"{LISTING_PATH}/{entry['name']}", auth,
+                            max_bytes=entry["size"])
                 if len(body) < entry["size"]:
                     raise ArtifactError(f"{where}: {entry['name']} must be {entry['size']} bytes long (as listed). "
                                         f"Got {len(body)} bytes instead.")
@@ -136,10 +145,72 @@ def _admin_port(pod: dict, namespace: str, name: str) -> int:
                          hint="the pod was deployed by an older kit: deploy the model again.")
 
 
-def _listing(cluster: Any, namespace: str, name: str, port: int) -> list[dict]:
+def admin_token_secret(deployment: str) -> str:
+    """The name of the Secret that holds the admin token of ``deployment``'s pods (made by the
+    deploy, ``deploy/k8s/_render.admin_token_secret_object``). A fixed name, never one the
+    Deployment's spec names: whoever may edit the Deployment must not make the collector read
+    another Secret and send it to a pod of theirs."""
+    return f"{deployment}-admin-token"
+
+
+def admin_token(cluster: Any, namespace: str, deployment: str) -> str:
+    """The admin token of ``deployment``'s pods, from its Secret through the API (checked: it
+    goes into a request header)."""
+    name = admin_token_secret(deployment)
+    where = f"Secret {namespace}/{name}"
+    found = cluster.get("Secret", namespace, name)
+    if found is None:
+        raise K8sDeployError(f"{where} must exist (the admin token that reads the request log). Got none instead.",
+                             reason="NotFound", kind="Secret", namespace=namespace, name=name,
+                             hint="the model was deployed by an older kit: deploy it again (`mlops-kit deploy "
+                                  "RUN_ID`); the deploy creates the Secret and the pods read it.")
+    token = token_in(found)
+    if token is None:   # what is wrong, never the value
+        raise K8sDeployError(f"{where}: data.{ADMIN_TOKEN_KEY} must be 32 to 256 characters of A-Z, a-z, 0-9, '-' "
+                             "and '_' (base64-encoded). Got something else instead.", reason="Invalid",
+                             kind="Secret", namespace=namespace, name=name,
+                             hint="delete the Secret and deploy again (a new token), then restart the pods.")
+    return token
+
+
+def token_in(secret: dict | None) -> str | None:
+    """The admin token a Secret object holds (base64 ``data.token``), when it is a valid one."""
+    raw = ((secret or {}).get("data") or {}).get(ADMIN_TOKEN_KEY)
+    try:
+        token = base64.b64decode(raw, validate=True).decode("ascii") if type(raw) is str else None
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return token if token is not None and ADMIN_TOKEN.fullmatch(token) else None
+
+
+class _Auth:
+    """The header that carries the Deployment's admin token, and the Secret it came from."""
+
+    def __init__(self, cluster: Any, namespace: str, deployment: str):
+        self.deployment = deployment
+        self.secret = f"{namespace}/{admin_token_secret(deployment)}"
+        self.headers = {ADMIN_TOKEN_HEADER: admin_token(cluster, namespace, deployment)}
+
+
+def _get(cluster: Any, namespace: str, name: str, port: int, path: str, auth: _Auth, *, max_bytes: int) -> bytes:
+    """GET through the pod proxy with the admin token; the pod's refusal of it said as such."""
+    try:
+        return cluster.pod_proxy_get(namespace, name, port, path, max_bytes=max_bytes, headers=auth.headers)
+    except K8sDeployError as exc:
+        if exc.raw_reason == "PodAnswered" and exc.status in (401, 403):
+            raise K8sDeployError(f"pod {namespace}/{name} must take the admin token of Secret {auth.secret}. Got a "
+                                 f"refusal instead ({exc.message})", reason="Forbidden", kind="Pod",
+                                 namespace=namespace, name=name, status=exc.status,
+                                 hint=f"the pod started before its Secret changed, or without it: restart the pods "
+                                      f"(`kubectl -n {namespace} rollout restart deployment/{auth.deployment}`) "
+                                      "or deploy again.") from None
+        raise
+
+
+def _listing(cluster: Any, namespace: str, name: str, port: int, auth: _Auth) -> list[dict]:
     """The pod's listing, checked: at most MAX_FILES entries of a log file name and a size."""
     where = f"pod {namespace}/{name}"
-    body = cluster.pod_proxy_get(namespace, name, port, LISTING_PATH, max_bytes=MAX_LISTING_BYTES)
+    body = _get(cluster, namespace, name, port, LISTING_PATH, auth, max_bytes=MAX_LISTING_BYTES)
     if len(body) > MAX_LISTING_BYTES:
         raise ArtifactError(f"{where}: the request log's listing must be at most {MAX_LISTING_BYTES} bytes. Got more "
                             "instead.")

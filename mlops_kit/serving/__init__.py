@@ -29,10 +29,11 @@ ONNX_SERVING_REQUIREMENTS = (
     "uvloop", "httptools",
 )
 
-__all__ = ["SERVING_REQUIREMENTS", "ONNX_SERVING_REQUIREMENTS", "INSTANCE_ENV", "INSTANCE_HEADER", "ENVIRONMENT", "ServeSettings",
+__all__ = ["SERVING_REQUIREMENTS", "ONNX_SERVING_REQUIREMENTS", "INSTANCE_ENV", "INSTANCE_HEADER", "ENVIRONMENT",
+           "ADMIN_TOKEN", "ADMIN_TOKEN_HEADER", "ServeSettings",
            "create_app", "serve", "Batch", "OnnxModel", "load_onnx"]
 
-from ._settings import ENVIRONMENT, INSTANCE_ENV, INSTANCE_HEADER  # noqa: E402 - cheap: no app, no model libraries
+from ._settings import ADMIN_TOKEN, ADMIN_TOKEN_HEADER, ENVIRONMENT, INSTANCE_ENV, INSTANCE_HEADER  # noqa: E402 - cheap: no app, no model libraries
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._server import serve

@@ -5,7 +5,8 @@ Flags win over the environment: ``MLOPS_KIT_MODEL_DIR``, ``PORT``, ``MLOPS_KIT_M
 ``MLOPS_KIT_LOOP``; environment only: ``MLOPS_KIT_MAX_CONNECTIONS``, ``MLOPS_KIT_HEADER_TIMEOUT``,
 ``MLOPS_KIT_MAX_MODEL_MEMORY`` (docs/security.md, "The ONNX path and the HTTP limits").
 ``--admin-port`` (``MLOPS_KIT_ADMIN_PORT``) serves the request log's files on a second port, only with
-``--log-requests`` (docs/monitoring.md, "The request log on MicroK8s").
+``--log-requests``, only to requests with the token of ``MLOPS_KIT_ADMIN_TOKEN`` (environment only)
+(docs/monitoring.md, "The request log on MicroK8s").
 A bad artifact or setting prints one line and exits 1 (2 for settings), no traceback.
 """
 
@@ -51,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
                    help="share of requests written, 0 to 1 (env MLOPS_KIT_LOG_SAMPLE; default 1 with --log-requests)")
     p.add_argument("--admin-port", type=_port, default=None,
                    help="serve the request log's files on this port (GET /requests), never on --port "
-                        "(env MLOPS_KIT_ADMIN_PORT; only with --log-requests)")
+                        "(env MLOPS_KIT_ADMIN_PORT; only with --log-requests), only to requests with the token "
+                        "of env MLOPS_KIT_ADMIN_TOKEN in x-mlops-kit-admin-token (none set: to no one)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p

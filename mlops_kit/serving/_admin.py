@@ -8,13 +8,23 @@ paths, with ``Connection: close``:
   files whose name matches :data:`~mlops_kit.monitor.requestlog.FILE_NAME`), oldest first;
 * ``GET /requests/{name}``: one of them, streamed (its size when opened: the writer may append).
 
-Not on the public port: the log holds what users sent. Who may read it is decided by the
-Kubernetes API (RBAC on ``pods/proxy``); the Service does not expose the port.
+Not on the public port: the log holds what users sent. Every request must carry the admin
+token (``serve`` setting ``admin_token``, env ``MLOPS_KIT_ADMIN_TOKEN``) in the header
+:data:`~._settings.ADMIN_TOKEN_HEADER`: none is 401, another is 403, compared in constant time
+(the SHA-256 digests, so not even the length shows). A server without a token refuses every
+request (403): the log is never served open, not on 127.0.0.1 either (every user and process of
+the machine, and a browser page by DNS rebinding, reach the loopback). On MicroK8s the deploy
+keeps a random token per Deployment in a Secret the pod reads (``secretKeyRef``), and
+`mlops-kit monitor` reads that Secret and sends the token through the API server's pod proxy:
+RBAC on ``pods/proxy`` and on that one Secret decides who reads the log, and another pod of
+the cluster that reaches the pod's IP gets 401. The Service does not expose the port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import stat
@@ -23,6 +33,7 @@ from pathlib import Path
 import orjson
 
 from ..monitor.requestlog import FILE_NAME, log_files
+from ._settings import ADMIN_TOKEN_HEADER, ENVIRONMENT
 
 logger = logging.getLogger("mlops_kit.serving")
 
@@ -32,6 +43,7 @@ MAX_HEAD_BYTES = 8 * 1024
 HEAD_TIMEOUT = 10.0
 CHUNK = 256 * 1024
 LISTING = "/requests"
+_TOKEN_HEADER = ADMIN_TOKEN_HEADER.encode()
 
 
 def listing(folder: Path) -> list[dict]:
@@ -60,16 +72,24 @@ def _error(status: int, reason: str, message: str) -> bytes:
 
 
 class AdminListener:
-    """Serves the request log folder ``folder`` on ``host:port`` (:meth:`start`, :meth:`close`)."""
+    """Serves the request log folder ``folder`` on ``host:port`` (:meth:`start`, :meth:`close`) to
+    the requests that carry ``token`` (none: to no request)."""
 
-    def __init__(self, folder: str | os.PathLike, host: str, port: int):
+    def __init__(self, folder: str | os.PathLike, host: str, port: int, token: str | None):
         self.folder = Path(folder)
         self.host, self.port = host, port
+        # only the digest is kept: compare_digest of two digests takes the same time whatever
+        # the length or the content of what a client sent
+        self._digest = hashlib.sha256(token.encode()).digest() if token else None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_HEAD_BYTES)
-        logging.getLogger("uvicorn.error").info("Request log (admin) on http://%s:%d%s", self.host, self.port, LISTING)
+        log = logging.getLogger("uvicorn.error")
+        log.info("Request log (admin) on http://%s:%d%s", self.host, self.port, LISTING)
+        if self._digest is None:
+            log.warning("The admin port refuses every request: no admin token is set (%s)",
+                        ENVIRONMENT["admin_token"])
 
     async def close(self) -> None:
         if self._server is not None:
@@ -86,7 +106,7 @@ class AdminListener:
                 return
             except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                 return
-            await self._answer(head.split(b"\r\n", 1)[0], writer)
+            await self._answer(head, writer)
         except (ConnectionError, OSError):
             pass
         except Exception:   # never take the server down; say so once per request
@@ -99,10 +119,30 @@ class AdminListener:
             except (ConnectionError, OSError):
                 pass
 
-    async def _answer(self, line: bytes, writer: asyncio.StreamWriter) -> None:
-        parts = line.split(b" ")
+    def _refusal(self, head: bytes) -> bytes | None:
+        """The answer to a request without this server's token (None: it has the token)."""
+        if self._digest is None:
+            return _error(403, "Forbidden", f"The admin port serves the request log only to a request with the "
+                                            f"admin token, and this server must have one "
+                                            f"({ENVIRONMENT['admin_token']}). Got none instead: it serves no one.")
+        given = [value.strip() for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+                 if name.lower() == _TOKEN_HEADER]
+        if not given:
+            return _error(401, "Unauthorized", f"The request must carry the admin token in the {ADMIN_TOKEN_HEADER} "
+                                               "header. Got none instead.")
+        if len(given) > 1 or not hmac.compare_digest(hashlib.sha256(given[0]).digest(), self._digest):
+            return _error(403, "Forbidden", f"The admin token in {ADMIN_TOKEN_HEADER} must be this server's. Got "
+                                            "another instead.")
+        return None
+
+    async def _answer(self, head: bytes, writer: asyncio.StreamWriter) -> None:
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             writer.write(_error(400, "Bad Request", "The request line must be METHOD PATH HTTP/1.x."))
+            return
+        refusal = self._refusal(head)
+        if refusal is not None:   # before anything about the method or the path
+            writer.write(refusal)
             return
         method, target = parts[0], parts[1].decode("latin-1").split("?", 1)[0]
         if method != b"GET":

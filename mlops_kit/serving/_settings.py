@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
 from importlib.util import find_spec
 from typing import Mapping
 
@@ -37,6 +38,7 @@ ENVIRONMENT = {
     "log_max_file_bytes": "MLOPS_KIT_LOG_MAX_FILE_BYTES",
     "log_max_total_bytes": "MLOPS_KIT_LOG_MAX_TOTAL_BYTES",
     "admin_port": "MLOPS_KIT_ADMIN_PORT",
+    "admin_token": "MLOPS_KIT_ADMIN_TOKEN",
 }
 _INTEGERS = ("max_rows", "max_body_bytes", "max_connections", "max_model_memory", "drift_window",
              "log_max_file_bytes", "log_max_total_bytes", "admin_port")
@@ -45,6 +47,18 @@ _INTEGERS = ("max_rows", "max_body_bytes", "max_connections", "max_model_memory"
 #: server that answers is the one it just started, not another process on the port.
 INSTANCE_ENV = "MLOPS_KIT_INSTANCE"
 INSTANCE_HEADER = "x-mlops-kit-instance"
+#: The request header that carries the admin token (``admin_token``) to the admin port. Not
+#: ``Authorization``: the API server's pod proxy, the way `mlops-kit monitor` reaches the port,
+#: deletes that header once it has authenticated the caller (kubernetes/kubernetes,
+#: staging/src/k8s.io/apiserver/pkg/endpoints/filters/authentication.go, WithAuthentication:
+#: ``req.Header.Del("Authorization")``), and Go's ReverseProxy under the proxy handler
+#: (staging/src/k8s.io/apimachinery/pkg/util/proxy/upgradeaware.go, UpgradeAwareHandler.ServeHTTP:
+#: ``utilnet.CloneHeader`` then ``httputil.NewSingleHostReverseProxy``) drops only the hop-by-hop
+#: headers (Connection, Keep-Alive, Proxy-Authorization, TE, Trailer, Transfer-Encoding, Upgrade):
+#: a header of the kit's own name reaches the pod as sent.
+ADMIN_TOKEN_HEADER = "x-mlops-kit-admin-token"
+#: An admin token: 32 to 256 characters of the URL-safe base64 alphabet (``secrets.token_urlsafe``).
+ADMIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,256}")
 #: The request line and headers of one request, in bytes at most (431 beyond; nginx allows
 #: 32 KiB, Node.js 16 KiB). Not a setting: no client of a prediction API needs more.
 MAX_HEAD_BYTES = 64 * 1024
@@ -81,6 +95,9 @@ class ServeSettings:
     #: the admin port: the request log's files (GET /requests, /requests/{name}), never on the
     #: public port; only with a request log folder (serving/_admin.py)
     admin_port: int | None = None
+    #: the token a request to the admin port must carry in ADMIN_TOKEN_HEADER; without one the
+    #: admin port refuses every request (never in a repr, never a flag: a flag shows in `ps`)
+    admin_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problems = []
@@ -122,6 +139,14 @@ class ServeSettings:
                 problems.append(ParameterProblem("serve settings", "log_requests",
                                                  f"a folder for the request log (the admin port {admin} serves it)",
                                                  "none"))
+        token = self.admin_token
+        if token is not None and (not isinstance(token, str) or ADMIN_TOKEN.fullmatch(token) is None):
+            # the value itself is never shown: only what is wrong with it
+            found = (f"{len(token)} characters" if isinstance(token, str) and not 32 <= len(token) <= 256
+                     else "other characters" if isinstance(token, str) else type(token).__name__)
+            problems.append(ParameterProblem("serve settings", "admin_token",
+                                             "32 to 256 characters of A-Z, a-z, 0-9, '-' and '_' (env "
+                                             f"{ENVIRONMENT['admin_token']})", found))
         if isinstance(self.log_max_file_bytes, int) and isinstance(self.log_max_total_bytes, int) and \
                 self.log_max_file_bytes > self.log_max_total_bytes:
             problems.append(ParameterProblem("serve settings", "log_max_file_bytes",

@@ -502,7 +502,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, **o
         if settings.admin_port is not None and settings.log_requests:
             from ._admin import AdminListener
 
-            admin = AdminListener(settings.log_requests, service.admin_host, settings.admin_port)
+            admin = AdminListener(settings.log_requests, service.admin_host, settings.admin_port,
+                                  settings.admin_token)
             await admin.start()
         service.ready = True
         service.metrics.ready.set(1)

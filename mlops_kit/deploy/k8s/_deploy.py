@@ -17,6 +17,7 @@ from ...errors import K8sDeployError
 from ...params import RunParams
 from . import _diff, _releases, _render, _rollout, _validate
 from ...kube import Cluster
+from ...monitor.collect import admin_token_secret, token_in
 
 Log = Callable[[str], None]
 Post = Callable[[str, Any], Any]
@@ -73,7 +74,8 @@ def deploy(run_dir: Path, params: RunParams, *, dry_run: bool = False, log: Log 
     objects, secret = plan["objects"], plan["secret"]
     log(f"release {plan['release_id']}: run {plan['run_id']}, image {plan['image']}")
     cluster = connect(api_client, log=log)
-    to_apply = _render.sort_for_apply(objects + ([secret] if secret else []))
+    admin_secret = _admin_token_secret(cluster, params)
+    to_apply = _render.sort_for_apply(objects + [s for s in (secret, admin_secret) if s])
     changes = _diff.diff_objects(cluster, to_apply)
     log("changes:\n" + _diff.summary(changes))
     for change in changes:
@@ -114,6 +116,20 @@ def deploy(run_dir: Path, params: RunParams, *, dry_run: bool = False, log: Log 
     _write_release(run_dir, record)
     log(f"release {record['revision']} is live: {record['endpoint']}")
     return _releases.public(record)
+
+
+def _admin_token_secret(cluster: Cluster, params: RunParams) -> dict:
+    """The Secret of the Deployment's admin token: the one in the cluster when it holds a valid
+    token (the running pods read it at start: a new token would lock them out until they roll),
+    else a new random one (``secrets.token_urlsafe``, 256 bits). Its value is never logged;
+    the diff shows only whether it changed (``_diff``)."""
+    import secrets
+
+    d = params.deploy
+    token = token_in(cluster.get("Secret", d.namespace, admin_token_secret(d.name)))
+    secret = _render.admin_token_secret_object(params, token or secrets.token_urlsafe(32))
+    _validate.validate([secret], d.kubernetes_version)
+    return secret
 
 
 def apply_objects(cluster: Cluster, objects: list[dict], *, log: Log, force: bool = False) -> None:
@@ -259,7 +275,8 @@ def undeploy(params: RunParams, *, delete_namespace: bool = False, log: Log = pr
     d = params.deploy
     cluster = connect(api_client, log=log)
     targets = [("Deployment", d.name), ("Service", d.name), ("ConfigMap", f"{d.name}-config"),
-               ("Secret", f"{d.name}-secrets"), ("ConfigMap", _releases.history_name(d.name))]
+               ("Secret", f"{d.name}-secrets"), ("Secret", admin_token_secret(d.name)),
+               ("ConfigMap", _releases.history_name(d.name))]
     deleted, absent = [], []
     for kind, name in targets:
         (deleted if cluster.delete(kind, d.namespace, name) else absent).append(f"{kind}/{name}")

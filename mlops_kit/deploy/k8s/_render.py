@@ -26,8 +26,9 @@ from ... import _artifact_names as _names
 from ... import _paths
 from ...errors import ArtifactError, K8sDeployError
 from ...image import REQUEST_LOG_DIR_IN_IMAGE
-from ...monitor.collect import ADMIN_PORT_NAME
+from ...monitor.collect import ADMIN_PORT_NAME, ADMIN_TOKEN_KEY, admin_token_secret
 from ...params import RunParams
+from ...serving import ENVIRONMENT as SERVING_ENVIRONMENT
 
 #: The placeholder names used in k8s/*.yaml.
 BASE_NAME = "model-server"
@@ -35,6 +36,8 @@ BASE_NAMESPACE = "mlops-kit"
 CONTAINER = "server"
 #: the pod's volume of the request log (an emptyDir at REQUEST_LOG_DIR_IN_IMAGE)
 REQUESTS_VOLUME = "requests"
+#: the server's environment variable that holds the admin token (from its Secret only)
+ADMIN_TOKEN_ENV = SERVING_ENVIRONMENT["admin_token"]
 #: Pod-template annotations the kit fills in.
 ANNOTATION_PREFIX = "mlops-kit/"
 RUN_ID = "mlops-kit/run-id"
@@ -168,6 +171,33 @@ def secret_object(params: RunParams, values: Mapping[str, str]) -> dict:
     }
 
 
+def admin_token_secret_object(params: RunParams, token: str) -> dict:
+    """The Secret of the admin token the pods require on the admin port (the request log) and
+    `mlops-kit monitor` sends (monitor/collect.py). Never in the ConfigMap, the rendered
+    manifests or the release record: only here and in the cluster."""
+    d = params.deploy
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": admin_token_secret(d.name), "namespace": d.namespace, "labels": _labels(d.name)},
+        "type": "Opaque",
+        "data": {ADMIN_TOKEN_KEY: base64.b64encode(token.encode("ascii")).decode("ascii")},
+    }
+
+
+def _admin_token_env(server: dict, name: str) -> None:
+    """The server's ADMIN_TOKEN_ENV from the Deployment's admin token Secret, and from nowhere else.
+    ``optional``: without the Secret (k8s/ applied by hand) the pod still serves predictions,
+    and its admin port refuses every request."""
+    ref = {"secretKeyRef": {"name": admin_token_secret(name), "key": ADMIN_TOKEN_KEY, "optional": True}}
+    env = server.setdefault("env", [])
+    entries = [e for e in env if e.get("name") == ADMIN_TOKEN_ENV]
+    if not entries:
+        env.append({"name": ADMIN_TOKEN_ENV, "valueFrom": ref})
+    for entry in entries:
+        entry.pop("value", None)
+        entry["valueFrom"] = ref
+
+
 # --- rendering --------------------------------------------------------------------------
 
 def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
@@ -210,6 +240,11 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
                                 .encode()).hexdigest()[:16]
     for obj in objects:
         kind = obj["kind"]
+        if kind == "ConfigMap" and ADMIN_TOKEN_ENV in (obj.get("data") or {}):
+            raise K8sDeployError(f"k8s/configmap.yaml: {obj['metadata']['name']}: data must not hold "
+                                 f"{ADMIN_TOKEN_ENV}. Got it instead.", reason="Invalid",
+                                 hint=f"remove it: the admin token lives only in the Secret "
+                                      f"{admin_token_secret(d.name)}, which the deploy makes.")
         if kind == "ConfigMap" and obj["metadata"]["name"] == f"{d.name}-config":
             obj["data"] = {**(obj.get("data") or {}), **config}
         elif kind == "Service" and obj["metadata"]["name"] == d.name:
@@ -245,6 +280,7 @@ def render(params: RunParams, *, image: str, model_sha256: str, run_id: str,
                                   reason="Invalid")
             server["image"] = image
             server["imagePullPolicy"] = pull_policy(image, params, image_info)
+            _admin_token_env(server, d.name)
             for declared in server.get("ports") or []:
                 if declared.get("name") == ADMIN_PORT_NAME:
                     declared["containerPort"] = s.monitor.admin_port
