@@ -4,7 +4,9 @@ once in 03_evaluate, ordinal codes capped only where a column has more levels, t
 summary's distinct counts taken from planning, the pre-flight checks that read the table
 answered by a process of their own, jsonschema's IRI grammar left out of the CLI; text columns
 dictionary-encoded in one pass, the two splits written at once, yes/no categories mapped by their codes,
-the kernels started before the data file is hashed, each output of a run hashed once."""
+the kernels started before the data file is hashed, each output of a run hashed once; the
+training rows predicted for the monitoring profile from the matrix the fit was given, the
+classes of the target plot counted before they are made text."""
 
 from __future__ import annotations
 
@@ -437,3 +439,15 @@ def test_target_encoded_training_rows_are_predicted_anew_for_the_profile(tmp_pat
 
     expected = build_profile(train_rows, schema, predictions=result.model.predict(X))
     assert profile == expected
+
+
+@pytest.mark.parametrize("labels", [
+    pd.Series(np.random.default_rng(0).integers(0, 12, 500)),  # 10 sorts before 2 as text, as before
+    pd.Series(["stay", "churn", "stay", None, "churn"], dtype=object),
+    pd.Series([1, "1", 2.0, "b", True], dtype=object),  # 1 and "1" are one bar, as their text is
+    pd.Series([1.5, np.nan, 1.5, 2.0]), pd.Series([True, False, True]),
+    pd.Series(["b", "a", "b", None], dtype="category"), pd.Series(["b", "a", None], dtype="string")])
+def test_the_classes_are_counted_by_their_text_as_each_row_made_text_counts_them(labels):
+    expected = labels.astype(str).value_counts().sort_index()
+    counted = data.class_counts(labels)
+    assert counted.to_dict() == expected.to_dict() and list(counted.index) == list(expected.index)
