@@ -240,7 +240,8 @@ class TrainResult:
 
 def train_model(train: pd.DataFrame, schema: dict, *, model: str, params: dict, seed: int,
                 cv_folds: int = 0, class_weight: str | None = None) -> TrainResult:
-    """Fit the pipeline on the training split (``cv_folds``: cross-validated first)."""
+    """Fit the pipeline on the training split (``cv_folds``: cross-validated first); the
+    model's predictions on those rows, for the monitoring profile, are kept in the result."""
     task = schema["task"]
     estimator = make_estimator(model, task, params, seed=seed)
     pipeline = build_pipeline(schema, estimator, seed=seed)
