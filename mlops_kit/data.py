@@ -793,6 +793,16 @@ def sample_rows(frame: pd.DataFrame, size: int, seed: int = 0) -> pd.DataFrame:
     return frame if len(frame) <= size else frame.sample(n=size, random_state=seed)
 
 
+def class_counts(labels: pd.Series) -> pd.Series:
+    """Rows per class, by the class's text (as the plot names it), in the order of those
+    texts: the distinct values are counted first, so only they are made text, not each row
+    (Python objects, where ``1`` and ``True`` count as one value, are made text row by row)."""
+    if pd.api.types.is_object_dtype(labels):
+        return labels.astype(str).value_counts().sort_index()
+    counts = labels.value_counts()
+    return counts.groupby(counts.index.map(str)).sum().sort_index()
+
+
 def plot_target(frame: pd.DataFrame, target: str, task: str, artifacts: Path, *, sample: int = 20_000,
                 seed: int = 0) -> Path:
     """Rows per class (counted over every row), or the target's distribution (from a
@@ -802,7 +812,7 @@ def plot_target(frame: pd.DataFrame, target: str, task: str, artifacts: Path, *,
 
     fig, ax = pyplot().subplots(figsize=(6, 3.5))
     if task == "classification":
-        frame[target].astype(str).value_counts().sort_index().plot.bar(ax=ax)
+        class_counts(frame[target]).plot.bar(ax=ax)
         ax.set(title=f"Rows per class of {target!r}", xlabel=target, ylabel="rows")
     else:
         sample_rows(frame[[target]], sample, seed)[target].plot.hist(ax=ax, bins=30)

@@ -234,11 +234,14 @@ class TrainResult:
     cv_scores: list[float] | None
     cv_metric: str | None
     params: dict | None = None
+    #: the model's predictions on the training rows it was fitted on (None: not made while fitting)
+    train_predictions: np.ndarray | None = None
 
 
 def train_model(train: pd.DataFrame, schema: dict, *, model: str, params: dict, seed: int,
                 cv_folds: int = 0, class_weight: str | None = None) -> TrainResult:
-    """Fit the pipeline on the training split (``cv_folds``: cross-validated first)."""
+    """Fit the pipeline on the training split (``cv_folds``: cross-validated first); the
+    model's predictions on those rows, for the monitoring profile, are kept in the result."""
     task = schema["task"]
     estimator = make_estimator(model, task, params, seed=seed)
     pipeline = build_pipeline(schema, estimator, seed=seed)
@@ -257,11 +260,22 @@ def train_model(train: pd.DataFrame, schema: dict, *, model: str, params: dict, 
         cv_scores = [float(s) for s in cross_val_score(pipeline, X, y, cv=splitter, scoring=metric,
                                                        params=fit_params or None)]
     started = time.perf_counter()
-    pipeline.fit(X, y, **fit_params)
+    if any(f.get("encoding") == "target" for f in schema["features"]):
+        # target encoding cross-fits: the matrix the fit sees is not what the fitted pipeline
+        # computes from the same rows, so the training rows are predicted anew when needed
+        pipeline.fit(X, y, **fit_params)
+        seconds, predicted = time.perf_counter() - started, None
+    else:
+        # what Pipeline.fit does, keeping the preprocessed rows: the monitoring profile's
+        # predictions on the training split come from them, not from preprocessing it twice
+        Xt = pipeline[:-1].fit_transform(X, y)
+        pipeline[-1].fit(Xt, y, **({"sample_weight": weights} if weights is not None else {}))
+        seconds = time.perf_counter() - started
+        predicted = pipeline[-1].predict(Xt)
+        del Xt
     effective = {k: _plain(v) for k, v in pipeline[-1].get_params().items()
                  if k in {**ESTIMATORS[model].defaults(task), **params}}
-    return TrainResult(pipeline, time.perf_counter() - started, cv_scores, metric if cv_folds else None,
-                       effective)
+    return TrainResult(pipeline, seconds, cv_scores, metric if cv_folds else None, effective, predicted)
 
 
 def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
@@ -315,14 +329,18 @@ def save_trained(result: TrainResult, schema: dict, test: pd.DataFrame, artifact
     return card
 
 
-def save_profile(model: Any, train: pd.DataFrame, schema: dict, artifacts: Path) -> Any:
+def save_profile(model: Any, train: pd.DataFrame, schema: dict, artifacts: Path, *,
+                 predictions: np.ndarray | None = None) -> Any:
     """Write ``monitor_profile.json``: the training split in the bins live traffic is counted
-    in (the reference of monitoring), with the model's predictions on it; returns the profile."""
+    in (the reference of monitoring), with the model's predictions on it (``predictions``:
+    :class:`TrainResult`'s ``train_predictions``, when made; else predicted here); returns
+    the profile."""
     from . import artifacts as catalog
     from .monitor import build_profile
 
-    X, _ = features_and_target(train, schema)
-    profile = build_profile(train, schema, predictions=model.predict(X))
+    if predictions is None:
+        predictions = model.predict(features_and_target(train, schema)[0])
+    profile = build_profile(train, schema, predictions=predictions)
     catalog.MONITOR_PROFILE.save(artifacts, profile)
     return profile
 

@@ -4,7 +4,9 @@ once in 03_evaluate, ordinal codes capped only where a column has more levels, t
 summary's distinct counts taken from planning, the pre-flight checks that read the table
 answered by a process of their own, jsonschema's IRI grammar left out of the CLI; text columns
 dictionary-encoded in one pass, the two splits written at once, yes/no categories mapped by their codes,
-the kernels started before the data file is hashed, each output of a run hashed once."""
+the kernels started before the data file is hashed, each output of a run hashed once; the
+training rows predicted for the monitoring profile from the matrix the fit was given, the
+classes of the target plot counted before they are made text."""
 
 from __future__ import annotations
 
@@ -381,3 +383,71 @@ def test_only_a_large_table_is_checked_in_a_process_of_its_own(tmp_path):
     assert not reads_a_large_table(check(small))
     assert not reads_a_large_table(check("sklearn:breast_cancer"))
     assert not reads_a_large_table(check(tmp_path / "missing.csv"))  # the check itself says it is missing
+
+
+def _skops_state(model) -> dict:
+    """The fitted model as skops writes it (its schema.json, each array file's bytes in place
+    of its name, the objects' ids left out): equal states, equal models."""
+    import io
+    import json
+    import zipfile
+
+    import skops.io as sio
+
+    archive = zipfile.ZipFile(io.BytesIO(sio.dumps(model)))
+
+    def plain(node):
+        if isinstance(node, dict):
+            return {k: archive.read(v) if k == "file" else plain(v) for k, v in node.items() if k != "__id__"}
+        return [plain(v) for v in node] if isinstance(node, list) else node
+
+    return plain(json.loads(archive.read("schema.json")))
+
+
+@pytest.mark.parametrize("model,class_weight", [("logistic_regression", None), ("logistic_regression", "balanced"),
+                                                ("hist_gradient_boosting", None), ("random_forest", None)])
+def test_the_training_rows_are_predicted_from_the_matrix_the_fit_was_given(model, class_weight):
+    checked = data.validate_dataset(data.Dataset(_table(), "table.csv", "label"))
+    schema = data.infer_schema(checked, "label")
+    train_rows, _ = data.split_dataset(checked, "label", test_size=0.25, seed=0)
+    result = train.train_model(train_rows, schema, model=model, params={}, seed=0, class_weight=class_weight)
+    X, y = train.features_and_target(train_rows, schema)
+    # the fitted pipeline is the one Pipeline.fit gives, and its predictions on the training
+    # rows are those it makes from them: what the monitoring profile counts
+    plain = train.build_pipeline(schema, train.make_estimator(model, "classification", {}, seed=0), seed=0)
+    weights = train.sample_weights(y, class_weight)
+    plain.fit(X, y, **({"model__sample_weight": weights} if weights is not None else {}))
+    assert _skops_state(result.model) == _skops_state(plain)
+    np.testing.assert_array_equal(result.train_predictions, plain.predict(X))
+
+
+def test_target_encoded_training_rows_are_predicted_anew_for_the_profile(tmp_path):
+    checked = data.validate_dataset(data.Dataset(_table(), "table.csv", "label"), high_cardinality="target_encode")
+    schema = data.infer_schema(checked, "label")
+    train_rows, _ = data.split_dataset(checked, "label", test_size=0.25, seed=0)
+    result = train.train_model(train_rows, schema, model="logistic_regression", params={}, seed=0)
+    X, y = train.features_and_target(train_rows, schema)
+    # target encoding cross-fits: the matrix the fit is given is not what the fitted
+    # pipeline makes of the same rows, so its predictions are not taken from it
+    from sklearn.base import clone
+
+    assert not np.allclose(clone(result.model[:-1]).fit_transform(X, y), result.model[:-1].transform(X))
+    assert result.train_predictions is None
+    profile = train.save_profile(result.model, train_rows, schema, tmp_path,
+                                 predictions=result.train_predictions)
+    from mlops_kit.monitor import build_profile
+
+    expected = build_profile(train_rows, schema, predictions=result.model.predict(X))
+    assert profile == expected
+
+
+@pytest.mark.parametrize("labels", [
+    pd.Series(np.random.default_rng(0).integers(0, 12, 500)),  # 10 sorts before 2 as text, as before
+    pd.Series(["stay", "churn", "stay", None, "churn"], dtype=object),
+    pd.Series([1, "1", 2.0, "b", True], dtype=object),  # 1 and "1" are one bar, as their text is
+    pd.Series([1.5, np.nan, 1.5, 2.0]), pd.Series([True, False, True]),
+    pd.Series(["b", "a", "b", None], dtype="category"), pd.Series(["b", "a", None], dtype="string")])
+def test_the_classes_are_counted_by_their_text_as_each_row_made_text_counts_them(labels):
+    expected = labels.astype(str).value_counts().sort_index()
+    counted = data.class_counts(labels)
+    assert counted.to_dict() == expected.to_dict() and list(counted.index) == list(expected.index)
