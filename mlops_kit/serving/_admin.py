@@ -23,7 +23,6 @@ the cluster that reaches the pod's IP gets 401. The Service does not expose the 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import orjson
 
+from .._atomic import sha256_file
 from ..monitor.requestlog import FILE_NAME, log_files
 from ._settings import ADMIN_TOKEN_HEADER, ENVIRONMENT
 
@@ -80,7 +80,7 @@ class AdminListener:
         self.host, self.port = host, port
         # only the digest is kept: compare_digest of two digests takes the same time whatever
         # the length or the content of what a client sent
-        self._digest = hashlib.sha256(token.encode()).digest() if token else None
+        self._digest = sha256_file(token.encode()) if token else None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -130,7 +130,7 @@ class AdminListener:
         if not given:
             return _error(401, "Unauthorized", f"The request must carry the admin token in the {ADMIN_TOKEN_HEADER} "
                                                "header. Got none instead.")
-        if len(given) > 1 or not hmac.compare_digest(hashlib.sha256(given[0]).digest(), self._digest):
+        if len(given) > 1 or not hmac.compare_digest(sha256_file(given[0]), self._digest):
             return _error(403, "Forbidden", f"The admin token in {ADMIN_TOKEN_HEADER} must be this server's. Got "
                                             "another instead.")
         return None
