@@ -114,10 +114,15 @@ def _serve() -> None:
         os.nice(NICENESS)
     except OSError:
         pass
+    from ._timing import mark
+
+    mark("reports: started")
     for line in sys.stdin:
         notebook, report = json.loads(line)
         try:
+            mark(f"reports: export {Path(notebook).name}")
             export_html(Path(notebook), Path(report))
+            mark(f"reports: exported {Path(notebook).name}")
             out.write(json.dumps({"ok": True}) + "\n")
         except Exception as exc:  # noqa: BLE001 - sent back to the run, which raises it
             out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")

@@ -75,3 +75,22 @@ class Phases:
         phases["other"] = round(outside - sum(self._seconds.values()), 3)
         return {"seconds": round(outside, 3), "wall": round(wall, 3), "stages": round(self.stages, 3),
                 "phases": phases}
+
+
+#: a file to append the run's timeline to (``time.time()``, pid, event; one line each), from
+#: every process of the run (the CLI, the kernels' parent, each kernel, the report process):
+#: ``MLOPS_KIT_TIMELINE=/tmp/t.log mlops-kit run`` (benchmarks and tracing only)
+TIMELINE_ENV = "MLOPS_KIT_TIMELINE"
+
+
+def mark(event: str, at: float | None = None) -> None:
+    """Append ``event`` (at ``at``, default now) to the timeline file, when
+    ``$MLOPS_KIT_TIMELINE`` names one."""
+    path = os.environ.get(TIMELINE_ENV)
+    if path:
+        line = f"{time.time() if at is None else at:.4f} {os.getpid()} {event}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)

@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from .._processes import kill_helper
+from .._timing import mark
 from ..errors import ZygoteError
 
 #: Set to "spawn" to start each kernel as its own process (plain Jupyter behaviour).
@@ -132,7 +133,11 @@ def prestart_zygote() -> None:
     (a parameter mistake, every stage reused), :func:`discard_prestarted` stops it."""
     global _PRESTARTED
     if _PRESTARTED is None and os.environ.get(MODE_ENV, "fork") != "spawn":
+        import atexit
+
         _PRESTARTED = KernelZygote()
+        mark("cli: kernels' parent spawned")
+        atexit.register(discard_prestarted)  # a usage error, say, before the run took it
 
 
 def take_zygote() -> KernelZygote:
@@ -209,19 +214,32 @@ def _signal(pid: int, signum: int) -> None:
 def _serve() -> None:
     protocol_out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed by an import goes to stderr, never into the protocol
-    import ipykernel.kernelapp  # noqa: F401
+    mark("zygote: started")
+    _import_all(KERNEL_MODULES)
+    mark("zygote: ipykernel imported")
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked kernels are reaped automatically
     for line in sys.stdin:
         request = json.loads(line)
+        mark(f"zygote: request {request['op']} {request.get('function', '')}")
         _import_all(request.get("modules", ()))
         if request["op"] == "kernel":
+            mark("zygote: imports done, fork")
             pid = os.fork()
             if pid == 0:
                 _become_kernel(request, protocol_out)
             protocol_out.write(json.dumps({"pid": pid}) + "\n")
         elif request["op"] == "call":
             protocol_out.write(json.dumps(_call(request)) + "\n")
+            mark("zygote: call answered")
+
+
+#: what a kernel imports as it starts (``IPKernelApp.initialize``), imported once here: each
+#: forked kernel was ready 0.2 s later without them (the debugger's debugpy is most of it)
+KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
+                  "IPython.core.history", "IPython.core.debugger")
+#: what the kernel's inline figures need, once a stage's modules include pyplot
+INLINE_MODULES = ("matplotlib_inline.backend_inline",)
 
 
 def _import_all(modules) -> None:
@@ -230,6 +248,13 @@ def _import_all(modules) -> None:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - the stage will report its own import error
             print(f"mlops-kit: warm import of {module} failed: {exc}", file=sys.stderr)
+    if "matplotlib.pyplot" in modules and INLINE_MODULES[0] not in sys.modules:
+        _import_all(INLINE_MODULES)
+        try:  # the backends' entry points, read by each kernel's enable_matplotlib otherwise
+            from matplotlib.backends.registry import backend_registry
+            backend_registry.list_all()
+        except Exception:  # noqa: BLE001 - an older matplotlib: the kernel reads them
+            pass
 
 
 def _call(request: dict) -> dict:
@@ -260,6 +285,7 @@ def _become_kernel(request: dict, protocol_out) -> None:
             # pyplot was imported before there was a shell: hook up inline figures now,
             # as a kernel that imported it itself would have (same as `%matplotlib inline`)
             app.shell.enable_matplotlib("inline")
+        mark("kernel: initialized (ports written)")
         app.start()
     except BaseException as exc:  # noqa: BLE001
         if not isinstance(exc, SystemExit):

@@ -22,6 +22,7 @@ from ..errors import MlopsKitError
 from ..stages import Stage
 from . import ExecutionPlan, Outcome, executed_notebook
 from . import _kernels
+from .._timing import mark
 
 KERNEL_NAME = "python3"
 
@@ -216,6 +217,7 @@ class LocalExecutor:
     def ready(self) -> None:
         import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
 
+        mark("cli: papermill imported")
         self._pool.check()
 
     def execute(self, stage: Stage, run_dir: Path, parameters: dict[str, Any]) -> Outcome:
