@@ -252,9 +252,8 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
     emit = on_event or (lambda event: None)
     emit(RunEvent(EventKind.RUN_STARTED, run.id, data={"run_dir": str(run.path),
                                                "stages": [p.stage.name for p in plans]}))
-    # the exports are waited for by a thread, done by the report process (started by the first
-    # export, after the first stage: while the data stage parses the table on every core, a
-    # second of template compiling only slows it down)
+    # the exports are waited for by a thread, done by the report process (started with the
+    # first stage, at a lower priority than the stages)
     exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-kit-report")
     reports: list[tuple[str, Future]] = []
     current: Stage | None = None
@@ -339,6 +338,9 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, executor:
                          notebook=str(output.relative_to(run.path)))
     emit(RunEvent(EventKind.STAGE_STARTED, run.id, stage.name))
     mark(f"cli: {stage.name}: execute")
+    # the report process imports nbconvert (a second of CPU, niced) while the first stage runs:
+    # the stage's report is exported at once when the stage ends
+    _reports.shared().start()
     outcome = executor.execute(stage, run.path, parameters)
     mark(f"cli: {stage.name}: executed")
     seconds = outcome.seconds

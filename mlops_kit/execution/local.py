@@ -215,8 +215,7 @@ class LocalExecutor:
         self._pool.start(plan.checks)
 
     def ready(self) -> None:
-        import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
-
+        _import_papermill()  # while the kernels' parent imports the rest
         mark("cli: papermill imported")
         self._pool.check()
 
@@ -251,6 +250,21 @@ class LocalExecutor:
         if self._pool is not None:
             self._pool.stop_all()
             self._pool = None
+
+
+def _import_papermill() -> None:
+    """Import papermill without its hdfs:// handler's ``pyarrow.fs`` (pyarrow and numpy: a
+    quarter of a second of this process's start, for paths a run never has: its notebooks are
+    local files), unless something imported it already."""
+    import sys
+
+    if "papermill" in sys.modules or "pyarrow.fs" in sys.modules:
+        return
+    sys.modules["pyarrow.fs"] = None  # type: ignore[assignment] - papermill's `except ImportError`
+    try:
+        import papermill  # noqa: F401
+    finally:
+        del sys.modules["pyarrow.fs"]
 
 
 _ENGINE = "mlops-kit"
