@@ -43,6 +43,11 @@ class Phases:
         self._seconds: dict[str, float] = {}
         self._stack: list[float] = []  # per open phase: the seconds of the phases inside it
         self.stages = 0.0  # the seconds of the stages executed in this run
+        self._notes: dict[str, str] = {}
+
+    def note(self, name: str, value: str) -> None:
+        """A fact about the run's cost, recorded beside the seconds (``kernels: warm``)."""
+        self._notes[name] = value
 
     def add(self, name: str, seconds: float) -> None:
         self._seconds[name] = self._seconds.get(name, 0.0) + seconds
@@ -68,13 +73,14 @@ class Phases:
         return time.perf_counter() - self._origin
 
     def breakdown(self) -> dict:
-        """``{"seconds": wall - stages, "wall": ..., "stages": ..., "phases": {name: s, "other": s}}``."""
+        """``{"seconds": wall - stages, "wall": ..., "stages": ..., "phases": {name: s, "other": s}}``
+        and the notes (:meth:`note`)."""
         wall = self.wall()
         phases = {name: round(seconds, 3) for name, seconds in self._seconds.items()}
         outside = wall - self.stages
         phases["other"] = round(outside - sum(self._seconds.values()), 3)
         return {"seconds": round(outside, 3), "wall": round(wall, 3), "stages": round(self.stages, 3),
-                "phases": phases}
+                "phases": phases, **self._notes}
 
 
 #: a file to append the run's timeline to (``time.time()``, pid, event; one line each), from

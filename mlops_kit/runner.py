@@ -123,6 +123,8 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     with phases.measure("kernel start"):
         started = _prepare(executor, plans, checks, started=early)  # parameter mistakes surface here, before any run exists
     mark("cli: checks answered")
+    if started and getattr(executor, "warm", False):
+        phases.note("kernels", "warm")  # forked from the warm parent of an earlier run
     try:
         with phases.measure("record"):
             run = ledger.create_run({

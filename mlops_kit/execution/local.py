@@ -45,7 +45,16 @@ def discard_prestarted() -> None:
     _kernels.discard_prestarted()
 
 
-__all__ = ["KERNEL_NAME", "KernelPool", "LocalExecutor", "discard_prestarted", "prestart", "shared_zygote"]
+def stop_warm_parents(folder: Path | None = None) -> list[int]:
+    """Stop this user's warm kernels' parents (``MLOPS_KIT_WARM_MINUTES``; in ``folder``,
+    default this user's); their pids."""
+    from . import _warm
+
+    return _warm.stop_all(folder)
+
+
+__all__ = ["KERNEL_NAME", "KernelPool", "LocalExecutor", "discard_prestarted", "prestart", "shared_zygote",
+           "stop_warm_parents"]
 
 
 class KernelPool:
@@ -208,6 +217,12 @@ class LocalExecutor:
     @property
     def stages(self) -> list[Stage]:
         return self._pool.stages if self._pool is not None else []
+
+    @property
+    def warm(self) -> bool:
+        """Whether the kernels come from a warm kernels' parent (``MLOPS_KIT_WARM_MINUTES``)."""
+        zygote = self._pool._zygote if self._pool is not None else None
+        return bool(zygote is not None and zygote.warm)
 
     def start(self, plan: ExecutionPlan) -> None:
         self.stop()
