@@ -64,9 +64,13 @@ class ReportProcess:
 
     def start(self) -> None:
         """Start the process now (it imports nbconvert and compiles the templates before its
-        first export); :meth:`export` starts it if need be."""
-        with self._lock:
-            self._start()
+        first export); :meth:`export` starts it if need be. Never waits: the lock is held
+        through an export (of the previous stage's report), by a process already started."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._start()
+            finally:
+                self._lock.release()
 
     def _start(self) -> None:
         if self._process is None or self._process.poll() is not None:

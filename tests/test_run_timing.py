@@ -165,3 +165,24 @@ def test_the_executed_notebook_is_written_when_a_code_cell_starts_not_twice_per_
     executed = nbformat.read(output, as_version=4)
     assert [cell.metadata.papermill["status"] for cell in executed.cells] == ["completed"] * 5
     assert executed.cells[3].outputs[0]["text"] == "1\n" and executed.cells[4].outputs[0]["data"]["text/plain"] == "2"
+
+
+def test_starting_the_report_process_never_waits_for_an_export_in_flight(monkeypatch):
+    """The runner starts the report process when each stage starts; while the previous stage's
+    report is being exported (the process's lock held), that must return at once, not after
+    the export (which put the export on the next stage's path: "other" 1.2 s of a run)."""
+    import threading
+
+    from mlops_kit import _reports
+
+    process = _reports.ReportProcess()
+    started = []
+    monkeypatch.setattr(process, "_start", lambda: started.append(True))
+    with process._lock:  # an export in flight
+        caller = threading.Thread(target=process.start, daemon=True)
+        caller.start()
+        caller.join(timeout=10)
+        assert not caller.is_alive(), "start() waited for the export"
+    assert started == []  # the process exists: the export started it
+    process.start()
+    assert started == [True]
