@@ -19,6 +19,9 @@ it, until it has been idle for N minutes.
 - Each run gets a *session*: a ``fork()`` of the warm parent, with the run's environment and
   working folder, that speaks the zygote's protocol on the connection and forks the run's
   kernels; its end (the connection closed) ends the session, never the warm parent.
+- The warm parent runs nothing of a run's: its sessions do (the kernels' forks, the pre-flight
+  checks). What it ran itself, as the first run's zygote, were those checks (kit functions
+  that keep no state between calls) and imports.
 - Nothing is left behind by default: without the variable every run's zygote stops with
   the run, as before.
 """
