@@ -26,6 +26,9 @@ def breakdown_line(overheads: list[dict], measured: list[float] | None = None) -
     line = (f"outside the stages, medians of {len(overheads)} runs: {statistics.median(o['seconds'] for o in overheads):.2f} s "
             f"of {statistics.median(o['wall'] for o in overheads):.2f} s (stages {statistics.median(o['stages'] for o in overheads):.2f} s): "
             + ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(phases.items(), key=lambda item: -item[1])))
+    warm = sum(o.get("kernels") == "warm" for o in overheads)
+    if warm:  # run.json says so: forked from a warm kernels' parent (MLOPS_KIT_WARM_MINUTES)
+        line += f"; kernels from a warm parent in {warm} of {len(overheads)} runs"
     if measured and len(measured) == len(overheads):
         line += f"; after the record (exit) {statistics.median(m - o['wall'] for m, o in zip(measured, overheads)):.2f}"
     return line

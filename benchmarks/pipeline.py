@@ -1,11 +1,16 @@
 """Benchmark: `mlops-kit run` on the default against the same work in one plain process.
 
-    python benchmarks/pipeline.py [--repeat 5]
+    python benchmarks/pipeline.py [--repeat 5] [--warm]
 
 Both run as fresh processes, interleaved (A B A B ...) so that a noisy neighbour hits both
 alike; the figure that matters is the ratio of the medians. Also measured: a rerun with
 nothing changed, and a rerun after changing only train.params (stage reuse, when the
-ledger supports it).
+ledger supports it). Every run is cold: its kernels' parent imports the libraries.
+
+``--warm`` measures the same three again with ``MLOPS_KIT_WARM_MINUTES`` set: each run's
+kernels are forked from the kernels' parent that the previous run left (its imports done),
+against the same fresh plain process (which imports everything each time); the warm parent
+is stopped at the end.
 """
 
 from __future__ import annotations
@@ -44,15 +49,37 @@ def stages_of_last_run(runs_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--warm", action="store_true", help="also with a warm kernels' parent (MLOPS_KIT_WARM_MINUTES)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlops-kit-bench-"))
     env = {**os.environ, "MLOPS_KIT_RUNS_DIR": str(work / "runs"), "MLOPS_KIT_PROJECT_DIR": str(REPO)}
+    env.pop("MLOPS_KIT_WARM_MINUTES", None)
+    print("cold: each run's kernels' parent imports the libraries")
+    measure(args.repeat, work, env)
+    if args.warm:
+        runtime = Path(tempfile.mkdtemp(prefix="kw-", dir="/tmp"))  # short: a unix socket's path
+        warm_env = {**env, "MLOPS_KIT_WARM_MINUTES": "10", "XDG_RUNTIME_DIR": str(runtime),
+                    "MLOPS_KIT_RUNS_DIR": str(work / "warm-runs")}
+        try:
+            timed([*MLOPS_KIT, "run", "--no-cache"], warm_env)  # cold: leaves the warm parent
+            print("\nwarm: each run's kernels forked from the parent the previous run left (MLOPS_KIT_WARM_MINUTES), "
+                  "against the same plain process, a fresh one each round (it imports everything each time)")
+            measure(args.repeat, work, warm_env)
+        finally:
+            from mlops_kit.execution.local import stop_warm_parents
+
+            stop_warm_parents(runtime / f"mlops-kit-warm-{os.getuid()}")
+
+
+def measure(repeat: int, work: Path, env: dict) -> None:
+    """Full runs and the plain process in turn, then the reruns; prints the figures."""
+    runs = Path(env["MLOPS_KIT_RUNS_DIR"])
 
     pipeline, plain, overheads = [], [], []
     timed([sys.executable, str(REPO / "benchmarks" / "_plain_pipeline.py"), str(work / "warmup")], env)
-    for index in range(args.repeat):
+    for index in range(repeat):
         pipeline.append(timed([*MLOPS_KIT, "run", "--no-cache"] if _has_cache_flag() else [*MLOPS_KIT, "run"], env))
-        overheads.append(newest_overhead(work / "runs"))
+        overheads.append(newest_overhead(runs))
         plain.append(timed([sys.executable, str(REPO / "benchmarks" / "_plain_pipeline.py"),
                             str(work / f"plain-{index}")], env))
     median_pipeline, median_plain = statistics.median(pipeline), statistics.median(plain)
@@ -65,13 +92,13 @@ def main() -> None:
 
     if _has_cache_flag():
         unchanged, changed, unchanged_overheads, changed_overheads = [], [], [], []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             unchanged.append(timed([*MLOPS_KIT, "run"], env))
-            reused = stages_of_last_run(work / "runs")
-            unchanged_overheads.append(newest_overhead(work / "runs"))
+            reused = stages_of_last_run(runs)
+            unchanged_overheads.append(newest_overhead(runs))
             changed.append(timed([*MLOPS_KIT, "run", "--set", f"train.params.C={0.5 + len(changed) / 10}"], env))
-            partial = stages_of_last_run(work / "runs")
-            changed_overheads.append(newest_overhead(work / "runs"))
+            partial = stages_of_last_run(runs)
+            changed_overheads.append(newest_overhead(runs))
         print(f"rerun, nothing changed: median {statistics.median(unchanged):.2f} s  stages: {reused}  "
               "(goal: <= 0.5 s)")
         print("  " + breakdown_line(unchanged_overheads, unchanged))

@@ -2,10 +2,11 @@
 
 nbconvert's import and an export are two seconds of Python, most of it holding the GIL: in a
 thread of the run's process they slowed papermill's handling of the next stage's kernel (its
-start and its messages) by as much. The process is started by the first export (after the
-first stage: while the data stage parses a table on every core, it would only slow it
-down), runs at a lower priority than the stages, serves every run of this process (a sweep's
-trials, each in a thread), and is stopped when this process exits (or its stdin closes).
+start and its messages) by as much. The process is started when the run's first stage starts
+and imports nbconvert at once (started by the first export instead, a rerun of the train
+stage waited a second for that import after its last stage), runs at a lower priority than
+the stages, serves every run of this process (a sweep's trials, each in a thread), and is
+stopped when this process exits (or its stdin closes).
 
 Protocol (one JSON value per line): ``[notebook, report]`` -> ``{"ok": true}`` or
 ``{"error": "..."}``.
@@ -61,14 +62,27 @@ class ReportProcess:
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Start the process now (it imports nbconvert and compiles the templates before its
+        first export); :meth:`export` starts it if need be. Never waits: the lock is held
+        through an export (of the previous stage's report), by a process already started."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._start()
+            finally:
+                self._lock.release()
+
+    def _start(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "mlops_kit._reports"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                text=True, bufsize=1, start_new_session=True)  # Ctrl-C reaches the run, not this
+
     def export(self, notebook: Path, report: Path) -> Path:
         from .errors import ArtifactError
 
         with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._process = subprocess.Popen(
-                    [sys.executable, "-m", "mlops_kit._reports"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    text=True, bufsize=1, start_new_session=True)  # Ctrl-C reaches the run, not this
+            self._start()
             try:
                 self._process.stdin.write(json.dumps([str(notebook), str(report)]) + "\n")
                 self._process.stdin.flush()
@@ -95,7 +109,7 @@ _SHARED_LOCK = threading.Lock()
 
 
 def shared() -> ReportProcess:
-    """This process's report process (started by its first export, stopped at exit)."""
+    """This process's report process (started by the first stage, stopped at exit)."""
     global _SHARED
     with _SHARED_LOCK:
         if _SHARED is None:
@@ -114,10 +128,17 @@ def _serve() -> None:
         os.nice(NICENESS)
     except OSError:
         pass
+    from ._timing import mark
+
+    mark("reports: started")
+    _html_exporter()  # before the first export is asked for: the process starts with the first stage
+    mark("reports: nbconvert ready")
     for line in sys.stdin:
         notebook, report = json.loads(line)
         try:
+            mark(f"reports: export {Path(notebook).name}")
             export_html(Path(notebook), Path(report))
+            mark(f"reports: exported {Path(notebook).name}")
             out.write(json.dumps({"ok": True}) + "\n")
         except Exception as exc:  # noqa: BLE001 - sent back to the run, which raises it
             out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")

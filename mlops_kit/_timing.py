@@ -43,6 +43,11 @@ class Phases:
         self._seconds: dict[str, float] = {}
         self._stack: list[float] = []  # per open phase: the seconds of the phases inside it
         self.stages = 0.0  # the seconds of the stages executed in this run
+        self._notes: dict[str, str] = {}
+
+    def note(self, name: str, value: str) -> None:
+        """A fact about the run's cost, recorded beside the seconds (``kernels: warm``)."""
+        self._notes[name] = value
 
     def add(self, name: str, seconds: float) -> None:
         self._seconds[name] = self._seconds.get(name, 0.0) + seconds
@@ -68,10 +73,30 @@ class Phases:
         return time.perf_counter() - self._origin
 
     def breakdown(self) -> dict:
-        """``{"seconds": wall - stages, "wall": ..., "stages": ..., "phases": {name: s, "other": s}}``."""
+        """``{"seconds": wall - stages, "wall": ..., "stages": ..., "phases": {name: s, "other": s}}``
+        and the notes (:meth:`note`)."""
         wall = self.wall()
         phases = {name: round(seconds, 3) for name, seconds in self._seconds.items()}
         outside = wall - self.stages
         phases["other"] = round(outside - sum(self._seconds.values()), 3)
         return {"seconds": round(outside, 3), "wall": round(wall, 3), "stages": round(self.stages, 3),
-                "phases": phases}
+                "phases": phases, **self._notes}
+
+
+#: a file to append the run's timeline to (``time.time()``, pid, event; one line each), from
+#: every process of the run (the CLI, the kernels' parent, each kernel, the report process):
+#: ``MLOPS_KIT_TIMELINE=/tmp/t.log mlops-kit run`` (benchmarks and tracing only)
+TIMELINE_ENV = "MLOPS_KIT_TIMELINE"
+
+
+def mark(event: str, at: float | None = None) -> None:
+    """Append ``event`` (at ``at``, default now) to the timeline file, when
+    ``$MLOPS_KIT_TIMELINE`` names one."""
+    path = os.environ.get(TIMELINE_ENV)
+    if path:
+        line = f"{time.time() if at is None else at:.4f} {os.getpid()} {event}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)

@@ -290,12 +290,15 @@ class Overhead(Document):
     ``wall`` from the process's start (or the runner's) to the final record, ``stages`` the
     executed stages' seconds, ``seconds`` the rest, split into ``phases`` (start-up,
     parameters, preflight, planning, hashing, kernel start, cache reuse, report export,
-    record) and ``other``, what no phase names: ``stages + sum(phases) == wall``."""
+    record) and ``other``, what no phase names: ``stages + sum(phases) == wall``. ``kernels``:
+    ``warm`` when they were forked from the warm kernels' parent an earlier run left
+    (``MLOPS_KIT_WARM_MINUTES``; the libraries' imports were not this run's)."""
 
     seconds: float
     wall: float
     stages: float
     phases: dict[str, float]
+    kernels: Optional[Literal["warm"]] = None
 
 
 class RunRecord(OpenDocument):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _atomic, _paths, _reports, cache, ledger, stages
-from ._timing import Phases, process_started  # noqa: F401 - public here: the CLI passes its start
+from ._timing import Phases, mark, process_started  # noqa: F401 - public here: the CLI passes its start
 from .errors import ArtifactError, MlopsKitError, RunCancelled, StageFailed  # noqa: F401 - RunCancelled is public here too
 from .execution import ExecutionPlan, Executor, default_executor, skip_iri_grammar  # noqa: F401 - the CLI's
 from .params import LoadedParams, RunParams
@@ -109,6 +109,7 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     # start now, and the file (seconds of sha256 for a large table) is hashed while they import
     with phases.measure("planning"):
         early = bool(selected) and cache.surely_runs(selected[0], params, known, use_cache=use_cache)
+    mark("cli: planned before the data file's hash" + (" (kernels asked for)" if early else ""))
     if early:
         with phases.measure("kernel start"):
             _start_executor(executor, selected, checks)
@@ -118,8 +119,12 @@ def run_pipeline(loaded: LoadedParams, *, stages: list[str] | None = None, reuse
     except BaseException:
         executor.stop()
         raise
+    mark("cli: planned")
     with phases.measure("kernel start"):
         started = _prepare(executor, plans, checks, started=early)  # parameter mistakes surface here, before any run exists
+    mark("cli: checks answered")
+    if started and getattr(executor, "warm", False):
+        phases.note("kernels", "warm")  # forked from the warm parent of an earlier run
     try:
         with phases.measure("record"):
             run = ledger.create_run({
@@ -249,9 +254,8 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
     emit = on_event or (lambda event: None)
     emit(RunEvent(EventKind.RUN_STARTED, run.id, data={"run_dir": str(run.path),
                                                "stages": [p.stage.name for p in plans]}))
-    # the exports are waited for by a thread, done by the report process (started by the first
-    # export, after the first stage: while the data stage parses the table on every core, a
-    # second of template compiling only slows it down)
+    # the exports are waited for by a thread, done by the report process (started with the
+    # first stage, at a lower priority than the stages)
     exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-kit-report")
     reports: list[tuple[str, Future]] = []
     current: Stage | None = None
@@ -292,6 +296,7 @@ def _execute(run: ledger.RunFolder, params: RunParams, plans: list[cache.StagePl
             metrics = _headline_metrics(run)
         record = run.update(status="succeeded", finished=ledger.now(), metrics=metrics,
                             overhead=phases.breakdown())
+        mark("cli: recorded")
         emit(RunEvent(EventKind.RUN_FINISHED, run.id, message="succeeded", data={"record": record}))
         return record
     except StageFailed as exc:
@@ -334,7 +339,12 @@ def _run_stage(run: ledger.RunFolder, stage: Stage, params: RunParams, executor:
         run.update_stage(stage.name, status="running", started=ledger.now(),
                          notebook=str(output.relative_to(run.path)))
     emit(RunEvent(EventKind.STAGE_STARTED, run.id, stage.name))
+    mark(f"cli: {stage.name}: execute")
+    # the report process imports nbconvert (a second of CPU, niced) while the first stage runs:
+    # the stage's report is exported at once when the stage ends
+    _reports.shared().start()
     outcome = executor.execute(stage, run.path, parameters)
+    mark(f"cli: {stage.name}: executed")
     seconds = outcome.seconds
     phases.stages += seconds
     if outcome.status == "failed":

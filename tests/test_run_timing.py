@@ -165,3 +165,50 @@ def test_the_executed_notebook_is_written_when_a_code_cell_starts_not_twice_per_
     executed = nbformat.read(output, as_version=4)
     assert [cell.metadata.papermill["status"] for cell in executed.cells] == ["completed"] * 5
     assert executed.cells[3].outputs[0]["text"] == "1\n" and executed.cells[4].outputs[0]["data"]["text/plain"] == "2"
+
+
+def test_starting_the_report_process_never_waits_for_an_export_in_flight(monkeypatch):
+    """The runner starts the report process when each stage starts; while the previous stage's
+    report is being exported (the process's lock held), that must return at once, not after
+    the export (which put the export on the next stage's path: "other" 1.2 s of a run)."""
+    import threading
+
+    from mlops_kit import _reports
+
+    process = _reports.ReportProcess()
+    started = []
+    monkeypatch.setattr(process, "_start", lambda: started.append(True))
+    with process._lock:  # an export in flight
+        caller = threading.Thread(target=process.start, daemon=True)
+        caller.start()
+        caller.join(timeout=10)
+        assert not caller.is_alive(), "start() waited for the export"
+    assert started == []  # the process exists: the export started it
+    process.start()
+    assert started == [True]
+
+
+def test_the_kernels_parent_is_spawned_before_the_cli_is_imported_and_not_for_explain(tmp_path, monkeypatch):
+    """`mlops-kit run` spawns the zygote first thing (its imports overlap the CLI's own); a
+    command that runs no stage here (--explain) spawns none. Read from the run's timeline."""
+    explained = tmp_path / "explain.log"
+    monkeypatch.setenv(_timing.TIMELINE_ENV, str(explained))
+    assert cli("run", "--explain").returncode == 0
+    assert "kernels' parent spawned" not in (explained.read_text() if explained.exists() else "")
+    failed = tmp_path / "failed.log"
+    monkeypatch.setenv(_timing.TIMELINE_ENV, str(failed))
+    result = cli("run", "--set", "data.target=nope")  # a parameter mistake: no stage runs
+    assert result.returncode == 2, result.stderr
+    events = [line.split(" ", 2)[2] for line in failed.read_text().splitlines()]
+    assert events.index("cli: kernels' parent spawned") < events.index("cli: run command")
+
+
+def test_papermill_is_imported_without_pyarrow_and_pyarrow_fs_still_imports():
+    """The CLI imports papermill without its hdfs:// handler's pyarrow.fs (pyarrow and numpy:
+    a quarter of a second); pyarrow.fs imported afterwards is the real module."""
+    code = ("import sys; from mlops_kit.execution.local import _import_papermill; _import_papermill(); "
+            "import papermill; print('pyarrow' in sys.modules, 'numpy' in sys.modules); "
+            "import pyarrow.fs; print(pyarrow.fs.LocalFileSystem is not None)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "True"]

@@ -360,10 +360,11 @@ sys.argv = ["mlops-kit", "run", "--set", "data.target=nope"]
 try:
     run_cli()
 except SystemExit as exc:
-    print("exit", exc.code, [z.alive for z in started], _kernels._PRESTARTED)
+    # one zygote (run_cli starts it first; the run command's own call finds it started), stopped
+    print("exit", exc.code, sorted({z.alive for z in started}), len({id(z) for z in started}), _kernels._PRESTARTED)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert "exit 2 [False] None" in result.stdout, result.stdout + result.stderr
+    assert "exit 2 [False] 1 None" in result.stdout, result.stdout + result.stderr
     assert "data.target" in result.stderr and "Traceback" not in result.stderr
 
 

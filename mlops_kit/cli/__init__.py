@@ -50,12 +50,22 @@ def main():
     """Notebook-driven MLOps: data, train, evaluate, package, deploy - one notebook per stage."""
 
 
+#: options of ``run`` that execute no stage here: no kernels' parent started for them
+_NO_LOCAL_STAGES = {"-h", "--help", "--explain", "--dry-run"}
+
+
 def run_cli() -> None:
     """Entry point: user mistakes (MlopsKitError) print their message, never a traceback."""
     from .._terminal import printable
     from ..errors import MlopsKitError
 
     try:
+        if sys.argv[1:2] == ["run"] and not _NO_LOCAL_STAGES & set(sys.argv[2:]):
+            # the kernels' parent first: its imports (seconds) go on while this process imports
+            # the CLI and the runner, loads the parameters and plans; stopped if no stage runs
+            from ..execution.local import prestart
+
+            prestart()
         main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

@@ -47,6 +47,8 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
     # where the run's time goes outside its stages, from this process's start (run.json's overhead)
     phases = runner.Phases(origin=runner.process_started())
     phases.since_origin("start-up")
+    runner.mark("cli: process started", at=runner.process_started())
+    runner.mark("cli: run command")
 
     if resume and (params_file or stages):
         raise click.UsageError("--resume continues a run with its own parameters and stages: "
@@ -82,11 +84,15 @@ def run(params_file, overrides, stages, reuse_from, no_cache, explain, resume, a
             loaded = load_params(params_file, overrides)
             kubernetes = loaded.params.execution.mode == "kubernetes"
             _note_sweep_section(loaded, params_file)
-    # the kernels' parent imports pandas and scikit-learn while this process checks the
-    # parameters and plans the run (stopped below if no stage runs); no local kernel for Jobs
-    if not kubernetes:
+    # the kernels' parent (started first, by run_cli) imports pandas and scikit-learn while this
+    # process checks the parameters and plans the run (stopped below if no stage runs); no
+    # local kernel for Jobs
+    if kubernetes:
+        discard_prestarted()
+    else:
         with phases.measure("kernel start"):
             prestart()
+        runner.mark("cli: parameters loaded")
     # SIGTERM (a service manager, `kill`) ends the run like Ctrl-C: recorded as interrupted
     signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     printer = _ProgressPrinter(quiet=as_json)

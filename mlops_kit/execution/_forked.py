@@ -12,6 +12,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import DottedObjectName, Type
 
+from .._timing import mark
 from ..errors import ZygoteError
 from ._kernels import _pid_alive, _signal
 
@@ -49,6 +50,7 @@ class ReadyKernelClient(AsyncKernelClient):
                     break  # IOPub was not subscribed in time: ask again
                 if (message["msg_type"] == "status" and message["content"].get("execution_state") == "idle"
                         and message["parent_header"].get("msg_id") == request):
+                    mark("cli: kernel ready (kernel_info answered)")
                     return
         raise RuntimeError(f"the kernel did not answer on both channels within {timeout} s")
 

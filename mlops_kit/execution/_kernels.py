@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from .._processes import kill_helper
+from .._timing import mark
 from ..errors import ZygoteError
 
 #: Set to "spawn" to start each kernel as its own process (plain Jupyter behaviour).
@@ -69,13 +70,26 @@ def _remove_stale_connection_dirs(base: str) -> None:
 
 
 class KernelZygote:
-    """The parent process that forks kernels. One per run; stops with :meth:`close`."""
+    """The parent process that forks kernels. One per run; stops with :meth:`close`.
 
-    def __init__(self):
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_kit.execution._kernels"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            start_new_session=True)  # the terminal's Ctrl-C reaches the run, not the kernels
+    ``connection``: a session of a warm kernels' parent (:mod:`._warm`) instead of a process
+    of its own. ``warm``: the process becomes a warm parent when closed (``{"path", "minutes",
+    "key", "modules"}``: :func:`._warm.serve`'s), instead of exiting."""
+
+    def __init__(self, connection=None, warm: dict | None = None):
+        self._process: subprocess.Popen | None = None
+        self._connection = connection
+        self._warm_after = warm is not None
+        if connection is not None:
+            self._reader = connection.makefile("r", encoding="utf-8")
+            self._writer = connection.makefile("w", encoding="utf-8")
+        else:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "mlops_kit.execution._kernels", *(["--warm", json.dumps(warm)] if warm else [])],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                start_new_session=True)  # the terminal's Ctrl-C reaches the run, not the kernels
+            self._reader, self._writer = self._process.stdout, self._process.stdin
+        self._closed = False
         self._sent = self._received = 0
         self._replies: dict[int, dict] = {}
         # one zygote may serve the kernel pools of several runs at once (a sweep's trials,
@@ -83,27 +97,41 @@ class KernelZygote:
         self._sending, self._reading = threading.Lock(), threading.Lock()
 
     @property
-    def pid(self) -> int:
-        return self._process.pid
+    def pid(self) -> int | None:
+        """The zygote's pid (None for a warm parent's session)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def warm(self) -> bool:
+        """Whether this is a session of a warm kernels' parent (its imports done by an earlier run)."""
+        return self._connection is not None
+
+    def _stopped(self) -> str:
+        if self._process is None:
+            return "the warm kernels' parent's session stopped"
+        return f"the kernel parent process stopped (exit code {self._process.poll()})"
 
     # Requests are pipelined: sending never waits, so the caller goes on (importing
     # papermill, say) while the zygote is still importing; replies come back in order.
     def send(self, message: dict) -> int:
         with self._sending:
             try:
-                self._process.stdin.write(json.dumps(message) + "\n")
-                self._process.stdin.flush()
-            except (BrokenPipeError, OSError) as exc:
-                raise ZygoteError(f"the kernel parent process stopped: {exc}") from None
+                self._writer.write(json.dumps(message) + "\n")
+                self._writer.flush()
+            except (BrokenPipeError, OSError, ValueError) as exc:
+                raise ZygoteError(f"{self._stopped()}: {exc}") from None
             self._sent += 1
             return self._sent
 
     def reply(self, ticket: int) -> dict:
         with self._reading:
             while ticket not in self._replies:
-                line = self._process.stdout.readline()
+                try:
+                    line = self._reader.readline()
+                except (OSError, ValueError):
+                    line = ""
                 if not line:
-                    raise ZygoteError(f"the kernel parent process stopped (exit code {self._process.poll()})")
+                    raise ZygoteError(self._stopped())
                 self._received += 1
                 self._replies[self._received] = json.loads(line)
             return self._replies.pop(ticket)
@@ -114,11 +142,21 @@ class KernelZygote:
 
     @property
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return not self._closed and (self._process is None or self._process.poll() is None)
 
     def close(self) -> None:
-        """Stop the zygote (it holds no state worth a graceful exit)."""
-        kill_helper(self._process)
+        """Stop the zygote (it holds no state worth a graceful exit); a warm parent's session
+        ends with its connection; a zygote that becomes a warm parent is only let go."""
+        self._closed = True
+        if self._process is not None and not self._warm_after:
+            kill_helper(self._process)
+            return
+        for stream in (self._writer, self._reader, self._connection):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
 
 
 #: a zygote started before the run was planned (:func:`prestart_zygote`), not yet taken
@@ -132,7 +170,11 @@ def prestart_zygote() -> None:
     (a parameter mistake, every stage reused), :func:`discard_prestarted` stops it."""
     global _PRESTARTED
     if _PRESTARTED is None and os.environ.get(MODE_ENV, "fork") != "spawn":
-        _PRESTARTED = KernelZygote()
+        import atexit
+
+        _PRESTARTED = new_zygote()
+        mark("cli: kernels' parent spawned" if not _PRESTARTED.warm else "cli: warm kernels' parent connected")
+        atexit.register(discard_prestarted)  # a usage error, say, before the run took it
 
 
 def take_zygote() -> KernelZygote:
@@ -143,7 +185,35 @@ def take_zygote() -> KernelZygote:
         return zygote
     if zygote is not None:
         zygote.close()
-    return KernelZygote()
+    return new_zygote()
+
+
+def new_zygote() -> KernelZygote:
+    """A session of this user's warm kernels' parent for this kit and these libraries, when
+    ``$MLOPS_KIT_WARM_MINUTES`` asks for one and one listens; else a new zygote (which becomes
+    the warm parent when the run ends, with that variable set)."""
+    from . import _warm
+
+    idle = _warm.minutes()
+    where = _warm.folder() if idle else None
+    if where is None:
+        return KernelZygote()
+    key = _warm.key()
+    path = where / f"{key}.sock"
+    if len(os.fsencode(path)) >= _warm.MAX_SOCKET_PATH:
+        _warm._note(f"the socket's path {path} is too long for a unix socket")
+        return KernelZygote()
+    connection = _warm.connect(path)
+    if connection is not None:
+        return KernelZygote(connection=connection)
+    return KernelZygote(warm={"path": str(path), "minutes": idle, "key": key, "modules": _default_modules()})
+
+
+def _default_modules() -> list[str]:
+    """What the default pipeline's stages import: a warm parent imports it for the next runs."""
+    from ..stages import STAGES
+
+    return sorted({module for stage in STAGES if stage.default for module in stage.warm_imports})
 
 
 def discard_prestarted() -> None:
@@ -206,22 +276,78 @@ def _signal(pid: int, signum: int) -> None:
 
 # --- the zygote process ------------------------------------------------------------------
 
-def _serve() -> None:
+def _serve(warm: dict | None = None) -> None:
+    """The zygote of one run (requests on stdin); with ``warm``, then the warm kernels' parent
+    of the next runs (:mod:`._warm`), once the run closed stdin."""
     protocol_out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed by an import goes to stderr, never into the protocol
-    import ipykernel.kernelapp  # noqa: F401
+    mark("zygote: started")
+    # debugpy (the kernels' debugger, imported below) warns on stderr, the run's, that
+    # frozen modules may hide breakpoints: no debugger attaches to a stage's kernel
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    if warm is not None:
+        from . import _warm
+
+        # this process's imports are as current as the kit and libraries are now, not later
+        warm = warm if _warm.key() == warm["key"] else None
+    _import_all(KERNEL_MODULES)
+    mark("zygote: ipykernel imported")
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked kernels are reaped automatically
-    for line in sys.stdin:
+    _serve_on(sys.stdin, protocol_out)
+    if warm is not None:
+        protocol_out.close()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        log = os.open(f"{os.path.splitext(warm['path'])[0]}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        for fd, target in ((0, devnull), (1, devnull), (2, log)):  # the run's terminal is not ours anymore
+            os.dup2(target, fd)
+        # the next runs' stages' imports, beyond what this run's did
+        _warm.serve(warm["path"], warm["minutes"], warm["key"], _session, lambda: _import_all(warm["modules"]))
+
+
+def _serve_on(requests, protocol_out, in_kernel=lambda: None) -> None:
+    """Answer ``requests`` (lines) on ``protocol_out`` until the end of ``requests``;
+    ``in_kernel()`` runs first in each forked kernel."""
+    for line in requests:
         request = json.loads(line)
+        mark(f"zygote: request {request['op']} {request.get('function', '')}")
         _import_all(request.get("modules", ()))
         if request["op"] == "kernel":
+            mark("zygote: imports done, fork")
             pid = os.fork()
             if pid == 0:
+                in_kernel()
                 _become_kernel(request, protocol_out)
             protocol_out.write(json.dumps({"pid": pid}) + "\n")
         elif request["op"] == "call":
             protocol_out.write(json.dumps(_call(request)) + "\n")
+            mark("zygote: call answered")
+        protocol_out.flush()
+
+
+def _session(connection) -> None:
+    """A run served by a warm kernels' parent, in a fork of it: the run's environment and
+    working folder, then the zygote's protocol on the connection."""
+    reader = connection.makefile("r", encoding="utf-8")
+    writer = connection.makefile("w", encoding="utf-8")
+    try:
+        hello = json.loads(reader.readline() or "{}")
+        os.environ.clear()
+        os.environ.update(hello["env"])
+        os.chdir(hello["cwd"])
+        mark("zygote: warm session")
+        # the kernel keeps no end of the run's connection (detached: its number is not closed twice)
+        _serve_on(reader, writer, in_kernel=lambda: os.close(connection.detach()))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"mlops-kit: warm session ended: {exc!r}", file=sys.stderr)
+
+
+#: what a kernel imports as it starts (``IPKernelApp.initialize``), imported once here: each
+#: forked kernel was ready 0.2 s later without them (the debugger's debugpy is most of it)
+KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
+                  "IPython.core.history", "IPython.core.debugger")
+#: what the kernel's inline figures need, once a stage's modules include pyplot
+INLINE_MODULES = ("matplotlib_inline.backend_inline",)
 
 
 def _import_all(modules) -> None:
@@ -230,6 +356,13 @@ def _import_all(modules) -> None:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - the stage will report its own import error
             print(f"mlops-kit: warm import of {module} failed: {exc}", file=sys.stderr)
+    if "matplotlib.pyplot" in modules and INLINE_MODULES[0] not in sys.modules:
+        _import_all(INLINE_MODULES)
+        try:  # the backends' entry points, read by each kernel's enable_matplotlib otherwise
+            from matplotlib.backends.registry import backend_registry
+            backend_registry.list_all()
+        except Exception:  # noqa: BLE001 - an older matplotlib: the kernel reads them
+            pass
 
 
 def _call(request: dict) -> dict:
@@ -260,6 +393,7 @@ def _become_kernel(request: dict, protocol_out) -> None:
             # pyplot was imported before there was a shell: hook up inline figures now,
             # as a kernel that imported it itself would have (same as `%matplotlib inline`)
             app.shell.enable_matplotlib("inline")
+        mark("kernel: initialized (ports written)")
         app.start()
     except BaseException as exc:  # noqa: BLE001
         if not isinstance(exc, SystemExit):
@@ -279,4 +413,7 @@ def _answer_calls() -> None:
 
 
 if __name__ == "__main__":
-    _answer_calls() if sys.argv[1:] == ["--calls"] else _serve()
+    if sys.argv[1:] == ["--calls"]:
+        _answer_calls()
+    else:
+        _serve(json.loads(sys.argv[2]) if sys.argv[1:2] == ["--warm"] else None)

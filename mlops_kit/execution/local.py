@@ -22,6 +22,7 @@ from ..errors import MlopsKitError
 from ..stages import Stage
 from . import ExecutionPlan, Outcome, executed_notebook
 from . import _kernels
+from .._timing import mark
 
 KERNEL_NAME = "python3"
 
@@ -44,7 +45,16 @@ def discard_prestarted() -> None:
     _kernels.discard_prestarted()
 
 
-__all__ = ["KERNEL_NAME", "KernelPool", "LocalExecutor", "discard_prestarted", "prestart", "shared_zygote"]
+def stop_warm_parents(folder: Path | None = None) -> list[int]:
+    """Stop this user's warm kernels' parents (``MLOPS_KIT_WARM_MINUTES``; in ``folder``,
+    default this user's); their pids."""
+    from . import _warm
+
+    return _warm.stop_all(folder)
+
+
+__all__ = ["KERNEL_NAME", "KernelPool", "LocalExecutor", "discard_prestarted", "prestart", "shared_zygote",
+           "stop_warm_parents"]
 
 
 class KernelPool:
@@ -208,14 +218,20 @@ class LocalExecutor:
     def stages(self) -> list[Stage]:
         return self._pool.stages if self._pool is not None else []
 
+    @property
+    def warm(self) -> bool:
+        """Whether the kernels come from a warm kernels' parent (``MLOPS_KIT_WARM_MINUTES``)."""
+        zygote = self._pool._zygote if self._pool is not None else None
+        return bool(zygote is not None and zygote.warm)
+
     def start(self, plan: ExecutionPlan) -> None:
         self.stop()
         self._pool = KernelPool(plan.stages, cwd=plan.notebooks, zygote=self._zygote)
         self._pool.start(plan.checks)
 
     def ready(self) -> None:
-        import papermill  # noqa: F401 - imported while the kernels' parent imports the rest
-
+        _import_papermill()  # while the kernels' parent imports the rest
+        mark("cli: papermill imported")
         self._pool.check()
 
     def execute(self, stage: Stage, run_dir: Path, parameters: dict[str, Any]) -> Outcome:
@@ -249,6 +265,21 @@ class LocalExecutor:
         if self._pool is not None:
             self._pool.stop_all()
             self._pool = None
+
+
+def _import_papermill() -> None:
+    """Import papermill without its hdfs:// handler's ``pyarrow.fs`` (pyarrow and numpy: a
+    quarter of a second of this process's start, for paths a run never has: its notebooks are
+    local files), unless something imported it already."""
+    import sys
+
+    if "papermill" in sys.modules or "pyarrow.fs" in sys.modules:
+        return
+    sys.modules["pyarrow.fs"] = None  # type: ignore[assignment] - papermill's `except ImportError`
+    try:
+        import papermill  # noqa: F401
+    finally:
+        del sys.modules["pyarrow.fs"]
 
 
 _ENGINE = "mlops-kit"
