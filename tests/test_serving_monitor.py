@@ -267,56 +267,6 @@ def test_the_window_slides_and_judges_like_the_core(mixed_model_dir, monkeypatch
     assert judged.scores["age"] == pytest.approx(verdict.features["age"].score)
 
 
-@pytest.mark.parametrize("binner", ["thread", "starved"])
-def test_requests_binned_off_the_request_path_are_counted_exactly(mixed_model_dir, monkeypatch, binner):
-    """The request path only keeps a request's arrays; the binning thread bins the waiting
-    ones while more arrive, in order: counters and window equal those of the same requests
-    binned on the request path, and a scrape right after a request counts it. A binning
-    thread that never runs (starved of the GIL) leaves at most ``_BEHIND`` x ``BIN_ROWS``
-    rows waiting: the request path bins them itself."""
-    import gc
-
-    from mlops_kit.serving import create_app
-
-    monkeypatch.setattr(live, "BIN_ROWS", 10)
-    if binner == "starved":
-        monkeypatch.setattr(live, "_bin_in_background", lambda monitor_ref, wake: None)
-    service = create_app(mixed_model_dir, drift_window=100).state.service
-    background = service.live_monitor
-    inline = live.LiveMonitor(live.read_profile(mixed_model_dir / "monitor_profile.json"), list(service.schema.names),
-                              window=100, classes=service.predictor.classes, background=False)
-    assert background.background and background._bin_rows == 10
-    schema = artifacts.SCHEMA.load(mixed_model_dir)
-    sent = records_of(pd.read_parquet(mixed_model_dir / "train.parquet"), schema)
-    sent = (sent * (700 // len(sent) + 1))[:700]
-    waiting = []
-    for index, start in enumerate(range(0, 700, 7)):
-        batch = service.schema.parse_records(sent[start:start + 7])
-        predictions = service.predictor.predict(batch)[0]
-        background.observe(batch, predictions)
-        inline.observe(batch, predictions)
-        waiting.append(background._queued_rows - background._taken_rows)
-        if index == 1 and binner == "thread":     # 14 rows waiting: the thread woken bins them, no scrape asked
-            deadline = time.monotonic() + 10
-            while background._taken_rows < 14 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert background._taken_rows == 14
-        if index % 30 == 29:                       # a scrape right after a request counts it
-            assert background.totals().tolist() == inline.totals().tolist()
-            assert background.totals().sum() == (index + 1) * 7 * len(background.labels())
-    assert background.totals().tolist() == inline.totals().tolist()
-    assert background.snapshot()[:2] == inline.snapshot()[:2] == (700, 112)   # chunks of 2 requests (14 rows)
-    assert background.snapshot()[2].tolist() == inline.snapshot()[2].tolist()
-    assert [rows for rows, _ in background._chunks] == [rows for rows, _ in inline._chunks]
-    if binner == "starved":
-        assert max(waiting) < live._BEHIND * 10 + 7 and background._binner is not None
-    thread = background._binner
-    del service, background
-    gc.collect()
-    thread.join(5)
-    assert not thread.is_alive()     # the thread ends with its monitor
-
-
 def _counts_of(app, frame, schema):
     service = app.state.service
     alone = live.LiveMonitor(live.read_profile(service.predictor.model_dir / "monitor_profile.json"),

@@ -7,13 +7,9 @@ finite numbers, increasing edges, counts adding up), and bins the server's valid
 (:class:`~mlops_kit.serving._validation.Batch`: numbers as float64, booleans as 1.0/0.0, categories
 as text, missing as NaN) in the same bins as :mod:`._bins` does a DataFrame.
 
-On the request path, :meth:`LiveMonitor.observe` only keeps the request's arrays; once the
-waiting requests hold ``BIN_ROWS`` rows a binning thread of the monitor bins them (off the
-request path: its numpy calls release the GIL, so the event loop runs meanwhile; the request
-path bins them itself only when that thread falls ``_BEHIND`` times further behind), and a
-scrape bins what is still waiting before it answers (so it counts every row received before
-it). The waiting requests are binned at once, in order, a few numpy calls whatever the number
-of numeric features or of requests: their bins by one comparison of
+On the request path, :meth:`LiveMonitor.observe` keeps the request's arrays with the current
+chunk; when the chunk holds ``window / 10`` rows it is binned at once, a few numpy calls
+whatever the number of numeric features or of requests in it: their bins by one comparison of
 the chunk's matrix with the edges (one plane per edge rank, padded with +inf, laid out row
 after row like the matrix) summed over the planes; each categorical feature's by a dict lookup
 per value (the levels' bins precomputed), numeric classes of the predictions by a search in
@@ -31,8 +27,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import threading
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,25 +50,6 @@ _TILE_ROWS = 256
 #: the requests waiting are binned together once they hold this many rows (or a chunk, when more):
 #: the dozen numpy calls of a binning paid once for them all (each chunk's counts kept apart)
 BIN_ROWS = 1024
-
-
-#: the request path bins the waiting requests itself once they hold this many times BIN_ROWS
-#: rows (the binning thread starved of the GIL): never more held than that
-_BEHIND = 8
-
-
-def _bin_in_background(monitor_ref: Any, wake: threading.Event) -> None:
-    """The binning thread: bins the waiting requests when woken; ends once its monitor is gone
-    (it holds only a weak reference)."""
-    while True:
-        woken = wake.wait(1.0)
-        monitor = monitor_ref()
-        if monitor is None:
-            return
-        if woken:
-            wake.clear()
-            monitor._bin_waiting()
-        del monitor
 
 
 @dataclass
@@ -248,7 +223,7 @@ class LiveMonitor:
     """Counts of every request in the profile's bins: totals (counters) and a sliding window."""
 
     def __init__(self, profile: LiveProfile, feature_names: list[str], *, window: int = DEFAULT_WINDOW,
-                 alpha: float = _drift.DEFAULT_ALPHA, classes: list | None = None, background: bool = True):
+                 alpha: float = _drift.DEFAULT_ALPHA, classes: list | None = None):
         if window < 1:
             raise ValueError(f"window must be at least 1. Got {window} instead.")
         self.profile = profile
@@ -310,15 +285,9 @@ class LiveMonitor:
                     self._class_bins = np.array([lookup[c] for c in numbers], dtype=np.intp)
                     self._class_other, self._class_missing = p.offset + p.fallback, p.offset + p.missing
         self._buffers: dict[str, np.ndarray] = {}     # the binning's arrays, kept (see _scratch)
-        # the requests not binned yet: their arrays (numeric matrix, other columns, answers, rows),
-        # appended by the request path, taken (in order) by one binning at a time (``_lock``)
-        self._pending: collections.deque = collections.deque()
-        self._queued_rows = 0      # rows appended (written by the request path only)
-        self._taken_rows = 0       # rows taken by a binning (written under _lock only)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._binner: threading.Thread | None = None
-        self.background = background
+        # the requests not binned yet: their arrays (numeric matrix, other columns, answers, rows)
+        self._pending: list[tuple] = []
+        self._pending_rows = 0
         self._chunk = max(1, window // 10)
         self._bin_rows = max(self._chunk, BIN_ROWS)
         # the chunk being filled (binned part): its rows and counts
@@ -335,9 +304,8 @@ class LiveMonitor:
     def observe(self, batch: Any, predictions: Any) -> None:
         """Count a validated batch and the model's answers for it. The request's arrays are
         kept (no copy: the server makes new ones per request) and binned with the others once
-        they hold ``BIN_ROWS`` rows (or a chunk's), by the binning thread (``background``; else
-        here): a dozen numpy calls for them all, whatever the number of features or of
-        requests; each chunk (``window / 10`` rows) counted apart."""
+        they hold ``BIN_ROWS`` rows (or a chunk's): a dozen numpy calls for them all, whatever
+        the number of features or of requests; each chunk (``window / 10`` rows) counted apart."""
         rows = batch.rows
         if self._numeric and (batch.numeric is None or len(self._numeric_list) != batch.numeric.shape[1]):
             block = np.column_stack([batch.columns[i] for i in self._numeric_list])
@@ -345,24 +313,10 @@ class LiveMonitor:
             block = batch.numeric     # every numeric column of the schema, in order: the batch's own matrix
         self._pending.append((block, [batch.columns[i] for i in self._kept] if self._kept else None, predictions,
                               rows))
-        self._queued_rows += rows
+        self._pending_rows += rows
         self.rows += rows
-        waiting = self._queued_rows - self._taken_rows
-        if waiting >= self._bin_rows:
-            if not self.background:
-                with self._lock:
-                    self._bin_pending()
-            elif waiting >= _BEHIND * self._bin_rows and self._lock.acquire(blocking=False):
-                try:     # the binning thread far behind (starved of the GIL): binned here, not held
-                    self._bin_pending()
-                finally:
-                    self._lock.release()
-            elif not self._wake.is_set():
-                if self._binner is None:
-                    self._binner = threading.Thread(target=_bin_in_background, args=(weakref.ref(self), self._wake),
-                                                    name="live-bins", daemon=True)
-                    self._binner.start()
-                self._wake.set()
+        if self._pending_rows >= self._bin_rows:
+            self._bin_pending()
 
     def _bin_indexes(self, pending: list) -> np.ndarray:
         """The flat bin index of every value of the pending requests: rows x monitored values,
@@ -441,12 +395,8 @@ class LiveMonitor:
     def _bin_pending(self) -> None:
         """Bin the pending requests at once, each chunk's counts apart: a request goes whole into
         the chunk being filled, which closes once it holds ``window / 10`` rows (one bincount
-        per chunk over its rows' bin indexes, contiguous in the pending order). Under ``_lock``."""
-        queue = self._pending
-        pending = [queue.popleft() for _ in range(len(queue))]   # (what the request path appends meanwhile: next)
-        if not pending:
-            return
-        self._taken_rows += sum(request[3] for request in pending)
+        per chunk over its rows' bin indexes, contiguous in the pending order)."""
+        pending, self._pending, self._pending_rows = self._pending, [], 0
         keys = self._bin_indexes(pending)
         start = end = 0
         last = len(pending) - 1
@@ -474,16 +424,16 @@ class LiveMonitor:
     # -- scraping ------------------------------------------------------------------------------
     def totals(self) -> np.ndarray:
         """Every row counted since the start (the counters); the pending requests binned first."""
-        with self._lock:
+        if self._pending:
             self._bin_pending()
-            return self._closed.copy()
+        return self._closed.copy()
 
     def snapshot(self) -> tuple[int, int, np.ndarray]:
         """(rows seen, rows in the window, the window's counts): taken where requests are counted
         (the pending requests binned first)."""
-        with self._lock:
+        if self._pending:
             self._bin_pending()
-            return self.rows, self._chunks_rows + self._open_rows, self._chunks_sum + self._open
+        return self.rows, self._chunks_rows + self._open_rows, self._chunks_sum + self._open
 
     def judge(self, snapshot: tuple[int, int, np.ndarray], *, seed: int = 0) -> Judgement:
         """The window's drift: per feature the PSI against the profile and whether the core's
@@ -508,10 +458,6 @@ class LiveMonitor:
         judgement = Judgement(rows, scores, detected, p_values)
         self._judged = (seen, judgement)
         return judgement
-
-    def _bin_waiting(self) -> None:
-        with self._lock:
-            self._bin_pending()
 
     def labels(self) -> list[tuple[str, list[str], int]]:
         """(feature, bin labels, offset) of every feature, the predictions last (``PREDICTION``)."""
