@@ -68,6 +68,34 @@ def test_rows_round_trip_one_line_per_request(tmp_path):
         "proba_no": "float64", "proba_yes": "float64"}
 
 
+@pytest.mark.parametrize("rows", [1, 300])          # a few values made into lists, many into arrays
+@pytest.mark.parametrize("every_column_numeric", [False, True])
+def test_the_servers_batch_is_written_as_its_columns(tmp_path, rows, every_column_numeric):
+    """The server queues its validated batch (the numeric matrix, the other columns), the
+    writer thread makes the columns: each line as written from a dict of the columns, values
+    exact (NaN: null; float32 probabilities as float32 writes them, not widened)."""
+    matrix = np.stack([np.arange(rows, dtype=np.float64) / 3, np.full(rows, 1e300)], axis=1)
+    matrix[0, 1] = np.nan
+    request = _request(rows)
+    request["probabilities"] = np.tile(np.array([[0.1, 0.9]], dtype=np.float32), (rows, 1))
+    names, numeric = (["x", "y"], [0, 1]) if every_column_numeric else (["city", "x", "flag", "y"], [1, 3])
+    other = iter([request["features"]["city"], request["features"]["flag"]])
+    columns = [matrix[:, numeric.index(i)] if i in numeric else next(other) for i in range(len(names))]
+    batch = type("Batch", (), {"columns": columns, "numeric": matrix, "rows": rows})()
+    lines = []
+    for folder, features, extra in (("batch", batch, {"names": names, "numeric": numeric}),
+                                    ("dict", dict(zip(names, columns)), {})):
+        writer = _writer(tmp_path / folder, **extra)
+        writer.offer("r", features, request["predictions"], request["probabilities"], rows=rows)
+        writer.close()
+        (path,) = log_files(tmp_path / folder)
+        lines.append({**json.loads(path.read_bytes()), "time": None})
+    assert lines[0] == lines[1] and list(lines[0]["features"]) == names
+    assert lines[0]["features"]["x"] == [i / 3 for i in range(rows)]
+    assert lines[0]["features"]["y"] == [None] + [1e300] * (rows - 1)
+    assert lines[0]["probabilities"] == {"no": [0.1] * rows, "yes": [0.9] * rows}
+
+
 def test_a_request_longer_than_a_file_is_dropped_and_counted(tmp_path):
     writer = _write(tmp_path, [("small", 2), ("big", 200)], max_file_bytes=1024, max_total_bytes=4096)
     assert (writer.written, writer.dropped) == (2, 200)                 # a file never holds more than its bound
@@ -121,7 +149,9 @@ def test_a_full_queue_drops_and_counts_never_blocks(tmp_path):
     assert writer.dropped == 52
 
 
-def test_files_rotate_by_size_and_the_total_is_bounded(tmp_path):
+@pytest.mark.parametrize("write_bytes", [1, requestlog.WRITE_BYTES])   # each line at once, or a batch's at once
+def test_files_rotate_by_size_and_the_total_is_bounded(tmp_path, monkeypatch, write_bytes):
+    monkeypatch.setattr(requestlog, "WRITE_BYTES", write_bytes)
     writer = _write(tmp_path, [(f"r{i}", 10) for i in range(300)], max_file_bytes=4096, max_total_bytes=16384)
     files = log_files(tmp_path)
     sizes = [p.stat().st_size for p in files]
@@ -130,6 +160,24 @@ def test_files_rotate_by_size_and_the_total_is_bounded(tmp_path):
     frame = read_request_log(tmp_path, model_sha256=SHA)
     assert frame.request_id.iloc[-1] == "r299"                   # the newest kept, the oldest deleted
     assert "r0" not in set(frame.request_id) and writer.written == 3000
+
+
+def test_the_lines_waiting_to_be_written_are_bounded(tmp_path, monkeypatch):
+    """A batch's lines are written together, but never more than about WRITE_BYTES are held."""
+    monkeypatch.setattr(requestlog, "WRITE_BYTES", 4096)
+    held = []
+
+    class Writer(RequestLogWriter):
+        def _write_lines(self):
+            held.append(self._lines_bytes)
+            super()._write_lines()
+
+    writer = Writer(tmp_path, sample=1.0, model_sha256=SHA, classes=["no", "yes"])
+    for i in range(300):
+        writer.offer(f"r{i}", **_request(10))
+    writer.close()
+    assert writer.written == 3000 and len(read_request_log(tmp_path)) == 3000
+    assert len(held) > 10 and max(held) < 4096 + 2048     # (a line of 10 rows: under 2 KiB)
 
 
 def test_a_torn_last_line_is_skipped_and_counted(tmp_path):

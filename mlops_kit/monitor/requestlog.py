@@ -42,6 +42,8 @@ DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
 DEFAULT_QUEUE_ROWS = 50_000
 #: the writer writes what is queued this often (or sooner, when the queue is half full)
 WRITE_EVERY = 0.2
+#: the writer writes its lines once they hold this many bytes (and at the end of a batch)
+WRITE_BYTES = 1024 * 1024
 #: the writer hands the GIL back to the event loop after this much work (seconds)
 HAND_OVER_EVERY = 0.001
 #: a line (one request) is at most this long: longer requests are dropped (and counted) by the writer, never
@@ -104,8 +106,12 @@ class RequestLogWriter:
     ``offer`` is called on the request path: it decides the sample (whole requests), and
     queues the request's arrays as they are (JSON is made by the writer thread); it never
     blocks, and a queue holding ``queue_rows`` rows drops what comes (``dropped``).
-    ``features`` names the columns in order; ``booleans`` those whose 1.0/0.0 are written as
-    ``true``/``false`` (the server holds booleans as numbers). ``written``, ``dropped`` and
+    ``features`` is a dict (name -> the column of values) or the server's validated batch
+    (``columns``, ``numeric``: its rows x k matrix of the numeric columns, or None), named by
+    ``names`` (the batch's columns in order) with ``numeric`` the positions of the matrix's
+    columns: the writer thread makes the columns of a batch (the request path only queues it).
+    ``booleans`` names the columns whose 1.0/0.0 are written as ``true``/``false`` (the server
+    holds booleans as numbers). ``written``, ``dropped`` and
     ``sampled_out`` count rows (a request whose line would be longer than ``MAX_LINE_BYTES`` or
     than a file, or of more than ``MAX_LINE_ROWS`` rows, is dropped whole).
     """
@@ -113,7 +119,8 @@ class RequestLogWriter:
     def __init__(self, folder: str | os.PathLike, *, sample: float, model_sha256: str,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
                  queue_rows: int = DEFAULT_QUEUE_ROWS, booleans: Iterable[str] = (),
-                 classes: Sequence[Any] | None = None, seed: int | None = None):
+                 classes: Sequence[Any] | None = None, seed: int | None = None, names: Sequence[str] = (),
+                 numeric: Sequence[int] = ()):
         if not 0 <= sample <= 1:
             raise ValueError(f"sample must be between 0 and 1. Got {sample} instead.")
         if not 1024 <= max_file_bytes <= max_total_bytes:
@@ -127,6 +134,7 @@ class RequestLogWriter:
         self.model_sha256 = model_sha256
         self.max_file_bytes, self.max_total_bytes, self.queue_rows = max_file_bytes, max_total_bytes, queue_rows
         self.booleans = frozenset(booleans)
+        self.names, self.numeric = list(names), list(numeric)
         self.classes = None if classes is None else [str(c) for c in classes]
         self.written = self.dropped = self.sampled_out = 0
         self._random = random.Random(seed).random
@@ -136,7 +144,9 @@ class RequestLogWriter:
         self._closed = False
         self._flushing = False
         self._file = None
-        self._file_bytes = 0
+        self._file_bytes = 0      # the current file's bytes, its lines not written yet included
+        self._lines: list[bytes] = []
+        self._lines_rows = self._lines_bytes = 0
         self._files_opened = 0
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
@@ -209,7 +219,7 @@ class RequestLogWriter:
             try:
                 line = dumps({"v": LOG_VERSION, "time": when, "request_id": request_id,
                               "model_sha256": self.model_sha256, "rows": rows,
-                              "features": {name: self._values(name, column) for name, column in features.items()},
+                              "features": self._features(features),
                               "prediction": _json_column(predictions), "probabilities": shares},
                              option=numpy) + b"\n"
             except TypeError:   # orjson.JSONEncodeError: a value it cannot write; the thread goes on
@@ -221,8 +231,21 @@ class RequestLogWriter:
             if time.perf_counter() >= handover:   # hand the GIL to the event loop after ~1 ms of work (not
                 time.sleep(0)                      # per request: each hand-over may cost it a forced switch)
                 handover = time.perf_counter() + HAND_OVER_EVERY
-        if self._file is not None:
-            self._file.flush()
+        self._write_lines()
+
+    def _features(self, features: Any) -> dict[str, Any]:
+        """name -> the column as written, from a dict or from the server's batch (its numeric
+        matrix's columns made at once)."""
+        if type(features) is dict:
+            return {name: self._values(name, column) for name, column in features.items()}
+        made = {}
+        matrix = features.numeric
+        if matrix is not None and self.numeric and matrix.shape[1] == len(self.numeric):
+            if len(self.numeric) == len(self.names):   # every column numeric: the matrix's, in order
+                return dict(zip(self.names, _by_column(matrix)))
+            made = dict(zip(self.numeric, _by_column(matrix)))
+        return {name: made[i] if i in made else self._values(name, column)
+                for i, (name, column) in enumerate(zip(self.names, features.columns))}
 
     def _values(self, name: str, column: Any) -> Any:
         if name in self.booleans:   # the server holds booleans as 1.0/0.0 (NaN: missing): written true/false/null
@@ -230,11 +253,25 @@ class RequestLogWriter:
         return _json_column(column)
 
     def _append(self, line: bytes, rows: int) -> None:
+        """Keep a line for the current file (written by :meth:`_write_lines`: one system call
+        for a batch's lines, not one per 8 KiB, each of which hands the GIL back and forth)."""
         if self._file is None or self._file_bytes + len(line) > self.max_file_bytes:
+            self._write_lines()
             self._rotate()
-        self._file.write(line)
+        self._lines.append(line)
+        self._lines_rows += rows
+        self._lines_bytes += len(line)
         self._file_bytes += len(line)
-        self.written += rows
+        if self._lines_bytes >= WRITE_BYTES:
+            self._write_lines()
+
+    def _write_lines(self) -> None:
+        if self._lines:
+            lines, rows = self._lines, self._lines_rows
+            self._lines, self._lines_rows, self._lines_bytes = [], 0, 0
+            self._file.write(b"".join(lines))
+            self._file.flush()
+            self.written += rows
 
     def _rotate(self) -> None:
         """Close the current file, delete the oldest beyond the total, open the next one."""
@@ -257,6 +294,7 @@ class RequestLogWriter:
         self._file_bytes = 0
 
     def _close_file(self) -> None:
+        self._lines, self._lines_rows, self._lines_bytes = [], 0, 0   # (lines not written: a failed disk)
         if self._file is not None:
             try:
                 self._file.close()
@@ -298,12 +336,19 @@ def _json_column(values: Any) -> Any:
     return _plain_list(values)
 
 
+#: a table of at most this many values is made into lists (fewer calls); beyond, contiguous
+#: arrays (orjson writes their numbers faster than the lists' Python floats are made)
+_AS_LISTS = 512
+
+
 def _by_column(table: Any) -> list:
     """The columns of a rows x classes table (contiguous, for orjson)."""
     import numpy as np
 
     table = np.asarray(table)
     if table.dtype.kind in ("f", "i", "u"):
+        if table.size <= _AS_LISTS and table.dtype.itemsize == 8:   # one call for a few rows (an array per
+            return table.T.tolist()      # column costs more than its values); float32 as orjson writes it
         return list(np.ascontiguousarray(table.T))
     return [list(column) for column in zip(*_plain_list(table))]
 

@@ -89,8 +89,7 @@ class ModelService:
                 self.live_monitor.observe(batch, predictions)
             log = self.request_log
             if log is not None and log.wants(batch.rows):   # the sampling decision first: nothing made otherwise
-                log.queue(request_id, dict(zip(self.schema.names, batch.columns)), predictions, probabilities,
-                          batch.rows)
+                log.queue(request_id, batch, predictions, probabilities, batch.rows)   # columns made by the writer
         except Exception:
             if not self._monitor_failed:
                 self._monitor_failed = True
@@ -425,7 +424,8 @@ def _open_request_log(predictor: Any, settings: ServeSettings) -> Any:
         return requestlog.RequestLogWriter(
             settings.log_requests, sample=settings.log_sample, model_sha256=str(predictor.card.get("sha256", "")),
             max_file_bytes=settings.log_max_file_bytes, max_total_bytes=settings.log_max_total_bytes,
-            booleans=[f.name for f in features if f.kind == "boolean"], classes=predictor.classes)
+            booleans=[f.name for f in features if f.kind == "boolean"], classes=predictor.classes,
+            names=predictor.request_schema.names, numeric=predictor.request_schema.numeric_positions)
     except OSError as exc:
         raise ArtifactError(f"The request log folder {settings.log_requests} must be writable. Got "
                             f"{exc.strerror or exc} instead.", path=Path(settings.log_requests)) from None
