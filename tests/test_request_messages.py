@@ -669,3 +669,42 @@ def test_the_parts_of_a_long_list_stop_at_the_budget():
     assert _outline({"a": "bbbb", "c": "dddd"}, depth=4, budget=10) == '{"a":"bbbb",...}'
     assert _outline({"a": "b", "c": "d", "e": "f"}, depth=4, budget=10) == '{"a":"b","c":...,...}'
     assert _outline("abcdef", depth=0, budget=4) == '"abc...'
+
+
+# -- the fast paths are taken -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [MIXED, NUMERIC, TEXTUAL, SINGLE], ids=["mixed", "numeric", "textual", "single"])
+def test_a_valid_body_is_read_once_by_the_typed_decoder(spec, monkeypatch):
+    """The value-by-value checks are for a body with a mistake: a valid one never gets there
+    (both give the same batch, so only this sees a fast path that stopped being taken)."""
+    schema = schema_of(spec)
+    records = [{name: VALUE[name] for name in schema.names}, {name: VALUE[name] for name in schema.names}]
+    if "count" in schema.names:
+        records[1]["count"] = None
+
+    def slow(*args):
+        raise AssertionError("the body was read again, value by value")
+
+    monkeypatch.setattr(schema, "load_json", slow)
+    monkeypatch.setattr(schema, "parse", slow)
+    batch = schema.parse_body(orjson.dumps(records))
+    assert batch.rows == 2 and (batch.numeric is not None) == bool(schema.numeric_positions)
+
+
+@pytest.mark.parametrize("spec", [MIXED, NUMERIC, SINGLE], ids=["mixed", "numeric", "single"])
+def test_valid_records_and_columns_are_checked_as_one_matrix(spec, monkeypatch):
+    """Records already parsed (a body the typed decoder refused, e.g. with a duplicated key) and
+    columns: their numeric features are checked together, not feature by feature."""
+    schema = schema_of(spec)
+    records = [{name: VALUE[name] for name in schema.names}] * 2
+    original = Feature.convert
+
+    def convert(self, values, **kwargs):
+        assert self.kind != "numeric", f"feature {self.name!r} converted by itself"
+        return original(self, values, **kwargs)
+
+    monkeypatch.setattr(Feature, "convert", convert)
+    for payload in (records, columns_of(records)):
+        batch = schema.parse(payload)
+        assert batch.numeric is not None and batch.rows == 2
+
