@@ -46,7 +46,11 @@ SINGLE = {"features": [{"name": "radius", "kind": "numeric"}]}
 
 
 def schema_of(spec=MIXED, policy="tolerate", max_rows=5) -> RequestSchema:
-    return RequestSchema(spec, max_rows=max_rows, unknown_categories=policy)
+    """The parser of ``spec`` read as the server reads schema.json, and of a policy read from
+    the settings: text built at run time, not the test's literals (which CPython interns: a
+    check that compares by identity would pass on them and fail in production)."""
+    return RequestSchema(orjson.loads(orjson.dumps(spec)), max_rows=max_rows,
+                         unknown_categories="".join(list(policy)))
 
 
 def columns_of(records: list[dict]) -> dict:
@@ -708,3 +712,56 @@ def test_valid_records_and_columns_are_checked_as_one_matrix(spec, monkeypatch):
         batch = schema.parse(payload)
         assert batch.numeric is not None and batch.rows == 2
 
+
+
+# -- one feature's column ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, values, column", [
+    ({"kind": "numeric", "integer": True, "nullable": True}, [1, 2.0, None, -3], [1.0, 2.0, "NaN", -3.0]),
+    ({"kind": "numeric"}, [0.5, 1, -2.25], [0.5, 1.0, -2.25]),
+    ({"kind": "boolean", "nullable": True}, [True, None, False], [1.0, "NaN", 0.0]),
+    ({"kind": "datetime", "nullable": True}, ["2024-05-31", None, "2024-05-31T12:00:00"],
+     ["2024-05-31", "NaN", "2024-05-31T12:00:00"]),
+    ({"kind": "text"}, ["a", "", "b"], ["a", "", "b"]),
+    ({"kind": "categorical", "categories": ["a", "b"]}, ["b", "a"], ["b", "a"]),
+    ({"kind": "categorical", "categories": ["a", 1, 2.5], "nullable": True}, [1, "1", 1.0, None, 2.5, "a"],
+     ["1", "1", "1", "NaN", "2.5", "a"]),
+    ({"kind": "categorical", "categories": ["a", 1], "nullable": True}, ["a", None], ["a", "NaN"]),
+])
+@pytest.mark.parametrize("reject", [True, False])
+def test_a_features_valid_values_are_its_column(spec, values, column, reject):
+    """Each feature's own conversion: what the slow path gives the model (a body reaches it only
+    with a mistake elsewhere, so here each is called directly)."""
+    feature = Feature(orjson.loads(orjson.dumps({"name": "f", **spec})), reject_unknown=reject)
+    converted = feature.convert(values)
+    assert converted.dtype == (np.float64 if spec["kind"] in ("numeric", "boolean") else object)
+    assert plain(converted) == column and [type(v) for v in plain(converted)] == [type(v) for v in column]
+
+
+def test_an_unseen_category_before_a_wrong_value_is_passed_over_when_tolerated():
+    schema = schema_of(policy="tolerate")
+    records = [{**GOOD, "code": "unseen"}, {**GOOD, "code": True}]
+    for call in [lambda: schema.parse_body(orjson.dumps(records)), lambda: schema.parse(records)]:
+        assert refusal(call).row == 1
+    feature = Feature({"name": "c", "kind": "categorical", "categories": ["a"]}, reject_unknown=False)
+    assert feature.problem("b") is None and feature.problem(1) == "a string"
+
+
+def test_a_batch_of_three_hundred_rows_every_way():
+    """Row counts beyond CPython's cached small integers: compared by value."""
+    schema = schema_of(max_rows=300)
+    records = [{**GOOD, "count": i} for i in range(300)]
+    for batch in every_way(schema, records):
+        assert batch.rows == 300 and plain(batch.columns[0]) == [float(i) for i in range(300)]
+    for call in [lambda: schema.parse(records + records[:1]), lambda: schema.parse(columns_of(records + records[:1]))]:
+        assert refusal(call).message == "The batch must have at most 300 rows. Got 301 instead."
+
+
+def test_the_room_left_is_used_to_the_last_character():
+    from mlops_kit.serving._validation import _outline
+
+    assert _outline(["aaa", []], depth=4, budget=8) == '["aaa",[]]'
+    assert _outline(["aaa", [], 1], depth=4, budget=8) == '["aaa",[],...]'
+    assert _outline("ab", depth=0, budget=4) == '"ab"'
+    assert _outline("abc", depth=0, budget=4) == '"abc...'
+    assert _outline({"k": "v"}, depth=1, budget=1) == '{...}'
