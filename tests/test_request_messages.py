@@ -648,6 +648,7 @@ def test_a_value_is_shown_as_json_cut_short(value, shown):
     assert len(show(value)) <= 80
 
 
+@pytest.mark.security
 def test_a_deep_value_is_shown_without_recursing_through_it():
     deep: list = []
     for _ in range(100_000):
@@ -765,3 +766,17 @@ def test_the_room_left_is_used_to_the_last_character():
     assert _outline("ab", depth=0, budget=4) == '"ab"'
     assert _outline("abc", depth=0, budget=4) == '"abc...'
     assert _outline({"k": "v"}, depth=1, budget=1) == '{...}'
+
+
+@pytest.mark.security
+def test_a_deep_or_wide_value_in_a_body_is_refused_in_a_short_message():
+    schema = schema_of()
+    deep = b"[" * 1000 + b"]" * 1000
+    exc = refusal(lambda: schema.parse_body(orjson.dumps([GOOD]).replace(b'"count":3', b'"count":' + deep)))
+    assert (exc.row, exc.field, exc.got) == (0, "count", "[[[[[...]]]]]")
+    exc = refusal(lambda: schema.parse_body(b"[" * 2000 + b"]" * 2000))
+    assert_refused(exc, "The body must be JSON. Got invalid JSON instead (depth limit exceeded: line 1 column 1026 "
+                   "(char 1025)).", status=400, expected="JSON", got="invalid JSON")
+    wide = orjson.dumps([{**GOOD, "note": ["n" * 1000] * 1000}])
+    exc = refusal(lambda: schema.parse_body(wide))
+    assert exc.got == '["' + "n" * 75 + "..." and len(exc.message) < 300
