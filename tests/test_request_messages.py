@@ -766,6 +766,9 @@ def test_the_room_left_is_used_to_the_last_character():
     assert _outline("ab", depth=0, budget=4) == '"ab"'
     assert _outline("abc", depth=0, budget=4) == '"abc...'
     assert _outline({"k": "v"}, depth=1, budget=1) == '{...}'
+    # the room a part took is the last part's, not the first's
+    assert _outline(["a", "bbbbbb", "c", "d"], depth=4, budget=12) == '["a","bbbbb...,...]'
+    assert _outline({"a": 1, "b": "cccccc", "d": 2}, depth=4, budget=14) == '{"a":1,"b":"ccccc...,...}'
 
 
 @pytest.mark.security
