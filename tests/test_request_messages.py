@@ -181,6 +181,15 @@ def test_the_numeric_matrix_is_column_major_from_records_and_from_columns():
         assert batch.numeric.tolist() == [[i, i / 2, -i] for i in range(4)]
 
 
+def test_a_batch_cannot_be_changed():
+    """The batch the model predicts on is the one the request log records: neither can change it."""
+    import dataclasses
+
+    batch = schema_of(SINGLE).parse([{"radius": 1}])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.rows = 2  # type: ignore[misc]
+
+
 def test_v2_returns_the_request_it_read():
     schema = schema_of(SINGLE)
     payload = {"id": "r-1", "inputs": [{"name": "radius", "shape": [1], "datatype": "FP64", "data": [1]}]}
@@ -766,6 +775,9 @@ def test_the_room_left_is_used_to_the_last_character():
     assert _outline("ab", depth=0, budget=4) == '"ab"'
     assert _outline("abc", depth=0, budget=4) == '"abc...'
     assert _outline({"k": "v"}, depth=1, budget=1) == '{...}'
+    # the parts stop at the first that finds no room (one "..." for all the rest)
+    assert _outline(["aaaa", "bbbb", "cccc", "dddd"], depth=4, budget=10) == '["aaaa","...,...]'
+    assert _outline({"a": "bbbb", "c": 1, "d": 2}, depth=4, budget=10) == '{"a":"bbbb",...}'
     # the room a part took is the last part's, not the first's
     assert _outline(["a", "bbbbbb", "c", "d"], depth=4, budget=12) == '["a","bbbbb...,...]'
     assert _outline({"a": 1, "b": "cccccc", "d": 2}, depth=4, budget=14) == '{"a":1,"b":"ccccc...,...}'
