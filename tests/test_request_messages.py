@@ -556,7 +556,7 @@ def test_a_v2_request_missing_a_feature_or_with_an_unknown_one():
      {"name": "t", "kind": "text", "nullable": True}),
 ])
 def test_each_kind_of_feature_says_what_it_expects(spec, expected, datatype, metadata):
-    feature = Feature(spec, reject_unknown=True)
+    feature = Feature(orjson.loads(orjson.dumps(spec)), reject_unknown=True)  # as read from schema.json
     assert (feature.expected, feature.datatype, feature.metadata()) == (expected, datatype, metadata)
 
 
