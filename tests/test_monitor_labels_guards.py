@@ -33,3 +33,35 @@ def test_a_readers_error_is_cut_at_200_characters(tmp_path):
     path.write_bytes(b"no parquet table")
     reason = refusal(path).split(" Got an error instead: ", 1)[1]
     assert len(reason) == 200 and reason.startswith("Could not open Parquet input source")
+
+
+def test_a_duplicated_label_names_the_first_request_id_and_row_twice(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("request_id,row,label\nc,0,1\na,1,1\nb,0,1\na,1,0\nb,0,0\n")
+    assert refusal(path).startswith(f"The labels file {str(path)!r} must name each request id (and row) once. "
+                                    "Got 'a' row 1 ")
+
+
+def test_labels_that_join_nothing_name_an_id_of_each_side():
+    import pandas as pd
+
+    live = pd.DataFrame({"request_id": ["x", "y"], "row": [0, 0], "prediction": [1, 0]})
+    labels = pd.DataFrame({"request_id": ["a", "b"], "row": [2, 0], "label": [1, 0]})
+    with pytest.raises(DataError) as caught:
+        monitor.join_labels(live, labels, "label", source="labels.csv")
+    assert str(caught.value).startswith("The labels of labels.csv must name requests of the log. Got 2 labels that "
+                                        "join nothing instead (e.g. 'a' row 2; the log has ids such as 'x').")
+
+
+def test_a_label_that_is_no_class_lists_the_first_ten_classes():
+    import pandas as pd
+
+    from mlops_kit.monitor._report import _class_codes
+
+    classes = [f"c{i}" for i in range(12)]
+    with pytest.raises(DataError) as caught:
+        _class_codes(pd.Series(["c1", "z", "z"]), classes, "The labels", "labels.csv", "label")
+    listed = ", ".join(repr(c) for c in classes[:10])
+    assert str(caught.value).startswith(f"The labels must be classes of the model ({listed}). Got 'z' on 2 rows "
+                                        "instead.")
+    assert _class_codes(pd.Series(["c11", "c3", "c0"]), classes, "", "", "").tolist() == [11, 3, 0]
