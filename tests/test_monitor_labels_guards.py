@@ -65,3 +65,15 @@ def test_a_label_that_is_no_class_lists_the_first_ten_classes():
     assert str(caught.value).startswith(f"The labels must be classes of the model ({listed}). Got 'z' on 2 rows "
                                         "instead.")
     assert _class_codes(pd.Series(["c11", "c3", "c0"]), classes, "", "", "").tolist() == [11, 3, 0]
+
+
+def test_the_labelled_rows_are_the_logs_rows_with_their_label():
+    import pandas as pd
+
+    live = pd.DataFrame({"request_id": ["x", "x", "y"], "row": [0, 1, 0], "prediction": [1, 0, 1],
+                         "label": [9, 9, 9]}, index=[5, 6, 7])
+    labels = pd.DataFrame({"request_id": ["y", "x", "q"], "row": [0, 1, 0], "label": [0, 1, 1]})
+    labelled, unmatched = monitor.join_labels(live, labels, "label")
+    assert unmatched == 1
+    assert labelled.to_dict("list") == {"request_id": ["x", "y"], "row": [1, 0], "prediction": [0, 1], "label": [1, 0]}
+    assert labelled.index.tolist() == [0, 1]
