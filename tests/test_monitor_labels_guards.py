@@ -77,3 +77,22 @@ def test_the_labelled_rows_are_the_logs_rows_with_their_label():
     assert unmatched == 1
     assert labelled.to_dict("list") == {"request_id": ["x", "y"], "row": [1, 0], "prediction": [0, 1], "label": [1, 0]}
     assert labelled.index.tolist() == [0, 1]
+
+
+def test_a_labels_file_without_its_columns_names_the_first_missing_and_ten_it_has(tmp_path):
+    path = tmp_path / "labels.csv"
+    columns = [f"k{i}" for i in range(12)]
+    path.write_text(",".join(columns) + "\n" + ",".join("1" * 12) + "\n")
+    with pytest.raises(DataError) as caught:
+        monitor.read_labels(path, "label")
+    assert str(caught.value).startswith("The labels file must have the columns 'request_id' and 'label' (the target), "
+                                        f"and may have 'row'. Got the columns {columns[:10]} instead.")
+    assert caught.value.column == "request_id"
+    path.write_text("request_id,k\n1,2\n")
+    with pytest.raises(DataError) as caught:
+        monitor.read_labels(path, "label")
+    assert caught.value.column == "label"
+
+
+def test_the_live_metrics_are_judged_from_thirty_labelled_rows():
+    assert monitor.MIN_LABELLED_ROWS == 30  # the README's figure; test_monitor_stage.py tests the bound itself
