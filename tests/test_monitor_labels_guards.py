@@ -33,6 +33,9 @@ def test_a_readers_error_is_cut_at_200_characters(tmp_path):
     path.write_bytes(b"no parquet table")
     reason = refusal(path).split(" Got an error instead: ", 1)[1]
     assert len(reason) == 200 and reason.startswith("Could not open Parquet input source")
+    torn = tmp_path / "first\nsecond.parquet"  # a message of several lines: its first one
+    torn.write_bytes(b"no parquet table")
+    assert refusal(torn).split(" Got an error instead: ", 1)[1] == f"Could not open Parquet input source '{tmp_path}/first"
 
 
 def test_a_duplicated_label_names_the_first_request_id_and_row_twice(tmp_path):
