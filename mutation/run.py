@@ -130,7 +130,8 @@ def run_target(name: str, target: dict, work: Path, *, list_only: bool, sample: 
     # a run of the last run's survivors is kept beside it (<target>-again.*): the full run stays the reference
     stem = f"{name}-again" if survivors else name
     again = survivors_of(RESULTS / f"{name}.sqlite") if survivors else None
-    session = RESULTS / f"{stem}.sqlite"
+    # --list counts in the temporary copy: the last run's session (what --survivors reads) stays
+    session = (work if list_only else RESULTS) / f"{stem}.sqlite"
     session.unlink(missing_ok=True)
     started = time.perf_counter()
     if not list_only:  # the tests must pass unmutated; their time sets the timeout
