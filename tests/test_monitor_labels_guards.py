@@ -101,13 +101,15 @@ def test_the_live_metrics_are_judged_from_thirty_labelled_rows():
     assert monitor.MIN_LABELLED_ROWS == 30  # the README's figure; test_monitor_stage.py tests the bound itself
 
 
-@pytest.mark.parametrize("source, named", [("labels.csv", "labels.csv"), (None, "")])
-def test_a_request_logged_twice_is_refused_by_the_join_naming_its_source(source, named):
+@pytest.mark.parametrize("log, named", [("runs/.requests/r1", "runs/.requests/r1"), (None, "")])
+def test_a_request_logged_twice_is_refused_by_the_join_naming_the_log(log, named):
+    """The duplicate is the log's: the error's source is the log's folder, never the labels file."""
     import pandas as pd
 
-    live = pd.DataFrame({"request_id": ["x", "y", "x"], "row": [0, 0, 0], "prediction": [1, 0, 1]})
+    live = pd.DataFrame({"request_id": ["x", "y", "x", "y", "x"], "row": [0, 0, 0, 0, 0], "prediction": [1, 0, 1, 0, 1]})
     labels = pd.DataFrame({"request_id": ["x"], "row": [0], "label": [1]})
     with pytest.raises(DataError) as caught:
-        monitor.join_labels(live, labels, "label", source=source)
-    assert str(caught.value).startswith("The request log must name each request id (and row) once. Got 'x' row 0 ")
+        monitor.join_labels(live, labels, "label", source="labels.csv", log=log)
+    assert str(caught.value).startswith("The request log must name each request id (and row) once. Got 'x' row 0 "
+                                        "3 times among 5 duplicated rows instead.")
     assert caught.value.source == named

@@ -210,8 +210,9 @@ def _refuse_duplicates(frame: pd.DataFrame, what: str, source: str) -> None:
     twice = frame.duplicated([REQUEST_ID, ROW], keep=False)
     if twice.any():
         first = frame[twice].iloc[0]
+        times = int(((frame[REQUEST_ID] == first[REQUEST_ID]) & (frame[ROW] == first[ROW])).sum())
         raise DataError(f"{what} must name each request id (and row) once. Got {first[REQUEST_ID]!r} row "
-                        f"{int(first[ROW])} {int(twice.sum())} times among {int(twice.sum())} duplicated rows "
+                        f"{int(first[ROW])} {times} times among {int(twice.sum())} duplicated rows "
                         "instead.", source=source, column=REQUEST_ID)
 
 
@@ -238,7 +239,7 @@ def report(folder: str | Path, live: pd.DataFrame, *, labels: pd.DataFrame | Non
     verdict = check_window(profile, live, predictions, alpha=alpha, seed=seed)
     performance = None
     if labels is not None:
-        labelled, unmatched = join_labels(live, labels, schema.target, source=labels_source)
+        labelled, unmatched = join_labels(live, labels, schema.target, source=labels_source, log=log)
         performance = live_performance(labelled, folder, unmatched=unmatched, rows=len(live),
                                        source=labels_source or "labels", gate=gate or {},
                                        baseline_metric=baseline_metric, baseline_margin=baseline_margin)
@@ -277,11 +278,12 @@ def _bins(profile: Profile, live: pd.DataFrame, predictions: Any) -> dict[str, B
 # --- late labels --------------------------------------------------------------------------------
 
 def join_labels(live: pd.DataFrame, labels: pd.DataFrame, target: str, *,
-                source: str | None = None) -> tuple[pd.DataFrame, int]:
+                source: str | None = None, log: str | None = None) -> tuple[pd.DataFrame, int]:
     """The live rows that have a label (their features, prediction, probabilities and the
     target column), and the count of labels that matched no logged row. A DataError when no
-    label matches (it names an id of each side), or when the log holds a (request id, row) twice."""
-    _refuse_duplicates(live[[REQUEST_ID, ROW]], "The request log", source or "")
+    label matches (it names an id of each side), or when the log (``log``: its folder, for the
+    error's source) holds a (request id, row) twice."""
+    _refuse_duplicates(live[[REQUEST_ID, ROW]], "The request log", log or "")
     keys = live[[REQUEST_ID, ROW]].astype({REQUEST_ID: str, ROW: np.int64})
     joined = keys.reset_index().merge(labels[[REQUEST_ID, ROW, target]], on=[REQUEST_ID, ROW], how="inner")
     if joined.empty:
